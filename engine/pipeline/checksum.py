@@ -1,0 +1,52 @@
+"""Internet checksum over batches (RFC 1071), and its incremental update (RFC 1624)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fold(total: np.ndarray) -> np.ndarray:
+    """Fold a 32-bit sum of 16-bit words into 16 bits with end-around carry.
+    Two folds suffice for sums of up to 65,535 words."""
+    total = (total & 0xFFFF) + (total >> 16)
+    return (total & 0xFFFF) + (total >> 16)
+
+
+def header_ok(words: np.ndarray, ihl: np.ndarray) -> np.ndarray:
+    """True where the IPv4 header checksum verifies (`ip_fast_csum(iph, ihl) == 0`).
+
+    `words`: (N, >=30) big-endian 16-bit words of the IP header, valid up to ihl*2.
+    The first 10 words are summed for every row; options words only where IHL > 5.
+    """
+    total = words[:, :10].sum(axis=1, dtype=np.uint32)
+    longer = ihl > 5
+    if longer.any():
+        rows = np.flatnonzero(longer)
+        extra = words[rows, 10:30].astype(np.uint32)
+        valid = np.arange(10, 30)[None, :] < (ihl[rows, None].astype(np.int64) * 2)
+        total[rows] += (extra * valid).sum(axis=1, dtype=np.uint32)
+    return fold(total) == 0xFFFF
+
+
+def compute(words: np.ndarray) -> np.ndarray:
+    """Checksum field value for rows of 16-bit words (checksum word zeroed by caller)."""
+    return (~fold(words.sum(axis=1, dtype=np.uint32))) & 0xFFFF
+
+
+def ttl_decrement(check: np.ndarray) -> np.ndarray:
+    """New header checksum after TTL drops by one (RFC 1624 eqn. 3).
+
+    The TTL is the high byte of the (ttl, protocol) word, so that word m becomes
+    m' = m - 0x0100 and HC' = ~(~HC + ~m + m') = ~(~HC + 0xFEFF) in one's complement
+    (~m + m' = 0xFFFF - 0x0100). Eqn. 3 gives the same value as a checksum computed
+    from scratch, 0x0000 included, unlike the older eqn. 2.
+    """
+    total = (~check.astype(np.uint32) & 0xFFFF) + 0xFEFF
+    return (~fold(total)) & 0xFFFF
+
+
+def ttl_decrement_swapped(check: np.ndarray) -> np.ndarray:
+    """`ttl_decrement` for a checksum loaded little-endian (its bytes swapped): the same
+    one's complement arithmetic with the constant swapped, 0xFEFF → 0xFFFE."""
+    total = (~check & 0xFFFF) + 0xFFFE
+    return (~fold(total)) & 0xFFFF

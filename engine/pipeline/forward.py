@@ -1,0 +1,91 @@
+"""Forward: `ip_forward` checks, TTL decrement and the Ethernet rewrite (`ip_output`).
+
+Order as `ip_forward`: a frame that was not addressed to us at L2 is dropped before
+anything else (no ICMP, even at TTL 1); then TTL, then the MTU (DF → ICMP
+fragmentation needed, otherwise fragment); a packet going back out of the port it
+came in on, from an on-link source, is forwarded *and* redirected
+(`IPSKB_DOREDIRECT`, checked after TTL so TTL 1 gets time exceeded, not a redirect).
+What is left is forwarded here: TTL - 1 with the RFC 1624 checksum update
+(`ip_decrease_ttl`), then new Ethernet addresses from the next hop's neighbour
+entry (`neigh_output`); an unresolved neighbour goes to the slow path for ARP.
+
+Plain packets: TTL above 1, a resolved next hop on a port that is up and is not the
+ingress port, and a length within its MTU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.counters import Drop, Slow
+from engine.pipeline import checksum
+from engine.pipeline.rcv import IP_DF, IpHeaders
+from engine.pipeline.tables import Tables
+from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
+from engine.shm.memory import NH_UNICAST, NHF_GATEWAY, NHF_RESOLVED
+
+LOW16 = np.uint64(0xFFFF)
+LOW32 = np.uint64(0xFFFF_FFFF)
+TTL_ONE = np.uint64(1 << 48)  # the TTL is byte 22: bits 48..55 of the word at bytes 16..23
+
+
+def source_on_link(saddr: np.ndarray, in_port: np.ndarray, t: Tables) -> np.ndarray:
+    """The route back to the source is a connected one on the ingress port
+    (`fib_validate_source` returning "on-link", which gates redirects)."""
+    nh = t.lookup(saddr)
+    return ((t.nh_type[nh] == NH_UNICAST) & ((t.nh_flags[nh] & NHF_GATEWAY) == 0)
+            & (t.nh_port[nh] == in_port))
+
+
+def ip_forward(h: IpHeaders, nh: np.ndarray, in_port: np.ndarray, t: Tables,
+               code: np.ndarray) -> np.ndarray:
+    """Decide the fate of packets routed to a unicast next hop; return egress ports."""
+    egress = t.nh_port[nh]
+    resolved = (t.nh_flags[nh] & NHF_RESOLVED) != 0
+    too_big = h.tot_len > t.port_mtu[egress]
+    plain = h.plain & (h.ttl > 1) & resolved & ~too_big & (egress != in_port) \
+        & t.port_up[egress]
+    h.plain = plain
+    odd = np.flatnonzero(~plain & (code == 0))
+    if len(odd):
+        e, i = egress[odd], in_port[odd]
+        redirect = np.zeros(len(odd), dtype=bool)
+        back = np.flatnonzero(e == i)
+        if t.send_redirects and len(back):
+            redirect[back] = source_on_link(h.saddr[odd[back]], i[back], t)
+        code[odd] = first_match([
+            (h.pkt_type[odd] != PACKET_HOST, drop(Drop.l2_not_host)),
+            (h.ttl[odd] <= 1, slow(Slow.ttl_exceeded)),
+            (~t.port_up[e], drop(Drop.port_down)),
+            (too_big[odd] & ((h.frag_off[odd] & IP_DF) != 0), slow(Slow.frag_needed)),
+            (too_big[odd], slow(Slow.fragment)),
+            (redirect, slow(Slow.redirect)),
+            (~resolved[odd], slow(Slow.neigh_unresolved)),
+        ], len(odd))
+    return egress
+
+
+def rewrite(hdr: np.ndarray, nh: np.ndarray, egress: np.ndarray, rows: np.ndarray | None,
+            t: Tables) -> None:
+    """TTL - 1, checksum update and Ethernet addresses, in place, for `rows` of `hdr`
+    (None: every row). Works on the rows as 64-bit little-endian words: bytes 0..7
+    are the destination MAC and the source's first two bytes, 8..11 the source's
+    last four, byte 22 the TTL, bytes 24..25 the header checksum."""
+    words = hdr.view("<u8")
+    if rows is None:
+        w = words
+        dst, src = t.nh_mac48[nh], t.port_mac48[egress]
+    else:
+        w = words[rows]
+        dst, src = t.nh_mac48[nh[rows]], t.port_mac48[egress[rows]]
+    w0 = dst | (src << np.uint64(48))
+    w1 = (w[:, 1] & ~LOW32) | (src >> np.uint64(16))
+    w2 = w[:, 2] - TTL_ONE
+    # The checksum read little-endian is byte-swapped; one's complement sums do not
+    # care, as long as the constant is swapped too (0xFEFF, see ttl_decrement).
+    check = (w[:, 3] & LOW16).astype(np.uint32)
+    w3 = (w[:, 3] & ~LOW16) | checksum.ttl_decrement_swapped(check).astype(np.uint64)
+    if rows is None:
+        words[:, 0], words[:, 1], words[:, 2], words[:, 3] = w0, w1, w2, w3
+    else:
+        words[rows, 0], words[rows, 1], words[rows, 2], words[rows, 3] = w0, w1, w2, w3

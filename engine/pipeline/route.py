@@ -1,0 +1,102 @@
+"""Route input: martian checks, FIB lookup and route-type dispatch (`ip_route_input_slow`).
+
+Fragments are taken first when transit fragments are reassembled (netfilter's
+defrag runs at PRE_ROUTING, before routing). Then, as the kernel: a multicast
+destination is not forwarded (`ip_route_input_rcu`); martian sources and
+destinations (since Linux 5.3 only 0.0.0.0 itself is "zeronet"); limited broadcast
+is for us; the FIB says local, broadcast, unicast or an error route. Errors come
+before source validation, as in the kernel's `no_route` path; a source that is one
+of our own addresses is martian (`fib_validate_source` with rp_filter off).
+Packets with IP options go to the slow path once they pass the martian checks: it
+routes them again after `ip_rcv_options`.
+
+Plain packets: a unicast route, and source and destination whose first octet is
+none of 0, 127, 224-239 and 255, a source that is not ours, not a fragment that
+must be reassembled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.counters import Drop, Slow
+from engine.pipeline.rcv import IP_MF, IP_OFFSET, IpHeaders
+from engine.pipeline.tables import Tables
+from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
+from engine.shm.memory import (
+    NH_BLACKHOLE,
+    NH_BROADCAST,
+    NH_LOCAL,
+    NH_NOROUTE,
+    NH_PROHIBIT,
+    NH_UNICAST,
+    NH_UNREACHABLE,
+)
+
+LBCAST = 0xFFFF_FFFF
+
+
+def _ordinary_first_octets() -> np.ndarray:
+    ok = np.ones(256, dtype=bool)
+    ok[[0, 127, 255]] = False
+    ok[224:240] = False
+    return ok
+
+
+ORDINARY = _ordinary_first_octets()  # first octets that can be neither martian nor special
+
+
+def is_local(addr: np.ndarray, local_addrs: np.ndarray) -> np.ndarray:
+    """addr is one of the router's addresses (sorted `local_addrs`)."""
+    if len(local_addrs) <= 8:  # a few compares beat a search for a handful of addresses
+        hit = np.zeros(len(addr), dtype=bool)
+        for a in local_addrs:
+            hit |= addr == a
+        return hit
+    pos = np.minimum(np.searchsorted(local_addrs, addr), len(local_addrs) - 1)
+    return local_addrs[pos] == addr
+
+
+def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
+    """Return the next-hop index of each packet; set `code` where routing decides."""
+    nh = t.lookup(h.daddr)
+    nh_type = t.nh_type[nh]
+    fragment = (h.frag_off & (IP_MF | IP_OFFSET)) != 0
+    source_local = is_local(h.saddr, t.local_addrs)
+    plain = h.plain & (nh_type == NH_UNICAST) & ORDINARY[h.saddr >> 24] \
+        & ORDINARY[h.daddr >> 24] & ~source_local
+    if t.reassemble_transit:
+        plain &= ~fragment
+    h.plain = plain
+    odd = np.flatnonzero(~plain & (code == 0))
+    if len(odd):
+        code[odd] = route_checks(h.saddr[odd], h.daddr[odd], h.ihl[odd], fragment[odd],
+                                 h.pkt_type[odd], nh_type[odd], source_local[odd],
+                                 t.reassemble_transit)
+    return nh
+
+
+def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment: np.ndarray,
+                 pkt_type: np.ndarray, nh_type: np.ndarray, source_local: np.ndarray,
+                 reassemble_transit: bool) -> np.ndarray:
+    """`ip_route_input_slow`'s decisions, in its order, for packets that were not plain."""
+    error_route = (nh_type == NH_NOROUTE) | (nh_type == NH_UNREACHABLE) | (nh_type == NH_PROHIBIT)
+    return first_match([
+        (fragment & reassemble_transit, slow(Slow.reassemble)),
+        ((daddr >> 28) == 0xE, drop(Drop.multicast)),
+        (((saddr >> 28) == 0xE) | (saddr == LBCAST), drop(Drop.martian_source)),
+        ((daddr == LBCAST) | ((saddr == 0) & (daddr == 0)), slow(Slow.local)),
+        (saddr == 0, drop(Drop.martian_source)),
+        (daddr == 0, drop(Drop.martian_destination)),
+        ((daddr >> 24) == 127, drop(Drop.martian_destination)),
+        ((saddr >> 24) == 127, drop(Drop.martian_source)),
+        (ihl > 5, slow(Slow.options)),
+        # icmp_send answers only PACKET_HOST frames: an error route is then silent
+        (error_route & (pkt_type != PACKET_HOST), drop(Drop.l2_not_host)),
+        (nh_type == NH_NOROUTE, slow(Slow.no_route)),
+        (nh_type == NH_UNREACHABLE, slow(Slow.unreachable)),
+        (nh_type == NH_PROHIBIT, slow(Slow.prohibit)),
+        (nh_type == NH_BLACKHOLE, drop(Drop.blackhole)),
+        (source_local, drop(Drop.martian_source)),
+        ((nh_type == NH_LOCAL) | (nh_type == NH_BROADCAST), slow(Slow.local)),
+    ], len(saddr))

@@ -1,0 +1,206 @@
+"""The engine's shared memory: buffer pool, descriptor rings, next hops, counters.
+
+One segment holds everything but the FIB (which has its own, see `fib.py`). Its
+layout is a pure function of a `Geometry`, which is small and picklable: the control
+process creates the segment, every other process rebuilds the same views from the
+geometry and attaches by name.
+
+Agents: 0 is the I/O agent (the control process moving frames for pcap ports), 1..W
+the forwarding workers, W+1 the slow-path worker. Each agent that allocates buffers
+owns a contiguous partition of the pool; whoever frees a buffer returns it to its
+owner through a return ring (one per freeing agent and owner), so every ring has one
+producer and one consumer and no lock is ever taken.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.counters import NCOUNTERS
+from engine.shm.layout import Field, Layout, attach_segment, create_segment
+from engine.shm.ring import Ring, ring_fields
+
+AGENT_IO = 0
+MAX_PORTS = 16
+
+# Next-hop types (the FIB maps a prefix to a next-hop index; the index's row says
+# what to do). Values mirror the kernel's RTN_* where one exists.
+NH_NOROUTE = 0  # index 0: no route (ENETUNREACH)
+NH_UNICAST = 1
+NH_LOCAL = 2
+NH_BROADCAST = 3
+NH_BLACKHOLE = 6
+NH_UNREACHABLE = 7
+NH_PROHIBIT = 8
+
+# Next-hop flags
+NHF_GATEWAY = 1  # the next hop is a gateway (else the destination is on-link)
+NHF_RESOLVED = 2  # `mac` holds the next hop's MAC
+
+# Per-port counter columns.
+PORT_RX_PACKETS, PORT_RX_BYTES, PORT_TX_PACKETS, PORT_TX_BYTES, PORT_RX_DROPS, PORT_TX_DROPS = (
+    range(6)
+)
+PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_drops", "tx_drops")
+
+# Control words
+CTL_STOP = 0  # 1: finish what is queued and exit
+CTL_PORT_UP = 1  # bit mask of ports that are up
+CTL_NH_GEN = 2  # bumped when next hops change or a port goes down (flush caches)
+
+# Per-agent state words
+ST_PID = 0
+ST_LOOPS = 1  # loop iterations, bumped every pass (liveness)
+ST_FREE = 2  # free buffers held by this owner (locally)
+ST_IDLE = 3  # 1 when the agent's last pass found nothing to do
+
+
+@dataclass(frozen=True)
+class Geometry:
+    name: str
+    nports: int
+    nworkers: int
+    nbufs: int = 32768
+    bufsize: int = 2048
+    ring_size: int = 4096
+    max_nexthops: int = 65536
+    # pool partitions (start, end) per agent; agents with no allocations get (0, 0)
+    partitions: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def nagents(self) -> int:
+        return self.nworkers + 2
+
+    @property
+    def slowpath_agent(self) -> int:
+        return self.nworkers + 1
+
+    def worker_agent(self, worker: int) -> int:
+        return 1 + worker
+
+    @staticmethod
+    def new(nports: int, nworkers: int, *, nbufs: int = 32768, bufsize: int = 2048,
+            ring_size: int = 4096, io_share: float = 0.75) -> Geometry:
+        """Partition the pool between the I/O agent and the slow-path worker."""
+        name = f"fwd-{os.getpid()}-{secrets.token_hex(3)}"
+        io_end = int(nbufs * io_share)
+        parts = [(0, io_end)] + [(0, 0)] * nworkers + [(io_end, nbufs)]
+        return Geometry(name, nports, nworkers, nbufs, bufsize, ring_size,
+                        partitions=tuple(parts))
+
+
+def engine_layout(g: Geometry) -> Layout:
+    """The one declaration of the engine segment."""
+    u1, u2, u4, u8, i8 = (np.dtype(t) for t in (np.uint8, np.uint16, np.uint32, np.uint64,
+                                                np.int64))
+    fields = [
+        Field("ctl", u8, (8,)),
+        Field("state", u8, (g.nagents, 8)),
+        Field("counters", u8, (g.nagents, NCOUNTERS)),
+        Field("port_counters", u8, (g.nagents, g.nports, len(PORT_COUNTER_NAMES))),
+        # the buffer pool: frames start at byte 0 of their buffer
+        Field("pool.data", u1, (g.nbufs, g.bufsize)),
+        Field("pool.length", u4, (g.nbufs,)),
+        Field("pool.port", u2, (g.nbufs,)),  # ingress port, then egress port
+        Field("pool.ts", i8, (g.nbufs,)),  # ns; pcap ports: the capture's clock
+        Field("pool.seq", u8, (g.nbufs,)),  # arrival order, for a deterministic output order
+        Field("pool.code", u1, (g.nbufs,)),  # verdict code handed to the slow path
+        # ports
+        Field("port.mac", u1, (MAX_PORTS, 8)),
+        Field("port.mtu", u2, (MAX_PORTS,)),
+        # next hops
+        Field("nh.type", u1, (g.max_nexthops,)),
+        Field("nh.flags", u1, (g.max_nexthops,)),
+        Field("nh.port", u2, (g.max_nexthops,)),
+        Field("nh.gw", u4, (g.max_nexthops,)),
+        Field("nh.mac", u1, (g.max_nexthops, 8)),
+    ]
+    for name, size in ring_specs(g):
+        fields += ring_fields(name, size)
+    return Layout(fields)
+
+
+def ring_specs(g: Geometry) -> list[tuple[str, int]]:
+    """(name, size) of every ring. A return ring holds a whole partition, so that
+    giving a buffer back to its owner can never fail."""
+    specs = []
+    for p in range(g.nports):
+        for w in range(g.nworkers):
+            specs += [(f"rx.{p}.{w}", g.ring_size), (f"tx.{p}.{w}", g.ring_size)]
+        specs.append((f"slowtx.{p}", g.ring_size))
+    for w in range(g.nworkers):
+        specs.append((f"slow.{w}", g.ring_size))
+    for a in range(g.nagents):
+        for owner, (start, end) in enumerate(g.partitions):
+            if end > start and a != owner:
+                specs.append((f"ret.{a}.{owner}", 1 << max(0, (end - start - 1).bit_length())))
+    return specs
+
+
+class EngineMemory:
+    """Views over the engine segment. `create` in the control process, `attach` elsewhere."""
+
+    def __init__(self, geometry: Geometry, shm, owner: bool):
+        self.geometry = geometry
+        self.shm = shm
+        self.owner = owner
+        layout = engine_layout(geometry)
+        v = layout.views(shm.buf)
+        self._views = v
+        self.ctl = v["ctl"]
+        self.state = v["state"]
+        self.counters = v["counters"]
+        self.port_counters = v["port_counters"]
+        self.data = v["pool.data"]
+        self.length = v["pool.length"]
+        self.port = v["pool.port"]
+        self.ts = v["pool.ts"]
+        self.seq = v["pool.seq"]
+        self.code = v["pool.code"]
+        self.port_mac = v["port.mac"]
+        self.port_mtu = v["port.mtu"]
+        self.nh_type = v["nh.type"]
+        self.nh_flags = v["nh.flags"]
+        self.nh_port = v["nh.port"]
+        self.nh_gw = v["nh.gw"]
+        self.nh_mac = v["nh.mac"]
+        self.rings = {name: Ring(name, v) for name, _ in ring_specs(geometry)}
+        self._part_starts = np.array([s if e > s else np.iinfo(np.int64).max
+                                      for s, e in geometry.partitions], dtype=np.int64)
+
+    @classmethod
+    def create(cls, geometry: Geometry) -> EngineMemory:
+        shm = create_segment(geometry.name, engine_layout(geometry).size)
+        return cls(geometry, shm, owner=True)
+
+    @classmethod
+    def attach(cls, geometry: Geometry) -> EngineMemory:
+        return cls(geometry, attach_segment(geometry.name), owner=False)
+
+    def owner_of(self, indices: np.ndarray) -> np.ndarray:
+        """Agent owning each buffer index (partitions are contiguous and sorted)."""
+        order = np.argsort(self._part_starts, kind="stable")
+        pos = np.searchsorted(self._part_starts[order], indices, side="right") - 1
+        return order[pos]
+
+    def close(self) -> None:
+        # drop our views before closing the mapping, or close() raises BufferError
+        self._views.clear()
+        for attr in ("ctl", "state", "counters", "port_counters", "data", "length", "port",
+                     "ts", "seq", "code", "port_mac", "port_mtu", "nh_type", "nh_flags", "nh_port",
+                     "nh_gw", "nh_mac"):
+            setattr(self, attr, None)
+        self.rings = {}
+        try:
+            self.shm.close()
+        except BufferError:
+            pass
+        if self.owner:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass

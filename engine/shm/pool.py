@@ -1,0 +1,79 @@
+"""Buffer allocation and release over the shared pool (DPDK's mempool, SPSC style).
+
+An agent that allocates owns a partition of the pool and keeps its free buffers in a
+private stack. Any agent releases a buffer by giving it back to its owner: directly
+into its own stack, or through the return ring `ret.<self>.<owner>` that the owner
+drains before allocating. A return ring holds a whole partition, so a release never
+finds its ring full.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.shm.memory import ST_FREE, EngineMemory
+
+
+class Buffers:
+    """One agent's handle on the pool: allocate from its partition, free to any owner."""
+
+    def __init__(self, mem: EngineMemory, agent: int):
+        self.mem = mem
+        self.agent = agent
+        start, end = mem.geometry.partitions[agent]
+        self.stack = np.arange(end - 1, start - 1, -1, dtype=np.uint32) if end > start else (
+            np.zeros(0, dtype=np.uint32))
+        self.size = end - start
+        self.count = self.size
+        # return rings this agent drains (as owner) and feeds (as releaser)
+        self.incoming = [r for name, r in mem.rings.items()
+                         if name.startswith("ret.") and name.endswith(f".{agent}")]
+        self.outgoing = {owner: mem.rings[f"ret.{agent}.{owner}"]
+                         for owner, (s, e) in enumerate(mem.geometry.partitions)
+                         if e > s and owner != agent}
+        self.owners = [owner for owner, (s, e) in enumerate(mem.geometry.partitions) if e > s]
+        self.bounds = {owner: mem.geometry.partitions[owner] for owner in self.owners}
+        self._publish()
+
+    def _publish(self) -> None:
+        self.mem.state[self.agent, ST_FREE] = self.count
+
+    def reclaim(self) -> None:
+        for ring in self.incoming:
+            got = ring.dequeue(ring.size)
+            if len(got):
+                self._push(got)
+
+    def _push(self, indices: np.ndarray) -> None:
+        n = len(indices)
+        self.stack[self.count : self.count + n] = indices
+        self.count += n
+        self._publish()
+
+    def alloc(self, n: int) -> np.ndarray:
+        """Up to `n` free buffers (fewer when the partition runs low)."""
+        if self.count < n:
+            self.reclaim()
+        n = min(n, self.count)
+        out = self.stack[self.count - n : self.count][::-1].copy()
+        self.count -= n
+        self._publish()
+        return out
+
+    def free(self, indices: np.ndarray) -> None:
+        if len(indices) == 0:
+            return
+        for owner in self.owners:
+            start, end = self.bounds[owner]
+            if len(self.owners) == 1:
+                mine = indices
+            else:
+                mine = indices[(indices >= start) & (indices < end)]
+            if len(mine) == 0:
+                continue
+            if owner == self.agent:
+                self._push(mine)
+            else:
+                sent = self.outgoing[owner].enqueue(mine)
+                if sent != len(mine):  # cannot happen: rings hold a whole partition
+                    raise RuntimeError(f"return ring to agent {owner} overflowed")

@@ -1,0 +1,119 @@
+"""A forwarding worker: a thin loop around the fast path.
+
+Worker *w* owns RX queue *w* and TX queue *w* of every port. Each pass it takes a
+burst from each of its RX rings, gathers the header rows from the buffer pool, runs
+`fast_path`, scatters the rewritten bytes back, and hands buffers on by index: to
+the egress port's TX ring, to the slow-path ring, or back to their owner (drops).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.counters import MISC_BASE, Drop, Misc
+from engine.pipeline.fastpath import count, fast_path
+from engine.pipeline.rcv import HDR_BYTES
+from engine.pipeline.tables import Tables
+from engine.pipeline.verdict import FORWARD, SLOW, drop
+from engine.shm.memory import EngineMemory
+from engine.shm.pool import Buffers
+from engine.workers.loop import pin, poll_loop
+
+REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs, picklable for a spawned process."""
+
+    geometry: object
+    fib_name: str
+    config_path: str
+    worker: int
+    batch: int
+    cpu: int | None
+
+
+class Forwarder:
+    """The per-worker state and its one pass; a process calls `run`, tests call `poll`."""
+
+    def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int):
+        g = mem.geometry
+        self.mem = mem
+        self.tables = tables
+        self.worker = worker
+        self.agent = g.worker_agent(worker)
+        self.batch = batch
+        self.rx = [mem.rings[f"rx.{p}.{worker}"] for p in range(g.nports)]
+        self.tx = [mem.rings[f"tx.{p}.{worker}"] for p in range(g.nports)]
+        self.slow = mem.rings[f"slow.{worker}"]
+        self.buffers = Buffers(mem, self.agent)
+        self.counters = mem.counters[self.agent]
+
+    def process(self, idx: np.ndarray) -> None:
+        mem = self.mem
+        t0 = time.perf_counter_ns()
+        hdr = mem.data[idx, :HDR_BYTES]
+        r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
+        mem.length[idx] = r.frame_len
+        code = r.code
+        fwd = r.forwarded
+        if len(fwd):
+            out = idx[fwd]
+            mem.data[out, :REWRITE_BYTES] = hdr[fwd, :REWRITE_BYTES]
+            egress = r.egress[fwd]
+            for p, ring in enumerate(self.tx):
+                sel = egress == p
+                if not sel.any():
+                    continue
+                sent = ring.enqueue(out[sel])
+                if sent < sel.sum():
+                    code[fwd[np.flatnonzero(sel)[sent:]]] = drop(Drop.ring_full)
+        slow_rows = np.flatnonzero(code >= SLOW)
+        dropped = (code != FORWARD) & (code < SLOW)
+        if len(slow_rows):
+            mem.code[idx[slow_rows]] = code[slow_rows]  # tells the slow path why
+            sent = self.slow.enqueue(idx[slow_rows])
+            if sent < len(slow_rows):
+                code[slow_rows[sent:]] = drop(Drop.ring_full)
+                dropped[slow_rows[sent:]] = True
+        if dropped.any():
+            self.buffers.free(idx[dropped])
+        count(code, self.counters)
+        self.counters[MISC_BASE + Misc.batches] += 1
+        self.counters[MISC_BASE + Misc.busy_ns] += time.perf_counter_ns() - t0
+
+    def poll(self) -> int:
+        """One pass over this worker's RX rings; returns packets handled."""
+        handled = 0
+        for ring in self.rx:
+            idx = ring.dequeue(self.batch)
+            if len(idx):
+                self.process(idx)
+                handled += len(idx)
+        return handled
+
+    def run(self) -> None:
+        poll_loop(self.mem, self.agent, self.poll, self.rx)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a forwarding worker process."""
+    from engine.config import load_config
+    from engine.routing import make_tables
+    from engine.shm.fib import Fib
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
+    pin(spec.cpu)
+    cfg = load_config(spec.config_path)
+    mem = EngineMemory.attach(spec.geometry)
+    fib = Fib.attach(spec.fib_name)
+    try:
+        Forwarder(mem, make_tables(cfg, mem, fib.lookup), spec.worker, spec.batch).run()
+    finally:
+        fib.close()
+        mem.close()

@@ -1,0 +1,253 @@
+"""Fast path alone: packets/s for 64-byte frames, in memory, no I/O.
+
+    .venv/bin/python perf/bench_fastpath.py [--seconds S] [--workers N] [--json FILE]
+
+Three measurements per batch size, each the median of several runs:
+- `noop`: gather each batch's header rows from the shared pool and scatter them back
+  (the cost of just touching the packets: the floor of any fast path here);
+- `stages`: `fast_path()` alone on already gathered rows;
+- `worker`: a worker's whole batch (`Forwarder.process`: gather, fast path, scatter,
+  TX enqueue, counters), the number that matters.
+Then worker scaling: N processes, each a pinned `Forwarder` on its own RX ring,
+summed. Ratios are printed against `noop` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.config import load_config  # noqa: E402
+from engine.pipeline.fastpath import fast_path  # noqa: E402
+from engine.pipeline.rcv import HDR_BYTES  # noqa: E402
+from engine.routing import build_routing, make_tables  # noqa: E402
+from engine.shm.fib import Fib  # noqa: E402
+from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
+from engine.workers.forwarder import REWRITE_BYTES, Forwarder  # noqa: E402
+from engine.workers.loop import pin  # noqa: E402
+
+CONFIG = ROOT / "configs" / "default.toml"
+BATCHES = (32, 64, 128, 256, 512, 1024)
+FRAME = 64
+
+
+def udp_frames(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n 64-byte Ethernet/IPv4/UDP frames from p0's hosts to p1's and 10.9/16 (built
+    with struct-level numpy, checked by the test suite's scapy comparisons)."""
+    rows = np.zeros((n, FRAME), dtype=np.uint8)
+    rows[:, 0:6] = [2, 0, 0, 0, 0, 1]  # p0's MAC
+    rows[:, 6:12] = [2, 0, 0, 0, 1, 2]
+    rows[:, 12:14] = [0x08, 0x00]
+    ip = rows[:, 14:34]
+    ip[:, 0] = 0x45
+    tot_len = FRAME - 14
+    ip[:, 2], ip[:, 3] = tot_len >> 8, tot_len & 0xFF
+    ip[:, 8] = 64
+    ip[:, 9] = 17
+    ip[:, 12:16] = [10, 0, 1, 2]
+    dst = rng.integers(0, 4, n)
+    ip[:, 16] = 10
+    ip[:, 17] = np.where(dst < 2, 0, 9)
+    ip[:, 18] = np.where(dst < 2, 2, rng.integers(0, 256, n))
+    ip[:, 19] = np.where(dst == 0, 2, np.where(dst == 1, 3, rng.integers(1, 255, n)))
+    words = ip.view(">u2").astype(np.uint32)
+    s = words.sum(axis=1)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    check = ~s & 0xFFFF
+    ip[:, 10], ip[:, 11] = check >> 8, check & 0xFF
+    rows[:, 34:36] = [0x27, 0x10]
+    rows[:, 36:38] = [0x13, 0x89]
+    rows[:, 38:40] = [0, FRAME - 34]
+    return rows
+
+
+class Setup:
+    def __init__(self, workers: int, nbufs: int = 16384):
+        self.cfg = load_config(CONFIG)
+        self.geometry = Geometry.new(len(self.cfg.ports), workers, nbufs=nbufs, ring_size=4096)
+        self.mem = EngineMemory.create(self.geometry)
+        self.fib = Fib.create()
+        build_routing(self.cfg, self.mem, self.fib)
+        self.tables = make_tables(self.cfg, self.mem, self.fib.lookup)
+        frames = udp_frames(nbufs, np.random.default_rng(1))
+        self.mem.data[:, :FRAME] = frames
+        self.mem.length[:] = FRAME
+        self.mem.port[:] = 0
+        self.frames = frames
+
+    def close(self) -> None:
+        self.fib.close()
+        self.fib.unlink()
+        self.mem.close()
+
+
+def timed(fn, seconds: float, prepare=None) -> float:
+    """Packets/s of `fn() -> packets` run repeatedly for about `seconds`; time spent in
+    `prepare()` (restoring the input between passes) is not counted."""
+    done, busy, t_end = 0, 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        if prepare is not None:
+            prepare()
+        t0 = time.perf_counter()
+        done += fn()
+        busy += time.perf_counter() - t0
+    return done / busy
+
+
+def single_core(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, float]:
+    mem, tables = setup.mem, setup.tables
+    nbatches = setup.geometry.nbufs // batch
+    order = [np.arange(i * batch, (i + 1) * batch, dtype=np.uint32) for i in range(nbatches)]
+    fw = Forwarder(mem, tables, 0, batch)
+    state = {"i": 0}
+
+    def reset_row(idx):
+        mem.data[idx, :FRAME] = setup.frames[idx]  # TTL back to 64 between passes
+        mem.length[idx] = FRAME
+
+    def noop():
+        idx = order[state["i"] % nbatches]
+        state["i"] += 1
+        hdr = mem.data[idx, :HDR_BYTES]
+        mem.data[idx, :REWRITE_BYTES] = hdr[:, :REWRITE_BYTES]
+        return batch
+
+    hdrs = [mem.data[idx, :HDR_BYTES] for idx in order]
+
+    def stages():
+        i = state["i"] % nbatches
+        state["i"] += 1
+        hdr = hdrs[i].copy()
+        fast_path(hdr, mem.length[order[i]], mem.port[order[i]], tables)
+        return batch
+
+    def restore():
+        reset_row(order[state["i"] % nbatches])
+
+    def worker():
+        idx = order[state["i"] % nbatches]
+        state["i"] += 1
+        fw.process(idx)
+        for ring in fw.tx:  # play the TX side: take the descriptors back
+            ring.head[0] = ring.tail[0]
+        return batch
+
+    out = {}
+    for name, fn, prepare in (("noop", noop, None), ("stages", stages, None),
+                              ("worker", worker, restore)):
+        rates = []
+        for _ in range(runs):
+            rates.append(timed(fn, seconds, prepare))
+        out[name] = statistics.median(rates)
+        out[name + "_spread"] = (max(rates) - min(rates)) / out[name] if out[name] else 0.0
+    return out
+
+
+def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result):
+    pin(cpu)
+    cfg = load_config(CONFIG)
+    mem = EngineMemory.attach(geometry)
+    fib = Fib.attach(fib_name)
+    tables = make_tables(cfg, mem, fib.lookup)
+    fw = Forwarder(mem, tables, w, batch)
+    n = geometry.nbufs // geometry.nworkers
+    base = w * n
+    order = [np.arange(base + i * batch, base + (i + 1) * batch, dtype=np.uint32)
+             for i in range(n // batch)]
+    state = {"i": 0}
+    frames = mem.data[base : base + n, :REWRITE_BYTES].copy()
+
+    def restore():
+        idx = order[state["i"] % len(order)]
+        mem.data[idx, :REWRITE_BYTES] = frames[idx - base]
+
+    def one():
+        idx = order[state["i"] % len(order)]
+        state["i"] += 1
+        fw.process(idx)
+        for ring in fw.tx:
+            ring.head[0] = ring.tail[0]
+        return batch
+
+    result[w] = timed(one, seconds, restore)
+    fib.close()
+    mem.close()
+
+
+def scaling(workers: int, batch: int, seconds: float) -> float:
+    setup = Setup(workers)
+    try:
+        ctx = mp.get_context("spawn")
+        result = ctx.Array("d", workers)
+        cpus = sorted(os.sched_getaffinity(0))
+        procs = [ctx.Process(target=_scaling_worker,
+                             args=(setup.geometry, setup.fib.name, w, batch, seconds,
+                                   cpus[w % len(cpus)], result)) for w in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        return float(sum(result[:]))
+    finally:
+        setup.close()
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "kernel": platform.release(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    ap.add_argument("--runs", type=int, default=5, help="repeats; the median is reported")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    results = {"machine": machine(), "frame_bytes": FRAME, "batch": {}, "workers": {}}
+    setup = Setup(1)
+    try:
+        print(f"{'batch':>6} {'noop Mpps':>10} {'stages Mpps':>12} {'worker Mpps':>12} "
+              f"{'worker/noop':>12} {'spread':>7}")
+        for batch in BATCHES:
+            r = single_core(setup, batch, args.seconds, args.runs)
+            results["batch"][batch] = r
+            print(f"{batch:>6} {r['noop'] / 1e6:>10.2f} {r['stages'] / 1e6:>12.2f} "
+                  f"{r['worker'] / 1e6:>12.2f} {r['worker'] / r['noop']:>12.3f} "
+                  f"{r['worker_spread']:>6.0%}")
+    finally:
+        setup.close()
+    print(f"\n{'workers':>7} {'Mpps (batch 256)':>17}")
+    for n in range(1, args.workers + 1):
+        rates = [scaling(n, 256, args.seconds) for _ in range(max(1, args.runs // 2))]
+        results["workers"][n] = statistics.median(rates)
+        print(f"{n:>7} {results['workers'][n] / 1e6:>17.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Shared test topology: a router with three pcap ports and hosts behind them.
+
+    h1 10.0.1.2 ── p0 10.0.1.1/24                 ┌─ p1 10.0.2.1/24 ── h2 10.0.2.2, gw 10.0.2.254
+                                      router ─────┤
+                                                  └─ p2 10.0.3.1/24 (MTU 1400) ── h3 10.0.3.2
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap, wrpcap
+
+MAC = {
+    "p0": "02:00:00:00:00:01",
+    "p1": "02:00:00:00:00:02",
+    "p2": "02:00:00:00:00:03",
+    "h1": "02:00:00:00:01:02",
+    "h2": "02:00:00:00:02:02",
+    "gw": "02:00:00:00:02:fe",
+    "h3": "02:00:00:00:03:02",
+    "stranger": "02:00:00:00:99:99",
+}
+BCAST = "ff:ff:ff:ff:ff:ff"
+
+TOPOLOGY = """
+[engine]
+workers = {workers}
+batch = {batch}
+
+[[port]]
+name = "p0"
+driver = "pcap"
+rx = "in/p0.pcap"
+tx = "out/p0.pcap"
+mac = "02:00:00:00:00:01"
+mtu = 1500
+addresses = ["10.0.1.1/24"]
+
+[[port]]
+name = "p1"
+driver = "pcap"
+rx = "in/p1.pcap"
+tx = "out/p1.pcap"
+mac = "02:00:00:00:00:02"
+mtu = 1500
+addresses = ["10.0.2.1/24"]
+
+[[port]]
+name = "p2"
+driver = "pcap"
+rx = "in/p2.pcap"
+tx = "out/p2.pcap"
+mac = "02:00:00:00:00:03"
+mtu = 1400
+addresses = ["10.0.3.1/24"]
+
+[[route]]
+prefix = "10.9.0.0/16"
+via = "10.0.2.254"
+
+[[route]]
+prefix = "10.9.8.0/24"
+via = "10.0.1.2"
+
+[[route]]
+prefix = "10.9.8.128/25"
+via = "10.0.3.2"
+
+[[route]]
+prefix = "10.66.0.0/16"
+type = "blackhole"
+
+[[route]]
+prefix = "10.67.0.0/16"
+type = "unreachable"
+
+[[route]]
+prefix = "10.68.0.0/16"
+type = "prohibit"
+
+[[route]]
+prefix = "10.69.0.0/16"
+port = "p1"
+
+[[neighbor]]
+ip = "10.0.1.2"
+mac = "02:00:00:00:01:02"
+port = "p0"
+
+[[neighbor]]
+ip = "10.0.2.2"
+mac = "02:00:00:00:02:02"
+port = "p1"
+
+[[neighbor]]
+ip = "10.0.2.254"
+mac = "02:00:00:00:02:fe"
+port = "p1"
+
+[[neighbor]]
+ip = "10.0.3.2"
+mac = "02:00:00:00:03:02"
+port = "p2"
+
+[reassembly]
+mode = "{reassembly}"
+"""
+
+PORTS = ("p0", "p1", "p2")
+
+
+class Lab:
+    """A deployment in a temporary folder: write inputs, run, read outputs."""
+
+    def __init__(self, root: Path, workers: int = 1, batch: int = 64,
+                 reassembly: str = "full"):
+        self.root = root
+        (root / "in").mkdir(exist_ok=True)
+        self.config_path = root / "router.toml"
+        self.config_path.write_text(textwrap.dedent(TOPOLOGY.format(
+            workers=workers, batch=batch, reassembly=reassembly)))
+        for port in PORTS:
+            self.write_input(port, [])
+
+    def write_input(self, port: str, frames: list) -> None:
+        path = self.root / "in" / f"{port}.pcap"
+        if frames:
+            wrpcap(str(path), frames)
+        else:  # an empty capture: just the global header
+            wrpcap(str(path), [Ether()])
+            path.write_bytes(path.read_bytes()[:24])
+
+    def config(self):
+        from engine.config import load_config
+
+        return load_config(self.config_path)
+
+    def run(self, inputs: dict[str, list]):
+        from engine.supervisor import run
+
+        for port, frames in inputs.items():
+            self.write_input(port, frames)
+        result = run(self.config())
+        outputs = {}
+        for port in PORTS:
+            path = self.root / "out" / f"{port}.pcap"
+            outputs[port] = list(rdpcap(str(path))) if path.stat().st_size > 24 else []
+        return result.stats, outputs
+
+
+@pytest.fixture
+def lab(tmp_path):
+    return Lab(tmp_path)
+
+
+def routed(frame: Ether, port: str, nexthop: str) -> bytes:
+    """What scapy says a correctly forwarded copy of `frame` looks like."""
+    pkt = frame.copy()
+    pkt[Ether].src = MAC[port]
+    pkt[Ether].dst = MAC[nexthop]
+    pkt[IP].ttl -= 1
+    del pkt[IP].chksum
+    return bytes(Ether(bytes(pkt)))
+
+
+def no_shm_leak() -> list[str]:
+    return [f for f in os.listdir("/dev/shm") if f.startswith("fwd-")]
