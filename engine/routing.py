@@ -65,7 +65,9 @@ class NextHops:
             self.mem.nh_gw[i] = gw
             self.mem.nh_mac[i, :] = 0
             self.mem.nh_mac[i, : len(mac)] = np.frombuffer(mac, dtype=np.uint8)
-            self.mem.nh_type[i] = nh_type  # last: the row is complete when typed
+            self.mem.nh_type[i] = nh_type  # the row is complete when typed
+            plain = nh_type == NH_UNICAST and flags & NHF_RESOLVED
+            self.mem.nh_mtu[i] = self.mem.port_mtu[port] if plain else 0
             self.rows[key] = i
         return self.rows[key]
 
@@ -132,6 +134,7 @@ def make_tables(cfg: Config, mem: EngineMemory, lookup) -> Tables:
         nh_type=mem.nh_type,
         nh_flags=mem.nh_flags,
         nh_port=mem.nh_port,
+        nh_mtu=mem.nh_mtu,
         # live views: bytes 6 and 7 of each 8-byte MAC slot stay zero
         nh_mac48=mem.nh_mac.view("<u8")[:, 0],
         port_mac48=mem.port_mac[:nports].view("<u8")[:, 0],

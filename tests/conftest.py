@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import textwrap
 from pathlib import Path
 
@@ -132,9 +133,8 @@ class Lab:
         path = self.root / "in" / f"{port}.pcap"
         if frames:
             wrpcap(str(path), frames)
-        else:  # an empty capture: just the global header
-            wrpcap(str(path), [Ether()])
-            path.write_bytes(path.read_bytes()[:24])
+        else:  # an empty capture: just the global header (microseconds, Ethernet)
+            path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
 
     def config(self):
         from engine.config import load_config

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BCAST, MAC, PORTS, Lab, routed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
@@ -24,6 +23,8 @@ from engine.pipeline.verdict import FORWARD, SLOW
 from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
 from engine.shm.memory import EngineMemory, Geometry
+
+from conftest import BCAST, MAC, PORTS, Lab, routed
 
 
 class Router:

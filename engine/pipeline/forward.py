@@ -9,8 +9,8 @@ What is left is forwarded here: TTL - 1 with the RFC 1624 checksum update
 (`ip_decrease_ttl`), then new Ethernet addresses from the next hop's neighbour
 entry (`neigh_output`); an unresolved neighbour goes to the slow path for ARP.
 
-Plain packets: TTL above 1, a resolved next hop on a port that is up and is not the
-ingress port, and a length within its MTU.
+Plain packets: plain so far (which covers the next hop and MTU, see route.py), TTL
+above 1 and an egress port other than the ingress port.
 """
 
 from __future__ import annotations
@@ -41,14 +41,13 @@ def ip_forward(h: IpHeaders, nh: np.ndarray, in_port: np.ndarray, t: Tables,
                code: np.ndarray) -> np.ndarray:
     """Decide the fate of packets routed to a unicast next hop; return egress ports."""
     egress = t.nh_port[nh]
-    resolved = (t.nh_flags[nh] & NHF_RESOLVED) != 0
-    too_big = h.tot_len > t.port_mtu[egress]
-    plain = h.plain & (h.ttl > 1) & resolved & ~too_big & (egress != in_port) \
-        & t.port_up[egress]
+    plain = h.plain & (h.ttl > 1) & (egress != in_port)
     h.plain = plain
-    odd = np.flatnonzero(~plain & (code == 0))
-    if len(odd):
+    if not plain.all():
+        odd = np.flatnonzero(~plain & (code == 0))
         e, i = egress[odd], in_port[odd]
+        resolved = (t.nh_flags[nh[odd]] & NHF_RESOLVED) != 0
+        too_big = h.tot_len[odd] > t.port_mtu[e]
         redirect = np.zeros(len(odd), dtype=bool)
         back = np.flatnonzero(e == i)
         if t.send_redirects and len(back):
@@ -57,10 +56,10 @@ def ip_forward(h: IpHeaders, nh: np.ndarray, in_port: np.ndarray, t: Tables,
             (h.pkt_type[odd] != PACKET_HOST, drop(Drop.l2_not_host)),
             (h.ttl[odd] <= 1, slow(Slow.ttl_exceeded)),
             (~t.port_up[e], drop(Drop.port_down)),
-            (too_big[odd] & ((h.frag_off[odd] & IP_DF) != 0), slow(Slow.frag_needed)),
-            (too_big[odd], slow(Slow.fragment)),
+            (too_big & ((h.frag_off[odd] & IP_DF) != 0), slow(Slow.frag_needed)),
+            (too_big, slow(Slow.fragment)),
             (redirect, slow(Slow.redirect)),
-            (~resolved[odd], slow(Slow.neigh_unresolved)),
+            (~resolved, slow(Slow.neigh_unresolved)),
         ], len(odd))
     return egress
 

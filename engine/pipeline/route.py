@@ -10,9 +10,11 @@ of our own addresses is martian (`fib_validate_source` with rp_filter off).
 Packets with IP options go to the slow path once they pass the martian checks: it
 routes them again after `ip_rcv_options`.
 
-Plain packets: a unicast route, and source and destination whose first octet is
-none of 0, 127, 224-239 and 255, a source that is not ours, not a fragment that
-must be reassembled.
+Plain packets: source and destination whose first octet is none of 0, 127,
+224-239 and 255, a source that is not ours, not a fragment that must be
+reassembled, and a route to a unicast next hop whose MAC is known and whose MTU
+the packet fits (`nh_mtu`, which the control plane keeps 0 for any other next hop,
+so one compare stands for all three).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from engine.shm.memory import (
     NH_LOCAL,
     NH_NOROUTE,
     NH_PROHIBIT,
-    NH_UNICAST,
     NH_UNREACHABLE,
 )
 
@@ -60,18 +61,18 @@ def is_local(addr: np.ndarray, local_addrs: np.ndarray) -> np.ndarray:
 def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
     """Return the next-hop index of each packet; set `code` where routing decides."""
     nh = t.lookup(h.daddr)
-    nh_type = t.nh_type[nh]
     fragment = (h.frag_off & (IP_MF | IP_OFFSET)) != 0
     source_local = is_local(h.saddr, t.local_addrs)
-    plain = h.plain & (nh_type == NH_UNICAST) & ORDINARY[h.saddr >> 24] \
-        & ORDINARY[h.daddr >> 24] & ~source_local
+    ordinary = ORDINARY[h.addrs >> 24]
+    plain = h.plain & (h.tot_len <= t.nh_mtu[nh]) & ordinary[:, 0] & ordinary[:, 1] \
+        & ~source_local
     if t.reassemble_transit:
         plain &= ~fragment
     h.plain = plain
-    odd = np.flatnonzero(~plain & (code == 0))
-    if len(odd):
+    if not plain.all():
+        odd = np.flatnonzero(~plain & (code == 0))
         code[odd] = route_checks(h.saddr[odd], h.daddr[odd], h.ihl[odd], fragment[odd],
-                                 h.pkt_type[odd], nh_type[odd], source_local[odd],
+                                 h.pkt_type[odd], t.nh_type[nh[odd]], source_local[odd],
                                  t.reassemble_transit)
     return nh
 

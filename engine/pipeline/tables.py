@@ -18,6 +18,8 @@ class Tables:
     nh_type: np.ndarray  # (NH,) uint8, NH_* of engine.shm.memory
     nh_flags: np.ndarray  # (NH,) uint8, NHF_*
     nh_port: np.ndarray  # (NH,) uint16 egress port
+    nh_mtu: np.ndarray  # (NH,) uint16: the egress MTU for a resolved unicast next hop on a
+    #                     port that is up, else 0 (one compare tells a plain forward)
     nh_mac48: np.ndarray  # (NH,) uint64, next hop's MAC, byte 0 lowest (see rcv.mac48)
     port_mac48: np.ndarray  # (P,) uint64, our MAC per port, the same way
     port_mtu: np.ndarray  # (P,) uint16

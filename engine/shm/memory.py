@@ -117,6 +117,7 @@ def engine_layout(g: Geometry) -> Layout:
         Field("nh.flags", u1, (g.max_nexthops,)),
         Field("nh.port", u2, (g.max_nexthops,)),
         Field("nh.gw", u4, (g.max_nexthops,)),
+        Field("nh.mtu", u2, (g.max_nexthops,)),  # see Tables.nh_mtu
         Field("nh.mac", u1, (g.max_nexthops, 8)),
     ]
     for name, size in ring_specs(g):
@@ -156,6 +157,7 @@ class EngineMemory:
         self.counters = v["counters"]
         self.port_counters = v["port_counters"]
         self.data = v["pool.data"]
+        self.words = self.data.view("<u8")  # the same bytes as 64-bit words
         self.length = v["pool.length"]
         self.port = v["pool.port"]
         self.ts = v["pool.ts"]
@@ -167,6 +169,7 @@ class EngineMemory:
         self.nh_flags = v["nh.flags"]
         self.nh_port = v["nh.port"]
         self.nh_gw = v["nh.gw"]
+        self.nh_mtu = v["nh.mtu"]
         self.nh_mac = v["nh.mac"]
         self.rings = {name: Ring(name, v) for name, _ in ring_specs(geometry)}
         self._part_starts = np.array([s if e > s else np.iinfo(np.int64).max
@@ -190,9 +193,9 @@ class EngineMemory:
     def close(self) -> None:
         # drop our views before closing the mapping, or close() raises BufferError
         self._views.clear()
-        for attr in ("ctl", "state", "counters", "port_counters", "data", "length", "port",
+        for attr in ("ctl", "state", "counters", "port_counters", "data", "words", "length", "port",
                      "ts", "seq", "code", "port_mac", "port_mtu", "nh_type", "nh_flags", "nh_port",
-                     "nh_gw", "nh_mac"):
+                     "nh_gw", "nh_mtu", "nh_mac"):
             setattr(self, attr, None)
         self.rings = {}
         try:

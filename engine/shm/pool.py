@@ -50,6 +50,11 @@ class Buffers:
         self.count += n
         self._publish()
 
+    def available(self) -> int:
+        """Free buffers this owner can hand out now (after taking back returns)."""
+        self.reclaim()
+        return self.count
+
     def alloc(self, n: int) -> np.ndarray:
         """Up to `n` free buffers (fewer when the partition runs low)."""
         if self.count < n:

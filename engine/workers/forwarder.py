@@ -14,25 +14,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.config import Config
 from engine.counters import MISC_BASE, Drop, Misc
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.rcv import HDR_BYTES
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
-from engine.shm.memory import EngineMemory
+from engine.shm.memory import EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.loop import pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
+REWRITE_WORDS = 4  # ... so the first four 64-bit words of a frame hold every change
 
 
 @dataclass
 class WorkerSpec:
     """Everything a worker process needs, picklable for a spawned process."""
 
-    geometry: object
+    geometry: Geometry
     fib_name: str
-    config_path: str
+    config: Config
     worker: int
     batch: int
     cpu: int | None
@@ -61,31 +63,45 @@ class Forwarder:
         r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
         mem.length[idx] = r.frame_len
         code = r.code
-        fwd = r.forwarded
-        if len(fwd):
-            out = idx[fwd]
-            mem.data[out, :REWRITE_BYTES] = hdr[fwd, :REWRITE_BYTES]
-            egress = r.egress[fwd]
-            for p, ring in enumerate(self.tx):
-                sel = egress == p
-                if not sel.any():
-                    continue
-                sent = ring.enqueue(out[sel])
-                if sent < sel.sum():
-                    code[fwd[np.flatnonzero(sel)[sent:]]] = drop(Drop.ring_full)
-        slow_rows = np.flatnonzero(code >= SLOW)
-        dropped = (code != FORWARD) & (code < SLOW)
-        if len(slow_rows):
-            mem.code[idx[slow_rows]] = code[slow_rows]  # tells the slow path why
-            sent = self.slow.enqueue(idx[slow_rows])
-            if sent < len(slow_rows):
-                code[slow_rows[sent:]] = drop(Drop.ring_full)
-                dropped[slow_rows[sent:]] = True
-        if dropped.any():
-            self.buffers.free(idx[dropped])
+        every = len(r.forwarded) == len(idx)
+        refused = False
+        if len(r.forwarded):
+            out = idx if every else idx[r.forwarded]
+            rewritten = hdr.view("<u8")[:, :REWRITE_WORDS]
+            mem.words[out, :REWRITE_WORDS] = rewritten if every else rewritten[r.forwarded]
+            refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
+                                    r.forwarded, code)
+        if refused or not every:
+            self.hand_on(idx, code)
         count(code, self.counters)
         self.counters[MISC_BASE + Misc.batches] += 1
         self.counters[MISC_BASE + Misc.busy_ns] += time.perf_counter_ns() - t0
+
+    def transmit(self, out: np.ndarray, egress: np.ndarray, rows: np.ndarray,
+                 code: np.ndarray) -> bool:
+        """Enqueue forwarded buffers on their egress port's TX ring, in batch order.
+        What a full ring refuses becomes a `ring_full` drop; returns whether any was."""
+        per_port = np.bincount(egress, minlength=len(self.tx))
+        refused = False
+        for p in np.flatnonzero(per_port):
+            sel = slice(None) if per_port[p] == len(out) else np.flatnonzero(egress == p)
+            sent = self.tx[p].enqueue(out[sel])
+            if sent < per_port[p]:
+                code[rows[sel][sent:]] = drop(Drop.ring_full)
+                refused = True
+        return refused
+
+    def hand_on(self, idx: np.ndarray, code: np.ndarray) -> None:
+        """Slow-path packets to the slow ring (with their reason), drops to the pool."""
+        slow_rows = np.flatnonzero(code >= SLOW)
+        if len(slow_rows):
+            self.mem.code[idx[slow_rows]] = code[slow_rows]  # tells the slow path why
+            sent = self.slow.enqueue(idx[slow_rows])
+            if sent < len(slow_rows):
+                code[slow_rows[sent:]] = drop(Drop.ring_full)
+        dropped = (code != FORWARD) & (code < SLOW)
+        if dropped.any():
+            self.buffers.free(idx[dropped])
 
     def poll(self) -> int:
         """One pass over this worker's RX rings; returns packets handled."""
@@ -103,17 +119,15 @@ class Forwarder:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
-    from engine.config import load_config
     from engine.routing import make_tables
     from engine.shm.fib import Fib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
-    cfg = load_config(spec.config_path)
     mem = EngineMemory.attach(spec.geometry)
     fib = Fib.attach(spec.fib_name)
     try:
-        Forwarder(mem, make_tables(cfg, mem, fib.lookup), spec.worker, spec.batch).run()
+        Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker, spec.batch).run()
     finally:
         fib.close()
         mem.close()

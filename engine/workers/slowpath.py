@@ -14,16 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.config import Config
 from engine.counters import MISC_BASE, Drop, Misc, index
-from engine.shm.memory import EngineMemory
+from engine.shm.memory import EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.loop import pin, poll_loop
 
 
 @dataclass
 class SlowPathSpec:
-    geometry: object
-    config_path: str
+    geometry: Geometry
+    config: Config
     batch: int
     cpu: int | None
 

@@ -1,0 +1,212 @@
+"""The pcap driver: ports whose wire is a pair of capture files.
+
+Plays the NIC for every pcap port: reads the `rx` capture, spreads its frames over
+the workers' RX queues by the Toeplitz hash a NIC computes (so one flow always lands
+on one worker), DMAs them into pool buffers, and collects what the workers and the
+slow path put on the port's TX queues into the `tx` capture. Replays are lossless:
+when a ring or the pool is full the driver waits, as a reader of a file can.
+
+The capture's timestamps are the clock: a frame's buffer carries its capture time,
+frames created from it carry the same time, and the output is ordered by (time,
+arrival order), which makes the output the same for any number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.config import PortConfig
+from engine.counters import MISC_BASE, Drop, Misc, index
+from engine.io.pcap import PcapFrames, read_pcap, write_pcap
+from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
+from engine.shm.memory import (
+    AGENT_IO,
+    PORT_RX_BYTES,
+    PORT_RX_DROPS,
+    PORT_RX_PACKETS,
+    PORT_TX_BYTES,
+    PORT_TX_PACKETS,
+    EngineMemory,
+)
+from engine.shm.pool import Buffers
+
+
+@dataclass
+class _Output:
+    ts: list[np.ndarray] = field(default_factory=list)
+    seq: list[np.ndarray] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
+    data: list[np.ndarray] = field(default_factory=list)
+
+
+def gather_frames(src: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows of width max(lengths) holding each frame; `src` must be padded by that width.
+    Two fancy-index operations whatever the number of frames."""
+    width = int(lengths.max())
+    return src[offsets[:, None] + np.arange(width)]
+
+
+def concat_rows(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The first lengths[i] bytes of every row, back to back (row-major mask order)."""
+    return rows[np.arange(rows.shape[1])[None, :] < lengths[:, None]]
+
+
+class PcapPorts:
+    """The I/O agent for all pcap ports of a deployment."""
+
+    def __init__(self, ports: list[PortConfig], port_ids: list[int], mem: EngineMemory,
+                 burst: int):
+        g = mem.geometry
+        self.mem = mem
+        self.burst = burst
+        self.nworkers = g.nworkers
+        self.buffers = Buffers(mem, AGENT_IO)
+        self.counters = mem.counters[AGENT_IO]
+        self.port_counters = mem.port_counters[AGENT_IO]
+        self.ports = list(zip(port_ids, ports, strict=True))
+        self.frames: dict[int, PcapFrames] = {}
+        self.src: dict[int, np.ndarray] = {}
+        self.pending: dict[tuple[int, int], np.ndarray] = {}
+        self.pos: dict[tuple[int, int], int] = {}
+        self.seq: dict[int, np.ndarray] = {}
+        self.outputs = {p: _Output() for p, _ in self.ports}
+        for p, port in self.ports:
+            frames = read_pcap(port.rx)
+            self.frames[p] = frames
+            self.src[p] = np.concatenate((frames.data, np.zeros(g.bufsize, np.uint8)))
+        self._number_arrivals()
+        for p, _ in self.ports:
+            self._spread(p)
+
+    def _number_arrivals(self) -> None:
+        """A global arrival order over all ports: by time, then port, then position."""
+        ts = np.concatenate([self.frames[p].ts_ns for p, _ in self.ports] or [np.zeros(0)])
+        port = np.concatenate([np.full(len(self.frames[p].ts_ns), p) for p, _ in self.ports]
+                              or [np.zeros(0)])
+        pos = np.concatenate([np.arange(len(self.frames[p].ts_ns)) for p, _ in self.ports]
+                             or [np.zeros(0)])
+        order = np.lexsort((pos, port, ts))
+        seq = np.empty(len(order), dtype=np.uint64)
+        seq[order] = np.arange(len(order), dtype=np.uint64)
+        start = 0
+        for p, _ in self.ports:
+            n = len(self.frames[p].ts_ns)
+            self.seq[p] = seq[start : start + n]
+            start += n
+
+    def _spread(self, p: int) -> None:
+        frames = self.frames[p]
+        queue = rss_queue(toeplitz_hash(rss_tuple(frames.data, frames.offsets, frames.lengths)),
+                          self.nworkers)
+        for w in range(self.nworkers):
+            self.pending[p, w] = np.flatnonzero(queue == w)
+            self.pos[p, w] = 0
+
+    def feed(self) -> int:
+        """Move the next frames of every port into its RX rings; frames moved."""
+        mem = self.mem
+        moved = 0
+        for p, _ in self.ports:
+            frames = self.frames[p]
+            for w in range(self.nworkers):
+                todo = self.pending[p, w]
+                start = self.pos[p, w]
+                ring = mem.rings[f"rx.{p}.{w}"]
+                n = min(len(todo) - start, ring.free_space(), self.burst * 4,
+                        self.buffers.available())
+                if n <= 0:
+                    continue
+                numbers = todo[start : start + n]
+                self.pos[p, w] = start + n
+                moved += n
+                self._count_rx(p, frames.lengths[numbers])
+                oversize = frames.lengths[numbers] > mem.geometry.bufsize
+                if oversize.any():
+                    # a NIC cannot DMA a frame larger than its buffers (rx_length_errors)
+                    k = int(oversize.sum())
+                    self.port_counters[p, PORT_RX_DROPS] += k
+                    self.counters[index(Drop.rx_oversize)] += k
+                    self.counters[MISC_BASE + Misc.dropped] += k
+                    numbers = numbers[~oversize]
+                    if len(numbers) == 0:
+                        continue
+                idx = self.buffers.alloc(len(numbers))
+                lengths = frames.lengths[numbers]
+                mem.data[idx, : int(lengths.max())] = gather_frames(
+                    self.src[p], frames.offsets[numbers], lengths)
+                mem.length[idx] = lengths
+                mem.port[idx] = p
+                mem.ts[idx] = frames.ts_ns[numbers]
+                mem.seq[idx] = self.seq[p][numbers]
+                ring.enqueue(idx)
+        return moved
+
+    def _count_rx(self, p: int, lengths: np.ndarray) -> None:
+        self.port_counters[p, PORT_RX_PACKETS] += len(lengths)
+        self.port_counters[p, PORT_RX_BYTES] += int(lengths.sum())
+        self.counters[MISC_BASE + Misc.rx_frames] += len(lengths)
+
+    def drain(self) -> int:
+        """Collect every frame queued for transmission on our ports; frames moved."""
+        mem = self.mem
+        moved = 0
+        for p, _ in self.ports:
+            rings = [mem.rings[f"tx.{p}.{w}"] for w in range(self.nworkers)]
+            rings.append(mem.rings[f"slowtx.{p}"])
+            for ring in rings:
+                idx = ring.dequeue(ring.size)
+                if len(idx) == 0:
+                    continue
+                lengths = mem.length[idx]
+                out = self.outputs[p]
+                out.data.append(concat_rows(mem.data[idx, : int(lengths.max())], lengths))
+                out.lengths.append(lengths.copy())
+                out.ts.append(mem.ts[idx])
+                out.seq.append(mem.seq[idx])
+                self.port_counters[p, PORT_TX_PACKETS] += len(idx)
+                self.port_counters[p, PORT_TX_BYTES] += int(lengths.sum())
+                self.counters[MISC_BASE + Misc.tx_frames] += len(idx)
+                self.buffers.free(idx)
+                moved += len(idx)
+        return moved
+
+    def fed_all(self) -> bool:
+        return all(self.pos[k] == len(v) for k, v in self.pending.items())
+
+    def frames_fed(self) -> int:
+        return sum(self.pos.values())
+
+    def write(self) -> None:
+        """Write each port's `tx` capture in (time, arrival) order."""
+        for p, port in self.ports:
+            out = self.outputs[p]
+            if out.lengths:
+                lengths = np.concatenate(out.lengths)
+                data = np.concatenate(out.data)
+                ts = np.concatenate(out.ts)
+                seq = np.concatenate(out.seq)
+            else:
+                lengths = np.zeros(0, np.uint32)
+                data = np.zeros(0, np.uint8)
+                ts = np.zeros(0, np.int64)
+                seq = np.zeros(0, np.uint64)
+            order = np.lexsort((seq, ts))
+            data, offsets, lengths = reorder_frames(data, lengths, order)
+            write_pcap(port.tx, data, offsets, lengths, ts[order])
+
+
+def reorder_frames(data: np.ndarray, lengths: np.ndarray,
+                   order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Back-to-back frames put in `order`: (data, offsets, lengths)."""
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    if len(order) == 0 or bool(np.all(order[1:] > order[:-1])):
+        return data, offsets, lengths
+    new_lengths = lengths[order]
+    new_offsets = np.zeros(len(order), dtype=np.int64)
+    np.cumsum(new_lengths[:-1], out=new_offsets[1:])
+    # each output byte reads its frame's old start plus its position in the frame
+    shift = np.repeat(offsets[order] - new_offsets, new_lengths)
+    return data[shift + np.arange(len(shift))], new_offsets, new_lengths

@@ -1,0 +1,309 @@
+"""FIB benchmark (issue 3): a realistic ~1M-prefix table, its build time and memory,
+lookups/s per core at batch 1024 (uniform over the address space, uniform over the
+table, Zipf-skewed), update rate while a reader process looks up, and pytricia (a C
+Patricia trie) on the same lookups as the peer when it is installed.
+
+    .venv/bin/python perf/bench_fib.py [--prefixes 1000000] [--json perf/results/fib.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+
+from engine.shm.fib import Fib
+
+# Length mix of today's public IPv4 table (order of magnitude of the CIDR report /
+# potaroo counts, ~1M prefixes): most are /24, then /22, /23, /21, /20, /19, /18, /16,
+# a long thin tail of short ones, and a few longer than /24 (usually filtered upstream).
+LENGTH_MIX = {
+    8: 16, 9: 13, 10: 37, 11: 107, 12: 300, 13: 600, 14: 1_100, 15: 1_900, 16: 13_600,
+    17: 8_300, 18: 13_700, 19: 24_500, 20: 43_000, 21: 53_000, 22: 118_000, 23: 100_000,
+    24: 590_000, 25: 600, 26: 500, 27: 400, 28: 400, 29: 500, 30: 300, 31: 50, 32: 800,
+}  # fmt: skip
+LENGTHS = list(LENGTH_MIX)
+
+
+def realistic_table(n: int = 1_000_000, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """~n unique (prefix, len, nh) with the public table's length mix.  Prefixes lie in
+    1.0.0.0-223.255.255.255; like real deaggregation, 40 % of each length's prefixes
+    nest inside an already generated shorter prefix, and most longer-than-/24 ones sit
+    under an existing /24.  Next hops: 1..512."""
+    rng = np.random.default_rng(seed)
+    total = sum(LENGTH_MIX.values())
+    ps, ls = [], []
+    placed = np.empty(0, dtype=np.uint64)  # prefixes so far, with their lengths below
+    placed_len = np.empty(0, dtype=np.uint64)
+    for length, count in LENGTH_MIX.items():
+        k = max(1, round(count * n / total))
+        addr = rng.integers(1 << 24, 224 << 24, size=k, dtype=np.uint64)
+        nest = rng.random(k) < (0.9 if length > 24 else 0.4)
+        if placed.size and nest.any():
+            parents = rng.integers(0, placed.size, size=int(nest.sum()))
+            host = (np.uint64(1) << (np.uint64(32) - placed_len[parents])) - np.uint64(1)
+            addr[nest] = placed[parents] | (addr[nest] & host)
+        m = np.uint64((0xFFFF_FFFF << (32 - length)) & 0xFFFF_FFFF)
+        p = np.unique(addr & m)
+        ps.append(p)
+        ls.append(np.full(p.size, length, dtype=np.uint64))
+        placed = np.concatenate([placed, p])
+        placed_len = np.concatenate([placed_len, ls[-1]])
+    # duplicates were dropped: top up with more /24s (the bulk of the table)
+    i24 = LENGTHS.index(24)
+    while (have := sum(x.size for x in ps)) < n:
+        extra = rng.integers(1 << 24, 224 << 24, size=2 * (n - have), dtype=np.uint64)
+        extra = np.setdiff1d(extra & np.uint64(0xFFFF_FF00), ps[i24])[: n - have]
+        ps[i24] = np.concatenate([ps[i24], extra])
+        ls[i24] = np.full(ps[i24].size, 24, dtype=np.uint64)
+    p = np.concatenate(ps).astype(np.uint32)
+    plen = np.concatenate(ls).astype(np.uint8)
+    nh = rng.integers(1, 513, size=p.size, dtype=np.uint32)
+    return p, plen, nh
+
+
+def traffic(p: np.ndarray, plen: np.ndarray, n: int, kind: str, seed: int = 2) -> np.ndarray:
+    """n destination addresses: 'space' uniform over all of IPv4, 'table' a uniformly
+    chosen route then a uniform address inside it, 'zipf' routes by Zipf(1.1) rank."""
+    rng = np.random.default_rng(seed)
+    if kind == "space":
+        return rng.integers(0, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32)
+    if kind == "table":
+        r = rng.integers(0, p.size, size=n)
+    elif kind == "zipf":
+        rank = (rng.zipf(1.1, size=n) - 1) % p.size
+        r = rng.permutation(p.size)[rank]
+    else:
+        raise ValueError(kind)
+    span = np.left_shift(np.uint64(1), (32 - plen[r]).astype(np.uint64))
+    off = (rng.random(n) * span).astype(np.uint64)
+    return (p[r].astype(np.uint64) + off).astype(np.uint32)
+
+
+def lookup_rate(
+    lookup, addrs: np.ndarray, batch: int, seconds: float = 2.0, repeat: int = 1
+) -> float:
+    """Lookups/s, cycling through addrs in batches (the whole set is far bigger than
+    the caches, like real traffic); the best of `repeat` runs, since on a shared
+    machine other processes only ever make a run slower."""
+    if repeat > 1:
+        return max(lookup_rate(lookup, addrs, batch, seconds) for _ in range(repeat))
+    batches = [addrs[i : i + batch] for i in range(0, addrs.size - batch + 1, batch)]
+    for b in batches[:64]:
+        lookup(b)
+    done = 0
+    t0 = time.perf_counter()
+    while True:
+        for b in batches:
+            lookup(b)
+        done += len(batches)
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return done * batch / dt
+
+
+def _pin(cpu: int) -> None:
+    # one core each for the writer and the reader, as the engine pins its workers
+    if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _reader(name: str, addrs: np.ndarray, stop, out) -> None:
+    _pin((os.cpu_count() or 1) - 1)
+    f = Fib.attach(name, reader_id=0)
+    n = 0
+    try:
+        while not stop.is_set():
+            for i in range(0, addrs.size, 1024):
+                f.lookup(addrs[i : i + 1024])
+                f.quiescent(0)
+            n += addrs.size
+        out.put(n)
+    finally:
+        f.close()
+
+
+class Churn:
+    """Random BGP-like churn on the full table, in equal parts: withdraw a table route
+    or re-announce a withdrawn one; announce a new prefix (mostly /24, some longer) or
+    withdraw one announced earlier; change a route's next hop."""
+
+    def __init__(self, p: np.ndarray, plen: np.ndarray, nh: np.ndarray, seed: int = 3) -> None:
+        self.p, self.plen, self.nh = p, plen, nh
+        self.rng = np.random.default_rng(seed)
+        self.table = set(zip(p.tolist(), plen.tolist(), strict=True))
+        self.withdrawn: set[tuple[int, int]] = set()
+        self.announced: list[tuple[int, int]] = []
+        self.announced_set: set[tuple[int, int]] = set()
+
+    def ops(self, n: int) -> list[tuple[int, int, int, int]]:
+        rng = self.rng
+        idx = rng.integers(0, self.p.size, size=n)
+        new_p = rng.integers(1 << 24, 224 << 24, size=n, dtype=np.uint64).astype(np.uint32)
+        new_len = rng.choice([22, 23, 24, 24, 24, 24, 24, 24, 25, 28, 32], size=n)
+        kind = rng.integers(0, 3, size=n)
+        coin = rng.random(n)
+        nhs = rng.integers(1, 513, size=n)
+        out = []
+        for i in range(n):
+            key = (int(self.p[idx[i]]), int(self.plen[idx[i]]))
+            if kind[i] == 0:  # withdraw a table route, or re-announce a withdrawn one
+                if key in self.withdrawn:
+                    out.append((1, *key, int(self.nh[idx[i]])))
+                    self.withdrawn.discard(key)
+                else:
+                    out.append((0, *key, 0))
+                    self.withdrawn.add(key)
+            elif kind[i] == 1 and self.announced and coin[i] < 0.5:  # withdraw a new one
+                j = int(coin[i] * 2 * len(self.announced))
+                ann = self.announced
+                ann[j], ann[-1] = ann[-1], ann[j]
+                self.announced_set.discard(ann[-1])
+                out.append((0, *ann.pop(), 0))
+            elif kind[i] == 1:  # announce a prefix the table does not have
+                length = int(new_len[i])
+                new = (int(new_p[i]) & ((0xFFFF_FFFF << (32 - length)) & 0xFFFF_FFFF), length)
+                if new in self.table or new in self.announced_set:
+                    continue
+                self.announced.append(new)
+                self.announced_set.add(new)
+                out.append((1, *new, int(nhs[i])))
+            elif key not in self.withdrawn:  # next-hop change
+                out.append((1, *key, int(nhs[i])))
+        return out
+
+
+def update_rate(fib: Fib, churn: Churn, n_updates: int) -> float:
+    """add/delete calls per second over n_updates churn operations."""
+    ops = churn.ops(n_updates)
+    add, delete = fib.add, fib.delete
+    t0 = time.perf_counter()
+    for op, a, b, c in ops:
+        if op:
+            add(a, b, c)
+        else:
+            delete(a, b)
+    return len(ops) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prefixes", type=int, default=1_000_000)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--seconds", type=float, default=1.0, help="per lookup measurement")
+    ap.add_argument("--repeat", type=int, default=3, help="lookup runs; the best counts")
+    ap.add_argument("--updates", type=int, default=200_000)
+    ap.add_argument("--json", default="perf/results/fib.json")
+    args = ap.parse_args()
+    res: dict = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "prefixes_requested": args.prefixes,
+        "batch": args.batch,
+    }
+
+    t0 = time.perf_counter()
+    p, plen, nh = realistic_table(args.prefixes)
+    res["generate_s"] = time.perf_counter() - t0
+    res["prefixes"] = int(p.size)
+    res["longer_than_24"] = int((plen > 24).sum())
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fib = Fib.create(tbl8_groups=16384)
+    try:
+        t0 = time.perf_counter()
+        fib.bulk_load((p, plen, nh))
+        res["build_s"] = time.perf_counter() - t0
+        res["shm_bytes"] = fib._shm.size  # noqa: SLF001
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        res["peak_rss_growth_bytes"] = (rss1 - rss0) * 1024
+        res["tbl8_used"] = fib.stats()["tbl8_used"]
+        print(
+            f"table: {p.size:,} prefixes ({res['longer_than_24']} longer than /24), "
+            f"{res['tbl8_used']} tbl8 groups; bulk_load {res['build_s']:.2f} s; "
+            f"shm {res['shm_bytes'] / 2**20:.0f} MiB; "
+            f"writer peak RSS +{res['peak_rss_growth_bytes'] / 2**20:.0f} MiB"
+        )
+
+        pyt = None
+        try:
+            import pytricia
+        except ImportError:
+            print("pytricia not installed: no peer numbers")
+        else:
+            pyt = pytricia.PyTricia(32)
+            t0 = time.perf_counter()
+            for a, b, c in zip(p.tolist(), plen.tolist(), nh.tolist(), strict=True):
+                pyt.insert(a, b, c)
+            res["pytricia_build_s"] = time.perf_counter() - t0
+            print(f"pytricia build {res['pytricia_build_s']:.2f} s")
+
+        def pyt_lookup(batch: np.ndarray) -> list:
+            get = pyt.get
+            return [get(a) for a in batch.tolist()]
+
+        def with_qs(batch: np.ndarray) -> np.ndarray:
+            out = fib.lookup(batch)
+            fib.quiescent(0)
+            return out
+
+        res["lookup"] = {}
+        for kind in ("space", "table", "zipf"):
+            addrs = traffic(p, plen, 1 << 22, kind)
+            r = lookup_rate(fib.lookup, addrs, args.batch, args.seconds, args.repeat)
+            fib.register_reader(0)
+            rq = lookup_rate(with_qs, addrs, args.batch, args.seconds, args.repeat)
+            fib.unregister_reader(0)
+            row = {"fib_per_s": r, "fib_with_quiescent_per_s": rq}
+            line = f"lookup {kind:5s}: {r / 1e6:6.1f} M/s (+quiescent() per batch {rq / 1e6:.1f})"
+            if pyt is not None:
+                sample = addrs[: 1 << 16]  # both must agree
+                want = np.array([x or 0 for x in pyt_lookup(sample)], dtype=np.uint32)
+                assert (fib.lookup(sample) == want).all(), "fib and pytricia disagree"
+                rp = lookup_rate(
+                    pyt_lookup, addrs[: 1 << 18], args.batch, args.seconds, args.repeat
+                )
+                row["pytricia_per_s"] = rp
+                row["ratio_vs_pytricia"] = r / rp
+                line += f"; pytricia {rp / 1e6:.2f} M/s; fib/pytricia {r / rp:.0f}x"
+            res["lookup"][kind] = row
+            print(line)
+
+        churn = Churn(p, plen, nh)
+        ctx = mp.get_context("spawn")
+        stop, out = ctx.Event(), ctx.Queue()
+        reader_addrs = traffic(p, plen, 1 << 20, "table")
+        rd = ctx.Process(target=_reader, args=(fib.name, reader_addrs, stop, out))
+        rd.start()
+        affinity = os.sched_getaffinity(0)
+        _pin(0)
+        time.sleep(1.0)  # let it attach and run
+        res["updates_per_s_with_reader"] = update_rate(fib, churn, args.updates)
+        stop.set()
+        reader_lookups = out.get(timeout=60)
+        rd.join(60)
+        print(
+            f"updates with a reader process running: {res['updates_per_s_with_reader']:,.0f}/s"
+            f" (the reader did {reader_lookups:,} lookups meanwhile)"
+        )
+        res["updates_per_s_alone"] = update_rate(fib, churn, args.updates)
+        os.sched_setaffinity(0, affinity)
+        print(f"updates alone: {res['updates_per_s_alone']:,.0f}/s")
+        res["tbl8_after_churn"] = fib.stats()
+    finally:
+        fib.close()
+        fib.unlink()
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
