@@ -64,7 +64,7 @@ def run(cfg: Config) -> RunResult:
     stop = {"requested": False}
     old_handlers = {}
     try:
-        fib = Fib.create()
+        fib = Fib.create(f"{geometry.name}-fib")  # one prefix per run: see no_shm_leak
         build_routing(cfg, mem, fib)
         io = PcapPorts(list(cfg.ports), list(range(len(cfg.ports))), mem, cfg.engine.batch)
         ctx = mp.get_context("spawn")

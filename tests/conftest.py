@@ -169,5 +169,8 @@ def routed(frame: Ether, port: str, nexthop: str) -> bytes:
     return bytes(Ether(bytes(pkt)))
 
 
-def no_shm_leak() -> list[str]:
-    return [f for f in os.listdir("/dev/shm") if f.startswith("fwd-")]
+def no_shm_leak(pid: int | None = None) -> list[str]:
+    """Segments left by the engine run in process `pid` (default: this process).
+    Engine segments are named fwd-<pid>-...; other runs on the machine are not ours."""
+    prefix = f"fwd-{pid or os.getpid()}-"
+    return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]

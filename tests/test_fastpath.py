@@ -243,3 +243,10 @@ def test_a_mixed_batch_decides_each_packet_on_its_own(router):
     verdicts = [v for v, _, _ in router.batch(frames)]
     assert verdicts == ["forward", "drop:csum_error", "slow:ttl_exceeded", "forward",
                         "drop:blackhole"]
+
+
+def test_little_endian_checksum_update_is_eqn_3_for_every_value():
+    check = np.arange(65536, dtype=np.uint32)
+    swapped = ((check >> 8) | (check << 8)) & 0xFFFF
+    le = checksum.ttl_decrement_le(swapped.astype(np.uint16)).astype(np.uint32)
+    assert np.array_equal(((le >> 8) | (le << 8)) & 0xFFFF, checksum.ttl_decrement(check))

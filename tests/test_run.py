@@ -134,8 +134,13 @@ def test_padding_trimmed_and_not_added(tmp_path):
 
 
 def fwd(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    """Run the CLI; the result's `pid` names the segments the run may have left."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    result.pid = proc.pid
+    return result
 
 
 def test_cli_runs_the_default_demo():
@@ -144,7 +149,7 @@ def test_cli_runs_the_default_demo():
     assert "accounting: received" in r.stdout and "(balanced)" in r.stdout
     assert "ForwDatagrams=" in r.stdout
     assert (ROOT / "configs/demo/out/p1.pcap").stat().st_size > 24
-    assert no_shm_leak() == []
+    assert no_shm_leak(r.pid) == []
 
 
 def test_cli_check_bad_config_exits_2_and_names_the_key(tmp_path):
@@ -162,4 +167,4 @@ def test_cli_run_refuses_a_pcapng_input(tmp_path):
     assert r.returncode == 2
     assert "pcapng" in r.stderr
     assert not (tmp_path / "out" / "p1.pcap").exists()
-    assert no_shm_leak() == []
+    assert no_shm_leak(r.pid) == []

@@ -79,7 +79,7 @@ def test_sigint_drains_writes_outputs_and_exits_0(tmp_path):
     received = int(out.split("accounting: received ")[1].split()[0])
     assert 0 < received < 400_000  # stopped part way, and said how far it got
     assert (tmp_path / "out" / "p1.pcap").stat().st_size > 24
-    assert no_shm_leak() == []
+    assert no_shm_leak(proc.pid) == []
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
@@ -93,4 +93,4 @@ def test_a_killed_worker_stops_the_engine_and_leaks_nothing(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "exited" in err
-    assert no_shm_leak() == []
+    assert no_shm_leak(proc.pid) == []

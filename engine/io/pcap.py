@@ -9,7 +9,7 @@ Reading is one `read`, a walk over the record headers, and numpy for everything 
 The walk is inherently serial (a record's caplen gives the next record's offset); it
 takes a vectorised shortcut when every record has the same length (benchmark captures
 of fixed-size frames) and otherwise a tight `struct` loop, which measured fastest of
-the serial approaches (see `_walk`).
+the serial approaches (numbers in `_walk_serial`).
 """
 
 from __future__ import annotations
@@ -120,9 +120,11 @@ def _walk_uniform(a: np.ndarray, big_endian: bool) -> np.ndarray | None:
 def _walk_serial(buf: bytes, big_endian: bool) -> tuple[np.ndarray, int]:
     """Offsets of the records whose header is complete, and where the walk stopped.
 
-    Measured on 1M records (see the module docstring): this loop beats a numpy
-    scalar walk by ~4x and pointer jumping over a per-byte next-record array by
-    ~70x, because a walk step is one C call here.
+    Measured on 1M records (CPython 3.11): ~0.22 s for 64-byte frames, ~0.3 s for
+    IMIX. A walk indexing a numpy array per step is ~4x slower, pointer jumping over
+    a per-byte "next record" array ~70x slower (O(file size x log n)), speculating
+    runs of equal-length records in numpy ~30x slower on mixed sizes; a step here is
+    one C call. `_walk_uniform` covers the case where numpy wins (~10x).
     """
     unpack = struct.Struct(">I" if big_endian else "<I").unpack_from
     offsets: list[int] = []

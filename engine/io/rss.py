@@ -106,8 +106,9 @@ def rss_tuple(data: np.ndarray | PcapFrames, offsets: np.ndarray | None = None,
     dst port; other IPv4 packets, and every fragment (offset != 0 or MF set, so all
     fragments of a datagram land on one queue), hash src ip, dst ip (the port bytes
     stay zero, which the Toeplitz hash ignores). Anything that is not an IPv4 packet
-    whose addresses are present gets an all-zero row, i.e. hash 0. The ports are found
-    after the IP options (IHL). Takes `PcapFrames`, or its (data, offsets, lengths).
+    whose addresses are present (a VLAN tag is not looked through) gets an all-zero
+    row, i.e. hash 0. The ports are found after the IP options (IHL).
+    Takes `PcapFrames`, or its (data, offsets, lengths).
     """
     if isinstance(data, PcapFrames):
         data, offsets, lengths = data.data, data.offsets, data.lengths

@@ -35,10 +35,12 @@ def fast_path(hdr: np.ndarray, length: np.ndarray, in_port: np.ndarray,
     egress = ip_forward(h, nh, in_port, t, code)
     if h.plain.all():
         rows = np.arange(len(code))
-        rewrite(hdr, nh, egress, None, t)
+        rewrite(hdr, nh, egress, t)
     else:
         rows = np.flatnonzero(code == FORWARD)
-        rewrite(hdr, nh, egress, rows, t)
+        part = hdr[rows]
+        rewrite(part, nh[rows], egress[rows], t)
+        hdr[rows] = part
     # ip_rcv_core's pskb_trim_rcsum: the frame ends where the IP datagram ends
     frame_len = np.minimum(length, ETH_HLEN + h.tot_len)
     return BatchResult(code, egress, frame_len, rows)
@@ -81,5 +83,8 @@ assert SLOW > max(Drop)
 
 def count(code: np.ndarray, row: np.ndarray) -> None:
     """Add a batch's verdicts to this agent's counters row."""
+    if not code.any():  # the common batch: everything forwarded
+        row += CODE_TO_COUNTERS[FORWARD] * np.uint64(len(code))
+        return
     hist = np.bincount(code, minlength=NCODES).astype(np.uint64)
     row += hist @ CODE_TO_COUNTERS

@@ -24,10 +24,6 @@ from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
 from engine.shm.memory import NH_UNICAST, NHF_GATEWAY, NHF_RESOLVED
 
-LOW16 = np.uint64(0xFFFF)
-LOW32 = np.uint64(0xFFFF_FFFF)
-TTL_ONE = np.uint64(1 << 48)  # the TTL is byte 22: bits 48..55 of the word at bytes 16..23
-
 
 def source_on_link(saddr: np.ndarray, in_port: np.ndarray, t: Tables) -> np.ndarray:
     """The route back to the source is a connected one on the ingress port
@@ -64,27 +60,14 @@ def ip_forward(h: IpHeaders, nh: np.ndarray, in_port: np.ndarray, t: Tables,
     return egress
 
 
-def rewrite(hdr: np.ndarray, nh: np.ndarray, egress: np.ndarray, rows: np.ndarray | None,
-            t: Tables) -> None:
-    """TTL - 1, checksum update and Ethernet addresses, in place, for `rows` of `hdr`
-    (None: every row). Works on the rows as 64-bit little-endian words: bytes 0..7
-    are the destination MAC and the source's first two bytes, 8..11 the source's
-    last four, byte 22 the TTL, bytes 24..25 the header checksum."""
-    words = hdr.view("<u8")
-    if rows is None:
-        w = words
-        dst, src = t.nh_mac48[nh], t.port_mac48[egress]
-    else:
-        w = words[rows]
-        dst, src = t.nh_mac48[nh[rows]], t.port_mac48[egress[rows]]
-    w0 = dst | (src << np.uint64(48))
-    w1 = (w[:, 1] & ~LOW32) | (src >> np.uint64(16))
-    w2 = w[:, 2] - TTL_ONE
-    # The checksum read little-endian is byte-swapped; one's complement sums do not
-    # care, as long as the constant is swapped too (0xFEFF, see ttl_decrement).
-    check = (w[:, 3] & LOW16).astype(np.uint32)
-    w3 = (w[:, 3] & ~LOW16) | checksum.ttl_decrement_swapped(check).astype(np.uint64)
-    if rows is None:
-        words[:, 0], words[:, 1], words[:, 2], words[:, 3] = w0, w1, w2, w3
-    else:
-        words[rows, 0], words[rows, 1], words[rows, 2], words[rows, 3] = w0, w1, w2, w3
+def rewrite(hdr: np.ndarray, nh: np.ndarray, egress: np.ndarray, t: Tables) -> None:
+    """TTL - 1, checksum update and Ethernet addresses for every row of `hdr`, in place,
+    through column views: bytes 0..7 (destination MAC and the source's first two
+    bytes) as one 64-bit word, 8..11 (the source's last four) as a 32-bit one, the TTL
+    at byte 22 and the checksum at 24..25 read little-endian."""
+    src = t.port_mac48[egress]
+    hdr[:, 0:8].view("<u8")[:, 0] = t.nh_mac48[nh] | (src << np.uint64(48))
+    hdr[:, 8:12].view("<u4")[:, 0] = src >> np.uint64(16)
+    hdr[:, 22] -= 1
+    check = hdr[:, 24:26].view("<u2")[:, 0]
+    check[:] = checksum.ttl_decrement_le(check)

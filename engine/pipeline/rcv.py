@@ -48,9 +48,8 @@ class IpHeaders:
     tot_len: np.ndarray  # uint32
     frag_off: np.ndarray  # uint16, flags and offset as on the wire
     ttl: np.ndarray  # uint8
-    addrs: np.ndarray  # (N, 2) uint32: source, destination
-    saddr: np.ndarray  # uint32, a view of addrs
-    daddr: np.ndarray  # uint32, a view of addrs
+    saddr: np.ndarray  # uint32
+    daddr: np.ndarray  # uint32
 
 
 def mac48(macs: np.ndarray) -> np.ndarray:
@@ -63,7 +62,6 @@ def mac48(macs: np.ndarray) -> np.ndarray:
 def ip_rcv(hdr: np.ndarray, length: np.ndarray, in_port: np.ndarray,
            port_mac48: np.ndarray, code: np.ndarray) -> IpHeaders:
     """Parse the batch and set `code` to a drop reason where `ip_rcv_core` drops."""
-    addrs = hdr[:, 26:34].view(">u4").astype(np.uint32)
     tot_len = hdr[:, 16:18].view(">u2")[:, 0].astype(np.uint32)
     h = IpHeaders(
         plain=np.empty(0, dtype=bool),
@@ -72,9 +70,8 @@ def ip_rcv(hdr: np.ndarray, length: np.ndarray, in_port: np.ndarray,
         tot_len=tot_len,
         frag_off=hdr[:, 20:22].view(">u2")[:, 0],
         ttl=hdr[:, 22],
-        addrs=addrs,
-        saddr=addrs[:, 0],
-        daddr=addrs[:, 1],
+        saddr=hdr[:, 26:30].view(">u4")[:, 0].astype(np.uint32),
+        daddr=hdr[:, 30:34].view(">u4")[:, 0].astype(np.uint32),
     )
     # Bytes 12..15 read little-endian: ethertype 0x0800, then 0x45, then the TOS.
     ether_vihl = (hdr[:, 12:16].view("<u4")[:, 0] & 0x00FF_FFFF) == 0x0045_0008

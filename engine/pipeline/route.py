@@ -63,9 +63,8 @@ def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
     nh = t.lookup(h.daddr)
     fragment = (h.frag_off & (IP_MF | IP_OFFSET)) != 0
     source_local = is_local(h.saddr, t.local_addrs)
-    ordinary = ORDINARY[h.addrs >> 24]
-    plain = h.plain & (h.tot_len <= t.nh_mtu[nh]) & ordinary[:, 0] & ordinary[:, 1] \
-        & ~source_local
+    plain = h.plain & (h.tot_len <= t.nh_mtu[nh]) & ORDINARY[h.saddr >> 24] \
+        & ORDINARY[h.daddr >> 24] & ~source_local
     if t.reassemble_transit:
         plain &= ~fragment
     h.plain = plain
