@@ -93,11 +93,8 @@ Only the owner process writes, from one thread; readers must be registered
 
 from __future__ import annotations
 
-import _posixshmem
 import itertools
-import mmap
 import operator
-import os
 import secrets
 import sys
 import threading
@@ -108,7 +105,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from engine.shm.layout import Field, Layout, create_segment
+from engine.shm.layout import Field, Layout, Mapping, attach_segment, create_segment
 
 EXT = 0x8000_0000  # set in every extended tbl24 entry (and in no plain entry)
 MAX_NH = (1 << 24) - 1
@@ -137,29 +134,6 @@ class Tbl8Exhausted(FibError):
 
 class FibReadOnly(FibError, PermissionError):
     """A write was attempted through an attached (reader) handle."""
-
-
-class _ReaderMapping:
-    """A reader's mapping of an existing segment, made without multiprocessing's
-    resource tracker.  `SharedMemory(create=False)` registers the name with the
-    tracker, and a reader can neither keep that (the tracker would unlink the segment
-    when the reader exits, bpo-38119) nor undo it (a spawned child shares its parent's
-    tracker, which holds each name once: unregistering drops the owner's registration,
-    and the owner's unlink then fails inside the tracker)."""
-
-    def __init__(self, name: str) -> None:
-        fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
-        try:
-            self.size = os.fstat(fd).st_size
-            self._mmap = mmap.mmap(fd, self.size)
-        finally:
-            os.close(fd)
-        self.name = name.lstrip("/")
-        self.buf = memoryview(self._mmap)
-
-    def close(self) -> None:
-        self.buf.release()
-        self._mmap.close()
 
 
 def _full_fence() -> None:
@@ -214,7 +188,7 @@ class Fib:
     #: tbl8 group and only deferred ones are left
     reclaim_timeout: float = 0.1
 
-    def __init__(self, shm: shared_memory.SharedMemory | _ReaderMapping, owner: bool) -> None:
+    def __init__(self, shm: shared_memory.SharedMemory | Mapping, owner: bool) -> None:
         # use Fib.create / Fib.attach
         self._shm = shm
         self._owner = owner
@@ -282,7 +256,7 @@ class Fib:
     @classmethod
     def attach(cls, name: str, reader_id: int | None = None) -> Fib:
         """Map an existing FIB read-only; with `reader_id`, also `register_reader` it."""
-        shm = _ReaderMapping(name)
+        shm = attach_segment(name)
         try:
             fib = cls(shm, owner=False)
         except BaseException:

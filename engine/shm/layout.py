@@ -8,8 +8,11 @@ fields (a ring's head and tail) never share a line.
 
 from __future__ import annotations
 
+import _posixshmem
+import mmap
+import os
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -53,13 +56,29 @@ def create_segment(name: str, size: int) -> shared_memory.SharedMemory:
     return shared_memory.SharedMemory(name=name, create=True, size=max(size, 1))
 
 
-def attach_segment(name: str) -> shared_memory.SharedMemory:
-    """Attach to an existing segment without registering it with Python's
-    resource tracker: only the creating process may unlink it, otherwise a
-    worker exiting would destroy memory the others still use (bpo-38119)."""
-    register = resource_tracker.register
-    resource_tracker.register = lambda name, rtype: None  # Python < 3.13 has no track=False
-    try:
-        return shared_memory.SharedMemory(name=name, create=False)
-    finally:
-        resource_tracker.register = register
+class Mapping:
+    """A mapping of an existing segment, made without multiprocessing's resource
+    tracker. `SharedMemory(create=False)` registers the name with the tracker, and an
+    attaching process can neither keep that (the tracker would unlink the segment when
+    that process exits, bpo-38119) nor undo it (a spawned child shares its parent's
+    tracker, which holds each name once: unregistering drops the owner's registration,
+    and the owner's unlink then fails inside the tracker). Only the creator unlinks."""
+
+    def __init__(self, name: str) -> None:
+        fd = _posixshmem.shm_open("/" + name.lstrip("/"), os.O_RDWR, mode=0o600)
+        try:
+            self.size = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.name = name.lstrip("/")
+        self.buf = memoryview(self._mmap)
+
+    def close(self) -> None:
+        self.buf.release()
+        self._mmap.close()
+
+
+def attach_segment(name: str) -> Mapping:
+    """Map a segment another process created (see `Mapping`)."""
+    return Mapping(name)
