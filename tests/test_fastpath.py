@@ -154,7 +154,7 @@ def raw_ip(ihl_version: int = 0x45, tot_len: int = 28, **fields) -> bytes:
     return bytes(Ether(src=MAC["h1"], dst=MAC["p0"], type=0x0800)) + bytes(b)
 
 
-@pytest.mark.parametrize("frame, reason", [
+DROP_CASES = [
     (Ether(src=MAC["h1"], dst=MAC["stranger"]) / IP(src="10.0.1.2", dst="10.0.2.2"),
      "otherhost"),
     (Ether(src=MAC["h1"], dst=MAC["p0"]) / ARP(pdst="10.0.1.1"), "not_ipv4"),
@@ -180,14 +180,18 @@ def raw_ip(ihl_version: int = 0x45, tot_len: int = 28, **fields) -> bytes:
     (Ether(src=MAC["h1"], dst=BCAST) / IP(src="10.0.1.2", dst="192.0.2.1") / UDP(),
      "l2_not_host"),  # no unreachable either: icmp_send answers PACKET_HOST only
     (h1("10.66.1.1") / UDP(), "blackhole"),
-], ids=lambda v: v if isinstance(v, str) else "")
+]
+
+
+@pytest.mark.parametrize("frame, reason", DROP_CASES,
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_drop_reason(router, frame, reason):
     assert router.one(frame)[0] == f"drop:{reason}"
 
 
 # -- what goes to the slow path, and why -----------------------------------------------
 
-@pytest.mark.parametrize("frame, port, reason", [
+SLOW_CASES = [
     (h1("10.0.1.1") / ICMP(), "p0", "local"),
     (h1("10.0.2.1") / ICMP(), "p0", "local"),  # any of our addresses
     (h1("10.0.1.255") / UDP(), "p0", "local"),  # directed broadcast
@@ -211,7 +215,11 @@ def test_drop_reason(router, frame, reason):
     (h1("10.9.8.5") / UDP(), "p0", "redirect"),  # back out of p0 to an on-link source
     (h1("10.69.0.5") / UDP(), "p0", "neigh_unresolved"),  # on-link route, no neighbour
     (h1("10.0.2.77") / UDP(), "p0", "neigh_unresolved"),  # connected, no neighbour
-], ids=lambda v: v if isinstance(v, str) else "")
+]
+
+
+@pytest.mark.parametrize("frame, port, reason", SLOW_CASES,
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_slow_path_reason(router, frame, port, reason):
     assert router.one(frame, port)[0] == f"slow:{reason}"
 

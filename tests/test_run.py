@@ -168,3 +168,31 @@ def test_cli_run_refuses_a_pcapng_input(tmp_path):
     assert "pcapng" in r.stderr
     assert not (tmp_path / "out" / "p1.pcap").exists()
     assert no_shm_leak(r.pid) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_fast_path_verdict_is_counted_end_to_end(tmp_path, workers):
+    """All the named drop and slow-path cases of test_fastpath through `fwd run`: each
+    reason's counter equals the number of its cases, and the totals balance."""
+    from collections import Counter
+
+    from scapy.layers.l2 import Ether as E
+    from test_fastpath import DROP_CASES, SLOW_CASES
+
+    inputs: dict[str, list] = {"p0": [], "p1": []}
+    for k, (frame, _) in enumerate(DROP_CASES):
+        f = E(bytes(frame))
+        f.time = 100 + k / 100
+        inputs["p0"].append(f)
+    for k, (frame, port, _) in enumerate(SLOW_CASES):
+        f = E(bytes(frame))
+        f.time = 200 + k / 100
+        inputs[port].append(f)
+    stats, _ = Lab(tmp_path, workers=workers, batch=8).run(inputs)
+    drops = Counter(reason for _, reason in DROP_CASES)
+    drops["slowpath_unimplemented"] = len(SLOW_CASES)  # until the slow path is built
+    slows = Counter(reason for _, _, reason in SLOW_CASES)
+    assert {k: v for k, v in stats.drop.items() if v} == dict(drops)
+    assert {k: v for k, v in stats.slow.items() if v} == dict(slows)
+    assert stats.forwarded == 0
+    assert stats.balanced
