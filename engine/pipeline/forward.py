@@ -41,23 +41,32 @@ def ip_forward(h: IpHeaders, nh: np.ndarray, in_port: np.ndarray, t: Tables,
     h.plain = plain
     if not plain.all():
         odd = np.flatnonzero(~plain & (code == 0))
-        e, i = egress[odd], in_port[odd]
-        resolved = (t.nh_flags[nh[odd]] & NHF_RESOLVED) != 0
-        too_big = h.tot_len[odd] > t.port_mtu[e]
-        redirect = np.zeros(len(odd), dtype=bool)
-        back = np.flatnonzero(e == i)
-        if t.send_redirects and len(back):
-            redirect[back] = source_on_link(h.saddr[odd[back]], i[back], t)
-        code[odd] = first_match([
-            (h.pkt_type[odd] != PACKET_HOST, drop(Drop.l2_not_host)),
-            (h.ttl[odd] <= 1, slow(Slow.ttl_exceeded)),
-            (~t.port_up[e], drop(Drop.port_down)),
-            (too_big & ((h.frag_off[odd] & IP_DF) != 0), slow(Slow.frag_needed)),
-            (too_big, slow(Slow.fragment)),
-            (redirect, slow(Slow.redirect)),
-            (~resolved, slow(Slow.neigh_unresolved)),
-        ], len(odd))
+        code[odd] = forward_checks(h.pkt_type[odd], h.ttl[odd], h.tot_len[odd],
+                                   h.frag_off[odd], h.saddr[odd], nh[odd], in_port[odd], t)
     return egress
+
+
+def forward_checks(pkt_type: np.ndarray, ttl: np.ndarray, tot_len: np.ndarray,
+                   frag_off: np.ndarray, saddr: np.ndarray, nh: np.ndarray,
+                   in_port: np.ndarray, t: Tables) -> np.ndarray:
+    """`ip_forward`'s decisions, in its order, for packets routed to a unicast next hop
+    that were not plain (and for the slow path's own packets)."""
+    egress = t.nh_port[nh]
+    resolved = (t.nh_flags[nh] & NHF_RESOLVED) != 0
+    too_big = tot_len > t.port_mtu[egress]
+    redirect = np.zeros(len(nh), dtype=bool)
+    back = np.flatnonzero(egress == in_port)
+    if t.send_redirects and len(back):
+        redirect[back] = source_on_link(saddr[back], in_port[back], t)
+    return first_match([
+        (pkt_type != PACKET_HOST, drop(Drop.l2_not_host)),
+        (ttl <= 1, slow(Slow.ttl_exceeded)),
+        (~t.port_up[egress], drop(Drop.port_down)),
+        (too_big & ((frag_off & IP_DF) != 0), slow(Slow.frag_needed)),
+        (too_big, slow(Slow.fragment)),
+        (redirect, slow(Slow.redirect)),
+        (~resolved, slow(Slow.neigh_unresolved)),
+    ], len(nh))
 
 
 def rewrite(hdr: np.ndarray, nh: np.ndarray, egress: np.ndarray, t: Tables) -> None:

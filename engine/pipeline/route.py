@@ -78,8 +78,10 @@ def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
 
 def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment: np.ndarray,
                  pkt_type: np.ndarray, nh_type: np.ndarray, source_local: np.ndarray,
-                 reassemble_transit: bool) -> np.ndarray:
-    """`ip_route_input_slow`'s decisions, in its order, for packets that were not plain."""
+                 reassemble_transit: bool, options_done: bool = False) -> np.ndarray:
+    """`ip_route_input_slow`'s decisions, in its order, for packets that were not plain.
+    The slow path calls it again for packets whose options it has processed
+    (`options_done`) or that it has reassembled (`fragment` all False)."""
     error_route = (nh_type == NH_NOROUTE) | (nh_type == NH_UNREACHABLE) | (nh_type == NH_PROHIBIT)
     return first_match([
         (fragment & reassemble_transit, slow(Slow.reassemble)),
@@ -90,7 +92,7 @@ def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment
         (daddr == 0, drop(Drop.martian_destination)),
         ((daddr >> 24) == 127, drop(Drop.martian_destination)),
         ((saddr >> 24) == 127, drop(Drop.martian_source)),
-        (ihl > 5, slow(Slow.options)),
+        ((ihl > 5) & (not options_done), slow(Slow.options)),
         # icmp_send answers only PACKET_HOST frames: an error route is then silent
         (error_route & (pkt_type != PACKET_HOST), drop(Drop.l2_not_host)),
         (nh_type == NH_NOROUTE, slow(Slow.no_route)),
