@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 
@@ -51,3 +53,26 @@ def ttl_decrement_le(check_le: np.ndarray) -> np.ndarray:
     1, with end-around carry. Equal to eqn. 3 for all 65,536 values (a test checks),
     in three operations."""
     return check_le + np.uint16(1) + (check_le >= 0xFFFE)
+
+
+# -- one packet at a time, for the slow path -------------------------------------------
+
+def inet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 checksum of `data` (odd lengths padded with a zero byte)."""
+    data = bytes(data)
+    if len(data) & 1:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ip_header_checksum(header: bytes | bytearray | memoryview) -> int:
+    """The checksum field value for an IPv4 header (its own checksum field ignored)."""
+    return inet_checksum(bytes(header[:10]) + b"\0\0" + bytes(header[12:]))
+
+
+def set_ip_checksum(header: bytearray) -> None:
+    """Recompute an IPv4 header's checksum in place (`ip_send_check`)."""
+    header[10:12] = ip_header_checksum(header).to_bytes(2, "big")
