@@ -57,22 +57,32 @@ def ttl_decrement_le(check_le: np.ndarray) -> np.ndarray:
 
 # -- one packet at a time, for the slow path -------------------------------------------
 
+# An IPv4 header's 16-bit words by IHL, to sum a header with one unpack.
+HEADER_WORDS = {ihl: struct.Struct(f"!{ihl * 2}H") for ihl in range(5, 16)}
+
+
+def fold16(total: int) -> int:
+    """Fold a sum of 16-bit words to 16 bits with end-around carry (RFC 1071)."""
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
 def inet_checksum(data: bytes | bytearray | memoryview) -> int:
-    """RFC 1071 checksum of `data` (odd lengths padded with a zero byte)."""
+    """RFC 1071 checksum of `data` (odd lengths padded with a zero byte): the value to
+    store with the checksum field zeroed, or 0 when `data` carries a valid one."""
     data = bytes(data)
     if len(data) & 1:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return ~fold16(sum(struct.unpack(f"!{len(data) // 2}H", data))) & 0xFFFF
 
 
-def ip_header_checksum(header: bytes | bytearray | memoryview) -> int:
-    """The checksum field value for an IPv4 header (its own checksum field ignored)."""
-    return inet_checksum(bytes(header[:10]) + b"\0\0" + bytes(header[12:]))
+def ip_checksum(header: bytes | bytearray | memoryview) -> int:
+    """`inet_checksum` of a whole IPv4 header (IHL*4 bytes): 0 when it verifies."""
+    return ~fold16(sum(HEADER_WORDS[len(header) >> 2].unpack(header))) & 0xFFFF
 
 
 def set_ip_checksum(header: bytearray) -> None:
     """Recompute an IPv4 header's checksum in place (`ip_send_check`)."""
-    header[10:12] = ip_header_checksum(header).to_bytes(2, "big")
+    header[10:12] = b"\0\0"
+    header[10:12] = ip_checksum(header).to_bytes(2, "big")

@@ -25,8 +25,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.pipeline.checksum import inet_checksum
-from engine.pipeline.checksum import ip_header_checksum as ip_checksum
+from engine.pipeline.checksum import inet_checksum, ip_checksum
 from engine.pipeline.options import IPHDR_LEN
 
 # ICMP types and codes (include/uapi/linux/icmp.h)

@@ -1,0 +1,601 @@
+"""IPv4 reassembly for the slow path, with the kernel's semantics, over bytes.
+
+Follows net/ipv4/ip_fragment.c (`ip_defrag`, `ip_frag_queue`, `ip_frag_reasm`,
+`ip_expire`, `ip_frag_too_far`/`ip_frag_reinit`) and net/ipv4/inet_fragment.c
+(`inet_frag_find`, `inet_frag_queue_insert`, memory accounting). One call per
+fragment; no I/O, no clock of its own: the caller passes `now_ns` (pcap time in
+replays; it must not go backwards) and calls `expire(now_ns)` to run the timers.
+Results are read-only: the common "queued" answer is one shared object.
+
+Queue rules, as `ip_frag_queue` applies them, in the same order:
+- queues are keyed by (src, dst, id, protocol) (the kernel adds `user` and `vif`);
+- a fragment without MF fixes the datagram's end; a different end, or data seen
+  beyond it, drops the whole queue ("conflicting_end"); a fragment with MF has its
+  length cut to a multiple of 8 (`end &= ~7`), and an empty result drops the queue
+  ("bad_fragment", the kernel's `end == offset` check);
+- insertion works on "runs" of adjacent fragments (`inet_frag_queue_insert`): a
+  fragment lying wholly inside one run is a duplicate, dropped alone and harmless
+  (RFC 5722 errata 3089, KERNEL-NOTES); any other overlap drops the whole queue
+  (RFC 5722 applied to IPv4, in Linux since 4.19/2018) and counts ReasmOverlaps;
+- when `max_dist` or more fragments from the same source came between two fragments
+  of one queue, the queue is emptied and its timer restarted before the new fragment
+  goes in (`ip_frag_too_far`/`ip_frag_reinit`, sysctl ipfrag_max_dist, default 64;
+  0 disables);
+- complete when the first (offset 0) and last fragments are in and the bytes held
+  equal the length; then an invalid ECN mix (`ip_frag_ecn_table`) or a datagram over
+  65,535 bytes fails the queue ("ecn", "too_big"), as in `ip_frag_reasm`.
+
+The reassembled datagram is the first fragment's header (options included) with
+tot_len set, ECN CE or'ed into TOS when a fragment carried it, the fragment field 0,
+or DF when the largest fragment had DF (the kernel then also marks the datagram
+IPSKB_FRAG_PMTU, so its slow-path refragmenting keeps DF: `Result.df`), checksum
+recomputed. `Result.largest` is the largest fragment received
+(IPCB(skb)->frag_max_size): with netfilter defrag the kernel refragments every
+reassembled datagram it forwards to no more than that, and to the egress MTU, and
+where the original fragments still fit it sends them as they came (`Result.sizes`,
+`fragment(..., geometry=...)`).
+
+Memory. Like `fqdir->mem`, every queued fragment is charged a truesize and every
+queue its descriptor. Truesize here is `tot_len + SKB_OVERHEAD`, where 576 bytes is
+what SKB_TRUESIZE() adds on x86-64 (sizeof(struct sk_buff) and
+sizeof(struct skb_shared_info), cache-aligned: 256 + 320); a queue costs
+IPQ_SIZE = 192 (about sizeof(struct ipq), charged as `f->qsize` by
+`inet_frag_alloc`). Real drivers often charge a whole page or 2 KiB buffer per
+frame; the fixed overhead keeps the numbers deterministic and close to the kernel's
+for copied-in fragments.
+
+Eviction. DESIGN.md asks for the old kernel's evictor: when memory goes over
+high_thresh, drop least-recently-used queues until it is at most low_thresh
+(`inet_frag_evictor`, LRU of queues moved to the tail on every fragment). Today's
+kernel no longer evicts: since 4.17 `inet_frag_find` refuses every new fragment
+while `fqdir->mem > high_thresh` (ReasmFails, fragment dropped) and low_thresh is
+unused; queues then leave only by completion, error or timeout. Here eviction runs
+after the fragment is queued, so memory is never above high_thresh when `add`
+returns (the kernel's check-before-add can overshoot by one fragment); the queue that
+just grew is the most recently used, so it is evicted last.
+
+Accounting: every fragment given to `add` ends in exactly one place: still held
+(`held`), part of a completed datagram (`reassembled`), or dropped under a reason
+(`drops[reason]`, counted in fragments). `ReasmReqds == held + reassembled +
+sum(drops.values())` always; `consistent()` also re-adds `mem` from the queues.
+ReasmFails counts, as the kernel does, once per queue that fails (overlap,
+conflicting end, bad fragment, too big, ECN, timeout, eviction, too_far reinit,
+flush) and once per fragment refused outright (malformed); duplicates are not
+failures.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_right
+from collections import OrderedDict
+from operator import itemgetter
+from typing import Any
+
+from engine.pipeline.checksum import ip_checksum
+from engine.pipeline.frag import IP_DF, IP_MF, IP_OFFSET
+
+SKB_OVERHEAD = 576  # SKB_TRUESIZE(0) on x86-64: see module docstring
+IPQ_SIZE = 192  # per-queue charge (sizeof(struct ipq), roughly)
+IP_MAX_LEN = 65535
+
+QUEUED = "queued"
+COMPLETE = "complete"
+DROPPED = "dropped"
+
+# Drop reasons (fragments are counted per reason in Reassembler.drops).
+MALFORMED = "malformed"  # not an IPv4 fragment at all (never reaches ip_defrag in the kernel)
+BAD_FRAGMENT = "bad_fragment"  # empty after trimming (end == offset)
+CONFLICTING_END = "conflicting_end"
+OVERLAP = "overlap"
+DUPLICATE = "duplicate"
+TOO_BIG = "too_big"
+ECN = "ecn"
+MEM_LIMIT = "mem_limit"
+TOO_FAR = "too_far"
+TIMEOUT = "timeout"
+FLUSH = "flush"
+REASONS = (
+    MALFORMED,
+    BAD_FRAGMENT,
+    CONFLICTING_END,
+    OVERLAP,
+    DUPLICATE,
+    TOO_BIG,
+    ECN,
+    MEM_LIMIT,
+    TOO_FAR,
+    TIMEOUT,
+    FLUSH,
+)
+
+# RFC 3168 §5.3 via the kernel's ip_frag_ecn_table: index = OR of 1 << (tos & 3)
+# over all fragments (bit 0 Not-ECT, 1 ECT(1), 2 ECT(0), 3 CE); value = bits to OR
+# into the reassembled TOS, or 0xFF to drop (Not-ECT mixed with ECN-capable).
+_NOT_ECT, _ECT_1, _ECT_0, _CE = 1, 2, 4, 8
+_ECN_TABLE = [0] * 16
+for _i in range(16):
+    if _i & _NOT_ECT and _i & (_CE | _ECT_0 | _ECT_1):
+        _ECN_TABLE[_i] = 0xFF
+    elif _i & _CE and _i & (_ECT_0 | _ECT_1):
+        _ECN_TABLE[_i] = 3
+del _i
+
+_HDR = struct.Struct("!BBHHHBBH4s4s")
+_FIRST = itemgetter(0)
+
+Key = tuple[bytes, bytes, int, int]  # (src, dst, id, protocol)
+
+
+class Dropped:
+    """A queue (or its earlier fragments) that left without completing.
+
+    `reason` is one of REASONS; `nfrags` fragments were freed; `metas` are their
+    `meta` values in arrival order. `first` is the first fragment (offset 0) as held
+    (its header and payload, trimmed as queued) when it had arrived, else None: for a
+    timeout the caller answers ICMP time exceeded, code 1, quoting it (`ip_expire`
+    sends only when the first fragment is there).
+    """
+
+    __slots__ = ("reason", "key", "nfrags", "metas", "first")
+
+    def __init__(
+        self, reason: str, key: Key, nfrags: int, metas: list, first: bytes | None
+    ) -> None:
+        self.reason = reason
+        self.key = key
+        self.nfrags = nfrags
+        self.metas = metas
+        self.first = first
+
+    @property
+    def first_in(self) -> bool:
+        return self.first is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Dropped({self.reason}, key={self.key!r}, nfrags={self.nfrags}, "
+            f"first_in={self.first_in})"
+        )
+
+
+Expired = Dropped  # what `expire` returns: Dropped records with reason "timeout"
+
+
+class Result:
+    """What became of one fragment given to `Reassembler.add`.
+
+    - status QUEUED: held, waiting for the rest.
+    - status COMPLETE: `datagram` is the reassembled packet; `metas` are the metas
+      of its `nfrags` fragments in offset order; `largest` is the largest fragment
+      received (bytes, header included); `df` says the datagram got DF (refragment
+      with `fragment(..., keep_df=True)`); `sizes` are the payload sizes of its
+      fragments in offset order (`fragment(..., geometry=sizes)` sends them again
+      as they came, the kernel's frag_list fast path).
+    - status DROPPED: `reason` says why; `nfrags` fragments were freed because of
+      this one (just it for a duplicate, the whole queue plus it otherwise), `metas`
+      theirs (this fragment's last).
+    `side` lists other fragments freed during the call, each a Dropped: other queues
+    evicted for memory, this queue's own earlier fragments emptied by `too_far`, or
+    this queue expired before the fragment arrived (reason "timeout", ICMP due).
+    """
+
+    __slots__ = (
+        "status",
+        "reason",
+        "datagram",
+        "metas",
+        "nfrags",
+        "largest",
+        "df",
+        "sizes",
+        "side",
+    )
+
+    def __init__(
+        self,
+        status: str,
+        reason: str | None = None,
+        datagram: bytes | None = None,
+        metas: list | None = None,
+        nfrags: int = 0,
+        largest: int = 0,
+        df: bool = False,
+        sizes: list[int] | None = None,
+        side: list[Dropped] | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.datagram = datagram
+        self.metas = metas if metas is not None else []
+        self.nfrags = nfrags
+        self.largest = largest
+        self.df = df
+        self.sizes = sizes if sizes is not None else []
+        self.side = side if side is not None else []
+
+    def __repr__(self) -> str:
+        extra = f", reason={self.reason}" if self.reason else ""
+        if self.datagram is not None:
+            extra += f", {len(self.datagram)} bytes"
+        return f"Result({self.status}{extra}, nfrags={self.nfrags}, side={self.side!r})"
+
+
+# Shared answer for the common case (queued, nothing else freed): no allocation.
+_QUEUED = Result(QUEUED)
+
+
+class _Queue:
+    """One datagram being reassembled (`struct ipq`)."""
+
+    __slots__ = (
+        "key",
+        "start_ns",  # timer start: creation, or the last too_far reinit
+        "frags",  # [(offset, payload memoryview, meta, truesize)] in arrival order
+        "run_starts",  # runs of adjacent fragments (inet_frag_queue_insert), sorted
+        "run_ends",
+        "tail_end",  # end of the highest fragment (fragments_tail), -1 when empty
+        "head",  # first fragment as held (offset 0), or None
+        "last_in",
+        "length",  # q.len: datagram payload end as known so far
+        "meat",  # payload bytes held
+        "truesize",  # memory charged for the fragments held
+        "max_size",
+        "max_df_size",
+        "ecn",
+        "peer",  # [rid, queues] of the source, for ip_frag_too_far
+        "rid",
+    )
+
+    def __init__(self, key: Key, now_ns: int, peer: list[int]) -> None:
+        self.key = key
+        self.start_ns = now_ns
+        self.peer = peer
+        self.rid = 0
+        self.max_size = 0
+        self.max_df_size = 0
+        # as clear(), inlined: one queue per datagram makes this a hot path
+        self.frags: list[tuple[int, memoryview, Any, int]] = []
+        self.run_starts: list[int] = []
+        self.run_ends: list[int] = []
+        self.tail_end = -1
+        self.head: memoryview | None = None
+        self.last_in = False
+        self.length = 0
+        self.meat = 0
+        self.truesize = 0
+        self.ecn = 0
+
+    def clear(self) -> None:
+        self.frags = []
+        self.run_starts = []
+        self.run_ends = []
+        self.tail_end = -1
+        self.head: memoryview | None = None
+        self.last_in = False
+        self.length = 0
+        self.meat = 0
+        self.truesize = 0
+        self.ecn = 0
+
+
+class Reassembler:
+    """IPv4 reassembly with bounded memory (see the module docstring).
+
+    `high_thresh`/`low_thresh` bound `mem` in bytes (eviction from high down to low);
+    `timeout_ns` is the reassembly timeout (`ipfrag_time`), counted from a queue's
+    first fragment and not extended by later ones (RFC 791's advice to extend it is
+    what the kernel declines to follow). `max_dist` is ipfrag_max_dist.
+    """
+
+    def __init__(
+        self, high_thresh: int, low_thresh: int, timeout_ns: int, *, max_dist: int = 64
+    ) -> None:
+        if not 0 <= low_thresh <= high_thresh:
+            raise ValueError("need 0 <= low_thresh <= high_thresh")
+        if timeout_ns <= 0 or max_dist < 0:
+            raise ValueError("timeout_ns must be > 0 and max_dist >= 0")
+        self.high_thresh = high_thresh
+        self.low_thresh = low_thresh
+        self.timeout_ns = timeout_ns
+        self.max_dist = max_dist
+        # Queues in timer order (creation/reinit), for expire(); and in LRU order
+        # (moved to the end on every fragment), for eviction.
+        self._queues: dict[Key, _Queue] = {}
+        self._lru: OrderedDict[Key, _Queue] = OrderedDict()
+        self._peers: dict[bytes, list[int]] = {}
+        self.mem = 0
+        self.held = 0  # fragments queued now
+        self.reassembled = 0  # fragments that went into completed datagrams
+        self.drops: dict[str, int] = dict.fromkeys(REASONS, 0)
+        # /proc/net/snmp Ip: (and ReasmOverlaps from /proc/net/netstat IpExt:)
+        self.reasm_reqds = 0
+        self.reasm_oks = 0
+        self.reasm_fails = 0
+        self.reasm_timeout = 0
+        self.reasm_overlaps = 0
+
+    # -- reading ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def counters(self) -> dict[str, int]:
+        """The SNMP-style counters, by their /proc names."""
+        return {
+            "ReasmReqds": self.reasm_reqds,
+            "ReasmOKs": self.reasm_oks,
+            "ReasmFails": self.reasm_fails,
+            "ReasmTimeout": self.reasm_timeout,
+            "ReasmOverlaps": self.reasm_overlaps,
+        }
+
+    def consistent(self) -> bool:
+        """Every fragment accounted for once, and `mem`/`held` match the queues."""
+        held = sum(len(q.frags) for q in self._queues.values())
+        mem = sum(q.truesize + IPQ_SIZE for q in self._queues.values())
+        truesize_ok = all(q.truesize == sum(f[3] for f in q.frags) for q in self._queues.values())
+        return (
+            held == self.held
+            and mem == self.mem
+            and truesize_ok
+            and self._queues.keys() == self._lru.keys()
+            and sum(p[1] for p in self._peers.values()) == len(self._queues)
+            and self.reasm_reqds == self.held + self.reassembled + sum(self.drops.values())
+            and self.mem <= self.high_thresh
+        )
+
+    # -- the fragment path -----------------------------------------------------
+
+    def add(
+        self, ip_packet: bytes | bytearray | memoryview, now_ns: int, meta: Any = None
+    ) -> Result:
+        """Queue one fragment (`ip_defrag`). `ip_packet` starts at the IP header and
+        has passed `ip_rcv`'s checks; bytes past tot_len are ignored. A bytes object
+        is kept by reference; anything mutable is copied."""
+        self.reasm_reqds += 1
+        pkt = ip_packet if type(ip_packet) is bytes else bytes(ip_packet)
+        try:
+            ver_ihl, tos, tot_len, ident, frag_off, _, proto, _, src, dst = _HDR.unpack_from(pkt)
+        except struct.error:
+            return self._refuse(MALFORMED, meta)
+        ihl = (ver_ihl & 0x0F) << 2
+        if (
+            ver_ihl >> 4 != 4
+            or ihl < 20
+            or tot_len < ihl
+            or tot_len > len(pkt)
+            or not frag_off & (IP_MF | IP_OFFSET)
+        ):
+            return self._refuse(MALFORMED, meta)
+
+        key = (src, dst, ident, proto)
+        side: list[Dropped] | None = None
+        q = self._queues.get(key)
+        if q is not None and now_ns - q.start_ns >= self.timeout_ns:
+            # Its timer is due: ip_expire would have run before this fragment came.
+            side = [self._expire_queue(q)]
+            q = None
+        if q is None:
+            peer = self._peers.get(src)
+            if peer is None:
+                peer = self._peers[src] = [0, 0]
+            peer[1] += 1
+            q = _Queue(key, now_ns, peer)
+            self._queues[key] = q
+            self._lru[key] = q
+            self.mem += IPQ_SIZE
+        else:
+            self._lru.move_to_end(key)
+
+        if self.max_dist:
+            # ip_frag_too_far: fragments from this source since this queue's last one.
+            peer = q.peer
+            peer[0] += 1
+            start, q.rid = q.rid, peer[0]
+            if q.frags and peer[0] - start > self.max_dist:
+                self.reasm_fails += 1
+                side = side or []
+                side.append(self._reinit(q, now_ns))
+
+        offset = (frag_off & IP_OFFSET) << 3
+        end = offset + tot_len - ihl
+        if not frag_off & IP_MF:
+            # The last fragment: nothing may lie beyond it, and it may not move.
+            if end < q.length or (q.last_in and end != q.length):
+                return self._discard(q, CONFLICTING_END, meta, side)
+            q.last_in = True
+            q.length = end
+        else:
+            end &= ~7
+            if end > q.length:
+                if q.last_in:
+                    return self._discard(q, CONFLICTING_END, meta, side)
+                q.length = end
+        if end == offset:
+            return self._discard(q, BAD_FRAGMENT, meta, side)
+
+        # inet_frag_queue_insert: append at the tail (the common, in-order case) or
+        # find its place among the runs.
+        tail_end = q.tail_end
+        if tail_end < 0:
+            q.run_starts.append(offset)
+            q.run_ends.append(end)
+            q.tail_end = end
+        elif tail_end < end:
+            if offset < tail_end:
+                self.reasm_overlaps += 1
+                return self._discard(q, OVERLAP, meta, side)
+            if offset == tail_end:
+                q.run_ends[-1] = end
+            else:
+                q.run_starts.append(offset)
+                q.run_ends.append(end)
+            q.tail_end = end
+        else:
+            starts = q.run_starts
+            ends = q.run_ends
+            i = bisect_right(starts, offset) - 1
+            if i >= 0 and ends[i] > offset:
+                if end <= ends[i]:
+                    # Inside a run of data already held: a duplicate, harmless.
+                    self.drops[DUPLICATE] += 1
+                    return Result(DROPPED, DUPLICATE, metas=[meta], nfrags=1, side=side)
+                self.reasm_overlaps += 1
+                return self._discard(q, OVERLAP, meta, side)
+            if i + 1 < len(starts) and starts[i + 1] < end:
+                self.reasm_overlaps += 1
+                return self._discard(q, OVERLAP, meta, side)
+            starts.insert(i + 1, offset)
+            ends.insert(i + 1, end)
+
+        size = end - offset
+        data = memoryview(pkt)
+        if offset == 0:
+            q.head = data[: ihl + size]
+        truesize = tot_len + SKB_OVERHEAD
+        q.frags.append((offset, data[ihl : ihl + size], meta, truesize))
+        q.meat += size
+        q.ecn |= 1 << (tos & 3)
+        q.truesize += truesize
+        self.mem += truesize
+        self.held += 1
+        fragsize = size + ihl
+        if fragsize > q.max_size:
+            q.max_size = fragsize
+        if frag_off & IP_DF and fragsize > q.max_df_size:
+            q.max_df_size = fragsize
+
+        if q.last_in and q.meat == q.length and q.head is not None:
+            return self._reasm(q, side)
+
+        if self.mem > self.high_thresh:
+            evicted = self._evict()
+            if key not in self._queues:  # its own queue went too (the newest: last)
+                own = evicted.pop()
+                side = (side or []) + evicted
+                return Result(DROPPED, MEM_LIMIT, metas=own.metas, nfrags=own.nfrags, side=side)
+            side = (side or []) + evicted
+        if side:
+            return Result(QUEUED, side=side)
+        return _QUEUED
+
+    def _reasm(self, q: _Queue, side: list[Dropped] | None) -> Result:
+        """`ip_frag_reasm`: glue the queue into one datagram."""
+        ecn = _ECN_TABLE[q.ecn]
+        if ecn == 0xFF:
+            return self._fail_complete(q, ECN, side)
+        head = q.head
+        assert head is not None
+        ihl = (head[0] & 0x0F) << 2
+        total = ihl + q.length
+        if total > IP_MAX_LEN:
+            return self._fail_complete(q, TOO_BIG, side)
+        frags = q.frags
+        frags.sort(key=_FIRST)
+        df = q.max_df_size == q.max_size
+        hdr = bytearray(head[:ihl])
+        hdr[1] |= ecn
+        hdr[2] = total >> 8
+        hdr[3] = total & 0xFF
+        hdr[6] = 0x40 if df else 0  # IP_DF >> 8, offset 0, no MF
+        hdr[7] = 0
+        hdr[10] = hdr[11] = 0
+        check = ip_checksum(hdr)
+        hdr[10] = check >> 8
+        hdr[11] = check & 0xFF
+        _, payloads, metas, _ = zip(*frags, strict=True)
+        datagram = b"".join((hdr, *payloads))
+        n = len(frags)
+        self._unlink(q)
+        self.held -= n
+        self.reassembled += n
+        self.reasm_oks += 1
+        return Result(
+            COMPLETE, None, datagram, list(metas), n, q.max_size, df, list(map(len, payloads)), side
+        )
+
+    # -- leaving without completing -------------------------------------------
+
+    def _refuse(self, reason: str, meta: Any) -> Result:
+        self.reasm_fails += 1
+        self.drops[reason] += 1
+        return Result(DROPPED, reason, metas=[meta], nfrags=1)
+
+    def _kill(self, q: _Queue, reason: str) -> Dropped:
+        """Unlink a queue and free its fragments under `reason` (`inet_frag_kill`)."""
+        self._unlink(q)
+        n = len(q.frags)
+        self.held -= n
+        self.drops[reason] += n
+        self.reasm_fails += 1
+        first = bytes(q.head) if q.head is not None else None
+        return Dropped(reason, q.key, n, [f[2] for f in q.frags], first)
+
+    def _discard(self, q: _Queue, reason: str, meta: Any, side: list[Dropped] | None) -> Result:
+        """`discard_qp`: the fragment and its whole queue are dropped."""
+        gone = self._kill(q, reason)
+        self.drops[reason] += 1
+        gone.metas.append(meta)
+        return Result(DROPPED, reason, metas=gone.metas, nfrags=gone.nfrags + 1, side=side or [])
+
+    def _fail_complete(self, q: _Queue, reason: str, side: list[Dropped] | None) -> Result:
+        gone = self._kill(q, reason)
+        return Result(DROPPED, reason, metas=gone.metas, nfrags=gone.nfrags, side=side or [])
+
+    def _unlink(self, q: _Queue) -> None:
+        del self._queues[q.key]
+        del self._lru[q.key]
+        self.mem -= q.truesize + IPQ_SIZE
+        peer = q.peer
+        peer[1] -= 1
+        if not peer[1]:
+            # Only differences of a source's counter matter, and only to its live
+            # queues: with none left it can go (the kernel's inet_peer ages out).
+            del self._peers[q.key[0]]
+
+    def _reinit(self, q: _Queue, now_ns: int) -> Dropped:
+        """`ip_frag_reinit`: drop what the queue holds, keep the queue, restart its timer."""
+        n = len(q.frags)
+        gone = Dropped(TOO_FAR, q.key, n, [f[2] for f in q.frags], None)
+        self.mem -= q.truesize
+        self.held -= n
+        self.drops[TOO_FAR] += n
+        q.clear()
+        q.start_ns = now_ns
+        del self._queues[q.key]
+        self._queues[q.key] = q  # timer order: it is now the newest
+        return gone
+
+    def _expire_queue(self, q: _Queue) -> Dropped:
+        self.reasm_timeout += 1
+        return self._kill(q, TIMEOUT)
+
+    def _evict(self) -> list[Dropped]:
+        """Drop least recently used queues until mem <= low_thresh."""
+        out = []
+        lru = self._lru
+        while self.mem > self.low_thresh and lru:
+            q = next(iter(lru.values()))
+            out.append(self._kill(q, MEM_LIMIT))
+        return out
+
+    def expire(self, now_ns: int) -> list[Dropped]:
+        """Time out every queue whose timer is due (`ip_expire`). Each Dropped has
+        reason "timeout"; when `first_in`, the caller sends ICMP time exceeded code 1
+        about `first` (the kernel with netfilter defrag does so only for datagrams
+        to the router itself: `frag_expire_skip_icmp`)."""
+        out = []
+        queues = self._queues
+        timeout = self.timeout_ns
+        while queues:
+            q = next(iter(queues.values()))
+            if now_ns - q.start_ns < timeout:
+                break
+            out.append(self._expire_queue(q))
+        return out
+
+    def flush(self) -> list[Dropped]:
+        """Drop every queue (end of a replay): reason "flush", counted in ReasmFails
+        and drops, never as a timeout."""
+        return [self._kill(q, FLUSH) for q in list(self._queues.values())]
