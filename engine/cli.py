@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
 from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
+from engine.control import DEFAULT_SOCKET
 
 EXIT_CONFIG = 2
 
@@ -42,11 +46,20 @@ def check(config: str) -> None:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as JSON.")
-def run(config: str, as_json: bool) -> None:
+@click.option("--keep-running", is_flag=True,
+              help="With pcap ports: once every input frame is forwarded and drained, write "
+                   "the outputs and keep the engine and its control socket up until "
+                   "SIGINT/SIGTERM.")
+@click.option("--socket", "socket_path", metavar="PATH",
+              help="Serve the control socket on PATH (overrides [engine] control_socket; "
+                   f"default {DEFAULT_SOCKET}, skipped with a warning when unusable).")
+def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None) -> None:
     """Run the deployment in CONFIG.
 
     With pcap ports: forward every input frame, write every port's output capture,
-    print the counters and exit.
+    print the counters and exit (with --keep-running: stay up until SIGINT/SIGTERM).
+    While it runs, `fwd stats`, `fwd route ...` and `fwd port ...` talk to it through
+    its control socket.
     """
     from engine.io.pcap import PcapError
     from engine.stats import format_snapshot
@@ -54,8 +67,11 @@ def run(config: str, as_json: bool) -> None:
     from engine.supervisor import run as run_engine
 
     cfg = _load_or_exit(config)
+    explicit = socket_path or cfg.engine.control_socket
     try:
-        result = run_engine(cfg)
+        result = run_engine(cfg, control_socket=explicit or DEFAULT_SOCKET,
+                            control_required=bool(explicit), keep_running=keep_running,
+                            log=lambda msg: click.echo(msg, err=True))
     except PcapError as err:
         click.echo(f"fwd: {err}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -69,6 +85,167 @@ def run(config: str, as_json: bool) -> None:
     if not result.stats.balanced:
         click.echo("fwd: counters do not balance: a frame was lost or counted twice", err=True)
         sys.exit(1)
+
+
+# --- commands against a running engine (engine/control.py) ---------------------------
+
+SOCKET_HELP = (f"The engine's control socket (default: $FWD_SOCKET, else {DEFAULT_SOCKET}; "
+               "`fwd run --socket` or [engine] control_socket chose it).")
+
+
+def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--socket", "socket_path", metavar="PATH", help=SOCKET_HELP)(f)
+
+
+def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """The engine's reply to `msg`; a message and exit 1 if there is none or it is an
+    error."""
+    from engine.control import ControlError, default_socket, request
+
+    try:
+        reply = request(socket_path or default_socket(), msg, timeout=timeout)
+    except ControlError as err:
+        click.echo(f"fwd: {err}", err=True)
+        sys.exit(1)
+    if not reply.get("ok"):
+        click.echo(f"fwd: {reply.get('error', 'the engine refused the request')}", err=True)
+        sys.exit(1)
+    return reply
+
+
+@main.command()
+@socket_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print everything (counters, per-worker rows, FIB, ports) as JSON.")
+def stats(socket_path: str | None, as_json: bool) -> None:
+    """Show the counters of a running engine: ports, Ip: counters, drop and slow-path
+    reasons, the accounting check, and one row per worker."""
+    from engine.stats import Snapshot, format_agents, format_snapshot
+
+    s = _call(socket_path, {"cmd": "stats"})["stats"]
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(format_snapshot(Snapshot.from_dict(s)))
+    click.echo("ports: " + " ".join(f"{name}={'up' if st['up'] else 'DOWN'}"
+                                    for name, st in s.get("port_state", {}).items()))
+    fib = s.get("fib", {})
+    if fib:
+        click.echo(f"fib: {fib['routes']} entries, tbl8 groups {fib['tbl8_used']} used of "
+                   f"{fib['tbl8_groups']}, generation {fib['generation']}")
+    click.echo("")
+    click.echo(format_agents(s.get("workers", [])))
+
+
+@main.group()
+def route() -> None:
+    """Show and change the routes of a running engine (through its control socket)."""
+
+
+@route.command("add")
+@click.argument("prefix")
+@click.option("--via", metavar="GW", help="Gateway address (on a port's subnet).")
+@click.option("--port", metavar="P", help="Egress port (alone: a directly connected route).")
+@click.option("--type", "rtype", metavar="T",
+              help="unicast (default) | blackhole | unreachable | prohibit.")
+@socket_option
+def route_add(prefix: str, via: str | None, port: str | None, rtype: str | None,
+              socket_path: str | None) -> None:
+    """Add a route to PREFIX (a.b.c.d/len), checked like a [[route]] of the config.
+
+    Takes effect on the next batch of every worker; an existing prefix is refused
+    (delete it first)."""
+    msg: dict[str, Any] = {"cmd": "route.add", "prefix": prefix}
+    for k, v in (("via", via), ("port", port), ("type", rtype)):
+        if v is not None:
+            msg[k] = v
+    r = _call(socket_path, msg)["route"]
+    click.echo(f"added {_route_line(r)}")
+
+
+@route.command("del")
+@click.argument("prefix")
+@socket_option
+def route_del(prefix: str, socket_path: str | None) -> None:
+    """Delete the route to PREFIX (a config or added one); the next less-specific
+    route takes over its addresses."""
+    r = _call(socket_path, {"cmd": "route.del", "prefix": prefix})["route"]
+    click.echo(f"deleted {_route_line(r)}")
+
+
+@route.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the routes as JSON.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list the internal entries: local addresses, subnet broadcasts, "
+                   "static neighbours.")
+@socket_option
+def route_show(as_json: bool, show_all: bool, socket_path: str | None) -> None:
+    """List the routes: from the config, added since, and the connected subnets."""
+    msg: dict[str, Any] = {"cmd": "route.show"}
+    if show_all:
+        msg["all"] = True
+    routes = _call(socket_path, msg, timeout=60.0)["routes"]
+    if as_json:
+        click.echo(json.dumps(routes, indent=2))
+        return
+    for r in routes:
+        click.echo(_route_line(r))
+
+
+@route.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@socket_option
+def route_load(file: str, socket_path: str | None) -> None:
+    """Add every route in FILE: one `prefix [via GW] [port P] [type T]` per line
+    (blank lines and # comments skipped). All of them are added, or none: a bad line
+    is reported with its number."""
+    from engine.control import MAX_REQUEST
+
+    data = Path(file).read_bytes()
+    if len(data) <= MAX_REQUEST - 1024:
+        try:
+            msg: dict[str, Any] = {"cmd": "route.load", "text": data.decode()}
+        except UnicodeDecodeError as err:
+            click.echo(f"fwd: {file} is not UTF-8 text (byte {err.start})", err=True)
+            sys.exit(1)
+    else:  # too big for one request: the engine reads it (it runs as our user or root)
+        msg = {"cmd": "route.load", "path": str(Path(file).resolve())}
+    n = _call(socket_path, msg, timeout=600.0)["added"]
+    click.echo(f"loaded {n} route{'s' if n != 1 else ''} from {file}")
+
+
+@main.group()
+def port() -> None:
+    """Take the ports of a running engine up or down (through its control socket)."""
+
+
+@port.command("up")
+@click.argument("name")
+@socket_option
+def port_up(name: str, socket_path: str | None) -> None:
+    """Bring port NAME up: packets may leave through it again."""
+    r = _call(socket_path, {"cmd": "port.up", "name": name})
+    click.echo(f"{name} up" if r["changed"] else f"{name} was already up")
+
+
+@port.command("down")
+@click.argument("name")
+@socket_option
+def port_down(name: str, socket_path: str | None) -> None:
+    """Take port NAME down: from the next batch on no packet leaves through it (those
+    routed there are dropped as port_down) and workers flush what they cached for it."""
+    r = _call(socket_path, {"cmd": "port.down", "name": name})
+    click.echo(f"{name} down" if r["changed"] else f"{name} was already down")
+
+
+def _route_line(r: dict[str, Any]) -> str:
+    via = ",".join(h["via"] for h in r["nexthops"]) if r.get("nexthops") else r.get("via")
+    parts = [f"{r['prefix']:<18}", f"{r['type']:<11}"]
+    parts.append(f"via {via:<15}" if via else " " * 19)
+    parts.append(f"port {r['port']:<8}" if r.get("port") else " " * 13)
+    flags = [r["origin"]] + (["shadowed"] if r.get("shadowed") else [])
+    parts.append(",".join(flags))
+    return " ".join(parts).rstrip()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,27 @@
-"""Control plane: the next-hop table and the FIB built from the config.
+"""Control plane: the next-hop table, the FIB, routes and port state.
 
-Run only in the control process. What the kernel keeps in its local and main tables
-becomes FIB entries pointing at next-hop rows (the way VPP points routes at
-adjacencies):
+Run only in the control process (the FIB's single writer). What the kernel keeps in
+its local and main tables becomes FIB entries pointing at next-hop rows (the way VPP
+points routes at adjacencies):
 
 - each port address: a /32 `local` entry; its subnet: a connected (on-link,
   unresolved) entry on the port; the subnet's directed broadcast (prefixes up to
   /30): a `broadcast` entry, as the kernel's local table has;
-- each static neighbour: a /32 resolved entry carrying its MAC (hidden from route
-  listings: it is neighbour state, not a route);
-- each `[[route]]`: a gateway next hop (resolved when the gateway is a static
-  neighbour), an on-link next hop on a port, or one of the fixed error rows.
+- each static neighbour: a /32 resolved entry carrying its MAC (neighbour state, not
+  a route: hidden from route listings unless asked for);
+- each `[[route]]`, and each route added later through the control socket: a gateway
+  next hop (resolved when the gateway is a static neighbour), an on-link next hop on
+  a port, or one of the fixed error rows.
+
+`Routing` keeps two tables beside the FIB: `static` (config and added routes: what
+`route del` may remove) and `internal` (connected, broadcast, neighbour and local
+entries, derived from ports and neighbours). When both hold a prefix the internal
+entry is the one in the FIB, as the kernel's local table is looked up before main.
+
+Port state: a port-up bit mask in shared memory (`CTL_PORT_UP`), read live by the
+fast path through `PortMask`, plus `nh_mtu` kept 0 for every next hop on a down
+port so that the plain tier (one `tot_len <= nh_mtu` compare) never forwards through
+it; every change bumps `CTL_NH_GEN` so that workers flush what they cache.
 
 ECMP routes use their first next hop until the FIB work adds next-hop groups.
 """
@@ -18,13 +29,28 @@ ECMP routes use their first next hop until the FIB work adds next-hop groups.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from engine.config import Config
+# config.py validates a [[route]] table against the ports with its private parser;
+# reusing it keeps one set of rules for the config file and the control socket
+from engine.config import (
+    Config,
+    ConfigError,
+    NextHopConfig,
+    RouteConfig,
+    _Owner,
+    _parse_cidr,
+    _Parser,
+)
 from engine.pipeline.tables import Tables
+from engine.shm.fib import FibError
 from engine.shm.memory import (
+    CTL_NH_GEN,
+    CTL_PORT_UP,
     NH_BLACKHOLE,
     NH_BROADCAST,
     NH_LOCAL,
@@ -39,11 +65,78 @@ from engine.shm.memory import (
 
 ROUTE_TYPE_NH = {"blackhole": NH_BLACKHOLE, "unreachable": NH_UNREACHABLE,
                  "prohibit": NH_PROHIBIT}
+NH_TYPE_NAMES = {NH_NOROUTE: "noroute", NH_UNICAST: "unicast", NH_LOCAL: "local",
+                 NH_BROADCAST: "broadcast", NH_BLACKHOLE: "blackhole",
+                 NH_UNREACHABLE: "unreachable", NH_PROHIBIT: "prohibit"}
+
+# where a route came from; the last four are internal entries
+ORIGIN_CONFIG, ORIGIN_ADDED = "config", "added"
+ORIGIN_CONNECTED, ORIGIN_BROADCAST, ORIGIN_NEIGHBOUR, ORIGIN_LOCAL = (
+    "connected", "broadcast", "neighbour", "local")
+
+# route.load keywords after the prefix (the [[route]] keys a line can carry)
+LINE_KEYS = ("via", "port", "type")
+# a load of at least this many routes is published with one Fib.bulk_load (a private
+# rebuild, then one store per changed entry) instead of one add per route
+BULK_LOAD_MIN = 4096
+
+_MASKS = [(0xFFFF_FFFF << (32 - n)) & 0xFFFF_FFFF for n in range(33)]
+
+
+class RouteError(ValueError):
+    """A route request that cannot be applied; the message says why. Nothing changed."""
+
+
+def fmt_prefix(prefix: int, prefix_len: int) -> str:
+    return f"{ipaddress.IPv4Address(prefix)}/{prefix_len}"
+
+
+def _ip(addr: int | None) -> str | None:
+    return None if addr is None else str(ipaddress.IPv4Address(addr))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One entry of the route tables `Routing` keeps beside the FIB."""
+
+    prefix: int
+    prefix_len: int
+    type: str  # unicast | blackhole | unreachable | prohibit | local | broadcast
+    origin: str  # ORIGIN_*
+    nh: int  # next-hop row in shared memory
+    via: int | None = None
+    port: str | None = None
+    nexthops: tuple[NextHopConfig, ...] = ()
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.prefix, self.prefix_len
+
+    def as_dict(self, shadowed: bool = False) -> dict[str, Any]:
+        """The row `route.show` sends: plain types only (msgpack, JSON)."""
+        row: dict[str, Any] = {
+            "prefix": fmt_prefix(self.prefix, self.prefix_len),
+            "type": self.type,
+            "via": _ip(self.via),
+            "port": self.port,
+            "origin": self.origin,
+            "connected": self.origin == ORIGIN_CONNECTED,
+            "local": self.origin == ORIGIN_LOCAL,
+        }
+        if self.nexthops:
+            row["nexthops"] = [{"via": _ip(h.via), "port": h.port} for h in self.nexthops]
+        if shadowed:
+            row["shadowed"] = True  # a static route under an internal entry
+        return row
 
 
 @dataclass
 class NextHops:
-    """Allocator of next-hop rows in shared memory; identical next hops share a row."""
+    """Allocator of next-hop rows in shared memory; identical next hops share a row.
+
+    Rows are never freed: a route deleted leaves its row for the next route through
+    the same next hop (a table of `max_nexthops` rows holds far more distinct
+    gateways than a router has neighbours)."""
 
     mem: EngineMemory
     rows: dict[tuple, int] = field(default_factory=dict)
@@ -59,57 +152,369 @@ class NextHops:
         if key not in self.rows:
             i = len(self.rows)
             if i >= len(self.mem.nh_type):
-                raise RuntimeError("next-hop table is full")
+                raise RouteError(f"next-hop table is full ({i} rows)")
             self.mem.nh_flags[i] = flags
             self.mem.nh_port[i] = port
             self.mem.nh_gw[i] = gw
             self.mem.nh_mac[i, :] = 0
             self.mem.nh_mac[i, : len(mac)] = np.frombuffer(mac, dtype=np.uint8)
             self.mem.nh_type[i] = nh_type  # the row is complete when typed
-            plain = nh_type == NH_UNICAST and flags & NHF_RESOLVED
+            plain = nh_type == NH_UNICAST and flags & NHF_RESOLVED and self.port_up(port)
             self.mem.nh_mtu[i] = self.mem.port_mtu[port] if plain else 0
             self.rows[key] = i
         return self.rows[key]
 
+    def port_up(self, port: int) -> bool:
+        return bool((int(self.mem.ctl[CTL_PORT_UP]) >> port) & 1)
 
-def build_routing(cfg: Config, mem: EngineMemory, fib) -> NextHops:
-    """Fill the next-hop table and the FIB from the config."""
-    nhs = NextHops(mem)
-    for p, port in enumerate(cfg.ports):
-        mem.port_mac[p, :] = 0
-        mem.port_mac[p, :6] = np.frombuffer(port.mac, dtype=np.uint8)
-        mem.port_mtu[p] = port.mtu
-    neighbours = {n.ip: (cfg.port_index(n.port), n.mac) for n in cfg.neighbors}
+    def set_port_mtu(self, port: int) -> None:
+        """nh_mtu of every resolved unicast row on `port`: the port's MTU while it is
+        up, 0 while it is down (which takes those rows out of the plain tier)."""
+        n = len(self.rows)
+        m = self.mem
+        rows = np.flatnonzero((m.nh_port[:n] == port) & (m.nh_type[:n] == NH_UNICAST)
+                              & ((m.nh_flags[:n] & NHF_RESOLVED) != 0))
+        m.nh_mtu[rows] = m.port_mtu[port] if self.port_up(port) else 0
 
-    def gateway_nh(gw: int, port: int) -> int:
-        if gw in neighbours:
-            return nhs.get(NH_UNICAST, NHF_GATEWAY | NHF_RESOLVED, port, gw, neighbours[gw][1])
-        return nhs.get(NH_UNICAST, NHF_GATEWAY, port, gw)
 
-    for r in cfg.routes:
+class PortMask:
+    """A live, read-only per-port boolean view of the `CTL_PORT_UP` bit mask, for
+    `Tables.port_up`: `mask[ports]` reads the shared word at every call, so a port the
+    control process takes down is seen by the next batch without any refresh.
+
+    (numpy cannot view single bits as a bool array; the fast path only indexes
+    `port_up` with an array of egress ports, which this supports.)"""
+
+    def __init__(self, ctl: np.ndarray, nports: int) -> None:
+        self._ctl = ctl
+        self._n = nports
+
+    def __getitem__(self, ports: Any) -> Any:
+        if isinstance(ports, slice):
+            ports = np.arange(self._n)[ports]
+        idx = np.asarray(ports)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
+            raise IndexError(f"port index out of range 0..{self._n - 1}")
+        bits = np.right_shift(self._ctl[CTL_PORT_UP], idx.astype(np.uint64)) & np.uint64(1)
+        return bits.astype(bool)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(self[:].tolist())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"PortMask({self[:].tolist()})"
+
+
+class Routing:
+    """The control plane's routes and port state over the shared next-hop table and
+    the FIB. One instance, in the control process (the FIB's only writer)."""
+
+    def __init__(self, cfg: Config, mem: EngineMemory, fib: Any) -> None:
+        self.cfg = cfg
+        self.mem = mem
+        self.fib = fib
+        self.port_names = [p.name for p in cfg.ports]
+        self.static: dict[tuple[int, int], Route] = {}
+        self.internal: dict[tuple[int, int], Route] = {}  # the entry the FIB holds per key
+        self.internal_all: list[Route] = []  # every internal entry, for `show --all`
+        self.neighbours = {n.ip: (cfg.port_index(n.port), n.mac) for n in cfg.neighbors}
+        for p, port in enumerate(cfg.ports):
+            mem.port_mac[p, :] = 0
+            mem.port_mac[p, :6] = np.frombuffer(port.mac, dtype=np.uint8)
+            mem.port_mtu[p] = port.mtu
+        mem.ctl[CTL_PORT_UP] = (1 << len(cfg.ports)) - 1  # every port starts up
+        self.nhs = NextHops(mem)
+        self._parser: _Parser | None = None
+
+    # ------------------------------------------------------------------ building
+
+    def build(self) -> None:
+        """Fill the next-hop table and the FIB from the config."""
+        for r in self.cfg.routes:
+            route = self._route(r, ORIGIN_CONFIG)
+            self.static[route.key] = route
+        # connected and local entries after [[route]]s: the kernel's local table wins;
+        # in this order a later entry for the same key replaces an earlier one
+        internal: list[Route] = []
+        for p, port in enumerate(self.cfg.ports):
+            for a in port.addresses:
+                net = a.network
+                internal.append(Route(int(net.network_address), a.prefix_len, "unicast",
+                                      ORIGIN_CONNECTED, self.nhs.get(NH_UNICAST, 0, p),
+                                      port=port.name))
+                if a.prefix_len <= 30:
+                    internal.append(Route(int(net.broadcast_address), 32, "broadcast",
+                                          ORIGIN_BROADCAST, self.nhs.get(NH_BROADCAST, 0, p),
+                                          port=port.name))
+        for ip, (p, mac) in self.neighbours.items():
+            internal.append(Route(ip, 32, "unicast", ORIGIN_NEIGHBOUR,
+                                  self.nhs.get(NH_UNICAST, NHF_RESOLVED, p, ip, mac),
+                                  via=ip, port=self.port_names[p]))
+        for p, port in enumerate(self.cfg.ports):
+            for a in port.addresses:
+                internal.append(Route(a.address, 32, "local", ORIGIN_LOCAL,
+                                      self.nhs.get(NH_LOCAL, 0, p), port=port.name))
+        self.internal_all = internal
+        for route in internal:
+            self.internal[route.key] = route
+        for key, route in self.static.items():
+            if key not in self.internal:
+                self.fib.add(route.prefix, route.prefix_len, route.nh)
+        for route in self.internal.values():
+            self.fib.add(route.prefix, route.prefix_len, route.nh)
+
+    def _route(self, r: RouteConfig, origin: str) -> Route:
+        """A validated RouteConfig and its next-hop row."""
         if r.type in ROUTE_TYPE_NH:
-            nh = nhs.get(ROUTE_TYPE_NH[r.type])
+            nh = self.nhs.get(ROUTE_TYPE_NH[r.type])
         elif r.nexthops:
             first = r.nexthops[0]
-            nh = gateway_nh(first.via, cfg.port_index(first.port or _port_of(cfg, first.via)))
+            nh = self._gateway_nh(first.via, self.cfg.port_index(
+                first.port or _port_of(self.cfg, first.via)))
         elif r.via is not None:
-            nh = gateway_nh(r.via, cfg.port_index(r.port or _port_of(cfg, r.via)))
+            nh = self._gateway_nh(r.via, self.cfg.port_index(r.port or _port_of(self.cfg, r.via)))
         else:
-            nh = nhs.get(NH_UNICAST, 0, cfg.port_index(r.port))
-        fib.add(r.prefix, r.prefix_len, nh)
-    # connected and local entries after [[route]]s: the kernel's local table wins
-    for p, port in enumerate(cfg.ports):
-        for a in port.addresses:
-            net = ipaddress.IPv4Network((a.address, a.prefix_len), strict=False)
-            fib.add(int(net.network_address), a.prefix_len, nhs.get(NH_UNICAST, 0, p))
-            if a.prefix_len <= 30:
-                fib.add(int(net.broadcast_address), 32, nhs.get(NH_BROADCAST, 0, p))
-    for ip, (p, mac) in neighbours.items():
-        fib.add(ip, 32, nhs.get(NH_UNICAST, NHF_RESOLVED, p, ip, mac))
-    for p, port in enumerate(cfg.ports):
-        for a in port.addresses:
-            fib.add(a.address, 32, nhs.get(NH_LOCAL, 0, p))
-    return nhs
+            nh = self.nhs.get(NH_UNICAST, 0, self.cfg.port_index(r.port))
+        return Route(r.prefix, r.prefix_len, r.type, origin, nh, r.via, r.port, r.nexthops)
+
+    def _gateway_nh(self, gw: int, port: int) -> int:
+        if gw in self.neighbours:
+            return self.nhs.get(NH_UNICAST, NHF_GATEWAY | NHF_RESOLVED, port, gw,
+                                self.neighbours[gw][1])
+        return self.nhs.get(NH_UNICAST, NHF_GATEWAY, port, gw)
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self, table: dict[str, Any], where: str = "") -> RouteConfig:
+        """A [[route]]-like table checked by the config loader's own rules; RouteError
+        names the key (`where` is prepended, e.g. "line 3: ")."""
+        try:
+            return self._route_parser().route(0, table)
+        except ConfigError as err:
+            msg = str(err)
+            key = err.key or ""
+            if key.startswith("route[0]") and msg.startswith(key + ": "):
+                sub = key[len("route[0]"):].lstrip(".")
+                msg = (f"{sub}: " if sub else "") + msg[len(key) + 2:]
+            raise RouteError(where + msg) from None
+
+    def _route_parser(self) -> _Parser:
+        if self._parser is None:
+            parser = _Parser(self.cfg.path)
+            # the parser state route() reads: port names, subnets, own addresses
+            for i, port in enumerate(self.cfg.ports):
+                parser.port_names[port.name] = i
+                for a in port.addresses:
+                    iface = ipaddress.IPv4Interface((a.address, a.prefix_len))
+                    parser.subnets.append(_Owner(port.name, iface))
+                    parser.local[iface.ip] = port.name
+            self._parser = parser
+        return self._parser
+
+    def _check_new(self, key: tuple[int, int], where: str = "") -> None:
+        name = fmt_prefix(*key)
+        if key in self.static:
+            origin = "from the config" if self.static[key].origin == ORIGIN_CONFIG else "added"
+            raise RouteError(f"{where}{name} already exists (a route {origin}); "
+                             "delete it first")
+        if key in self.internal:
+            r = self.internal[key]
+            raise RouteError(f"{where}{name} is the {r.origin} entry of port {r.port}; "
+                             "a route cannot replace it")
+
+    # ------------------------------------------------------------------ changes
+
+    def add(self, table: dict[str, Any]) -> Route:
+        """Add one route given as a [[route]] table (prefix, via, port, type)."""
+        rc = self.validate(table)
+        key = (rc.prefix, rc.prefix_len)
+        self._check_new(key)
+        route = self._route(rc, ORIGIN_ADDED)
+        try:
+            self.fib.add(route.prefix, route.prefix_len, route.nh)
+        except FibError as err:  # Tbl8Exhausted: the FIB is unchanged
+            raise RouteError(f"{fmt_prefix(*key)}: {err}") from None
+        self.static[key] = route
+        return route
+
+    def delete(self, prefix: str) -> Route:
+        """Delete a config or added route; the next less-specific route takes over."""
+        key = self._parse_prefix(prefix)
+        if key in self.static:
+            route = self.static.pop(key)
+            if key not in self.internal:  # else the internal entry keeps the FIB slot
+                self.fib.delete(*key)
+            return route
+        if key in self.internal:
+            r = self.internal[key]
+            source = "[[neighbor]]" if r.origin == ORIGIN_NEIGHBOUR else "address"
+            raise RouteError(f"{fmt_prefix(*key)} is the {r.origin} entry of port {r.port}; "
+                             f"it comes from the config's {source}, not from a route")
+        raise RouteError(f"no route {fmt_prefix(*key)}")
+
+    def _parse_prefix(self, value: str) -> tuple[int, int]:
+        try:
+            iface = _parse_cidr(value, "prefix")
+        except ConfigError as err:
+            raise RouteError(str(err)) from None
+        net = iface.network
+        if iface.ip != net.network_address:
+            raise RouteError(f"prefix: {value!r} has host bits set (the network is {net})")
+        return int(net.network_address), net.prefixlen
+
+    def load(self, text: str) -> list[Route]:
+        """Add every route of `text`, one `prefix [via GW] [port P] [type T]` per line
+        (blank lines and # comments skipped): all of them, or none (RouteError naming
+        the first bad line)."""
+        plans: list[tuple[int, Route]] = []
+        seen: dict[tuple[int, int], int] = {}
+        for n, table in parse_route_lines(text):
+            where = f"line {n}: "
+            rc = self.validate(table, where)
+            key = (rc.prefix, rc.prefix_len)
+            if key in seen:
+                raise RouteError(f"{where}{fmt_prefix(*key)} is already on line {seen[key]}")
+            self._check_new(key, where)
+            seen[key] = n
+            plans.append((n, self._route(rc, ORIGIN_ADDED)))
+        if len(plans) >= BULK_LOAD_MIN:
+            try:  # all or nothing by bulk_load's contract
+                self.fib.bulk_load([(r.prefix, r.prefix_len, r.nh) for _, r in plans])
+            except FibError as err:
+                raise RouteError(f"{err}; nothing was applied") from None
+        else:
+            done: list[Route] = []
+            for n, route in plans:
+                try:
+                    self.fib.add(route.prefix, route.prefix_len, route.nh)
+                except FibError as err:
+                    for r in reversed(done):  # deletes need no tbl8 group: cannot fail
+                        self.fib.delete(r.prefix, r.prefix_len)
+                    raise RouteError(f"line {n}: {err}; nothing was applied") from None
+                done.append(route)
+        for _, route in plans:
+            self.static[route.key] = route
+        return [r for _, r in plans]
+
+    # ------------------------------------------------------------------ reading
+
+    def show(self, internal: bool = False) -> list[dict[str, Any]]:
+        """Config, added and connected routes (all internal entries with `internal`),
+        sorted by prefix then length."""
+        rows = [(r.key, r.as_dict(shadowed=r.key in self.internal))
+                for r in self.static.values()]
+        for r in self.internal_all:
+            if internal or r.origin == ORIGIN_CONNECTED:
+                rows.append((r.key, r.as_dict()))
+        rows.sort(key=lambda kr: kr[0])
+        return [row for _, row in rows]
+
+    def lookup(self, addr: str) -> dict[str, Any]:
+        """What the FIB answers for one address: the matching route and its next hop
+        (a debugging aid; the fast path does the same lookup on a whole batch)."""
+        try:
+            a = int(ipaddress.IPv4Address(addr))
+        except ValueError:
+            raise RouteError(f"addr: {addr!r} is not an IPv4 address") from None
+        nh = int(self.fib.lookup_one(a))
+        route = None
+        for plen in range(32, -1, -1):
+            key = (a & _MASKS[plen], plen)
+            if key in self.fib:
+                r = self.internal.get(key) or self.static.get(key)
+                route = r.as_dict() if r is not None else {"prefix": fmt_prefix(*key)}
+                break
+        return {"addr": str(ipaddress.IPv4Address(a)), "route": route,
+                "nexthop": self.nexthop(nh)}
+
+    def nexthop(self, i: int) -> dict[str, Any]:
+        m = self.mem
+        t = int(m.nh_type[i])
+        flags = int(m.nh_flags[i])
+        port = int(m.nh_port[i])
+        resolved = bool(flags & NHF_RESOLVED)
+        return {
+            "index": i,
+            "type": NH_TYPE_NAMES.get(t, str(t)),
+            "port": self.port_names[port] if t in (NH_UNICAST, NH_LOCAL, NH_BROADCAST)
+            else None,
+            "gateway": _ip(int(m.nh_gw[i])) if flags & NHF_GATEWAY else None,
+            "mac": bytes(m.nh_mac[i, :6]).hex(":") if resolved else None,
+            "resolved": resolved,
+            "mtu": int(m.nh_mtu[i]),
+        }
+
+    # ------------------------------------------------------------------ ports
+
+    def port_index(self, name: str) -> int:
+        try:
+            return self.port_names.index(name)
+        except ValueError:
+            raise RouteError(f"no port named {name!r} (ports: "
+                             f"{', '.join(self.port_names)})") from None
+
+    def port_up(self, p: int) -> bool:
+        return self.nhs.port_up(p)
+
+    def set_port(self, name: str, up: bool) -> bool:
+        """Take a port up or down; returns whether its state changed.
+
+        Down: the port's bit goes out of the mask the fast path reads (non-plain
+        packets to it drop as `port_down`) and its next hops' nh_mtu becomes 0 (so no
+        plain packet goes out there either), then the NH generation moves on so that
+        every worker flushes what it caches before its next batch. Up restores both."""
+        p = self.port_index(name)
+        mask = int(self.mem.ctl[CTL_PORT_UP])
+        new = mask | (1 << p) if up else mask & ~(1 << p)
+        if new == mask:
+            return False
+        self.mem.ctl[CTL_PORT_UP] = new
+        self.nhs.set_port_mtu(p)
+        self.mem.ctl[CTL_NH_GEN] += 1
+        return True
+
+    def ports(self) -> dict[str, dict[str, Any]]:
+        return {name: {"up": self.port_up(p), "mtu": int(self.mem.port_mtu[p]),
+                       "mac": bytes(self.mem.port_mac[p, :6]).hex(":")}
+                for p, name in enumerate(self.port_names)}
+
+
+def parse_route_lines(text: str) -> list[tuple[int, dict[str, str]]]:
+    """(line number, [[route]]-like table) for every route line of `text`:
+    `prefix [via GW] [port P] [type T]`, keywords in any order, each at most once."""
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        table = {"prefix": words[0]}
+        rest = words[1:]
+        for i in range(0, len(rest), 2):
+            word = rest[i]
+            if word not in LINE_KEYS:
+                raise RouteError(f"line {n}: unknown word {word!r} (expected "
+                                 f"{', '.join(LINE_KEYS)} after the prefix)")
+            if i + 1 >= len(rest):
+                raise RouteError(f"line {n}: {word!r} needs a value")
+            if word in table:
+                raise RouteError(f"line {n}: {word!r} is given twice")
+            table[word] = rest[i + 1]
+        out.append((n, table))
+    return out
+
+
+def build_routing(cfg: Config, mem: EngineMemory, fib: Any) -> Routing:
+    """Fill the next-hop table and the FIB from the config (all ports up)."""
+    routing = Routing(cfg, mem, fib)
+    routing.build()
+    return routing
 
 
 def _port_of(cfg: Config, gw: int) -> str:
@@ -126,7 +531,7 @@ def local_addresses(cfg: Config) -> np.ndarray:
                     dtype=np.uint32)
 
 
-def make_tables(cfg: Config, mem: EngineMemory, lookup) -> Tables:
+def make_tables(cfg: Config, mem: EngineMemory, lookup: Any) -> Tables:
     """Tables over the shared arrays, for a worker (or a test) of this deployment."""
     nports = len(cfg.ports)
     return Tables(
@@ -135,11 +540,14 @@ def make_tables(cfg: Config, mem: EngineMemory, lookup) -> Tables:
         nh_flags=mem.nh_flags,
         nh_port=mem.nh_port,
         nh_mtu=mem.nh_mtu,
+        nh_group=mem.nh_group,
+        nh_group_n=mem.nh_group_n,
+        nhg_members=mem.nhg_members,
         # live views: bytes 6 and 7 of each 8-byte MAC slot stay zero
         nh_mac48=mem.nh_mac.view("<u8")[:, 0],
         port_mac48=mem.port_mac[:nports].view("<u8")[:, 0],
         port_mtu=mem.port_mtu[:nports],
-        port_up=np.ones(nports, dtype=bool),
+        port_up=PortMask(mem.ctl, nports),  # type: ignore[arg-type]  # duck-typed live view
         local_addrs=local_addresses(cfg),
         reassemble_transit=cfg.reassembly.mode == "full",
         send_redirects=cfg.icmp.send_redirects,

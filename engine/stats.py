@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.counters import MISC_BASE, Misc, summarize
-from engine.shm.memory import PORT_COUNTER_NAMES, EngineMemory
+from engine.shm.memory import (
+    AGENT_IO,
+    PORT_COUNTER_NAMES,
+    ST_FREE,
+    ST_IDLE,
+    ST_LOOPS,
+    ST_PID,
+    EngineMemory,
+)
 
 
 @dataclass
@@ -49,9 +57,34 @@ class Snapshot:
                 "delivered": self.delivered,
                 "dropped": self.dropped,
                 "to_slowpath": self.to_slowpath,
+                "slow_taken": self.slow_taken,
+                "slow_forwarded": self.slow_forwarded,
+                "slow_delivered": self.slow_delivered,
+                "slow_dropped": self.slow_dropped,
                 "balanced": self.balanced,
             },
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Snapshot:
+        """The inverse of `as_dict` (what a client gets over the control socket):
+        counters `as_dict` left out because they were zero come back as 0."""
+        acc = d["accounting"]
+        return cls(
+            snmp=dict(d["snmp"]),
+            drop=dict(d.get("drop", {})),
+            slow=dict(d.get("slow", {})),
+            ports={k: dict(v) for k, v in d["ports"].items()},
+            received=acc["received"],
+            forwarded=acc["forwarded"],
+            delivered=acc["delivered"],
+            dropped=acc["dropped"],
+            to_slowpath=acc["to_slowpath"],
+            slow_taken=acc.get("slow_taken", 0),
+            slow_forwarded=acc.get("slow_forwarded", 0),
+            slow_delivered=acc.get("slow_delivered", 0),
+            slow_dropped=acc.get("slow_dropped", 0),
+        )
 
 
 def snapshot(mem: EngineMemory, port_names: list[str]) -> Snapshot:
@@ -101,4 +134,54 @@ def format_snapshot(s: Snapshot) -> str:
         f"slow path: taken {s.slow_taken} = forwarded {s.slow_forwarded} + delivered "
         f"{s.slow_delivered} + dropped {s.slow_dropped}"
     )
+    return "\n".join(lines)
+
+
+AGENT_COLUMNS = ("rx_frames", "forwarded", "delivered", "dropped", "to_slowpath",
+                 "tx_frames", "batches", "busy_ns")
+
+
+def agent_name(mem: EngineMemory, agent: int) -> str:
+    g = mem.geometry
+    if agent == AGENT_IO:
+        return "io"
+    if agent == g.slowpath_agent:
+        return "slowpath"
+    return f"worker{agent - 1}"
+
+
+def agent_rows(mem: EngineMemory) -> list[dict[str, int | str | bool]]:
+    """One row per agent (the I/O agent, each forwarding worker, the slow path): its
+    pid, liveness (loop passes, idle), what it handled, and its free buffers.
+
+    Read while the agents run: each value is current, but the rows are not one
+    consistent cut (a frame can be counted by one agent and not yet by the next)."""
+    rows: list[dict[str, int | str | bool]] = []
+    counters = mem.counters.copy()
+    state = mem.state.copy()
+    for agent in range(mem.geometry.nagents):
+        row: dict[str, int | str | bool] = {
+            "agent": agent_name(mem, agent),
+            "pid": int(state[agent, ST_PID]),
+            "loops": int(state[agent, ST_LOOPS]),
+            "idle": bool(state[agent, ST_IDLE]),
+            "free_buffers": int(state[agent, ST_FREE]),
+        }
+        for c in AGENT_COLUMNS:
+            row[c] = int(counters[agent, MISC_BASE + Misc[c]])
+        busy, batches = int(row["busy_ns"]), int(row["batches"])
+        row["avg_batch_us"] = round(busy / batches / 1000, 1) if batches else 0
+        rows.append(row)
+    return rows
+
+
+def format_agents(rows: list[dict]) -> str:
+    """Per-agent rows as a table."""
+    cols = ("agent", "pid", "loops", "rx_frames", "forwarded", "dropped", "to_slowpath",
+            "tx_frames", "batches", "free_buffers")
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))]
+    for r in rows:
+        lines.append("  ".join(f"{str(r.get(c, '')):>{w}}"
+                               for c, w in zip(cols, widths, strict=True)))
     return "\n".join(lines)

@@ -3,29 +3,38 @@ frames for pcap ports, stops everything cleanly, and always unlinks its segments
 
 With pcap ports a run ends when every input frame has been fed, every worker has
 taken in all it was given, the slow path has taken in all it was handed, and every
-ring is empty. SIGINT/SIGTERM stop feeding and drain the same way.
+ring is empty (with `keep_running`, the outputs are written then and the engine stays
+up until a signal). SIGINT/SIGTERM stop feeding and drain the same way.
+
+The control socket (engine/control.py) is served from the same loop, between two
+I/O passes: the FIB and next-hop table keep a single writer thread.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.config import Config
+from engine.control import Commands, ControlServer, ControlSetupError
 from engine.counters import MISC_BASE, Misc
 from engine.io.pcap_port import PcapPorts
 from engine.routing import build_routing
 from engine.shm.fib import Fib
-from engine.shm.memory import CTL_STOP, EngineMemory, Geometry
+from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.stats import Snapshot, snapshot
 from engine.workers.forwarder import WorkerSpec, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
 JOIN_TIMEOUT_S = 5.0
+MAX_IDLE_S = 0.002  # longest sleep of the I/O loop while input may still come
+KEPT_IDLE_S = 0.05  # --keep-running after the input is drained: only requests, signals
 
 
 class EngineError(RuntimeError):
@@ -41,7 +50,7 @@ class RunResult:
 def cpu_for(worker: int) -> int | None:
     """Worker i on CPU i (of the CPUs this process may use); the slow path shares."""
     try:
-        cpus = sorted(__import__("os").sched_getaffinity(0))
+        cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         return None
     return cpus[worker % len(cpus)]
@@ -54,60 +63,112 @@ def geometry_for(cfg: Config) -> Geometry:
     return Geometry.new(len(cfg.ports), cfg.engine.workers, bufsize=bufsize, ring_size=ring)
 
 
-def run(cfg: Config) -> RunResult:
+def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
+        control_required: bool = True, keep_running: bool = False,
+        log: Callable[[str], None] | None = None) -> RunResult:
+    """Run a deployment until its input is consumed and drained (pcap ports) or until
+    SIGINT/SIGTERM; always unlink the segments and remove the control socket.
+
+    control_socket: where the control server listens (None: the config's
+    `[engine] control_socket`; no server when that is unset too).
+    control_required: when False, a socket that cannot be set up (path busy, no
+    permission) is reported through `log` and the run goes on without one; when True
+    it is an EngineError before any worker starts.
+    keep_running: once the pcap input is consumed and drained, write the outputs and
+    stay up (control socket included) until SIGINT/SIGTERM.
+    """
     if any(p.driver != "pcap" for p in cfg.ports):
         raise EngineError("only pcap ports are supported by this version of the engine")
+    say = log or (lambda msg: None)
+    if control_socket is None:
+        control_socket = cfg.engine.control_socket
     geometry = geometry_for(cfg)
-    mem = EngineMemory.create(geometry)
-    fib: Fib | None = None
-    procs: list = []
     stop = {"requested": False}
     old_handlers = {}
+
+    def on_signal(signum, frame):
+        stop["requested"] = True
+
+    # before anything exists that a default-action SIGTERM would leak (the socket file)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old_handlers[sig] = signal.signal(sig, on_signal)
+    mem: EngineMemory | None = None
+    fib: Fib | None = None
+    server: ControlServer | None = None
+    procs: list[tuple[mp.process.BaseProcess, int | None]] = []  # (process, FIB reader id)
     try:
+        mem = EngineMemory.create(geometry)
         fib = Fib.create(f"{geometry.name}-fib")  # one prefix per run: see no_shm_leak
-        build_routing(cfg, mem, fib)
+        routing = build_routing(cfg, mem, fib)
+        if control_socket is not None:
+            commands = Commands(routing, mem, {
+                "socket": os.path.abspath(control_socket),
+                "segments": [geometry.name, fib.name],
+                "workers": cfg.engine.workers,
+            })
+            try:
+                server = ControlServer(control_socket, commands.handle)
+                say(f"fwd: control socket {server.path}")
+            except ControlSetupError as err:
+                if control_required:
+                    raise EngineError(f"control socket: {err}") from None
+                say(f"fwd: running without a control socket: {err}")
         io = PcapPorts(list(cfg.ports), list(range(len(cfg.ports))), mem, cfg.engine.batch)
         ctx = mp.get_context("spawn")
         for w in range(cfg.engine.workers):
             spec = WorkerSpec(geometry, fib.name, cfg, w, cfg.engine.batch, cpu_for(w))
-            procs.append(ctx.Process(target=worker_main, args=(spec,), name=f"fwd-worker-{w}"))
-        procs.append(ctx.Process(
+            procs.append((ctx.Process(target=worker_main, args=(spec,),
+                                      name=f"fwd-worker-{w}"), w))
+        procs.append((ctx.Process(
             target=slowpath_main, name="fwd-slowpath",
             args=(SlowPathSpec(geometry, cfg, cfg.engine.batch,
-                               cpu_for(cfg.engine.workers)),)))
-        for proc in procs:
+                               cpu_for(cfg.engine.workers)),)), None))
+        for proc, _ in procs:
             proc.start()
-
-        def on_signal(signum, frame):
-            stop["requested"] = True
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, on_signal)
+        mem.state[AGENT_IO, ST_PID] = os.getpid()
 
         idle = 0.0
+        drained = False  # keep_running: input consumed, drained and written
         while True:
             moved = 0 if stop["requested"] else io.feed()
             moved += io.drain()
-            dead = [p for p in procs if p.exitcode is not None]
-            if dead:
-                raise EngineError(f"{dead[0].name} exited with status {dead[0].exitcode}")
+            mem.state[AGENT_IO, ST_LOOPS] += 1
+            for proc, reader in procs:
+                if proc.exitcode is not None:
+                    if reader is not None:
+                        # a dead reader never passes another quiescent state: free its
+                        # slot, or tbl8 groups released from now on are never reused
+                        fib.unregister_reader(reader)
+                    raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
             if (io.fed_all() or stop["requested"]) and settled(mem, io.frames_fed()):
-                break
+                if stop["requested"] or not keep_running:
+                    break
+                if not drained:
+                    io.write()
+                    drained = True
+                    where = f" (control socket {server.path})" if server else ""
+                    say(f"fwd: input consumed and drained, outputs written; running{where} "
+                        "until SIGINT/SIGTERM")
             if moved:
                 idle = 0.0
+            elif drained:
+                idle = KEPT_IDLE_S  # nothing more can arrive on a pcap port
             else:
-                idle = min(0.002, idle * 2 or 0.0001)
+                idle = min(MAX_IDLE_S, idle * 2 or 0.0001)
+            if server is not None:
+                server.poll(idle)  # the idle sleep, cut short by a control request
+            elif idle:
                 time.sleep(idle)
         mem.ctl[CTL_STOP] = 1
-        for proc in procs:
+        for proc, _ in procs:
             proc.join(JOIN_TIMEOUT_S)
         io.drain()
         io.write()
         return RunResult(snapshot(mem, [p.name for p in cfg.ports]), stop["requested"])
     finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
-        for proc in procs:
+        if server is not None:
+            server.close()
+        for proc, _ in procs:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(JOIN_TIMEOUT_S)
@@ -117,7 +178,10 @@ def run(cfg: Config) -> RunResult:
         if fib is not None:
             fib.close()
             fib.unlink()
-        mem.close()
+        if mem is not None:
+            mem.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
 
 def settled(mem: EngineMemory, fed: int) -> bool:

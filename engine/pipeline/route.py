@@ -58,9 +58,35 @@ def is_local(addr: np.ndarray, local_addrs: np.ndarray) -> np.ndarray:
     return local_addrs[pos] == addr
 
 
+MIX = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / golden ratio (Fibonacci hashing)
+
+
+def flow_hash(saddr: np.ndarray, daddr: np.ndarray) -> np.ndarray:
+    """A 31-bit hash of (source, destination): the kernel's default multipath policy
+    (`fib_multipath_hash_policy` 0, L3) hashes the addresses only, so every fragment
+    and every port of a host pair takes the same path."""
+    key = (saddr.astype(np.uint64) << np.uint64(32)) | daddr
+    mixed = key * MIX
+    return ((mixed ^ (mixed >> np.uint64(29))) * MIX) >> np.uint64(33)
+
+
+def select_multipath(nh: np.ndarray, saddr: np.ndarray, daddr: np.ndarray,
+                     t: Tables) -> np.ndarray:
+    """Replace ECMP group indexes by one member each, by hash threshold (RFC 2992, as
+    `fib_select_multipath`: member k owns hash range [k, k+1) * 2^31 / n)."""
+    n = t.nh_group_n[nh]
+    multi = np.flatnonzero(n > 1)
+    if len(multi):
+        g = nh[multi]
+        k = (flow_hash(saddr[multi], daddr[multi]) * n[multi]) >> np.uint64(31)
+        nh = nh.copy()
+        nh[multi] = t.nhg_members[t.nh_group[g] + k]
+    return nh
+
+
 def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
     """Return the next-hop index of each packet; set `code` where routing decides."""
-    nh = t.lookup(h.daddr)
+    nh = select_multipath(t.lookup(h.daddr), h.saddr, h.daddr, t)
     fragment = (h.frag_off & (IP_MF | IP_OFFSET)) != 0
     source_local = is_local(h.saddr, t.local_addrs)
     plain = h.plain & (h.tot_len <= t.nh_mtu[nh]) & ORDINARY[h.saddr >> 24] \

@@ -20,6 +20,9 @@ class Tables:
     nh_port: np.ndarray  # (NH,) uint16 egress port
     nh_mtu: np.ndarray  # (NH,) uint16: the egress MTU for a resolved unicast next hop on a
     #                     port that is up, else 0 (one compare tells a plain forward)
+    nh_group: np.ndarray  # (NH,) uint32: first member of an ECMP group in nhg_members
+    nh_group_n: np.ndarray  # (NH,) uint8: members of an ECMP group (0 or 1: not a group)
+    nhg_members: np.ndarray  # next-hop indexes of every group's members, back to back
     nh_mac48: np.ndarray  # (NH,) uint64, next hop's MAC, byte 0 lowest (see rcv.mac48)
     port_mac48: np.ndarray  # (P,) uint64, our MAC per port, the same way
     port_mtu: np.ndarray  # (P,) uint16

@@ -118,6 +118,10 @@ def engine_layout(g: Geometry) -> Layout:
         Field("nh.port", u2, (g.max_nexthops,)),
         Field("nh.gw", u4, (g.max_nexthops,)),
         Field("nh.mtu", u2, (g.max_nexthops,)),  # see Tables.nh_mtu
+        # ECMP: a group row has nh.group_n > 1 members at nhg.members[nh.group:]
+        Field("nh.group", u4, (g.max_nexthops,)),
+        Field("nh.group_n", u1, (g.max_nexthops,)),
+        Field("nhg.members", u4, (g.max_nexthops,)),
         Field("nh.mac", u1, (g.max_nexthops, 8)),
     ]
     for name, size in ring_specs(g):
@@ -170,6 +174,9 @@ class EngineMemory:
         self.nh_port = v["nh.port"]
         self.nh_gw = v["nh.gw"]
         self.nh_mtu = v["nh.mtu"]
+        self.nh_group = v["nh.group"]
+        self.nh_group_n = v["nh.group_n"]
+        self.nhg_members = v["nhg.members"]
         self.nh_mac = v["nh.mac"]
         self.rings = {name: Ring(name, v) for name, _ in ring_specs(geometry)}
         self._part_starts = np.array([s if e > s else np.iinfo(np.int64).max
@@ -195,7 +202,7 @@ class EngineMemory:
         self._views.clear()
         for attr in ("ctl", "state", "counters", "port_counters", "data", "words", "length", "port",
                      "ts", "seq", "code", "port_mac", "port_mtu", "nh_type", "nh_flags", "nh_port",
-                     "nh_gw", "nh_mtu", "nh_mac"):
+                     "nh_gw", "nh_mtu", "nh_group", "nh_group_n", "nhg_members", "nh_mac"):
             setattr(self, attr, None)
         self.rings = {}
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.rcv import HDR_BYTES
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
-from engine.shm.memory import EngineMemory, Geometry
+from engine.shm.memory import CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.loop import pin, poll_loop
 
@@ -41,9 +42,18 @@ class WorkerSpec:
 
 
 class Forwarder:
-    """The per-worker state and its one pass; a process calls `run`, tests call `poll`."""
+    """The per-worker state and its one pass; a process calls `run`, tests call `poll`.
 
-    def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int):
+    `fib`, when given, is this worker's registered FIB reader handle (reader id =
+    worker index): every pass ends with `fib.quiescent`, idle passes included, so
+    that the control process can reuse tbl8 groups it released (see fib.py).
+
+    `caches` are this worker's own caches of resolved destinations (the per-CPU
+    uncached route list): each is cleared before the next batch once the control
+    process moves `CTL_NH_GEN` (a port went down or up, next hops changed)."""
+
+    def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int,
+                 fib: Any = None):
         g = mem.geometry
         self.mem = mem
         self.tables = tables
@@ -55,6 +65,16 @@ class Forwarder:
         self.slow = mem.rings[f"slow.{worker}"]
         self.buffers = Buffers(mem, self.agent)
         self.counters = mem.counters[self.agent]
+        self.fib = fib
+        self.caches: list[Any] = []  # objects with clear(); none are built yet
+        self.nh_gen = int(mem.ctl[CTL_NH_GEN])
+        self.flushes = 0
+
+    def flush(self) -> None:
+        """Forget every cached resolution (the kernel's rt_flush_dev / rt_genid bump)."""
+        for cache in self.caches:
+            cache.clear()
+        self.flushes += 1
 
     def process(self, idx: np.ndarray) -> None:
         mem = self.mem
@@ -105,12 +125,19 @@ class Forwarder:
 
     def poll(self) -> int:
         """One pass over this worker's RX rings; returns packets handled."""
+        gen = int(self.mem.ctl[CTL_NH_GEN])
+        if gen != self.nh_gen:  # one shared load per pass: no lock, no message
+            self.flush()
+            self.nh_gen = gen
         handled = 0
         for ring in self.rx:
             idx = ring.dequeue(self.batch)
             if len(idx):
                 self.process(idx)
                 handled += len(idx)
+        if self.fib is not None:
+            # no table reference survives this point: tell the writer so
+            self.fib.quiescent(self.worker)
         return handled
 
     def run(self) -> None:
@@ -125,9 +152,10 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
-    fib = Fib.attach(spec.fib_name)
+    fib = Fib.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
     try:
-        Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker, spec.batch).run()
+        Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker, spec.batch,
+                  fib=fib).run()
     finally:
         fib.close()
         mem.close()

@@ -1,0 +1,595 @@
+"""The control socket: msgpack requests over a Unix stream socket, mode 0600.
+
+Served by the control process from its main loop (`ControlServer.poll`, called
+every pass with the loop's idle sleep as its timeout), not from a thread: the FIB
+and the next-hop table have exactly one writer, the control process's main thread
+(`engine.shm.fib` assumes it), and the pcap I/O agent shares that thread, so a
+request is applied between two I/O passes with no lock anywhere. The price: a long
+request (a large `route.load`) pauses pcap feeding while it runs; workers go on
+forwarding what their rings hold.
+
+Where it listens: `[engine] control_socket` in the config, overridden by
+`fwd run --socket PATH`; otherwise `DEFAULT_SOCKET` (/run/fwd/fwd.sock), which is
+skipped with a warning when it cannot be used (no permission to create /run/fwd,
+or another engine already listening there). Clients: `--socket PATH`, else
+$FWD_SOCKET, else the default. The socket is created with mode 0600 (under umask
+0177; a parent directory it creates gets 0700), only peers with the engine's uid or
+root are served (SO_PEERCRED), and the file is removed when the engine exits.
+
+Framing: every message, both ways, is a 4-byte big-endian length, then that many
+bytes of msgpack. Requests are at most `MAX_REQUEST` bytes: a larger length prefix
+gets an error reply, then the connection is closed (the stream cannot be resynced).
+
+Requests are maps `{"cmd": NAME, ...arguments}`; replies are maps
+`{"ok": true, ...results}` or `{"ok": false, "error": MESSAGE}`. Malformed msgpack,
+a request that is not a map, an unknown command, an unknown or missing argument or
+one of the wrong type all get an error reply and the connection stays usable.
+Requests are decoded with `raw=False, strict_map_key=True`, extension types are
+refused, and nothing in a request is ever evaluated: it is only compared, parsed as
+an address or prefix, or looked up.
+
+Commands (arguments; reply fields):
+    ping                                   pid, version, socket, segments
+    stats                                  stats: Snapshot.as_dict() + workers (one row
+                                           per agent), fib (tbl8 usage), port_state
+    route.add    prefix, [via], [port], [type]    route (the row route.show gives)
+    route.del    prefix                           route (the deleted one)
+    route.show   [all: bool]                      routes: rows (internal entries with all)
+    route.load   text | path                      added: count (all lines or none)
+    route.lookup addr                             addr, route, nexthop (a debug aid)
+    port.up      name                             port, up, changed
+    port.down    name                             port, up, changed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import socket
+import stat
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from engine import __version__
+
+DEFAULT_SOCKET = "/run/fwd/fwd.sock"
+SOCKET_ENV = "FWD_SOCKET"
+MAX_REQUEST = 1 << 20  # bytes of msgpack in one request
+MAX_REPLY = 1 << 30  # what a client accepts (route.show of a full table is large)
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT_S = 60.0  # a connection silent this long is closed
+RECV_CHUNK = 1 << 18
+LOAD_TEXT_MAX = 1 << 30  # route.load path: bytes read at most
+HEADER = struct.Struct(">I")
+
+
+class ControlError(Exception):
+    """The client could not get a reply (the message says why, for a person)."""
+
+
+class NoEngine(ControlError):
+    """Nothing listens on the socket path."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(f"no engine listening on {os.fspath(path)}: is `fwd run` running?")
+        self.path = os.fspath(path)
+
+
+class ControlSetupError(Exception):
+    """The server could not listen on its path."""
+
+
+class RequestError(ValueError):
+    """A request the server refuses; the message goes back in the error reply."""
+
+
+def default_socket() -> str:
+    """The socket a client talks to when no --socket is given."""
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise RequestError(f"msgpack extension type {code} is not accepted")
+
+
+def encode(msg: Any) -> bytes:
+    """A framed message: length prefix, then msgpack."""
+    body = msgpack.packb(msg, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Any:
+    """msgpack to plain Python objects: str for strings, no extension types, map
+    keys only str/bytes; never evaluates anything."""
+    return msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
+                           use_list=True)
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}
+
+
+# --------------------------------------------------------------------------- client
+
+
+def request(socket_path: str | os.PathLike[str], msg: dict[str, Any],
+            timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request and return the reply map (`ok` false is returned, not raised).
+
+    Raises NoEngine when nothing listens at the path, ControlError when the socket
+    refuses us, the engine does not answer within `timeout` seconds, or the reply is
+    not a framed msgpack map."""
+    path = os.fspath(socket_path)
+    data = encode(msg)
+    if len(data) - HEADER.size > MAX_REQUEST:
+        raise ControlError(f"request is {len(data) - HEADER.size} bytes; the control socket "
+                           f"takes at most {MAX_REQUEST}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            _connect(s, path, timeout)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+            raise NoEngine(path) from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: the control socket is mode "
+                               "0600, run this as the engine's user") from None
+        except TimeoutError:
+            raise ControlError(f"engine on {path} did not accept within {timeout} s") from None
+        except OSError as err:
+            raise ControlError(f"cannot connect to {path}: {err.strerror or err}") from None
+        try:
+            s.sendall(data)
+            (n,) = HEADER.unpack(_recv_exact(s, HEADER.size, path))
+            if n > MAX_REPLY:
+                raise ControlError(f"reply of {n} bytes from {path} is too large")
+            body = _recv_exact(s, n, path)
+        except TimeoutError:
+            raise ControlError(f"no reply from the engine on {path} within {timeout} s") \
+                from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise ControlError(f"the engine on {path} closed the connection") from None
+    try:
+        reply = decode(body)
+    except Exception as err:
+        raise ControlError(f"malformed reply from {path}: {err}") from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ControlError(f"malformed reply from {path}: not a reply map")
+    return reply
+
+
+def _connect(s: socket.socket, path: str, timeout: float) -> None:
+    # a Unix socket whose accept backlog is full fails at once with EAGAIN (it does
+    # not wait like TCP): retry until the server's loop comes round to accept
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.005)
+
+
+def _recv_exact(s: socket.socket, n: int, path: str) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(n - len(buf), RECV_CHUNK))
+        if not chunk:
+            raise ControlError(f"the engine on {path} closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+# --------------------------------------------------------------------------- commands
+
+# cmd -> {argument: (type, required)}; bool is checked exactly (not as an int)
+COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "ping": {},
+    "stats": {},
+    "route.add": {"prefix": (str, True), "via": (str, False), "port": (str, False),
+                  "type": (str, False)},
+    "route.del": {"prefix": (str, True)},
+    "route.show": {"all": (bool, False)},
+    "route.load": {"text": (str, False), "path": (str, False)},
+    "route.lookup": {"addr": (str, True)},
+    "port.up": {"name": (str, True)},
+    "port.down": {"name": (str, True)},
+}
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bytes):
+        return "binary"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a map"
+    return type(value).__name__
+
+
+def check_request(msg: object) -> tuple[str, dict[str, Any]]:
+    """(cmd, arguments) of a well-formed request; RequestError otherwise."""
+    if not isinstance(msg, dict):
+        raise RequestError(f"a request is a map {{'cmd': ...}}, got {_kind(msg)}")
+    cmd = msg.get("cmd")
+    if cmd is None:
+        raise RequestError("request has no 'cmd'")
+    if not isinstance(cmd, str):
+        raise RequestError(f"'cmd' must be a string, got {_kind(cmd)}")
+    spec = COMMANDS.get(cmd)
+    if spec is None:
+        raise RequestError(f"unknown command {cmd[:64]!r} (commands: {', '.join(COMMANDS)})")
+    args: dict[str, Any] = {}
+    for k, v in msg.items():
+        if k == "cmd":
+            continue
+        if not isinstance(k, str) or k not in spec:
+            known = ", ".join(spec) or "none"
+            raise RequestError(f"{cmd}: unknown argument {str(k)[:64]!r} (arguments: {known})")
+        kind = spec[k][0]
+        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+            raise RequestError(f"{cmd}: {k} must be {_TYPE_NAMES[kind]}, got {_kind(v)}")
+        args[k] = v
+    for k, (_, required) in spec.items():
+        if required and k not in args:
+            raise RequestError(f"{cmd}: {k} is required")
+    return cmd, args
+
+
+class Commands:
+    """What each command does, over the control plane's objects. The server calls
+    `handle` with each decoded request; tests may call it directly."""
+
+    def __init__(self, routing: Any, mem: Any, info: dict[str, Any] | None = None) -> None:
+        self.routing = routing
+        self.mem = mem
+        self.info = dict(info or {})
+
+    def handle(self, msg: object) -> dict[str, Any]:
+        """A reply map for any request; never raises."""
+        from engine.routing import RouteError
+
+        try:
+            cmd, args = check_request(msg)
+            reply = getattr(self, "cmd_" + cmd.replace(".", "_"))(**args)
+            return {"ok": True, **reply}
+        except (RequestError, RouteError) as err:
+            return error(str(err))
+        except Exception as err:  # a bug must not take the engine down: say it, go on
+            traceback.print_exc(file=sys.stderr)
+            return error(f"internal error: {type(err).__name__}: {err}")
+
+    def cmd_ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, **self.info}
+
+    def cmd_stats(self) -> dict[str, Any]:
+        from engine.stats import agent_rows, snapshot
+
+        s = snapshot(self.mem, self.routing.port_names).as_dict()
+        s["workers"] = agent_rows(self.mem)
+        s["fib"] = self.routing.fib.stats()
+        s["port_state"] = self.routing.ports()
+        return {"stats": s}
+
+    def cmd_route_add(self, prefix: str, **rest: str) -> dict[str, Any]:
+        return {"route": self.routing.add({"prefix": prefix, **rest}).as_dict()}
+
+    def cmd_route_del(self, prefix: str) -> dict[str, Any]:
+        return {"route": self.routing.delete(prefix).as_dict()}
+
+    def cmd_route_show(self, **args: bool) -> dict[str, Any]:  # "all" is the wire name
+        return {"routes": self.routing.show(internal=args.get("all", False))}
+
+    def cmd_route_load(self, text: str | None = None, path: str | None = None) -> dict[str, Any]:
+        if (text is None) == (path is None):
+            raise RequestError("route.load: give exactly one of text, path")
+        if path is not None:
+            # a file the engine's own user can read (only that user, or root, can
+            # reach this socket): for tables larger than one request
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(LOAD_TEXT_MAX + 1)
+            except OSError as err:
+                raise RequestError(f"route.load: {path}: {err.strerror or err}") from None
+            if len(raw) > LOAD_TEXT_MAX:
+                raise RequestError(f"route.load: {path} is larger than {LOAD_TEXT_MAX} bytes")
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError as err:
+                raise RequestError(f"route.load: {path} is not UTF-8 text "
+                                   f"(byte {err.start})") from None
+        assert text is not None
+        return {"added": len(self.routing.load(text))}
+
+    def cmd_route_lookup(self, addr: str) -> dict[str, Any]:
+        return self.routing.lookup(addr)
+
+    def _port(self, name: str, up: bool) -> dict[str, Any]:
+        changed = self.routing.set_port(name, up)
+        return {"port": name, "up": up, "changed": changed}
+
+    def cmd_port_up(self, name: str) -> dict[str, Any]:
+        return self._port(name, True)
+
+    def cmd_port_down(self, name: str) -> dict[str, Any]:
+        return self._port(name, False)
+
+
+# --------------------------------------------------------------------------- server
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    rbuf: bytearray = field(default_factory=bytearray)
+    wbuf: bytearray = field(default_factory=bytearray)
+    closing: bool = False  # close once wbuf is sent (after an oversized request)
+    last: float = field(default_factory=time.monotonic)
+
+
+class ControlServer:
+    """Non-blocking msgpack server on a Unix socket; `poll` does one round of I/O."""
+
+    def __init__(self, path: str | os.PathLike[str],
+                 handler: Callable[[object], dict[str, Any]]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.handler = handler
+        self.served = 0
+        self._conns: dict[int, _Conn] = {}
+        self._sel = selectors.DefaultSelector()
+        self._sock = _listen(self.path)
+        st = os.stat(self.path)
+        self._ident = (st.st_dev, st.st_ino)  # so that close() unlinks only our socket
+        self._sel.register(self._sock, selectors.EVENT_READ, None)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Wait up to `timeout` seconds for socket activity and handle what is ready;
+        returns the number of requests served."""
+        before = self.served
+        for key, events in self._sel.select(timeout):
+            if key.data is None:
+                self._accept()
+                continue
+            conn: _Conn = key.data
+            if events & selectors.EVENT_READ:
+                self._read(conn)
+            if events & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                self._write(conn)
+        if self._conns:
+            now = time.monotonic()
+            for conn in [c for c in self._conns.values() if now - c.last > IDLE_TIMEOUT_S]:
+                self._close(conn)
+        return self.served - before
+
+    def close(self) -> None:
+        """Close every connection and the listener; remove the socket file if it is
+        still the one we created."""
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(self._sock)
+        self._sock.close()
+        self._sel.close()
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> ControlServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                s, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # EMFILE and friends: try again next poll
+                print(f"fwd: control socket accept: {err}", file=sys.stderr)
+                return
+            s.setblocking(False)
+            uid = _peer_uid(s)
+            if uid is not None and uid not in (os.geteuid(), 0):
+                # mode 0600 already keeps other users out; this is the second lock
+                s.close()
+                continue
+            if len(self._conns) >= MAX_CONNECTIONS:
+                with contextlib.suppress(OSError):
+                    s.send(encode(error(f"too many connections (at most {MAX_CONNECTIONS})")))
+                s.close()
+                continue
+            conn = _Conn(s)
+            self._conns[s.fileno()] = conn
+            self._sel.register(s, selectors.EVENT_READ, conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            chunk = conn.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not chunk:  # the client hung up; nothing to answer
+            self._close(conn)
+            return
+        conn.last = time.monotonic()
+        conn.rbuf += chunk
+        while len(conn.rbuf) >= HEADER.size and not conn.closing:
+            (n,) = HEADER.unpack_from(conn.rbuf)
+            if n > MAX_REQUEST:
+                conn.wbuf += encode(error(
+                    f"request of {n} bytes exceeds the limit of {MAX_REQUEST} bytes; "
+                    "closing the connection"))
+                conn.rbuf.clear()
+                conn.closing = True
+                self.served += 1
+                break
+            if len(conn.rbuf) < HEADER.size + n:
+                break
+            body = bytes(conn.rbuf[HEADER.size : HEADER.size + n])
+            del conn.rbuf[: HEADER.size + n]
+            conn.wbuf += encode(self._serve(body))
+            self.served += 1
+        if conn.wbuf:
+            self._write(conn)
+
+    def _serve(self, body: bytes) -> dict[str, Any]:
+        try:
+            msg = decode(body)
+        except RequestError as err:
+            return error(str(err))
+        except msgpack.ExtraData:
+            return error("malformed msgpack: extra bytes after the request")
+        except msgpack.StackError:
+            return error("malformed msgpack: nested too deeply")
+        except msgpack.FormatError:
+            return error("malformed msgpack: not a msgpack object")
+        except Exception as err:  # ValueError for truncated input, bad map keys, ...
+            return error(f"malformed msgpack: {err or type(err).__name__}")
+        try:
+            reply = self.handler(msg)
+            encode(reply)  # a reply that cannot be encoded is a bug; answer anyway
+            return reply
+        except Exception as err:
+            traceback.print_exc(file=sys.stderr)
+            return error(f"internal error: {type(err).__name__}: {err}")
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            while conn.wbuf:
+                sent = conn.sock.send(conn.wbuf)
+                del conn.wbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(conn)
+            return
+        conn.last = time.monotonic()
+        if not conn.wbuf and conn.closing:
+            self._close(conn)
+            return
+        # read only when nothing is waiting to be sent: a client that pipelines
+        # requests without reading replies cannot make us buffer without bound
+        want = selectors.EVENT_WRITE if conn.wbuf else selectors.EVENT_READ
+        if self._sel.get_key(conn.sock).events != want:
+            self._sel.modify(conn.sock, want, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        fd = conn.sock.fileno()
+        if fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+            self._conns.pop(fd, None)
+        conn.sock.close()
+
+
+def _peer_uid(s: socket.socket) -> int | None:
+    try:
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):  # not Linux: rely on the file mode
+        return None
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+def _listen(path: str) -> socket.socket:
+    """A listening, non-blocking Unix socket at `path`, mode 0600."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        try:
+            parent.mkdir(mode=0o700, parents=True)
+            os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise ControlSetupError(f"cannot create {parent}: {err.strerror or err}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _bind(sock, path)
+        os.chmod(path, 0o600)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind(sock: socket.socket, path: str) -> None:
+    # the socket file takes its mode from the umask at bind() (fchmod on a socket fd
+    # does not reach the file): 0177 makes it 0600 from its first instant. The umask
+    # is process-wide; the control process binds before it starts any thread.
+    old = os.umask(0o177)
+    try:
+        try:
+            sock.bind(path)
+            return
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise ControlSetupError(f"cannot listen on {path}: {err.strerror or err}") \
+                    from None
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ControlSetupError(f"cannot listen on {path}: it exists and is not a socket")
+            if _answers(path):
+                raise ControlSetupError(f"another engine is listening on {path}")
+            os.unlink(path)  # a socket left by an engine that died: take its place
+        try:
+            sock.bind(path)
+        except OSError as err:
+            raise ControlSetupError(f"cannot listen on {path}: {err.strerror or err}") from None
+    finally:
+        os.umask(old)
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True  # someone is there (e.g. backlog full, or not ours): leave it
+        return True
