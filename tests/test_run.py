@@ -196,3 +196,18 @@ def test_every_fast_path_verdict_is_counted_end_to_end(tmp_path, workers):
     assert {k: v for k, v in stats.slow.items() if v} == dict(slows)
     assert stats.forwarded == 0
     assert stats.balanced
+
+
+def test_a_long_replay_loses_nothing_for_want_of_tx_room(tmp_path):
+    """The pcap driver never gives a worker more than its TX rings can take, so a
+    replay is lossless however slowly the driver drains them."""
+    from test_supervision import big_input
+
+    lab = Lab(tmp_path, workers=2, batch=8)
+    big_input(lab, 60_000)
+    from engine.supervisor import run
+
+    stats = run(lab.config()).stats
+    assert stats.drop["ring_full"] == 0
+    assert stats.forwarded == 60_000 and stats.balanced
+    assert stats.ports["p1"]["tx_packets"] == 60_000

@@ -115,7 +115,7 @@ class PcapPorts:
                 start = self.pos[p, w]
                 ring = mem.rings[f"rx.{p}.{w}"]
                 n = min(len(todo) - start, ring.free_space(), self.burst * 4,
-                        self.buffers.available())
+                        self.buffers.available(), self._tx_room(w))
                 if n <= 0:
                     continue
                 numbers = todo[start : start + n]
@@ -142,6 +142,16 @@ class PcapPorts:
                 mem.seq[idx] = self.seq[p][numbers]
                 ring.enqueue(idx)
         return moved
+
+    def _tx_room(self, w: int) -> int:
+        """Frames worker w may still be given so that none of its TX rings can overflow:
+        the fast path turns one received frame into at most one frame to send, so what
+        it holds (queued on its RX rings) plus what waits on a TX ring must fit in that
+        ring. A file can wait; a replay never drops for want of TX room."""
+        queued = sum(self.mem.rings[f"rx.{p}.{w}"].count() for p, _ in self.ports)
+        tx = [self.mem.rings[f"tx.{p}.{w}"] for p in range(self.mem.geometry.nports)]
+        in_hand = self.burst * len(self.ports)  # dequeued by the worker, not yet sent
+        return min(r.free_space() for r in tx) - queued - in_hand
 
     def _count_rx(self, p: int, lengths: np.ndarray) -> None:
         self.port_counters[p, PORT_RX_PACKETS] += len(lengths)
