@@ -23,7 +23,8 @@ fast path through `PortMask`, plus `nh_mtu` kept 0 for every next hop on a down
 port so that the plain tier (one `tot_len <= nh_mtu` compare) never forwards through
 it; every change bumps `CTL_NH_GEN` so that workers flush what they cache.
 
-ECMP routes use their first next hop until the FIB work adds next-hop groups.
+An ECMP route points at a group row whose members are next-hop rows; the route
+stage picks one member per flow (`route.select_multipath`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class NextHops:
 
     mem: EngineMemory
     rows: dict[tuple, int] = field(default_factory=dict)
+    members_used: int = 0  # entries of nhg_members taken by groups
 
     def __post_init__(self) -> None:
         for nh_type in (NH_NOROUTE, NH_BLACKHOLE, NH_UNREACHABLE, NH_PROHIBIT):
@@ -161,6 +163,29 @@ class NextHops:
             self.mem.nh_type[i] = nh_type  # the row is complete when typed
             plain = nh_type == NH_UNICAST and flags & NHF_RESOLVED and self.port_up(port)
             self.mem.nh_mtu[i] = self.mem.port_mtu[port] if plain else 0
+            self.rows[key] = i
+        return self.rows[key]
+
+    def group(self, members: tuple[int, ...]) -> int:
+        """A row standing for an ECMP group of next-hop rows (`select_multipath` in the
+        route stage picks one member per flow). Members are written before the row
+        says it has them, and the row before any FIB entry points at it."""
+        if len(members) == 1:
+            return members[0]
+        key = ("group", members)
+        if key not in self.rows:
+            i = len(self.rows)
+            if i >= len(self.mem.nh_type):
+                raise RouteError(f"next-hop table is full ({i} rows)")
+            base = self.members_used
+            if base + len(members) > len(self.mem.nhg_members):
+                raise RouteError("next-hop group table is full")
+            self.mem.nhg_members[base : base + len(members)] = members
+            self.members_used += len(members)
+            self.mem.nh_type[i] = NH_UNICAST
+            self.mem.nh_mtu[i] = 0  # never forwarded as itself: a member is chosen first
+            self.mem.nh_group[i] = base
+            self.mem.nh_group_n[i] = len(members)
             self.rows[key] = i
         return self.rows[key]
 
@@ -275,9 +300,9 @@ class Routing:
         if r.type in ROUTE_TYPE_NH:
             nh = self.nhs.get(ROUTE_TYPE_NH[r.type])
         elif r.nexthops:
-            first = r.nexthops[0]
-            nh = self._gateway_nh(first.via, self.cfg.port_index(
-                first.port or _port_of(self.cfg, first.via)))
+            nh = self.nhs.group(tuple(
+                self._gateway_nh(h.via, self.cfg.port_index(h.port or _port_of(self.cfg, h.via)))
+                for h in r.nexthops))
         elif r.via is not None:
             nh = self._gateway_nh(r.via, self.cfg.port_index(r.port or _port_of(self.cfg, r.via)))
         else:

@@ -89,6 +89,10 @@ type = "prohibit"
 prefix = "10.69.0.0/16"
 port = "p1"
 
+[[route]]
+prefix = "10.77.0.0/16"
+nexthops = [{{via = "10.0.2.254"}}, {{via = "10.0.3.2"}}]
+
 [[neighbor]]
 ip = "10.0.1.2"
 mac = "02:00:00:00:01:02"

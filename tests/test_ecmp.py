@@ -49,3 +49,32 @@ def test_group_members_are_chosen_per_host_pair_and_evenly():
     again = select_multipath(nh, saddr, daddr, t)
     assert np.array_equal(chosen, again)  # the same pair always takes the same member
     assert np.array_equal(nh[:3], [7, 9, 9])  # the input is not modified
+
+
+def test_ecmp_route_end_to_end(tmp_path):
+    """10.77.0.0/16 has two next hops (the gateway on p1, h3 on p2): each host pair
+    always leaves by the same one, both are used, bytes are those of a normal forward."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    from conftest import MAC, Lab, routed
+
+    frames = []
+    for i in range(300):
+        f = (Ether(src=MAC["h1"], dst=MAC["p0"])
+             / IP(src=f"10.0.1.{2 + i % 5}", dst=f"10.77.{i % 7}.{i % 11}", id=i)
+             / UDP(sport=1000 + i % 3, dport=53) / Raw(i.to_bytes(2, "big")))
+        f.time = 50 + i / 1000
+        frames.append(f)
+    stats, out = Lab(tmp_path, workers=2, batch=16).run({"p0": frames})
+    assert stats.forwarded == 300 and stats.balanced
+    port_of = {}
+    for port, nexthop in (("p1", "gw"), ("p2", "h3")):
+        for f in out[port]:
+            i = int.from_bytes(bytes(f[Raw])[:2], "big")
+            assert bytes(f) == routed(frames[i], port, nexthop)
+            pair = (f[IP].src, f[IP].dst)
+            assert port_of.setdefault(pair, port) == port
+    assert len(out["p1"]) + len(out["p2"]) == 300
+    assert 0.25 < len(out["p1"]) / 300 < 0.75
