@@ -109,6 +109,8 @@ def timed(fn, seconds: float, prepare=None) -> float:
 
 def single_core(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, float]:
     mem, tables = setup.mem, setup.tables
+    mem.data[:, :FRAME] = setup.frames  # undo what earlier measurements rewrote
+    mem.length[:] = FRAME
     nbatches = setup.geometry.nbufs // batch
     order = [np.arange(i * batch, (i + 1) * batch, dtype=np.uint32) for i in range(nbatches)]
     fw = Forwarder(mem, tables, 0, batch)
