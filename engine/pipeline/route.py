@@ -75,12 +75,11 @@ def select_multipath(nh: np.ndarray, saddr: np.ndarray, daddr: np.ndarray,
     """Replace ECMP group indexes by one member each, by hash threshold (RFC 2992, as
     `fib_select_multipath`: member k owns hash range [k, k+1) * 2^31 / n)."""
     n = t.nh_group_n[nh]
-    multi = np.flatnonzero(n > 1)
-    if len(multi):
-        g = nh[multi]
+    if n.any():  # group_n is 0 for every row that is not a group
+        multi = np.flatnonzero(n > 1)
         k = (flow_hash(saddr[multi], daddr[multi]) * n[multi]) >> np.uint64(31)
         nh = nh.copy()
-        nh[multi] = t.nhg_members[t.nh_group[g] + k]
+        nh[multi] = t.nhg_members[t.nh_group[nh[multi]] + k]
     return nh
 
 
