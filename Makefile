@@ -16,7 +16,7 @@ run: $(STAMP)
 	$(BIN)/fwd run configs/default.toml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests perf tools
