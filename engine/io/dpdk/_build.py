@@ -1,0 +1,506 @@
+"""Build the project's cffi binding to the system DPDK (API mode).
+
+API mode, not ABI mode: `rte_eth_rx_burst`/`rte_eth_tx_burst` and the mbuf helpers are
+static inline functions in DPDK's headers, so only a compiled C module can call them.
+The module is compiled against `pkg-config --cflags --libs libdpdk` (passed through
+unchanged: `-include rte_config.h` is two tokens and must stay a pair) plus
+`-DALLOW_EXPERIMENTAL_API`, into a per-user cache directory keyed by the DPDK version
+and a hash of the source, so nothing built ever lands in the repository and a DPDK
+upgrade or a source change rebuilds by itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+MODULE = "_fwd_dpdk"
+MISSING_HINT = "apt-get install dpdk-dev libdpdk-dev pkg-config"
+
+# Shared by the C source and the cdef: what fwd_port_setup reports.
+PORT_INFO = """
+struct fwd_port_info {
+    uint16_t port_id;
+    uint16_t max_rx_queues;
+    uint16_t max_tx_queues;
+    uint16_t mtu;
+    uint64_t flow_type_rss_offloads;
+    uint64_t rss_hf;            /* RSS hash functions in use (0: no RSS) */
+    uint64_t rx_offload_capa;
+    uint64_t rx_offloads;       /* RX offloads in use (asked & capable) */
+    uint64_t tx_offload_capa;
+    uint8_t mac[6];
+    int mac_set;                /* 1: MAC set as asked; 0: not asked; <0: -errno */
+    int promiscuous;
+    int socket_id;
+    char driver_name[64];
+};
+"""
+
+# What Python sees. Structs are declared partially (`...;`): cffi takes their real
+# layout from the headers at compile time.
+CDEF = """
+struct rte_mempool;
+
+struct rte_eth_stats {
+    uint64_t ipackets; uint64_t opackets; uint64_t ibytes; uint64_t obytes;
+    uint64_t imissed; uint64_t ierrors; uint64_t oerrors; uint64_t rx_nombuf;
+    uint64_t q_ipackets[...]; uint64_t q_opackets[...];
+    uint64_t q_ibytes[...]; uint64_t q_obytes[...]; uint64_t q_errors[...];
+    ...;
+};
+struct rte_eth_xstat_name { char name[...]; ...; };
+struct rte_eth_xstat { uint64_t id; uint64_t value; ...; };
+"""  + PORT_INFO + """
+
+static const uint64_t FWD_RSS_IPV4;
+static const uint64_t FWD_RX_OFFLOAD_CHECKSUM;
+static const int FWD_RTE_VERSION_MAJOR;
+static const int FWD_RTE_VERSION_MINOR;
+static const int FWD_RTE_VERSION_PATCH;
+static const int FWD_XSTATS_NAME_SIZE;
+static const int RTE_PROC_PRIMARY;
+static const int RTE_PROC_SECONDARY;
+
+int fwd_eal_init(int argc, char **argv);
+int rte_eal_cleanup(void);
+int rte_eal_process_type(void);
+int fwd_errno(void);
+const char *rte_strerror(int errnum);
+const char *rte_version(void);
+
+struct rte_mempool *fwd_pool_create(const char *name, unsigned int n, unsigned int cache,
+                                    unsigned int dataroom, int socket_id);
+struct rte_mempool *rte_mempool_lookup(const char *name);
+void rte_mempool_free(struct rte_mempool *mp);
+unsigned int rte_mempool_avail_count(const struct rte_mempool *mp);
+
+int rte_dev_probe(const char *devargs);
+int rte_eth_dev_get_port_by_name(const char *name, uint16_t *port_id);
+uint16_t rte_eth_dev_count_avail(void);
+int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t ntxd,
+                   struct rte_mempool *mp, const uint8_t *mac, uint16_t mtu,
+                   uint64_t rss_hf, uint64_t rx_offloads, int promiscuous,
+                   struct fwd_port_info *info);
+int fwd_port_info(uint16_t port, struct fwd_port_info *info);
+int rte_eth_dev_stop(uint16_t port_id);
+int rte_eth_dev_close(uint16_t port_id);
+
+int rte_eth_stats_get(uint16_t port_id, struct rte_eth_stats *stats);
+int rte_eth_stats_reset(uint16_t port_id);
+int rte_eth_xstats_get_names(uint16_t port_id, struct rte_eth_xstat_name *names,
+                             unsigned int size);
+int rte_eth_xstats_get(uint16_t port_id, struct rte_eth_xstat *xstats, unsigned int n);
+
+int fwd_rx_burst(uint16_t port, uint16_t queue, uint8_t *pool_base, uint32_t bufsize,
+                 const uint32_t *idx, uint32_t *len, uint32_t n, uint64_t *dropped);
+int fwd_tx_burst(uint16_t port, uint16_t queue, struct rte_mempool *mp,
+                 const uint8_t *pool_base, uint32_t bufsize, const uint32_t *idx,
+                 const uint32_t *len, uint32_t n);
+int fwd_rx_burst_pool(uint16_t port, uint16_t queue, uint8_t *pool_base, uint32_t bufsize,
+                      uint32_t *pool_len, uint16_t *pool_port, uint16_t port_index,
+                      const uint32_t *idx, uint32_t n, uint64_t *dropped);
+int fwd_tx_burst_pool(uint16_t port, uint16_t queue, struct rte_mempool *mp,
+                      const uint8_t *pool_base, uint32_t bufsize, const uint32_t *pool_len,
+                      const uint32_t *idx, uint32_t n);
+"""
+
+SOURCE = r"""
+#include <errno.h>
+#include <string.h>
+#include <rte_common.h>
+#include <rte_version.h>
+#include <rte_errno.h>
+#include <rte_eal.h>
+#include <rte_dev.h>
+#include <rte_mempool.h>
+#include <rte_mbuf.h>
+#include <rte_ethdev.h>
+""" + PORT_INFO + r"""
+static const uint64_t FWD_RSS_IPV4 = RTE_ETH_RSS_IPV4 | RTE_ETH_RSS_FRAG_IPV4 |
+    RTE_ETH_RSS_NONFRAG_IPV4_TCP | RTE_ETH_RSS_NONFRAG_IPV4_UDP |
+    RTE_ETH_RSS_NONFRAG_IPV4_OTHER;
+static const uint64_t FWD_RX_OFFLOAD_CHECKSUM = RTE_ETH_RX_OFFLOAD_CHECKSUM;
+static const int FWD_RTE_VERSION_MAJOR = RTE_VER_YEAR;
+static const int FWD_RTE_VERSION_MINOR = RTE_VER_MONTH;
+static const int FWD_RTE_VERSION_PATCH = RTE_VER_MINOR;
+static const int FWD_XSTATS_NAME_SIZE = RTE_ETH_XSTATS_NAME_SIZE;
+
+/* The standard Microsoft Toeplitz key, the one engine/io/rss.py uses for pcap ports,
+   so a flow lands on the same queue whichever driver spreads it. */
+static uint8_t fwd_rss_key[40] = {
+    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
+    0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
+    0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+};
+
+#define FWD_CHUNK 64
+
+static int fwd_errno(void) { return rte_errno; }
+
+static int fwd_eal_init(int argc, char **argv)
+{
+    /* rte_eal_init permutes argv; hand it a copy of the pointer array so the
+       caller's array (kept alive by Python) stays as it was. */
+    char *copy[256];
+    int i;
+    if (argc > 255)
+        return -E2BIG;
+    for (i = 0; i < argc; i++)
+        copy[i] = argv[i];
+    copy[argc] = NULL;
+    return rte_eal_init(argc, copy);
+}
+
+static struct rte_mempool *fwd_pool_create(const char *name, unsigned int n,
+                                           unsigned int cache, unsigned int dataroom,
+                                           int socket_id)
+{
+    return rte_pktmbuf_pool_create(name, n, cache, 0,
+                                   (uint16_t)(dataroom + RTE_PKTMBUF_HEADROOM), socket_id);
+}
+
+static int fwd_port_info(uint16_t port, struct fwd_port_info *info)
+{
+    struct rte_eth_dev_info dev;
+    struct rte_ether_addr addr;
+    int ret = rte_eth_dev_info_get(port, &dev);
+    if (ret != 0)
+        return ret;
+    info->port_id = port;
+    info->max_rx_queues = dev.max_rx_queues;
+    info->max_tx_queues = dev.max_tx_queues;
+    info->flow_type_rss_offloads = dev.flow_type_rss_offloads;
+    info->rx_offload_capa = dev.rx_offload_capa;
+    info->tx_offload_capa = dev.tx_offload_capa;
+    info->socket_id = rte_eth_dev_socket_id(port);
+    snprintf(info->driver_name, sizeof(info->driver_name), "%s",
+             dev.driver_name ? dev.driver_name : "");
+    if (rte_eth_macaddr_get(port, &addr) == 0)
+        memcpy(info->mac, addr.addr_bytes, 6);
+    if (rte_eth_dev_get_mtu(port, &info->mtu) != 0)
+        info->mtu = 0;
+    info->promiscuous = rte_eth_promiscuous_get(port);
+    return 0;
+}
+
+/* Configure nq RX/TX queue pairs, RSS and offloads limited to what the device can do
+   (vdevs have neither RSS nor checksum offloads; asking for them fails the configure),
+   MAC and MTU as asked, and start the port. Returns 0 or -errno. */
+static int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t ntxd,
+                          struct rte_mempool *mp, const uint8_t *mac, uint16_t mtu,
+                          uint64_t rss_hf, uint64_t rx_offloads, int promiscuous,
+                          struct fwd_port_info *info)
+{
+    struct rte_eth_dev_info dev;
+    struct rte_eth_conf conf;
+    int ret, socket;
+    uint16_t q;
+
+    memset(info, 0, sizeof(*info));
+    ret = rte_eth_dev_info_get(port, &dev);
+    if (ret != 0)
+        return ret;
+    if (nq == 0 || nq > dev.max_rx_queues || nq > dev.max_tx_queues)
+        return -EINVAL;
+
+    memset(&conf, 0, sizeof(conf));
+    rss_hf &= dev.flow_type_rss_offloads;
+    if (nq > 1 && rss_hf != 0) {
+        conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+        if (dev.hash_key_size == sizeof(fwd_rss_key)) {
+            conf.rx_adv_conf.rss_conf.rss_key = fwd_rss_key;
+            conf.rx_adv_conf.rss_conf.rss_key_len = sizeof(fwd_rss_key);
+        }
+    } else {
+        rss_hf = 0;
+    }
+    rx_offloads &= dev.rx_offload_capa;
+    conf.rxmode.offloads = rx_offloads;
+    if (mtu != 0)
+        conf.rxmode.mtu = mtu;
+
+    ret = rte_eth_dev_configure(port, nq, nq, &conf);
+    if (ret != 0)
+        return ret;
+    ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &nrxd, &ntxd);
+    if (ret != 0)
+        return ret;
+    socket = rte_eth_dev_socket_id(port);
+    if (socket < 0)
+        socket = (int)rte_socket_id();
+    for (q = 0; q < nq; q++) {
+        ret = rte_eth_rx_queue_setup(port, q, nrxd, socket, NULL, mp);
+        if (ret != 0)
+            return ret;
+        ret = rte_eth_tx_queue_setup(port, q, ntxd, socket, NULL);
+        if (ret != 0)
+            return ret;
+    }
+    if (mac != NULL) {
+        struct rte_ether_addr addr;
+        memcpy(addr.addr_bytes, mac, 6);
+        ret = rte_eth_dev_default_mac_addr_set(port, &addr);
+        /* some vdevs cannot change their MAC; the engine filters on its own MAC
+           anyway, so report it instead of failing */
+        info->mac_set = ret == 0 ? 1 : (ret < 0 ? ret : -ret);
+    }
+    ret = rte_eth_dev_start(port);
+    if (ret != 0)
+        return ret;
+    if (promiscuous)
+        rte_eth_promiscuous_enable(port);  /* not all vdevs can; the engine filters L2 */
+    int mac_set = info->mac_set;
+    ret = fwd_port_info(port, info);
+    info->mac_set = mac_set;
+    info->rss_hf = rss_hf;
+    info->rx_offloads = rx_offloads;
+    return ret;
+}
+
+/* Receive up to n frames into the pool rows idx[0..], one frame per row, and their
+   lengths into len[]. Frames that do not fit a row (bufsize) are dropped and counted
+   in *dropped, so rows are used densely: the frames are in idx[0..return). At most
+   n frames are taken from the device, so n rows always suffice. */
+static inline int fwd_rx_core(uint16_t port, uint16_t queue, uint8_t *pool_base,
+                              uint32_t bufsize, const uint32_t *idx, uint32_t *len,
+                              uint32_t *pool_len, uint16_t *pool_port, uint16_t port_index,
+                              uint32_t n, uint64_t *dropped)
+{
+    struct rte_mbuf *pkts[FWD_CHUNK];
+    uint32_t k = 0, seen = 0;
+    uint64_t drops = 0;
+
+    /* bounded by frames taken from the device, not rows filled: a queue of nothing
+       but oversize frames must not keep us here */
+    while (seen < n) {
+        uint16_t want = (uint16_t)RTE_MIN((uint32_t)FWD_CHUNK, n - seen);
+        uint16_t got = rte_eth_rx_burst(port, queue, pkts, want);
+        uint16_t i;
+        seen += got;
+        for (i = 0; i < got; i++) {
+            struct rte_mbuf *m = pkts[i];
+            uint32_t plen = rte_pktmbuf_pkt_len(m);
+            if (plen > bufsize) {
+                drops++;
+            } else {
+                uint8_t *dst = pool_base + (size_t)idx[k] * bufsize;
+                if (m->nb_segs == 1) {
+                    rte_memcpy(dst, rte_pktmbuf_mtod(m, const void *), plen);
+                } else {
+                    const struct rte_mbuf *s;
+                    uint32_t off = 0;
+                    for (s = m; s != NULL; s = s->next) {
+                        rte_memcpy(dst + off, rte_pktmbuf_mtod(s, const void *),
+                                   s->data_len);
+                        off += s->data_len;
+                    }
+                }
+                if (pool_len != NULL) {
+                    pool_len[idx[k]] = plen;
+                    pool_port[idx[k]] = port_index;
+                } else {
+                    len[k] = plen;
+                }
+                k++;
+            }
+            rte_pktmbuf_free(m);
+        }
+        if (got < want)
+            break;  /* queue drained: do not spin on an empty queue */
+    }
+    *dropped += drops;
+    return (int)k;
+}
+
+static int fwd_rx_burst(uint16_t port, uint16_t queue, uint8_t *pool_base, uint32_t bufsize,
+                        const uint32_t *idx, uint32_t *len, uint32_t n, uint64_t *dropped)
+{
+    return fwd_rx_core(port, queue, pool_base, bufsize, idx, len, NULL, NULL, 0, n, dropped);
+}
+
+/* The same, writing each frame's length and ingress port straight into the engine's
+   per-buffer arrays (mem.length, mem.port): no numpy scatter after the call. */
+static int fwd_rx_burst_pool(uint16_t port, uint16_t queue, uint8_t *pool_base,
+                             uint32_t bufsize, uint32_t *pool_len, uint16_t *pool_port,
+                             uint16_t port_index, const uint32_t *idx, uint32_t n,
+                             uint64_t *dropped)
+{
+    return fwd_rx_core(port, queue, pool_base, bufsize, idx, NULL, pool_len, pool_port,
+                       port_index, n, dropped);
+}
+
+/* Send the pool rows idx[0..n) of lengths len[]: copy each into a fresh mbuf, hand
+   them to the device, free what it did not take. Returns how many were sent (the
+   first ones, in order); -ENOMEM if not even one mbuf could be had. The rows are
+   only read: the caller may release them at once. */
+static inline int fwd_tx_core(uint16_t port, uint16_t queue, struct rte_mempool *mp,
+                              const uint8_t *pool_base, uint32_t bufsize,
+                              const uint32_t *idx, const uint32_t *len,
+                              const uint32_t *pool_len, uint32_t n)
+{
+    struct rte_mbuf *pkts[FWD_CHUNK];
+    uint32_t done = 0, sent = 0;
+
+    while (done < n) {
+        uint16_t want = (uint16_t)RTE_MIN((uint32_t)FWD_CHUNK, n - done);
+        uint16_t i, ok = 0, took;
+        if (rte_pktmbuf_alloc_bulk(mp, pkts, want) != 0)
+            return sent == 0 && done == 0 ? -ENOMEM : (int)sent;
+        for (i = 0; i < want; i++) {
+            uint32_t plen = pool_len != NULL ? pool_len[idx[done + i]] : len[done + i];
+            char *dst = plen <= bufsize ? rte_pktmbuf_append(pkts[i], (uint16_t)plen) : NULL;
+            if (dst == NULL) {
+                /* larger than an mbuf: cannot happen with the pool Dpdk creates */
+                rte_pktmbuf_free(pkts[i]);
+                continue;
+            }
+            rte_memcpy(dst, pool_base + (size_t)idx[done + i] * bufsize, plen);
+            pkts[ok++] = pkts[i];
+        }
+        took = rte_eth_tx_burst(port, queue, pkts, ok);
+        sent += took;
+        done += want;
+        if (took < ok) {
+            rte_pktmbuf_free_bulk(pkts + took, ok - took);
+            break;  /* the queue is full: the rest would not go either */
+        }
+    }
+    return (int)sent;
+}
+
+static int fwd_tx_burst(uint16_t port, uint16_t queue, struct rte_mempool *mp,
+                        const uint8_t *pool_base, uint32_t bufsize, const uint32_t *idx,
+                        const uint32_t *len, uint32_t n)
+{
+    return fwd_tx_core(port, queue, mp, pool_base, bufsize, idx, len, NULL, n);
+}
+
+/* The same, with each frame's length read from the engine's mem.length. */
+static int fwd_tx_burst_pool(uint16_t port, uint16_t queue, struct rte_mempool *mp,
+                             const uint8_t *pool_base, uint32_t bufsize,
+                             const uint32_t *pool_len, const uint32_t *idx, uint32_t n)
+{
+    return fwd_tx_core(port, queue, mp, pool_base, bufsize, idx, NULL, pool_len, n);
+}
+"""
+
+
+class DpdkUnavailable(RuntimeError):
+    """The system DPDK (headers, pkg-config file, compiler) is missing or unusable."""
+
+
+def pkg_config() -> tuple[str, list[str], list[str]]:
+    """(version, cflags, libs) of libdpdk, each flag as pkg-config printed it."""
+    if shutil.which("pkg-config") is None:
+        raise DpdkUnavailable(f"pkg-config is not installed; install it with: {MISSING_HINT}")
+
+    def run(*args: str) -> str:
+        p = subprocess.run(["pkg-config", *args, "libdpdk"], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise DpdkUnavailable(
+                "libdpdk is not known to pkg-config (the DPDK development files are "
+                f"missing); install them with: {MISSING_HINT}\n{p.stderr.strip()}")
+        return p.stdout.strip()
+
+    return run("--modversion"), shlex.split(run("--cflags")), shlex.split(run("--libs"))
+
+
+def cache_root() -> Path:
+    """Where built modules live: $FWD_DPDK_CACHE, else $XDG_CACHE_HOME/fwd/dpdk,
+    else ~/.cache/fwd/dpdk (outside the repository: nothing to .gitignore)."""
+    env = os.environ.get("FWD_DPDK_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fwd" / "dpdk"
+
+
+def build_key(version: str, cflags: list[str], libs: list[str]) -> str:
+    h = hashlib.sha256()
+    for part in (CDEF, SOURCE, version, *cflags, "|", *libs, sys.version):
+        h.update(part.encode())
+        h.update(b"\0")
+    return f"{version}-{h.hexdigest()[:16]}"
+
+
+def module_dir() -> Path:
+    version, cflags, libs = pkg_config()
+    return cache_root() / build_key(version, cflags, libs)
+
+
+def _find_built(directory: Path) -> Path | None:
+    found = sorted(directory.glob(f"{MODULE}*.so"))
+    return found[0] if found else None
+
+
+def build(force: bool = False, verbose: bool = False) -> Path:
+    """Compile the module unless a build for this DPDK and source exists; its path.
+
+    Several processes may ask at once (tests, workers): a lock file serialises them and
+    the build goes to a temporary directory renamed into place, so nobody ever loads a
+    half-written module."""
+    version, cflags, libs = pkg_config()
+    target = cache_root() / build_key(version, cflags, libs)
+    if not force and (built := _find_built(target)):
+        return built
+    try:
+        import cffi
+    except ImportError as e:  # pragma: no cover - cffi is a dependency of the extra
+        raise DpdkUnavailable("cffi is not installed: pip install 'fwd[dpdk]'") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (built := _find_built(target)):
+            return built
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+        try:
+            ffi = cffi.FFI()
+            ffi.cdef(CDEF)
+            # cflags go to the compiler unchanged; -Wl,... and -l... to the linker
+            ffi.set_source(MODULE, SOURCE,
+                           extra_compile_args=[*cflags, "-DALLOW_EXPERIMENTAL_API", "-O2",
+                                               "-Wno-unused-function"],
+                           extra_link_args=libs)
+            try:
+                out = ffi.compile(tmpdir=str(tmp), verbose=verbose)
+            except Exception as e:
+                raise DpdkUnavailable(
+                    f"building the DPDK binding failed ({e}); a C compiler and the DPDK "
+                    f"development files are needed: {MISSING_HINT} gcc"
+                ) from e
+            final = target / Path(out).name
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir()
+            os.replace(out, final)
+            return final
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+_loaded: ModuleType | None = None
+
+
+def load() -> ModuleType:
+    """The compiled module (with `.ffi` and `.lib`), built first if need be."""
+    global _loaded
+    if _loaded is None:
+        path = build()
+        spec = importlib.util.spec_from_file_location(MODULE, path)
+        if spec is None or spec.loader is None:
+            raise DpdkUnavailable(f"cannot load {path}")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _loaded = mod
+    return _loaded
