@@ -1,0 +1,826 @@
+"""The AF_PACKET driver: a live port seen through the kernel's packet sockets.
+
+One `AfPacketPort` per (worker, port) holds two sockets on the interface:
+
+- an RX socket with a `TPACKET_V3` ring mapped into the process. The kernel fills
+  blocks of frames and flips a block's status to `TP_STATUS_USER`; we walk the block's
+  `tpacket3_hdr` chain, copy the frames into pool buffers in one batch and hand the
+  block back (`TP_STATUS_KERNEL`). No syscall and no Python object per frame. The
+  socket joins a `PACKET_FANOUT_HASH` group (one group id per port, shared by every
+  worker of the port): the kernel hashes each frame's flow (`skb_get_hash`, addresses
+  and ports) and picks one socket of the group, so one flow always lands on one
+  worker, as a NIC's RSS would. It ignores outgoing frames (`PACKET_IGNORE_OUTGOING`)
+  and puts the port in promiscuous mode: the engine, not the kernel, owns the MAC.
+- a TX socket bound with protocol 0, so it never receives anything, with
+  `PACKET_QDISC_BYPASS` (straight to the driver's xmit, as DPDK would; this also skips
+  the taps, so no packet socket sees our own transmissions) and a `TPACKET_V2` TX
+  ring: frames are copied into ring slots, marked `TP_STATUS_SEND_REQUEST`, and one
+  `send()` flushes the whole batch. `sendmmsg` is kept as a measured alternative.
+
+Two sockets, not one, because `PACKET_VERSION` is per socket (the RX ring wants V3's
+variable-size blocks, the TX ring V2's fixed frames) and a protocol-0 socket is the
+simplest way to never read back what we send.
+
+The serial parts (walking a block's next-offset chain, copying frames and writing
+their length/port/time, filling TX slots) run in a tiny C helper built with cffi on
+first use (cached); numpy and pure Python versions remain for machines without a
+compiler and for the benchmark (`perf/bench_afpacket.py`) that chose between them.
+Measured there (2 vCPU VM, Linux 6.18, 64-byte frames, medians of 5, two runs;
+perf/results/afpacket-2026-11-25-vm.json): walking a block, C 244-248 Mframes/s,
+numpy 25-27 (equal sizes only; on a mix it falls back to Python, 1.6, since pointer
+doubling does 0.5), Python 1.5-1.6; rx_burst(256) draining a full ring into the
+pool, C walk + C copy 8.7-9.4 Mframes/s, numpy 2.8-3.0, Python 1.0 (IMIX: C 5.0,
+numpy and Python 0.3); TX into a veth, TX ring filled in C 700-729 kframes/s, filled
+with numpy 553-584, sendmmsg 458-654 (noisy), one send() per frame 262-329.
+
+Reference: Documentation/networking/packet_mmap.rst and net/packet/af_packet.c. The
+numpy paths rely on x86's ordered stores/loads (TSO) between a block's status word
+and its contents; the C helper uses acquire/release atomics and is portable.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.util
+import mmap
+import os
+import select
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.shm.memory import EngineMemory
+from engine.shm.pool import Buffers
+
+# <linux/if_ether.h>, <linux/if_packet.h>
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_FANOUT = 18
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+PACKET_MR_PROMISC = 1
+PACKET_FANOUT_HASH = 0
+TPACKET_V2 = 1
+TPACKET_V3 = 2
+PACKET_OUTGOING = 4  # sll_pkttype of a frame we (or the host) sent
+
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 1
+TP_STATUS_SENDING = 2
+TPACKET_ALIGNMENT = 16
+V3_ALIGNMENT = 8  # frames inside a V3 block start on 8-byte boundaries (af_packet.c)
+
+# tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1 (block_status,
+# num_pkts, offset_to_first_pkt, blk_len, ...): byte offsets of the u32 fields
+BLK_STATUS, BLK_NUM_PKTS, BLK_FIRST, BLK_LEN = 8, 12, 16, 20
+# tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status (u32), mac, net (u16),
+# then 12 bytes of variant and 8 of padding; a sockaddr_ll follows at 48 (aligned)
+H3_NEXT, H3_SEC, H3_NSEC, H3_SNAP, H3_LEN, H3_MAC = 0, 4, 8, 12, 16, 24
+H3_PKTTYPE = 48 + 10  # sockaddr_ll.sll_pkttype
+# tpacket2_hdr is 32 bytes; without PACKET_TX_HAS_OFF a TX frame's data starts at
+# TPACKET2_HDRLEN - sizeof(sockaddr_ll) = 32 + 20 - 20
+T2_LEN = 4
+TX_DATA_OFF = 32
+
+WALKERS = ("c", "numpy", "python")
+COPIERS = ("c", "numpy")
+TX_MODES = ("ring", "ring-numpy", "sendmmsg", "send")
+
+
+class AfPacketError(OSError):
+    """A port could not be opened or used; the message names the interface and cause."""
+
+
+# ---------------------------------------------------------------- the C helper
+
+_C_DECLS = """
+int fwd_walk_block(uint8_t *block, int64_t block_off, uint32_t cap, int64_t *off,
+                   uint32_t *snap, uint32_t *len, int64_t *ts, uint8_t *pkttype);
+void fwd_release_block(uint8_t *block);
+void fwd_copy_rows(const uint8_t *src, const int64_t *off, const uint32_t *len,
+                   const int64_t *ts, uint32_t n, uint8_t *pool, uint64_t bufsize,
+                   const uint32_t *idx, uint32_t *pool_len, uint16_t *pool_port,
+                   int64_t *pool_ts, uint16_t port);
+int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
+                const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
+                const uint32_t *idx, uint32_t n, uint32_t *too_long);
+int fwd_sendmmsg(int fd, const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
+                 const uint32_t *idx, uint32_t n);
+"""
+
+_C_SOURCE = r"""
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+/* One TPACKET_V3 block: -1 if the kernel still owns it, else its frame count, with
+   every frame's ring offset, lengths, time and packet type written out. */
+int fwd_walk_block(uint8_t *block, int64_t block_off, uint32_t cap, int64_t *off,
+                   uint32_t *snap, uint32_t *len, int64_t *ts, uint8_t *pkttype)
+{
+    uint32_t status = __atomic_load_n((uint32_t *)(block + 8), __ATOMIC_ACQUIRE);
+    if (!(status & 1))
+        return -1;
+    uint32_t n = rd32(block + 12), pos = rd32(block + 16);
+    if (n > cap)
+        n = cap;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *h = block + pos;
+        off[i] = block_off + pos + rd16(h + 24);
+        snap[i] = rd32(h + 12);
+        len[i] = rd32(h + 16);
+        ts[i] = (int64_t)rd32(h + 4) * 1000000000 + rd32(h + 8);
+        pkttype[i] = h[58];
+        pos += rd32(h);
+    }
+    return (int)n;
+}
+
+void fwd_release_block(uint8_t *block)
+{
+    __atomic_store_n((uint32_t *)(block + 8), 0, __ATOMIC_RELEASE);
+}
+
+/* Frames into their pool buffers, with the buffers' length, port and time. */
+void fwd_copy_rows(const uint8_t *src, const int64_t *off, const uint32_t *len,
+                   const int64_t *ts, uint32_t n, uint8_t *pool, uint64_t bufsize,
+                   const uint32_t *idx, uint32_t *pool_len, uint16_t *pool_port,
+                   int64_t *pool_ts, uint16_t port)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t b = idx[i];
+        memcpy(pool + (uint64_t)b * bufsize, src + off[i], len[i]);
+        pool_len[b] = len[i];
+        pool_port[b] = port;
+        pool_ts[b] = ts[i];
+    }
+}
+
+/* Fill TX ring slots from *head on, advancing it; stops at the first slot the kernel
+   still holds. A frame longer than a slot is skipped and counted in *too_long.
+   Returns the number of frames taken (placed or skipped), a prefix of idx. */
+int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
+                const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
+                const uint32_t *idx, uint32_t n, uint32_t *too_long)
+{
+    uint32_t i, h = *head;
+    for (i = 0; i < n; i++) {
+        uint32_t len = pool_len[idx[i]];
+        if (len > frame_size - 32) {
+            (*too_long)++;
+            continue;
+        }
+        uint8_t *slot = ring + (uint64_t)h * frame_size;
+        uint32_t *status = (uint32_t *)slot;
+        if (__atomic_load_n(status, __ATOMIC_ACQUIRE) & 3)  /* SEND_REQUEST | SENDING */
+            break;
+        memcpy(slot + 32, pool + (uint64_t)idx[i] * bufsize, len);
+        status[1] = len;  /* tp_len */
+        __atomic_store_n(status, 1, __ATOMIC_RELEASE);  /* TP_STATUS_SEND_REQUEST */
+        h = h + 1 == nframes ? 0 : h + 1;
+    }
+    *head = h;
+    return (int)i;
+}
+
+int fwd_sendmmsg(int fd, const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
+                 const uint32_t *idx, uint32_t n)
+{
+    struct mmsghdr m[256];
+    struct iovec v[256];
+    uint32_t done = 0;
+    while (done < n) {
+        uint32_t k = n - done < 256 ? n - done : 256;
+        for (uint32_t i = 0; i < k; i++) {
+            v[i].iov_base = (void *)(pool + (uint64_t)idx[done + i] * bufsize);
+            v[i].iov_len = pool_len[idx[done + i]];
+            memset(&m[i], 0, sizeof m[i]);
+            m[i].msg_hdr.msg_iov = &v[i];
+            m[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = sendmmsg(fd, m, k, MSG_DONTWAIT);
+        if (r < 0)
+            return done ? (int)done : -errno;
+        done += (uint32_t)r;
+        if ((uint32_t)r < k)
+            break;
+    }
+    return (int)done;
+}
+"""
+
+_lib_lock = threading.Lock()
+_lib: Any = None
+_lib_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("FWD_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "fwd" if base else Path.home() / ".cache" / "fwd"
+
+
+def c_helper() -> Any:
+    """The compiled helper module (`ffi`, `lib`), built once per source version and
+    cached under ~/.cache/fwd (or $FWD_CACHE); None when it cannot be built."""
+    global _lib, _lib_error
+    with _lib_lock:
+        if _lib is not None or _lib_error is not None:
+            return _lib
+        try:
+            _lib = _build_helper()
+        except Exception as e:  # no compiler, no headers, no cffi: fall back to numpy
+            _lib_error = f"{type(e).__name__}: {e}"
+        return _lib
+
+
+def c_helper_error() -> str | None:
+    """Why the C helper is not available (None if it is or was never tried)."""
+    return _lib_error
+
+
+def _build_helper() -> Any:
+    import cffi
+
+    tag = hashlib.sha256((_C_DECLS + _C_SOURCE + sys.version).encode()).hexdigest()[:12]
+    name = f"_fwd_afpacket_{tag}"
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob(f"{name}*.so"))
+    if not found:
+        ffi = cffi.FFI()
+        ffi.cdef(_C_DECLS)
+        ffi.set_source(name, _C_SOURCE, extra_compile_args=["-O2"])
+        # build in a private directory, then rename: workers may race to build it
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            built = Path(ffi.compile(tmpdir=tmp, verbose=False))
+            target = cache / built.name
+            os.replace(built, target)
+        found = [target]
+    spec = importlib.util.spec_from_file_location(name, found[0])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {found[0]}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ptr(ffi: Any, a: np.ndarray, ctype: str) -> Any:
+    return ffi.cast(ctype, a.ctypes.data)
+
+
+# ---------------------------------------------------------------- block walkers
+
+
+def walk_python(ring: memoryview | mmap.mmap, base: int, out: _Walk) -> int:
+    """The chain in pure Python, one struct.unpack_from per frame."""
+    n, pos = struct.unpack_from("<II", ring, base + BLK_NUM_PKTS)
+    n = min(n, out.cap)
+    unpack = struct.Struct("<IIIII4xH").unpack_from
+    rows = []
+    for _ in range(n):
+        h = base + pos
+        nxt, sec, nsec, sn, ln, mac = unpack(ring, h)
+        rows.append((h + mac, sn, ln, sec * 1_000_000_000 + nsec, ring[h + H3_PKTTYPE]))
+        pos += nxt
+    if n:
+        off, snap, length, ts, pkttype = zip(*rows, strict=True)
+        out.off[:n], out.snap[:n], out.len[:n], out.ts[:n], out.pkttype[:n] = (
+            off, snap, length, ts, pkttype)
+    return n
+
+
+def walk_numpy(r32: np.ndarray, r8: np.ndarray, base: int, out: _Walk,
+               ring: mmap.mmap | None = None) -> int:
+    """The chain with numpy when the block's frames have one size (the 64-byte flood),
+    else in Python (`ring` given) or by pointer doubling (`ring` None).
+
+    The guess: frames of one size sit at equal steps; it is exact iff every guessed
+    header's next-offset points at the next guess, which one comparison checks."""
+    b = base // 4
+    n = min(int(r32[b + BLK_NUM_PKTS // 4]), out.cap)
+    first = int(r32[b + BLK_FIRST // 4])
+    if n == 0:
+        return 0
+    step = int(r32[b + (first + H3_NEXT) // 4])
+    guess = (n == 1 or step > 0) and first + step * (n - 1) < len(r32) * 4 - base
+    if guess:
+        pos = first + step * np.arange(n, dtype=np.int64)
+        nexts = r32[(base + pos) // 4]
+        guess = bool(np.all(nexts[:-1] == step)) and nexts[-1] == 0
+    if not guess:
+        if ring is not None:  # measured: Python beats doubling ~3x on mixed sizes
+            return walk_python(ring, base, out)
+        pos = first + V3_ALIGNMENT * _chain_by_doubling(r32, base, first, n)
+    h = (base + pos) // 4
+    out.snap[:n] = r32[h + H3_SNAP // 4]
+    out.len[:n] = r32[h + H3_LEN // 4]
+    out.ts[:n] = r32[h + H3_SEC // 4].astype(np.int64) * 1_000_000_000 + r32[h + H3_NSEC // 4]
+    out.off[:n] = base + pos + (r32[h + H3_MAC // 4] & 0xFFFF)
+    out.pkttype[:n] = r8[base + pos + H3_PKTTYPE]
+    return n
+
+
+def _chain_by_doubling(r32: np.ndarray, base: int, first: int, n: int) -> np.ndarray:
+    """Slot numbers (8-byte units from `first`) of the chain's n headers, by pointer
+    doubling over every slot of the block (a header can only start on one): `jump[s]`
+    is where slot s's next-offset leads, squared log2(n) times, each round doubling
+    the known prefix of the chain. Correct for any sizes, but each round touches
+    every slot: slower than Python in practice (see perf/bench_afpacket.py)."""
+    blk_len = int(r32[base // 4 + BLK_LEN // 4])
+    slots = max(1, (blk_len - first + V3_ALIGNMENT - 1) // V3_ALIGNMENT)
+    s = np.arange(slots, dtype=np.int64)
+    nxt = r32[(base + first) // 4 + (V3_ALIGNMENT // 4) * s].astype(np.int64)
+    jump = np.minimum(s + nxt // V3_ALIGNMENT, slots - 1)  # garbage must stay in range
+    chain = np.zeros(1, dtype=np.int64)
+    while len(chain) < n:
+        chain = np.concatenate((chain, jump[chain]))
+        jump = jump[jump]
+    return chain[:n]
+
+
+class _Walk:
+    """Per-frame metadata of the open block, filled by a walker."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.off = np.zeros(cap, np.int64)
+        self.snap = np.zeros(cap, np.uint32)
+        self.len = np.zeros(cap, np.uint32)
+        self.ts = np.zeros(cap, np.int64)
+        self.pkttype = np.zeros(cap, np.uint8)
+
+
+# ---------------------------------------------------------------- the port
+
+
+def _fail(iface: str, what: str, e: OSError) -> AfPacketError:
+    if e.errno in (errno.EPERM, errno.EACCES):
+        cause = "permission denied: needs root or CAP_NET_RAW"
+    elif e.errno in (errno.ENODEV, errno.ENXIO):
+        cause = "no such interface"
+    else:
+        cause = e.strerror or str(e)
+    return AfPacketError(e.errno, f"AF_PACKET port {iface!r}: {what}: {cause}")
+
+
+class AfPacketPort:
+    """One worker's RX and TX on one interface.
+
+    `fanout_group`: the port's PACKET_FANOUT id (same for every worker of the port,
+    unique per port within the network namespace); None: no fanout (one worker).
+    RX ring: `ring_blocks` blocks of `block_size` bytes (a page multiple); a block is
+    handed to us when full or after `retire_ms` (latency bound at low rates).
+    `frame_size` is the TX ring's slot size (frames longer than frame_size - 32 are
+    not sent) and `tx_frames` its number of slots.
+    `walker`, `copier`, `tx_mode`: the implementations compared by the benchmark;
+    the defaults are the fastest measured, with a fallback if the C helper is absent.
+    """
+
+    def __init__(self, iface: str, *, fanout_group: int | None = None, ring_blocks: int = 32,
+                 block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 1024,
+                 retire_ms: int = 1, promisc: bool = True, walker: str | None = None,
+                 copier: str | None = None, tx_mode: str | None = None):
+        self.iface = iface
+        needs_c = walker in (None, "c") or copier in (None, "c") or tx_mode in (
+            None, "ring", "sendmmsg")
+        self._lib = c_helper() if needs_c else None
+        self.walker = walker or ("c" if self._lib else "numpy")
+        self.copier = copier or ("c" if self._lib else "numpy")
+        self.tx_mode = tx_mode or ("ring" if self._lib else "ring-numpy")
+        for value, allowed in ((self.walker, WALKERS), (self.copier, COPIERS),
+                               (self.tx_mode, TX_MODES)):
+            if value not in allowed:
+                raise ValueError(f"{value!r}: expected one of {allowed}")
+        if self._lib is None and ("c" in (self.walker, self.copier)
+                                  or self.tx_mode in ("ring", "sendmmsg")):
+            raise AfPacketError(errno.ENOSYS, f"AF_PACKET port {iface!r}: the C helper "
+                                f"is not available: {c_helper_error()}")
+        if block_size % mmap.PAGESIZE or frame_size % TPACKET_ALIGNMENT:
+            raise ValueError("block_size must be a page multiple, frame_size a multiple of 16")
+        self.block_size = block_size
+        self.ring_blocks = ring_blocks
+        self.frame_size = frame_size
+        self.tx_frames = tx_frames
+        self.rx_sock: socket.socket | None = None
+        self.tx_sock: socket.socket | None = None
+        self._rx_map: mmap.mmap | None = None
+        self._tx_map: mmap.mmap | None = None
+        # drops we make ourselves (the kernel's own are in stats())
+        self.rx_oversize = 0  # longer than a pool buffer, or truncated by the ring
+        self.rx_outgoing = 0  # our own transmissions seen anyway (kernel < 4.20)
+        self.tx_full = 0  # frames refused because every TX slot was in flight
+        self.tx_oversize = 0  # frames longer than a TX ring slot (skipped)
+        try:
+            self.ifindex = socket.if_nametoindex(iface)
+        except OSError as e:
+            raise AfPacketError(errno.ENODEV, f"AF_PACKET port {iface!r}: no such interface"
+                                ) from e
+        try:
+            self._open_rx(fanout_group, retire_ms, promisc)
+            self._open_tx()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup
+
+    def _setsockopt(self, sock: socket.socket, opt: int, value: bytes | int, what: str) -> None:
+        try:
+            sock.setsockopt(SOL_PACKET, opt, value)
+        except OSError as e:
+            raise _fail(self.iface, what, e) from e
+
+    def _open_rx(self, fanout_group: int | None, retire_ms: int, promisc: bool) -> None:
+        iface = self.iface
+        try:
+            # protocol 0 until the ring exists and we are bound: nothing is queued
+            # from other interfaces in between
+            self.rx_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except OSError as e:
+            raise _fail(iface, "opening a packet socket", e) from e
+        s = self.rx_sock
+        self._setsockopt(s, PACKET_VERSION, TPACKET_V3, "PACKET_VERSION V3")
+        # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
+        # sizeof_priv, feature_req_word. V3 ignores frame_size for RX except that
+        # frame_nr must equal block_nr * (block_size / frame_size).
+        fs = TPACKET_ALIGNMENT * 128
+        req = struct.pack("<7I", self.block_size, self.ring_blocks, fs,
+                          self.ring_blocks * (self.block_size // fs), retire_ms, 0, 0)
+        self._setsockopt(s, PACKET_RX_RING, req, "PACKET_RX_RING")
+        size = self.block_size * self.ring_blocks
+        try:
+            self._rx_map = mmap.mmap(s.fileno(), size, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            raise _fail(iface, "mapping the RX ring", e) from e
+        self._r8 = np.frombuffer(self._rx_map, dtype=np.uint8)
+        self._r32 = self._r8.view("<u4")
+        self._block_status = self._r32[BLK_STATUS // 4 :: self.block_size // 4]
+        try:
+            s.bind((iface, ETH_P_ALL))
+        except OSError as e:
+            raise _fail(iface, "binding the RX socket", e) from e
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            self.ignores_outgoing = True
+        except OSError:  # before Linux 4.20: filter on sll_pkttype instead
+            self.ignores_outgoing = False
+        if promisc:
+            # packet_mreq: ifindex, type, alen, address[8]; dropped when the socket closes
+            mreq = struct.pack("<iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b"")
+            self._setsockopt(s, PACKET_ADD_MEMBERSHIP, mreq, "promiscuous mode")
+        if fanout_group is not None:
+            # no DEFRAG flag (the engine reassembles) and no ROLLOVER (it would move a
+            # flow to another worker): all fragments of a datagram hash alike anyway
+            # (the flow dissector ignores ports on fragments)
+            self._setsockopt(s, PACKET_FANOUT,
+                             (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16),
+                             f"joining fanout group {fanout_group} (one id per port: is "
+                             "another interface or socket type using it?)")
+        self._cur = 0  # block we read next
+        self._walk = _Walk(self.block_size // 64)
+        self._n = 0  # frames of the open block (0: no block open)
+        self._pos = 0  # frames of it already taken
+        self._lib_ring = (None if self._lib is None
+                          else self._lib.ffi.from_buffer("uint8_t[]", self._r8))
+        # C pointers to arrays that live as long as we do: computing one from numpy
+        # (`.ctypes.data`) costs more than the C call it is passed to
+        self._wp: dict[str, Any] = {}
+        self._mem_ptrs: weakref.WeakKeyDictionary[EngineMemory, tuple[int, tuple[Any, ...]]] = (
+            weakref.WeakKeyDictionary())
+        if self._lib is not None:
+            ffi, w = self._lib.ffi, self._walk
+            self._wp = {"off": _ptr(ffi, w.off, "int64_t *"),
+                        "snap": _ptr(ffi, w.snap, "uint32_t *"),
+                        "len": _ptr(ffi, w.len, "uint32_t *"),
+                        "ts": _ptr(ffi, w.ts, "int64_t *"),
+                        "pkttype": _ptr(ffi, w.pkttype, "uint8_t *")}
+
+    def _open_tx(self) -> None:
+        iface = self.iface
+        try:
+            # protocol 0: this socket is never hooked into receive, so never reads back
+            self.tx_sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        except OSError as e:
+            raise _fail(iface, "opening a packet socket", e) from e
+        s = self.tx_sock
+        self._setsockopt(s, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS")
+        if self.tx_mode in ("ring", "ring-numpy"):
+            self._setsockopt(s, PACKET_VERSION, TPACKET_V2, "PACKET_VERSION V2")
+            # a malformed frame is skipped (its slot freed) instead of stopping the ring
+            self._setsockopt(s, PACKET_LOSS, 1, "PACKET_LOSS")
+            per_block = max(1, mmap.PAGESIZE // self.frame_size)
+            bs = per_block * self.frame_size
+            if bs % mmap.PAGESIZE:
+                bs = self.frame_size  # frame_size larger than a page: one per block
+                per_block = 1
+                if bs % mmap.PAGESIZE:
+                    raise ValueError("frame_size must divide or be a multiple of the page size")
+            blocks = -(-self.tx_frames // per_block)
+            self.tx_frames = blocks * per_block
+            req = struct.pack("<4I", bs, blocks, self.frame_size, self.tx_frames)
+            self._setsockopt(s, PACKET_TX_RING, req, "PACKET_TX_RING")
+            try:
+                self._tx_map = mmap.mmap(s.fileno(), bs * blocks, mmap.MAP_SHARED,
+                                         mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as e:
+                raise _fail(iface, "mapping the TX ring", e) from e
+            self._t8 = np.frombuffer(self._tx_map, dtype=np.uint8)
+            self._t32 = self._t8.view("<u4")
+            # [head slot, frames skipped as too long], shared with the C helper
+            self._tx_state = np.zeros(2, np.uint32)
+            self._tx_cstate = (None if self._lib is None
+                               else _ptr(self._lib.ffi, self._tx_state, "uint32_t *"))
+            self._lib_tx = (None if self._lib is None
+                            else self._lib.ffi.from_buffer("uint8_t[]", self._t8))
+        try:
+            s.bind((iface, 0))
+        except OSError as e:
+            raise _fail(iface, "binding the TX socket", e) from e
+
+    # -- receive
+
+    def fileno(self) -> int:
+        """The RX socket: poll() it for POLLIN to sleep until a block is ready."""
+        assert self.rx_sock is not None
+        return self.rx_sock.fileno()
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Sleep until a block is ready to read (True) or `timeout_ms` passes (False).
+        An idle worker calls this instead of spinning; a block is handed over at the
+        latest `retire_ms` after its first frame."""
+        if self._pos < self._n or self._ready():
+            return True
+        p = select.poll()
+        p.register(self.fileno(), select.POLLIN)
+        return bool(p.poll(timeout_ms)) and self._ready()
+
+    def _ready(self) -> bool:
+        return bool(self._block_status[self._cur] & TP_STATUS_USER)
+
+    def _open_block(self) -> bool:
+        """Walk the next block if the kernel has handed it over; False if not."""
+        while True:
+            base = self._cur * self.block_size
+            w = self._walk
+            if self.walker == "c":
+                wp = self._wp
+                n = self._lib.lib.fwd_walk_block(self._lib_ring + base, base, w.cap, wp["off"],
+                                                 wp["snap"], wp["len"], wp["ts"], wp["pkttype"])
+                if n < 0:
+                    return False
+            else:
+                if not self._block_status[self._cur] & TP_STATUS_USER:
+                    return False
+                if self.walker == "numpy":
+                    n = walk_numpy(self._r32, self._r8, base, w, self._rx_map)
+                else:
+                    n = walk_python(self._rx_map, base, w)
+            self._n, self._pos = n, 0
+            if n:
+                return True
+            self._release_block()  # a block can retire empty (timeout)
+
+    def _release_block(self) -> None:
+        if self._lib is not None:
+            self._lib.lib.fwd_release_block(self._lib_ring + self._cur * self.block_size)
+        else:
+            self._block_status[self._cur] = TP_STATUS_KERNEL
+        self._cur = (self._cur + 1) % self.ring_blocks
+        self._n = self._pos = 0
+
+    def rx_burst(self, buffers: Buffers, mem: EngineMemory, port: int,
+                 max_frames: int) -> np.ndarray:
+        """Up to `max_frames` received frames, copied into buffers allocated from
+        `buffers`, with `mem.length/port/ts` set (ts: the kernel's receive time, ns).
+        Returns their indices in arrival order. Frames stay in the ring when the pool
+        is empty (the kernel drops and counts once the ring is full)."""
+        got: list[np.ndarray] = []
+        want = max_frames
+        bufsize = mem.geometry.bufsize
+        w = self._walk
+        while want > 0:
+            if self._pos == self._n and not self._open_block():
+                break
+            start = self._pos
+            stop = min(self._n, start + want)
+            oversize = (w.len[start:stop] > bufsize) | (w.snap[start:stop] < w.len[start:stop])
+            outgoing = None if self.ignores_outgoing else w.pkttype[start:stop] == PACKET_OUTGOING
+            bad = oversize if outgoing is None else oversize | outgoing
+            keep = np.flatnonzero(~bad) if bad.any() else None
+            k = stop - start if keep is None else len(keep)
+            idx = buffers.alloc(k) if k else np.zeros(0, np.uint32)
+            if len(idx) < k:  # pool short: take what fits, leave the rest in the ring
+                if len(idx) == 0:
+                    break
+                k = len(idx)
+                stop = start + (k if keep is None else int(keep[k - 1]) + 1)
+            if keep is not None:
+                self.rx_oversize += int(np.count_nonzero(oversize[: stop - start]))
+                if outgoing is not None:
+                    self.rx_outgoing += int(np.count_nonzero(outgoing[: stop - start]))
+                sel: slice | np.ndarray = start + keep[:k]
+            else:
+                sel = slice(start, stop)
+            if k:
+                self._copy_in(mem, idx, sel, port)
+                got.append(idx)
+                want -= k
+            self._pos = stop
+            if stop == self._n:
+                self._release_block()  # give the block back as soon as it is copied
+        if not got:
+            return np.zeros(0, np.uint32)
+        return got[0] if len(got) == 1 else np.concatenate(got)
+
+    def _pool_ptrs(self, mem: EngineMemory) -> tuple[Any, ...]:
+        """C pointers to the pool's data, length, port and ts arrays (cached per
+        EngineMemory; recomputed, so failing, once `mem.close()` dropped its views)."""
+        cached = self._mem_ptrs.get(mem)
+        if cached is not None and cached[0] == id(mem.data):
+            return cached[1]
+        if mem.data is None:
+            raise ValueError("the EngineMemory is closed")
+        ffi = self._lib.ffi
+        ptrs = (_ptr(ffi, mem.data, "uint8_t *"), _ptr(ffi, mem.length, "uint32_t *"),
+                _ptr(ffi, mem.port, "uint16_t *"), _ptr(ffi, mem.ts, "int64_t *"))
+        self._mem_ptrs[mem] = (id(mem.data), ptrs)
+        return ptrs
+
+    def _copy_in(self, mem: EngineMemory, idx: np.ndarray, sel: slice | np.ndarray,
+                 port: int) -> None:
+        w = self._walk
+        if self.copier == "c":
+            ffi = self._lib.ffi
+            if isinstance(sel, slice):  # the common case: a run of the walk arrays
+                wp = self._wp
+                off, length, ts = wp["off"] + sel.start, wp["len"] + sel.start, (
+                    wp["ts"] + sel.start)
+            else:
+                arrays = (w.off[sel], w.len[sel], w.ts[sel])
+                off, length, ts = (ffi.from_buffer(t, a) for t, a in zip(
+                    ("int64_t[]", "uint32_t[]", "int64_t[]"), arrays, strict=True))
+            data, pool_len, pool_port, pool_ts = self._pool_ptrs(mem)
+            self._lib.lib.fwd_copy_rows(
+                self._lib_ring, off, length, ts, len(idx), data, mem.geometry.bufsize,
+                ffi.from_buffer("uint32_t[]", np.ascontiguousarray(idx, dtype=np.uint32)),
+                pool_len, pool_port, pool_ts, port)
+            return
+        off, length, ts = w.off[sel], w.len[sel], w.ts[sel]
+        mem.length[idx] = length
+        mem.port[idx] = port
+        mem.ts[idx] = ts
+        # fixed-width rows as pcap_port.gather_frames; bytes past a frame's end are
+        # don't-care, but must stay inside the mapping
+        width = int(length.max())
+        cols = off[:, None] + np.arange(width)
+        if int(off.max()) + width > len(self._r8):
+            np.minimum(cols, len(self._r8) - 1, out=cols)
+        mem.data[idx, :width] = self._r8[cols]
+
+    # -- transmit
+
+    def tx_burst(self, mem: EngineMemory, idx: np.ndarray) -> int:
+        """Send the frames in buffers `idx` (in order); returns how many were taken,
+        a prefix of `idx`: sent, or skipped when longer than a TX ring slot (counted
+        in stats()["tx_oversize"]). The rest found every slot in flight (counted in
+        "tx_full"). The caller frees all of `idx` afterwards (the frames are copied
+        into the kernel by then) and may retry or drop the rest."""
+        n = len(idx)
+        if n == 0:
+            return 0
+        mode = self.tx_mode
+        if mode == "send":  # the baseline: one syscall per frame
+            sock = self.tx_sock
+            sent = 0
+            for i, ln in zip(idx.tolist(), mem.length[idx].tolist(), strict=True):
+                try:
+                    sock.send(mem.data[i, :ln], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                sent += 1
+            self.tx_full += n - sent
+            return sent
+        if mode == "ring-numpy":
+            placed = self._tx_fill_numpy(mem, idx)
+        else:
+            ffi, lib = self._lib.ffi, self._lib.lib
+            data, pool_len, _, _ = self._pool_ptrs(mem)
+            cidx = ffi.from_buffer("uint32_t[]", np.ascontiguousarray(idx, dtype=np.uint32))
+            if mode == "sendmmsg":
+                r = lib.fwd_sendmmsg(self.tx_sock.fileno(), data, mem.geometry.bufsize,
+                                     pool_len, cidx, n)
+                if r < 0:
+                    if -r not in (errno.EAGAIN, errno.ENOBUFS):
+                        raise _fail(self.iface, "sendmmsg", OSError(-r, os.strerror(-r)))
+                    r = 0
+                self.tx_full += n - r
+                return r
+            before = int(self._tx_state[1])
+            placed = lib.fwd_tx_fill(self._lib_tx, self.frame_size, self.tx_frames,
+                                     self._tx_cstate, data, mem.geometry.bufsize, pool_len,
+                                     cidx, n, self._tx_cstate + 1)
+            self.tx_oversize += int(self._tx_state[1]) - before
+        if placed:
+            self._flush()
+        self.tx_full += n - placed
+        return placed
+
+    def _tx_fill_numpy(self, mem: EngineMemory, idx: np.ndarray) -> int:
+        head = int(self._tx_state[0])
+        length = mem.length[idx]
+        n = min(len(idx), self.tx_frames)
+        fits = length[:n] <= self.frame_size - TX_DATA_OFF
+        slots = (head + np.cumsum(fits) - 1) % self.tx_frames
+        words = slots * (self.frame_size // 4)
+        busy = fits & ((self._t32[words] & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) != 0)
+        if busy.any():
+            n = int(np.argmax(busy))
+        self.tx_oversize += int(n - np.count_nonzero(fits[:n]))  # skipped: taken, not sent
+        take = np.flatnonzero(fits[:n])
+        if len(take):
+            slots, words, length, rows = slots[take], words[take], length[take], idx[take]
+            width = int(length.max())
+            cols = (slots * self.frame_size + TX_DATA_OFF)[:, None] + np.arange(width)
+            self._t8[cols] = mem.data[rows, :width]
+            self._t32[words + T2_LEN // 4] = length
+            self._t32[words] = TP_STATUS_SEND_REQUEST  # after the data (x86: stores ordered)
+            self._tx_state[0] = (head + len(take)) % self.tx_frames
+        return n
+
+    def _flush(self) -> None:
+        # one syscall sends every SEND_REQUEST slot; MSG_DONTWAIT: do not wait for the
+        # driver to finish, the slots come back (AVAILABLE) as their skbs are freed
+        try:
+            self.tx_sock.send(b"", socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise _fail(self.iface, "flushing the TX ring", e) from e
+
+    # -- the rest
+
+    def stats(self) -> dict[str, int]:
+        """Kernel counters since the last call (tpacket_stats_v3: packets queued to the
+        ring, drops for want of a free block, ring freezes) plus ours (cumulative)."""
+        out = {"rx_oversize": self.rx_oversize, "rx_outgoing": self.rx_outgoing,
+               "tx_full": self.tx_full, "tx_oversize": self.tx_oversize}
+        if self.rx_sock is not None:
+            raw = self.rx_sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+            out["kernel_packets"], out["kernel_drops"], out["kernel_freezes"] = (
+                struct.unpack("<3I", raw))
+        return out
+
+    def close(self) -> None:
+        """Close both sockets and unmap the rings (promiscuity and fanout membership
+        go away with the socket). Safe to call twice."""
+        # views first, or mmap.close() raises BufferError
+        for attr in ("_r8", "_r32", "_block_status", "_t8", "_t32", "_lib_ring", "_lib_tx"):
+            if hasattr(self, attr):
+                if attr.startswith("_lib") and getattr(self, attr) is not None and self._lib:
+                    self._lib.ffi.release(getattr(self, attr))
+                setattr(self, attr, None)
+        for attr in ("_rx_map", "_tx_map"):
+            m = getattr(self, attr, None)
+            if m is not None:
+                try:
+                    m.close()
+                except BufferError:  # a caller still holds a view: unmapped when freed
+                    pass
+                setattr(self, attr, None)
+        for attr in ("rx_sock", "tx_sock"):
+            s = getattr(self, attr, None)
+            if s is not None:
+                s.close()
+                setattr(self, attr, None)
+
+    def __enter__(self) -> AfPacketPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
