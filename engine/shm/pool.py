@@ -66,19 +66,24 @@ class Buffers:
         return out
 
     def free(self, indices: np.ndarray) -> None:
+        """Give buffers back to their owners (any mix of owners)."""
         if len(indices) == 0:
             return
+        lo, hi = int(indices.min()), int(indices.max())
         for owner in self.owners:
             start, end = self.bounds[owner]
-            if len(self.owners) == 1:
-                mine = indices
-            else:
-                mine = indices[(indices >= start) & (indices < end)]
-            if len(mine) == 0:
-                continue
-            if owner == self.agent:
-                self._push(mine)
-            else:
-                sent = self.outgoing[owner].enqueue(mine)
-                if sent != len(mine):  # cannot happen: rings hold a whole partition
-                    raise RuntimeError(f"return ring to agent {owner} overflowed")
+            if start <= lo and hi < end:  # the usual case: one owner, no masks
+                self._give(owner, indices)
+                return
+        for owner in self.owners:
+            start, end = self.bounds[owner]
+            mine = indices[(indices >= start) & (indices < end)]
+            if len(mine):
+                self._give(owner, mine)
+
+    def _give(self, owner: int, indices: np.ndarray) -> None:
+        if owner == self.agent:
+            self._push(indices)
+        elif self.outgoing[owner].enqueue(indices) != len(indices):
+            # cannot happen: a return ring holds its owner's whole partition
+            raise RuntimeError(f"return ring to agent {owner} overflowed")
