@@ -1,9 +1,14 @@
-"""Counter names: the kernel's `/proc/net/snmp` Ip: names, drop reasons, slow-path reasons.
+"""Counter names: the kernel's `/proc/net/snmp` names, drop reasons, slow-path reasons.
 
 Each process (the I/O agent, every forwarding worker, the slow-path worker) owns one
 row of uint64 counters in shared memory and is its only writer; readers sum the rows.
-A row is laid out as [Snmp | Drop | Slow | Misc]: `index(enum_member)` gives the
-column.
+A row is laid out as [Snmp | Drop | Slow | Misc | SlowDrop | Icmp | Udp | Tcp | Unsent]:
+`index(enum_member)` gives the column.
+
+`Drop` reasons are also the fast path's verdict codes (1..31, see verdict.py), so the
+slow path's own endings have a section of their own, `SlowDrop`; where the slow path
+ends a packet for a reason the fast path also has (a martian source found after
+reassembly, a full ring), it counts the `Drop` column in its own row.
 """
 
 from __future__ import annotations
@@ -61,8 +66,7 @@ class Drop(IntEnum):
     pool_empty = 15  # no free buffer
     ring_full = 16  # a descriptor ring was full
     port_down = 17
-    slowpath_unimplemented = 18  # the slow-path worker cannot handle this yet
-    tx_error = 19  # the driver could not send
+    tx_error = 18  # the driver could not send
 
 
 class Slow(IntEnum):
@@ -91,10 +95,112 @@ class Misc(IntEnum):
     batches = 5
     busy_ns = 6  # time spent processing non-empty batches
     tx_frames = 7  # frames this agent handed to a port
-    created = 8  # packets this agent created (ICMP, fragments)
+    created = 8  # packets this agent originated and sent (ICMP, TCP resets)
+    # the slow path's reassembly, for its accounting equation (see stats.py)
+    reassembled = 9  # datagrams made out of fragments (each a new packet to route)
+    merged = 10  # fragments that went into those datagrams
+    held = 11  # fragments waiting in reassembly queues now (a level, not a count)
 
 
-SECTIONS: tuple[type[IntEnum], ...] = (Snmp, Drop, Slow, Misc)
+class SlowDrop(IntEnum):
+    """Why the slow path ended a packet without forwarding or delivering it (one reason
+    per packet; fragments count one each). Most answer with an ICMP error, which may
+    itself not go out (see `Unsent`)."""
+
+    ttl_exceeded = 0  # ip_forward: TTL <= 1 (ICMP 11/0)
+    no_route = 1  # ip_error, ENETUNREACH (ICMP 3/0)
+    unreachable = 2  # ip_error, EHOSTUNREACH: unreachable route (ICMP 3/1)
+    prohibit = 3  # ip_error, EACCES: prohibit route (ICMP 3/13)
+    frag_needed = 4  # ip_forward: DF and too big (ICMP 3/4 with the MTU)
+    sr_failed = 5  # ip_forward: strict source route through a gateway (ICMP 3/5)
+    param_problem = 6  # ip_options_compile: malformed options (ICMP 12/0)
+    source_route = 7  # ip_rcv_options: LSRR/SSRR with accept_source_route off
+    srr_not_host = 8  # ip_options_rcv_srr: source route in a frame not for our MAC
+    srr_route = 9  # ip_options_rcv_srr: a hop that is neither local nor unicast
+    unknown_protocol = 10  # ip_local_deliver_finish: no handler (ICMP 3/2)
+    neigh_unresolved = 11  # next hop has no MAC; ARP arrives with the live ports
+    frag_failed = 12  # ip_do_fragment refused (an MTU too small for the header)
+    # fragments that left reassembly without completing (Reassembler.drops)
+    reasm_malformed = 13
+    reasm_bad_fragment = 14
+    reasm_conflicting_end = 15
+    reasm_overlap = 16
+    reasm_duplicate = 17
+    reasm_too_big = 18
+    reasm_ecn = 19
+    reasm_mem_limit = 20
+    reasm_too_far = 21
+    reasm_timeout = 22
+    reasm_flush = 23  # still queued when a pcap replay ended: never timed out early
+    internal_error = 24  # the worker raised on this packet (a bug: logged, never expected)
+
+
+class Icmp(IntEnum):
+    """`/proc/net/snmp` Icmp: counters the router moves (the per-type ones are the
+    kernel's IcmpMsg: InTypeN/OutTypeN, shown under their Icmp: names)."""
+
+    InMsgs = 0
+    InErrors = 1
+    InCsumErrors = 2
+    InDestUnreachs = 3
+    InTimeExcds = 4
+    InParmProbs = 5
+    InSrcQuenchs = 6
+    InRedirects = 7
+    InEchos = 8
+    InEchoReps = 9
+    InTimestamps = 10
+    InTimestampReps = 11
+    InAddrMasks = 12
+    InAddrMaskReps = 13
+    OutMsgs = 14
+    OutErrors = 15
+    OutDestUnreachs = 16
+    OutTimeExcds = 17
+    OutParmProbs = 18
+    OutSrcQuenchs = 19
+    OutRedirects = 20
+    OutEchos = 21
+    OutEchoReps = 22
+    OutTimestamps = 23
+    OutTimestampReps = 24
+    OutAddrMasks = 25
+    OutAddrMaskReps = 26
+
+
+class Udp(IntEnum):
+    """`/proc/net/snmp` Udp: counters for datagrams to the router itself."""
+
+    NoPorts = 0
+    InErrors = 1
+    InCsumErrors = 2
+
+
+class Tcp(IntEnum):
+    """`/proc/net/snmp` Tcp: counters for segments to the router itself (no sockets:
+    each well-formed one is answered with a reset)."""
+
+    InErrs = 0
+    InCsumErrors = 1
+    OutRsts = 2
+
+
+class Unsent(IntEnum):
+    """Why a packet the router originated (an ICMP error or reply, a TCP reset) was not
+    sent. These are not received packets: they stay out of the accounting equations."""
+
+    suppressed = 0  # icmp_send's rules (RFC 1812 4.3.2.7), or ip_options_echo refused
+    ratelimited = 1  # icmp_ratelimit / ip_error's limit / redirect backoff
+    no_route = 2  # no route back to the destination
+    neigh_unresolved = 3  # the route back has no MAC yet
+    port_down = 4
+    no_room = 5  # the route's MTU leaves no room for a quote (icmp_send sends nothing)
+    pool_empty = 6
+    ring_full = 7
+
+
+SECTIONS: tuple[type[IntEnum], ...] = (Snmp, Drop, Slow, Misc, SlowDrop, Icmp, Udp, Tcp,
+                                       Unsent)
 _BASE: dict[type[IntEnum], int] = {}
 _offset = 0
 for _section in SECTIONS:
@@ -106,6 +212,17 @@ SNMP_BASE = _BASE[Snmp]
 DROP_BASE = _BASE[Drop]
 SLOW_BASE = _BASE[Slow]
 MISC_BASE = _BASE[Misc]
+SLOWDROP_BASE = _BASE[SlowDrop]
+
+# Icmp: counters by ICMP type (icmp_pointers / ICMPMSGIN_INC_STATS / icmp_out_count)
+ICMP_IN = {0: Icmp.InEchoReps, 3: Icmp.InDestUnreachs, 4: Icmp.InSrcQuenchs,
+           5: Icmp.InRedirects, 8: Icmp.InEchos, 11: Icmp.InTimeExcds, 12: Icmp.InParmProbs,
+           13: Icmp.InTimestamps, 14: Icmp.InTimestampReps, 17: Icmp.InAddrMasks,
+           18: Icmp.InAddrMaskReps}
+ICMP_OUT = {0: Icmp.OutEchoReps, 3: Icmp.OutDestUnreachs, 4: Icmp.OutSrcQuenchs,
+            5: Icmp.OutRedirects, 8: Icmp.OutEchos, 11: Icmp.OutTimeExcds,
+            12: Icmp.OutParmProbs, 13: Icmp.OutTimestamps, 14: Icmp.OutTimestampReps,
+            17: Icmp.OutAddrMasks, 18: Icmp.OutAddrMaskReps}
 
 
 def index(member: IntEnum) -> int:

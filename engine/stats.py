@@ -1,13 +1,26 @@
 """Counters read out of shared memory: totals, per port, and the accounting check.
 
 Every frame a port receives ends exactly once as forwarded, delivered, dropped
-(with a reason) or handed to the slow path; what the slow path is handed ends as
-forwarded, delivered, sent back out or dropped. `Snapshot.balanced` checks both.
+(with a reason) or handed to the slow path:
+
+    received == forwarded + delivered + dropped + to_slowpath
+
+and the slow path takes everything it is handed (`to_slowpath == slow_taken`). There
+every packet ends once as forwarded, delivered, dropped (a `Drop` or `SlowDrop`
+reason), held in a reassembly queue, or merged into a reassembled datagram (counted
+in fragments); each reassembled datagram is a new packet that ends once in turn:
+
+    slow_taken + slow_reassembled == slow_forwarded + slow_delivered + slow_dropped
+                                     + slow_held + slow_merged
+
+`Snapshot.balanced` checks all three. ICMP messages the router originates are not
+received packets: they are counted apart (Icmp: Out*, Tcp: OutRsts, Ip: OutRequests,
+`unsent`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,12 +51,30 @@ class Snapshot:
     slow_dropped: int
     slow_forwarded: int
     slow_delivered: int
+    slow_reassembled: int = 0  # datagrams made from fragments
+    slow_merged: int = 0  # fragments in them
+    slow_held: int = 0  # fragments still queued
+    slow_drop: dict[str, int] = field(default_factory=dict)  # SlowDrop reasons
+    icmp: dict[str, int] = field(default_factory=dict)
+    udp: dict[str, int] = field(default_factory=dict)
+    tcp: dict[str, int] = field(default_factory=dict)
+    unsent: dict[str, int] = field(default_factory=dict)  # originated, not sent
+
+    @property
+    def fast_balanced(self) -> bool:
+        return self.received == (self.forwarded + self.delivered + self.dropped
+                                 + self.to_slowpath)
+
+    @property
+    def slow_balanced(self) -> bool:
+        ends = (self.slow_forwarded + self.slow_delivered + self.slow_dropped
+                + self.slow_held + self.slow_merged)
+        return self.slow_taken + self.slow_reassembled == ends
 
     @property
     def balanced(self) -> bool:
-        fast = self.forwarded + self.delivered + self.dropped + self.to_slowpath
-        slow = self.slow_forwarded + self.slow_delivered + self.slow_dropped
-        return self.received == fast and self.to_slowpath == self.slow_taken == slow
+        return (self.fast_balanced and self.to_slowpath == self.slow_taken
+                and self.slow_balanced)
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +82,11 @@ class Snapshot:
             "snmp": self.snmp,
             "drop": {k: v for k, v in self.drop.items() if v},
             "slow": {k: v for k, v in self.slow.items() if v},
+            "slow_drop": {k: v for k, v in self.slow_drop.items() if v},
+            "icmp": {k: v for k, v in self.icmp.items() if v},
+            "udp": {k: v for k, v in self.udp.items() if v},
+            "tcp": {k: v for k, v in self.tcp.items() if v},
+            "unsent": {k: v for k, v in self.unsent.items() if v},
             "accounting": {
                 "received": self.received,
                 "forwarded": self.forwarded,
@@ -61,6 +97,9 @@ class Snapshot:
                 "slow_forwarded": self.slow_forwarded,
                 "slow_delivered": self.slow_delivered,
                 "slow_dropped": self.slow_dropped,
+                "slow_reassembled": self.slow_reassembled,
+                "slow_merged": self.slow_merged,
+                "slow_held": self.slow_held,
                 "balanced": self.balanced,
             },
         }
@@ -84,6 +123,14 @@ class Snapshot:
             slow_forwarded=acc.get("slow_forwarded", 0),
             slow_delivered=acc.get("slow_delivered", 0),
             slow_dropped=acc.get("slow_dropped", 0),
+            slow_reassembled=acc.get("slow_reassembled", 0),
+            slow_merged=acc.get("slow_merged", 0),
+            slow_held=acc.get("slow_held", 0),
+            slow_drop=dict(d.get("slow_drop", {})),
+            icmp=dict(d.get("icmp", {})),
+            udp=dict(d.get("udp", {})),
+            tcp=dict(d.get("tcp", {})),
+            unsent=dict(d.get("unsent", {})),
         )
 
 
@@ -111,6 +158,14 @@ def snapshot(mem: EngineMemory, port_names: list[str]) -> Snapshot:
         slow_dropped=int(slow[Misc.dropped]),
         slow_forwarded=int(slow[Misc.forwarded]),
         slow_delivered=int(slow[Misc.delivered]),
+        slow_reassembled=int(slow[Misc.reassembled]),
+        slow_merged=int(slow[Misc.merged]),
+        slow_held=int(slow[Misc.held]),
+        slow_drop=total["slowdrop"],
+        icmp=total["icmp"],
+        udp=total["udp"],
+        tcp=total["tcp"],
+        unsent=total["unsent"],
     )
 
 
@@ -122,19 +177,31 @@ def format_snapshot(s: Snapshot) -> str:
     for name, c in s.ports.items():
         lines.append(f"{name:<{width}}  " + "  ".join(f"{c[k]:>12}" for k in PORT_COUNTER_NAMES))
     lines.append("")
-    lines.append("Ip: " + " ".join(f"{k}={v}" for k, v in s.snmp.items() if v))
-    drops = {k: v for k, v in s.drop.items() if v}
-    slows = {k: v for k, v in s.slow.items() if v}
-    lines.append("drops: " + (" ".join(f"{k}={v}" for k, v in drops.items()) or "none"))
-    lines.append("to slow path: " + (" ".join(f"{k}={v}" for k, v in slows.items()) or "none"))
+    lines.append("Ip: " + _nonzero(s.snmp))
+    if any(s.icmp.values()):
+        lines.append("Icmp: " + _nonzero(s.icmp))
+    if any(s.udp.values()):
+        lines.append("Udp: " + _nonzero(s.udp))
+    if any(s.tcp.values()):
+        lines.append("Tcp: " + _nonzero(s.tcp))
+    lines.append("drops: " + (_nonzero(s.drop) or "none"))
+    lines.append("to slow path: " + (_nonzero(s.slow) or "none"))
+    lines.append("slow path drops: " + (_nonzero(s.slow_drop) or "none"))
+    if any(s.unsent.values()):
+        lines.append("not sent (router's own): " + _nonzero(s.unsent))
     mark = "balanced" if s.balanced else "NOT BALANCED"
     lines.append(
         f"accounting: received {s.received} = forwarded {s.forwarded} + delivered "
         f"{s.delivered} + dropped {s.dropped} + slow path {s.to_slowpath} ({mark}); "
-        f"slow path: taken {s.slow_taken} = forwarded {s.slow_forwarded} + delivered "
-        f"{s.slow_delivered} + dropped {s.slow_dropped}"
+        f"slow path: taken {s.slow_taken} + reassembled {s.slow_reassembled} = forwarded "
+        f"{s.slow_forwarded} + delivered {s.slow_delivered} + dropped {s.slow_dropped} "
+        f"+ held {s.slow_held} + merged {s.slow_merged}"
     )
     return "\n".join(lines)
+
+
+def _nonzero(counters: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in counters.items() if v)
 
 
 AGENT_COLUMNS = ("rx_frames", "forwarded", "delivered", "dropped", "to_slowpath",

@@ -26,13 +26,14 @@ from engine.control import Commands, ControlServer, ControlSetupError
 from engine.counters import MISC_BASE, Misc
 from engine.io.pcap_port import PcapPorts
 from engine.routing import build_routing
-from engine.shm.fib import Fib
+from engine.shm.fib import DEFAULT_READERS, Fib
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.stats import Snapshot, snapshot
 from engine.workers.forwarder import WorkerSpec, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
 JOIN_TIMEOUT_S = 5.0
+STARTUP_TIMEOUT_S = 60.0
 MAX_IDLE_S = 0.002  # longest sleep of the I/O loop while input may still come
 KEPT_IDLE_S = 0.05  # --keep-running after the input is drained: only requests, signals
 
@@ -98,7 +99,9 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     procs: list[tuple[mp.process.BaseProcess, int | None]] = []  # (process, FIB reader id)
     try:
         mem = EngineMemory.create(geometry)
-        fib = Fib.create(f"{geometry.name}-fib")  # one prefix per run: see no_shm_leak
+        # one prefix per run (see no_shm_leak); reader ids: the workers, then the slow path
+        fib = Fib.create(f"{geometry.name}-fib",
+                         max_readers=max(DEFAULT_READERS, cfg.engine.workers + 1))
         routing = build_routing(cfg, mem, fib)
         if control_socket is not None:
             commands = Commands(routing, mem, {
@@ -119,13 +122,14 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             spec = WorkerSpec(geometry, fib.name, cfg, w, cfg.engine.batch, cpu_for(w))
             procs.append((ctx.Process(target=worker_main, args=(spec,),
                                       name=f"fwd-worker-{w}"), w))
-        procs.append((ctx.Process(
-            target=slowpath_main, name="fwd-slowpath",
-            args=(SlowPathSpec(geometry, cfg, cfg.engine.batch,
-                               cpu_for(cfg.engine.workers)),)), None))
+        slow_spec = SlowPathSpec(geometry, fib.name, cfg, cfg.engine.batch,
+                                 cpu_for(cfg.engine.workers), end_clock_ns=last_input_ts(io))
+        slowpath = ctx.Process(target=slowpath_main, name="fwd-slowpath", args=(slow_spec,))
+        procs.append((slowpath, cfg.engine.workers))
         for proc, _ in procs:
             proc.start()
         mem.state[AGENT_IO, ST_PID] = os.getpid()
+        wait_started(mem, procs)
 
         idle = 0.0
         drained = False  # keep_running: input consumed, drained and written
@@ -161,7 +165,10 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 time.sleep(idle)
         mem.ctl[CTL_STOP] = 1
         for proc, _ in procs:
-            proc.join(JOIN_TIMEOUT_S)
+            if proc is slowpath:
+                join_draining(proc, io)
+            else:
+                proc.join(JOIN_TIMEOUT_S)
         io.drain()
         io.write()
         return RunResult(snapshot(mem, [p.name for p in cfg.ports]), stop["requested"])
@@ -184,12 +191,44 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             signal.signal(sig, handler)
 
 
+def wait_started(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, int | None]],
+                 timeout: float = STARTUP_TIMEOUT_S) -> None:
+    """Feed nothing before every worker and the slow path has made its first pass: a
+    replay starts with every agent ready, and no `fwd stats` sees one not started."""
+    deadline = time.monotonic() + timeout
+    while not all(mem.state[a, ST_LOOPS] for a in range(1, mem.geometry.nagents)):
+        for proc, _ in procs:
+            if proc.exitcode is not None:
+                raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
+        if time.monotonic() > deadline:
+            raise EngineError(f"the workers did not start within {timeout:g} s")
+        time.sleep(0.002)
+
+
+def last_input_ts(io: PcapPorts) -> int | None:
+    """The capture time of the last input frame: where a replay's clock stops."""
+    stamps = [int(f.ts_ns.max()) for f in io.frames.values() if len(f.ts_ns)]
+    return max(stamps) if stamps else None
+
+
+def join_draining(proc: mp.process.BaseProcess, io: PcapPorts) -> None:
+    """Wait for the slow path to exit while collecting what it sends: on its way out
+    it times out the reassembly queues due at the end of the capture (ICMP time
+    exceeded) and flushes the rest, and it waits for TX room rather than drop."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while proc.is_alive() and time.monotonic() < deadline:
+        io.drain()
+        proc.join(MAX_IDLE_S)
+
+
 def settled(mem: EngineMemory, fed: int) -> bool:
-    """Everything fed has been taken in by the workers, everything they handed on has
-    been taken in by the slow path, and no ring holds a buffer."""
+    """Everything fed has been taken in by the workers (but the frames the pcap agent
+    itself dropped, too big for a buffer), everything they handed on has been taken in
+    by the slow path, and no ring holds a buffer."""
     g = mem.geometry
     workers = mem.counters[1 : 1 + g.nworkers]
     taken = int(workers[:, MISC_BASE + Misc.rx_frames].sum())
+    fed -= int(mem.counters[AGENT_IO, MISC_BASE + Misc.dropped])
     to_slow = int(workers[:, MISC_BASE + Misc.to_slowpath].sum())
     slow_taken = int(mem.counters[g.slowpath_agent, MISC_BASE + Misc.rx_frames])
     if taken != fed or slow_taken != to_slow:

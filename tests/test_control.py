@@ -732,9 +732,9 @@ def test_routes_and_ports_change_while_traffic_flows(tmp_path):
     frames that follow it out of p2, a port down drops the frames that follow it as
     port_down, tbl8 groups churn under the readers, and every frame is accounted for
     exactly once."""
-    import test_supervision  # noqa: F401  (puts perf/ on sys.path)
-
     from engine.io.pcap import read_pcap
+
+    import test_supervision  # noqa: F401  (puts perf/ on sys.path)
 
     n = 400_000
     lab = Lab(tmp_path, workers=2, batch=32)
