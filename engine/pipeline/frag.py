@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from engine.pipeline.checksum import HEADER_WORDS, fold16
+from engine.pipeline.options import fragment_options
 
 IP_CE = 0x8000  # the reserved "evil" bit; the kernel calls it IP_CE
 IP_DF = 0x4000
@@ -34,11 +35,9 @@ IP_MF = 0x2000
 IP_OFFSET = 0x1FFF
 MAX_OFFSET = IP_OFFSET << 3  # 65,528: the largest offset the 13-bit field can say
 
-IPOPT_END = 0
-IPOPT_NOOP = 1
-IPOPT_COPY = 0x80  # "copied" flag: bit 7 of the option type (RFC 791)
-
 _U16 = struct.Struct("!H")
+
+
 def ip_options_fragment(header: bytes) -> bytes:
     """The header non-first fragments carry (the kernel's `ip_options_fragment`).
 
@@ -48,25 +47,8 @@ def ip_options_fragment(header: bytes) -> bytes:
     stops the walk and leaves the rest as it is (the kernel returns on
     `optlen < 2 || optlen > l`). The checksum is left for the caller to recompute.
     """
-    h = bytearray(header)
-    end = (h[0] & 0x0F) << 2
-    i = 20
-    while i < end:
-        kind = h[i]
-        if kind == IPOPT_END:
-            break
-        if kind == IPOPT_NOOP:
-            i += 1
-            continue
-        if i + 1 >= end:
-            break
-        optlen = h[i + 1]
-        if optlen < 2 or optlen > end - i:
-            break
-        if not kind & IPOPT_COPY:
-            h[i : i + optlen] = b"\x01" * optlen
-        i += optlen
-    return bytes(h)
+    end = (header[0] & 0x0F) << 2
+    return bytes(header[:20]) + fragment_options(bytes(header[20:end])) + bytes(header[end:])
 
 
 def fragment(
