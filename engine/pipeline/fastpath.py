@@ -53,7 +53,7 @@ def _code_to_counters() -> np.ndarray:
     hdr_errors = {drop(r) for r in (Drop.hdr_too_short, Drop.bad_version, Drop.bad_ihl,
                                     Drop.csum_error, Drop.bad_tot_len)}
     hdr_errors.add(slow(Slow.ttl_exceeded))  # ip_forward's too_many_hops counts it
-    for c in range(NCODES):
+    for c in range(NCODES):  # slow path: runs once, at import
         m[c, index(Misc.rx_frames)] = 1
         if c not in not_ip:
             m[c, index(Snmp.InReceives)] = 1

@@ -171,7 +171,7 @@ def _compile(h: bytearray, opts: Options, spec_dst: int, now_ms: int,
         if kind == IPOPT_END:
             # RFC 791 leaves the bytes after END undefined; the kernel zeroes them.
             opts.end = p
-            for q in range(p + 1, end):
+            for q in range(p + 1, end):  # slow path: one packet's option bytes
                 if h[q] != IPOPT_END:
                     h[q] = IPOPT_END
                     opts.is_changed = True

@@ -114,7 +114,7 @@ REASONS = (
 # into the reassembled TOS, or 0xFF to drop (Not-ECT mixed with ECN-capable).
 _NOT_ECT, _ECT_1, _ECT_0, _CE = 1, 2, 4, 8
 _ECN_TABLE = [0] * 16
-for _i in range(16):
+for _i in range(16):  # slow path: a table built once, at import
     if _i & _NOT_ECT and _i & (_CE | _ECT_0 | _ECT_1):
         _ECN_TABLE[_i] = 0xFF
     elif _i & _CE and _i & (_ECT_0 | _ECT_1):
