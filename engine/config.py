@@ -220,7 +220,13 @@ def _fail(key: str, problem: str) -> ConfigError:
     return ConfigError(f"{key}: {problem}", key)
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object, table: str = "a table") -> str:
+    """How an error message names a value's type (TOML's words; `table` lets the
+    control socket say "a map" for msgpack)."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bytes):
+        return "binary"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -232,7 +238,7 @@ def _type_name(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     if isinstance(value, dict):
-        return "a table"
+        return table
     return f"a {type(value).__name__}"  # TOML dates and times
 
 
@@ -258,7 +264,7 @@ def _expect(value: object, key: str, kind: type | tuple[type, ...], what: str) -
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         shown = f" ({_show(value)})" if isinstance(value, str | int | float) else ""
-        raise _fail(key, f"expected {what}, got {_type_name(value)}{shown}")
+        raise _fail(key, f"expected {what}, got {type_name(value)}{shown}")
     return value
 
 

@@ -61,6 +61,7 @@ from typing import Any
 import msgpack
 
 from engine import __version__
+from engine.config import type_name
 
 DEFAULT_SOCKET = "/run/fwd/fwd.sock"
 SOCKET_ENV = "FWD_SOCKET"
@@ -214,23 +215,7 @@ _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
 
 
 def _kind(value: object) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bytes):
-        return "binary"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a map"
-    return type(value).__name__
+    return type_name(value, table="a map")
 
 
 def check_request(msg: object) -> tuple[str, dict[str, Any]]:
