@@ -326,6 +326,8 @@ class Fib:
 
     def lookup(self, addrs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Next-hop index for each address (0 = no route), vectorised over the batch."""
+        if out is None and getattr(addrs, "shape", None) == (1,):  # slow path: one packet
+            return np.array([self.lookup_one(int(addrs[0]))], dtype=np.uint32)
         a = np.ascontiguousarray(addrs, dtype=np.uint32)  # no copy when it already is
         if a.ndim != 1:
             return self.lookup(a.reshape(-1)).reshape(a.shape)
