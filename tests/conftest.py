@@ -178,3 +178,30 @@ def no_shm_leak(pid: int | None = None) -> list[str]:
     Engine segments are named fwd-<pid>-...; other runs on the machine are not ours."""
     prefix = f"fwd-{pid or os.getpid()}-"
     return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+
+
+def flood(lab: Lab, n: int, dst: tuple[int, int, int, int], seed: int = 5) -> None:
+    """n 64-byte UDP frames h1 → dst on p0, over many flows, written straight as a pcap
+    (scapy is too slow for this many)."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "perf"))
+    from engine.io.pcap import write_pcap
+
+    from bench_fastpath import udp_frames
+
+    frames = udp_frames(n, np.random.default_rng(seed))
+    frames[:, 30:34] = dst
+    words = frames[:, 14:34].view(">u2").astype(np.uint32)
+    words[:, 5] = 0
+    c = words.sum(axis=1)
+    c = (c & 0xFFFF) + (c >> 16)
+    c = (c & 0xFFFF) + (c >> 16)
+    frames[:, 24] = (~c >> 8) & 0xFF
+    frames[:, 25] = ~c & 0xFF
+    offsets = np.arange(n, dtype=np.int64) * frames.shape[1]
+    lengths = np.full(n, frames.shape[1], dtype=np.uint32)
+    ts = 1_000_000_000 + np.arange(n, dtype=np.int64) * 1000
+    write_pcap(lab.root / "in" / "p0.pcap", frames.ravel(), offsets, lengths, ts)

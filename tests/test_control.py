@@ -44,7 +44,7 @@ from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.forwarder import Forwarder
 
-from conftest import MAC, Lab, no_shm_leak, routed
+from conftest import MAC, Lab, flood, no_shm_leak, routed
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -703,27 +703,6 @@ def test_commands_never_raise(router):
 
 
 # ------------------------------------------------------------------ under traffic
-
-
-def flood(lab: Lab, n: int, dst: tuple[int, int, int, int]) -> None:
-    """n 64-byte UDP frames h1 → dst on p0, over many flows, written straight as a pcap."""
-    from engine.io.pcap import write_pcap
-
-    from bench_fastpath import udp_frames  # on sys.path through test_supervision
-
-    frames = udp_frames(n, np.random.default_rng(5))
-    frames[:, 30:34] = dst
-    words = frames[:, 14:34].view(">u2").astype(np.uint32)
-    words[:, 5] = 0
-    c = words.sum(axis=1)
-    c = (c & 0xFFFF) + (c >> 16)
-    c = (c & 0xFFFF) + (c >> 16)
-    frames[:, 24] = (~c >> 8) & 0xFF
-    frames[:, 25] = ~c & 0xFF
-    offsets = np.arange(n, dtype=np.int64) * frames.shape[1]
-    lengths = np.full(n, frames.shape[1], dtype=np.uint32)
-    ts = 1_000_000_000 + np.arange(n, dtype=np.int64) * 1000
-    write_pcap(lab.root / "in" / "p0.pcap", frames.ravel(), offsets, lengths, ts)
 
 
 def test_routes_and_ports_change_while_traffic_flows(tmp_path):

@@ -10,34 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import Lab, no_shm_leak
+from conftest import Lab, flood, no_shm_leak
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 
 
 def big_input(lab: Lab, n: int) -> None:
-    """n 64-byte frames h1 → h2 written straight as a pcap (scapy is too slow for this)."""
-    from engine.io.pcap import write_pcap
-
-    from bench_fastpath import udp_frames
-
-    frames = udp_frames(n, np.random.default_rng(3))
-    frames[:, 30:34] = [10, 0, 2, 2]  # every frame to h2
-    words = frames[:, 14:34].view(">u2").astype(np.uint32)
-    words[:, 5] = 0
-    s = words.sum(axis=1)
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    frames[:, 24] = (~s >> 8) & 0xFF
-    frames[:, 25] = ~s & 0xFF
-    offsets = np.arange(n, dtype=np.int64) * frames.shape[1]
-    lengths = np.full(n, frames.shape[1], dtype=np.uint32)
-    ts = 1_000_000_000 + np.arange(n, dtype=np.int64) * 1000
-    write_pcap(lab.root / "in" / "p0.pcap", frames.ravel(), offsets, lengths, ts)
+    """n 64-byte frames h1 → h2 on p0."""
+    flood(lab, n, (10, 0, 2, 2), seed=3)
 
 
 def children(pid: int) -> list[int]:
