@@ -205,3 +205,17 @@ def flood(lab: Lab, n: int, dst: tuple[int, int, int, int], seed: int = 5) -> No
     lengths = np.full(n, frames.shape[1], dtype=np.uint32)
     ts = 1_000_000_000 + np.arange(n, dtype=np.int64) * 1000
     write_pcap(lab.root / "in" / "p0.pcap", frames.ravel(), offsets, lengths, ts)
+
+
+def load_frames(mem, io, frames, port: int = 0):
+    """Frames (bytes or scapy packets) into buffers from `io`'s partition, as a driver
+    would put them: data, length and ingress port. Returns the buffer indices."""
+    import numpy as np
+
+    idx = io.alloc(len(frames))
+    for i, f in zip(idx, frames, strict=True):
+        raw = bytes(f)
+        mem.data[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        mem.length[i] = len(raw)
+        mem.port[i] = port
+    return idx

@@ -44,7 +44,7 @@ from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.forwarder import Forwarder
 
-from conftest import MAC, Lab, flood, no_shm_leak, routed
+from conftest import MAC, Lab, flood, load_frames, no_shm_leak, routed
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534
@@ -613,12 +613,7 @@ def router(tmp_path):
 
 def receive(mem, io, frames, port=0):
     """Frames into buffers on port's RX ring for worker 0."""
-    idx = io.alloc(len(frames))
-    for i, f in zip(idx, frames, strict=True):
-        raw = bytes(f)
-        mem.data[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        mem.length[i] = len(raw)
-        mem.port[i] = port
+    idx = load_frames(mem, io, frames, port)
     assert mem.rings[f"rx.{port}.0"].enqueue(idx) == len(idx)
     return idx
 

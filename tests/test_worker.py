@@ -15,7 +15,7 @@ from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.forwarder import Forwarder
 
-from conftest import MAC, Lab, routed
+from conftest import MAC, Lab, load_frames, routed
 
 
 @pytest.fixture
@@ -32,16 +32,6 @@ def engine(tmp_path):
     mem.close()
 
 
-def load(mem, io, frames, port=0):
-    idx = io.alloc(len(frames))
-    for i, f in zip(idx, frames, strict=True):
-        raw = bytes(f)
-        mem.data[i, : len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-        mem.length[i] = len(raw)
-        mem.port[i] = port
-    return idx
-
-
 def frame(dst="10.0.2.2", **ip):
     return Ether(src=MAC["h1"], dst=MAC["p0"]) / IP(src="10.0.1.2", dst=dst, **ip) / UDP()
 
@@ -49,7 +39,7 @@ def frame(dst="10.0.2.2", **ip):
 def test_batch_is_split_between_tx_slow_and_drop(engine):
     mem, fw, io = engine
     frames = [frame(), frame(ttl=1), frame(chksum=3), frame("10.0.3.2"), frame()]
-    idx = load(mem, io, frames)
+    idx = load_frames(mem, io, frames)
     free_before = io.count
     fw.process(idx)
     tx1 = mem.rings["tx.1.0"].dequeue(100)
@@ -69,7 +59,7 @@ def test_batch_is_split_between_tx_slow_and_drop(engine):
 def test_full_tx_ring_drops_with_a_reason_and_frees_once(engine):
     mem, fw, io = engine
     frames = [frame(id=i) for i in range(20)] + [frame(ttl=0)]  # ring holds 16
-    idx = load(mem, io, frames)
+    idx = load_frames(mem, io, frames)
     free_before = io.count
     fw.process(idx)
     assert mem.rings["tx.1.0"].dequeue(100).tolist() == idx[:16].tolist()
@@ -85,7 +75,7 @@ def test_every_buffer_returns_to_the_pool(engine):
     mem, fw, io = engine
     size = io.size
     frames = [frame(id=i, ttl=1 + i % 3) for i in range(30)]
-    idx = load(mem, io, frames)
+    idx = load_frames(mem, io, frames)
     fw.process(idx)
     for name in ("tx.1.0", "slow.0"):
         io.free(mem.rings[name].dequeue(100))
