@@ -8,7 +8,11 @@ points routes at adjacencies):
   unresolved) entry on the port; the subnet's directed broadcast (prefixes up to
   /30): a `broadcast` entry, as the kernel's local table has;
 - each static neighbour: a /32 resolved entry carrying its MAC (neighbour state, not
-  a route: hidden from route listings unless asked for);
+  a route: hidden from route listings unless asked for), and a PERMANENT entry in
+  the shared neighbour table (engine/shm/neigh.py), put there before the workers
+  start; every other neighbour is learned by ARP in the slow path into that table,
+  which the fast path reads for next hops without a MAC (connected routes, gateways
+  that are not static neighbours);
 - each `[[route]]`, and each route added later through the control socket: a gateway
   next hop (resolved when the gateway is a static neighbour), an on-link next hop on
   a port, or one of the fixed error rows.
@@ -63,6 +67,7 @@ from engine.shm.memory import (
     NHF_RESOLVED,
     EngineMemory,
 )
+from engine.shm.neigh import NeighbourTable, Nud
 
 ROUTE_TYPE_NH = {"blackhole": NH_BLACKHOLE, "unreachable": NH_UNREACHABLE,
                  "prohibit": NH_PROHIBIT}
@@ -161,7 +166,8 @@ class NextHops:
             self.mem.nh_mac[i, :] = 0
             self.mem.nh_mac[i, : len(mac)] = np.frombuffer(mac, dtype=np.uint8)
             self.mem.nh_type[i] = nh_type  # the row is complete when typed
-            plain = nh_type == NH_UNICAST and flags & NHF_RESOLVED and self.port_up(port)
+            # resolved or not: the fast path resolves neighbours itself (forward.py)
+            plain = nh_type == NH_UNICAST and self.port_up(port)
             self.mem.nh_mtu[i] = self.mem.port_mtu[port] if plain else 0
             self.rows[key] = i
         return self.rows[key]
@@ -193,12 +199,12 @@ class NextHops:
         return bool((int(self.mem.ctl[CTL_PORT_UP]) >> port) & 1)
 
     def set_port_mtu(self, port: int) -> None:
-        """nh_mtu of every resolved unicast row on `port`: the port's MTU while it is
-        up, 0 while it is down (which takes those rows out of the plain tier)."""
+        """nh_mtu of every unicast row on `port` (groups aside): the port's MTU while
+        it is up, 0 while it is down (which takes those rows out of the plain tier)."""
         n = len(self.rows)
         m = self.mem
         rows = np.flatnonzero((m.nh_port[:n] == port) & (m.nh_type[:n] == NH_UNICAST)
-                              & ((m.nh_flags[:n] & NHF_RESOLVED) != 0))
+                              & (m.nh_group_n[:n] <= 1))
         m.nh_mtu[rows] = m.port_mtu[port] if self.port_up(port) else 0
 
 
@@ -278,7 +284,12 @@ class Routing:
                     internal.append(Route(int(net.broadcast_address), 32, "broadcast",
                                           ORIGIN_BROADCAST, self.nhs.get(NH_BROADCAST, 0, p),
                                           port=port.name))
+        table = NeighbourTable(self.mem)
         for ip, (p, mac) in self.neighbours.items():
+            # updated_ns 0: from the config; a PERMANENT entry has no timer to run
+            if not table.put(ip, p, mac, Nud.PERMANENT, 0):
+                raise RouteError(f"neighbor {ipaddress.IPv4Address(ip)}: the neighbour "
+                                 f"table is full ({table.capacity} entries)")
             internal.append(Route(ip, 32, "unicast", ORIGIN_NEIGHBOUR,
                                   self.nhs.get(NH_UNICAST, NHF_RESOLVED, p, ip, mac),
                                   via=ip, port=self.port_names[p]))
@@ -568,6 +579,9 @@ def make_tables(cfg: Config, mem: EngineMemory, lookup: Any) -> Tables:
         nh_group=mem.nh_group,
         nh_group_n=mem.nh_group_n,
         nhg_members=mem.nhg_members,
+        nh_gw=mem.nh_gw,
+        # the shared table; a forwarding worker puts its own cache in front of it
+        neigh=NeighbourTable(mem),
         # live views: bytes 6 and 7 of each 8-byte MAC slot stay zero
         nh_mac48=mem.nh_mac.view("<u8")[:, 0],
         port_mac48=mem.port_mac[:nports].view("<u8")[:, 0],

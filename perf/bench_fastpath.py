@@ -8,8 +8,13 @@ Three measurements per batch size, each the median of several runs:
 - `stages`: `fast_path()` alone on already gathered rows;
 - `worker`: a worker's whole batch (`Forwarder.process`: gather, fast path, scatter,
   TX enqueue, counters), the number that matters.
-Then worker scaling: N processes, each a pinned `Forwarder` on its own RX ring,
-summed. Ratios are printed against `noop` measured in the same run.
+Destinations are static neighbours of the config (their MAC is in the next-hop row)
+and hosts behind a gateway; `learned` repeats `stages` and `worker` with every
+destination a host on p1's subnet that is not in the config, learned by ARP into the
+neighbour table (64 of them, REACHABLE): the namespace lab's common case, resolved
+through the worker's neighbour cache. Then worker scaling: N processes, each a
+pinned `Forwarder` on its own RX ring, summed. Ratios are printed against `noop`
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -35,12 +40,38 @@ from engine.pipeline.rcv import HDR_BYTES  # noqa: E402
 from engine.routing import build_routing, make_tables  # noqa: E402
 from engine.shm.fib import Fib  # noqa: E402
 from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
+from engine.shm.neigh import NeighbourTable, Nud  # noqa: E402
 from engine.workers.forwarder import REWRITE_BYTES, Forwarder  # noqa: E402
 from engine.workers.loop import pin  # noqa: E402
 
 CONFIG = ROOT / "configs" / "default.toml"
 BATCHES = (32, 64, 128, 256, 512, 1024)
 FRAME = 64
+LEARNED = 64  # hosts 10.0.2.100.. on p1, in the neighbour table only
+
+
+def learn(mem: EngineMemory) -> None:
+    """Put the LEARNED hosts into the neighbour table, as the slow path's ARP would."""
+    t = NeighbourTable(mem)
+    for k in range(LEARNED):
+        ok = t.put((10 << 24) | (2 << 8) | (100 + k), 1, bytes([2, 0, 0, 0, 2, 100 + k]),
+                   Nud.REACHABLE, 0)
+        assert ok
+
+
+def to_learned(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same frames, each to one of the LEARNED hosts (checksums redone)."""
+    frames = frames.copy()
+    ip = frames[:, 14:34]
+    ip[:, 16:19] = [10, 0, 2]
+    ip[:, 19] = 100 + rng.integers(0, LEARNED, len(frames))
+    ip[:, 10:12] = 0
+    s = ip.view(">u2").astype(np.uint32).sum(axis=1)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    check = ~s & 0xFFFF
+    ip[:, 10], ip[:, 11] = check >> 8, check & 0xFF
+    return frames
 
 
 def udp_frames(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,14 +106,17 @@ def udp_frames(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 class Setup:
-    def __init__(self, workers: int, nbufs: int = 16384):
+    def __init__(self, workers: int, nbufs: int = 16384, learned: bool = False):
         self.cfg = load_config(CONFIG)
         self.geometry = Geometry.new(len(self.cfg.ports), workers, nbufs=nbufs, ring_size=4096)
         self.mem = EngineMemory.create(self.geometry)
         self.fib = Fib.create()
         build_routing(self.cfg, self.mem, self.fib)
+        learn(self.mem)
         self.tables = make_tables(self.cfg, self.mem, self.fib.lookup)
         frames = udp_frames(nbufs, np.random.default_rng(1))
+        if learned:
+            frames = to_learned(frames, np.random.default_rng(2))
         self.mem.data[:, :FRAME] = frames
         self.mem.length[:] = FRAME
         self.mem.port[:] = 0
@@ -94,26 +128,32 @@ class Setup:
         self.mem.close()
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
 def timed(fn, seconds: float, prepare=None) -> float:
     """Packets/s of `fn() -> packets` run repeatedly for about `seconds`; time spent in
     `prepare()` (restoring the input between passes) is not counted."""
-    done, busy, t_end = 0, 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
+    clock = CLOCK
+    done, busy, t_end = 0, 0.0, clock() + seconds
+    while clock() < t_end:
         if prepare is not None:
             prepare()
-        t0 = time.perf_counter()
+        t0 = clock()
         done += fn()
-        busy += time.perf_counter() - t0
+        busy += clock() - t0
     return done / busy
 
 
-def single_core(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, float]:
-    mem, tables = setup.mem, setup.tables
+def single_core(setup: Setup, batch: int, seconds: float, runs: int,
+                names: tuple[str, ...] = ("noop", "stages", "worker")) -> dict[str, float]:
+    mem = setup.mem
     mem.data[:, :FRAME] = setup.frames  # undo what earlier measurements rewrote
     mem.length[:] = FRAME
     nbatches = setup.geometry.nbufs // batch
     order = [np.arange(i * batch, (i + 1) * batch, dtype=np.uint32) for i in range(nbatches)]
-    fw = Forwarder(mem, tables, 0, batch)
+    fw = Forwarder(mem, setup.tables, 0, batch)
+    tables = fw.tables  # with the worker's neighbour cache in front of the shared table
     state = {"i": 0}
 
     def reset_row(idx):
@@ -150,6 +190,8 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str
     out = {}
     for name, fn, prepare in (("noop", noop, None), ("stages", stages, None),
                               ("worker", worker, restore)):
+        if name not in names:
+            continue
         rates = []
         for _ in range(runs):
             rates.append(timed(fn, seconds, prepare))
@@ -158,7 +200,10 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str
     return out
 
 
-def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result):
+def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="wall"):
+    global CLOCK
+    if clock == "cpu":
+        CLOCK = time.process_time
     pin(cpu)
     cfg = load_config(CONFIG)
     mem = EngineMemory.attach(geometry)
@@ -189,7 +234,7 @@ def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result):
     mem.close()
 
 
-def scaling(workers: int, batch: int, seconds: float) -> float:
+def scaling(workers: int, batch: int, seconds: float, clock: str = "wall") -> float:
     setup = Setup(workers)
     try:
         ctx = mp.get_context("spawn")
@@ -197,7 +242,8 @@ def scaling(workers: int, batch: int, seconds: float) -> float:
         cpus = sorted(os.sched_getaffinity(0))
         procs = [ctx.Process(target=_scaling_worker,
                              args=(setup.geometry, setup.fib.name, w, batch, seconds,
-                                   cpus[w % len(cpus)], result)) for w in range(workers)]
+                                   cpus[w % len(cpus)], result, clock))
+                 for w in range(workers)]
         for p in procs:
             p.start()
         for p in procs:
@@ -225,25 +271,42 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.5, help="per measurement")
     ap.add_argument("--runs", type=int, default=5, help="repeats; the median is reported")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
+                    help="batch sizes to measure")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: count this process's CPU time, not the wall clock (on a "
+                    "machine other work keeps busy, the time spent waiting for a CPU "
+                    "then does not count)")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
 
-    results = {"machine": machine(), "frame_bytes": FRAME, "batch": {}, "workers": {}}
-    setup = Setup(1)
+    results = {"machine": machine(), "frame_bytes": FRAME, "clock": args.clock,
+               "load_average": os.getloadavg(), "batch": {}, "workers": {}}
+    setup, learned = Setup(1), Setup(1, learned=True)
     try:
+        print(f"{'':>6} {'':>10} {'static neighbours':^33} {'':>7} {'learned neighbours':^25}")
         print(f"{'batch':>6} {'noop Mpps':>10} {'stages Mpps':>12} {'worker Mpps':>12} "
-              f"{'worker/noop':>12} {'spread':>7}")
-        for batch in BATCHES:
+              f"{'worker/noop':>12} {'spread':>7} {'stages Mpps':>12} {'worker Mpps':>12} "
+              f"{'spread':>7}")
+        for batch in args.batches:
             r = single_core(setup, batch, args.seconds, args.runs)
+            d = single_core(learned, batch, args.seconds, args.runs, ("stages", "worker"))
+            r.update({f"learned_{k}": v for k, v in d.items()})
             results["batch"][batch] = r
             print(f"{batch:>6} {r['noop'] / 1e6:>10.2f} {r['stages'] / 1e6:>12.2f} "
                   f"{r['worker'] / 1e6:>12.2f} {r['worker'] / r['noop']:>12.3f} "
-                  f"{r['worker_spread']:>6.0%}")
+                  f"{r['worker_spread']:>6.0%} {d['stages'] / 1e6:>12.2f} "
+                  f"{d['worker'] / 1e6:>12.2f} {d['worker_spread']:>6.0%}")
     finally:
         setup.close()
+        learned.close()
     print(f"\n{'workers':>7} {'Mpps (batch 256)':>17}")
     for n in range(1, args.workers + 1):
-        rates = [scaling(n, 256, args.seconds) for _ in range(max(1, args.runs // 2))]
+        rates = [scaling(n, 256, args.seconds, args.clock)
+                 for _ in range(max(1, args.runs // 2))]
         results["workers"][n] = statistics.median(rates)
         print(f"{n:>7} {results['workers'][n] / 1e6:>17.2f}")
     if args.json:

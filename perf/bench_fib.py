@@ -3,7 +3,11 @@ lookups/s per core at batch 1024 (uniform over the address space, uniform over t
 table, Zipf-skewed), update rate while a reader process looks up, and pytricia (a C
 Patricia trie) on the same lookups as the peer when it is installed.
 
-    .venv/bin/python perf/bench_fib.py [--prefixes 1000000] [--json perf/results/fib.json]
+    .venv/bin/python perf/bench_fib.py [--prefixes 1000000] [--repeat 5] [--json FILE]
+
+Every rate is the median of `--repeat` runs, printed with its spread ((max - min) /
+median): on a shared machine a best-of-N hides how noisy the runs were, a median
+with its spread does not.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import statistics
 import time
 
 import numpy as np
@@ -86,24 +91,40 @@ def traffic(p: np.ndarray, plen: np.ndarray, n: int, kind: str, seed: int = 2) -
     return (p[r].astype(np.uint64) + off).astype(np.uint32)
 
 
-def lookup_rate(
-    lookup, addrs: np.ndarray, batch: int, seconds: float = 2.0, repeat: int = 1
-) -> float:
+def median_spread(runs: list[float]) -> tuple[float, float]:
+    """The median of the runs and their spread, (max - min) / median."""
+    m = statistics.median(runs)
+    return m, (max(runs) - min(runs)) / m if m else 0.0
+
+
+def summary(runs: list[float]) -> dict[str, object]:
+    m, spread = median_spread(runs)
+    return {"median": m, "spread": spread, "runs": runs}
+
+
+def lookup_rates(lookup, addrs: np.ndarray, batch: int, seconds: float,
+                 repeat: int) -> list[float]:
+    """Lookups/s of `repeat` runs (see `lookup_rate`)."""
+    return [lookup_rate(lookup, addrs, batch, seconds) for _ in range(repeat)]
+
+
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
+def lookup_rate(lookup, addrs: np.ndarray, batch: int, seconds: float = 2.0) -> float:
     """Lookups/s, cycling through addrs in batches (the whole set is far bigger than
-    the caches, like real traffic); the best of `repeat` runs, since on a shared
-    machine other processes only ever make a run slower."""
-    if repeat > 1:
-        return max(lookup_rate(lookup, addrs, batch, seconds) for _ in range(repeat))
+    the caches, like real traffic)."""
     batches = [addrs[i : i + batch] for i in range(0, addrs.size - batch + 1, batch)]
     for b in batches[:64]:
         lookup(b)
     done = 0
-    t0 = time.perf_counter()
+    clock = CLOCK
+    t0 = clock()
     while True:
         for b in batches:
             lookup(b)
         done += len(batches)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if dt >= seconds:
             return done * batch / dt
 
@@ -183,27 +204,37 @@ def update_rate(fib: Fib, churn: Churn, n_updates: int) -> float:
     """add/delete calls per second over n_updates churn operations."""
     ops = churn.ops(n_updates)
     add, delete = fib.add, fib.delete
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for op, a, b, c in ops:
         if op:
             add(a, b, c)
         else:
             delete(a, b)
-    return len(ops) / (time.perf_counter() - t0)
+    return len(ops) / (CLOCK() - t0)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefixes", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--seconds", type=float, default=1.0, help="per lookup measurement")
-    ap.add_argument("--repeat", type=int, default=3, help="lookup runs; the best counts")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="runs of each measurement; the median is reported")
     ap.add_argument("--updates", type=int, default=200_000)
     ap.add_argument("--json", default="perf/results/fib.json")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: rates over this process's CPU time (lookups, updates), so "
+                    "that waiting for a CPU other work holds does not count")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
     res: dict = {
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "clock": args.clock,
+        "load_average": os.getloadavg(),
         "prefixes_requested": args.prefixes,
         "batch": args.batch,
     }
@@ -253,24 +284,31 @@ def main() -> None:
             return out
 
         res["lookup"] = {}
+        print(f"lookups, batch {args.batch}, median of {args.repeat} runs of {args.seconds} s "
+              "(spread):")
         for kind in ("space", "table", "zipf"):
             addrs = traffic(p, plen, 1 << 22, kind)
-            r = lookup_rate(fib.lookup, addrs, args.batch, args.seconds, args.repeat)
+            runs = lookup_rates(fib.lookup, addrs, args.batch, args.seconds, args.repeat)
             fib.register_reader(0)
-            rq = lookup_rate(with_qs, addrs, args.batch, args.seconds, args.repeat)
+            runs_q = lookup_rates(with_qs, addrs, args.batch, args.seconds, args.repeat)
             fib.unregister_reader(0)
-            row = {"fib_per_s": r, "fib_with_quiescent_per_s": rq}
-            line = f"lookup {kind:5s}: {r / 1e6:6.1f} M/s (+quiescent() per batch {rq / 1e6:.1f})"
+            (r, spread), (rq, spread_q) = median_spread(runs), median_spread(runs_q)
+            row = {"fib_per_s": r, "fib_spread": spread, "fib_runs": runs,
+                   "fib_with_quiescent_per_s": rq, "fib_with_quiescent_spread": spread_q,
+                   "fib_with_quiescent_runs": runs_q}
+            line = (f"lookup {kind:5s}: {r / 1e6:6.1f} M/s ({spread:.0%}) "
+                    f"(+quiescent() per batch {rq / 1e6:.1f} ({spread_q:.0%}))")
             if pyt is not None:
                 sample = addrs[: 1 << 16]  # both must agree
                 want = np.array([x or 0 for x in pyt_lookup(sample)], dtype=np.uint32)
                 assert (fib.lookup(sample) == want).all(), "fib and pytricia disagree"
-                rp = lookup_rate(
-                    pyt_lookup, addrs[: 1 << 18], args.batch, args.seconds, args.repeat
-                )
-                row["pytricia_per_s"] = rp
-                row["ratio_vs_pytricia"] = r / rp
-                line += f"; pytricia {rp / 1e6:.2f} M/s; fib/pytricia {r / rp:.0f}x"
+                runs_p = lookup_rates(pyt_lookup, addrs[: 1 << 18], args.batch, args.seconds,
+                                      args.repeat)
+                rp, spread_p = median_spread(runs_p)
+                row.update({"pytricia_per_s": rp, "pytricia_spread": spread_p,
+                            "pytricia_runs": runs_p, "ratio_vs_pytricia": r / rp})
+                line += (f"; pytricia {rp / 1e6:.2f} M/s ({spread_p:.0%}); "
+                         f"fib/pytricia {r / rp:.0f}x")
             res["lookup"][kind] = row
             print(line)
 
@@ -283,17 +321,22 @@ def main() -> None:
         affinity = os.sched_getaffinity(0)
         _pin(0)
         time.sleep(1.0)  # let it attach and run
-        res["updates_per_s_with_reader"] = update_rate(fib, churn, args.updates)
+        with_reader = [update_rate(fib, churn, args.updates) for _ in range(args.repeat)]
         stop.set()
         reader_lookups = out.get(timeout=60)
         rd.join(60)
+        res["updates_per_s_with_reader"], spread = median_spread(with_reader)
+        res["updates_with_reader"] = summary(with_reader)
         print(
             f"updates with a reader process running: {res['updates_per_s_with_reader']:,.0f}/s"
-            f" (the reader did {reader_lookups:,} lookups meanwhile)"
+            f" ({spread:.0%}; the reader did {reader_lookups:,} lookups meanwhile)"
         )
-        res["updates_per_s_alone"] = update_rate(fib, churn, args.updates)
+        alone = [update_rate(fib, churn, args.updates) for _ in range(args.repeat)]
         os.sched_setaffinity(0, affinity)
-        print(f"updates alone: {res['updates_per_s_alone']:,.0f}/s")
+        res["updates_per_s_alone"], spread = median_spread(alone)
+        res["updates_alone"] = summary(alone)
+        print(f"updates alone: {res['updates_per_s_alone']:,.0f}/s ({spread:.0%})")
+        res["repeat"] = args.repeat
         res["tbl8_after_churn"] = fib.stats()
     finally:
         fib.close()

@@ -7,6 +7,8 @@ against scapy's rendering of the expected packet.
 
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,14 +17,17 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from engine.counters import Drop, Slow
+from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
 from engine.pipeline import checksum
-from engine.pipeline.fastpath import fast_path
+from engine.pipeline import forward as forward_stage
+from engine.pipeline.fastpath import count, fast_path
+from engine.pipeline.neigh import NeighCache
 from engine.pipeline.rcv import HDR_BYTES
-from engine.pipeline.verdict import FORWARD, SLOW
+from engine.pipeline.verdict import FORWARD, SLOW, slow
 from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
 from engine.shm.memory import EngineMemory, Geometry
+from engine.shm.neigh import NeighbourTable, Nud
 
 from conftest import BCAST, MAC, PORTS, Lab, routed
 
@@ -31,7 +36,7 @@ class Router:
     def __init__(self, cfg):
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=64, ring_size=64))
         self.fib = Fib.create()
-        build_routing(cfg, self.mem, self.fib)
+        self.routing = build_routing(cfg, self.mem, self.fib)
         self.tables = make_tables(cfg, self.mem, self.fib.lookup)
 
     def close(self):
@@ -157,7 +162,11 @@ def raw_ip(ihl_version: int = 0x45, tot_len: int = 28, **fields) -> bytes:
 DROP_CASES = [
     (Ether(src=MAC["h1"], dst=MAC["stranger"]) / IP(src="10.0.1.2", dst="10.0.2.2"),
      "otherhost"),
-    (Ether(src=MAC["h1"], dst=MAC["p0"]) / ARP(pdst="10.0.1.1"), "not_ipv4"),
+    (Ether(src=MAC["h1"], dst=MAC["p0"], type=0x86DD) / Raw(b"\x60" + b"\0" * 39),
+     "not_ipv4"),  # IPv6
+    (Ether(src=MAC["h1"], dst=MAC["p0"], type=0x88CC) / Raw(b"\0" * 46), "not_ipv4"),  # LLDP
+    # arp_rcv ignores ARP for another host
+    (Ether(src=MAC["h1"], dst=MAC["stranger"]) / ARP(pdst="10.0.1.9"), "otherhost"),
     (bytes(Ether(src=MAC["h1"], dst=MAC["p0"], type=0x0800)) + b"\x45" * 10, "hdr_too_short"),
     (raw_ip(0x65), "bad_version"),
     (raw_ip(0x44), "bad_ihl"),
@@ -224,6 +233,21 @@ def test_slow_path_reason(router, frame, port, reason):
     assert router.one(frame, port)[0] == f"slow:{reason}"
 
 
+# ARP: to our MAC, broadcast or multicast (arp_rcv takes every ARP frame but
+# PACKET_OTHERHOST); the frame's contents are ARP's business, not ip_rcv's
+ARP_CASES = [
+    Ether(src=MAC["h1"], dst=MAC["p0"]) / ARP(op=2, psrc="10.0.1.2", pdst="10.0.1.1"),
+    Ether(src=MAC["h1"], dst=BCAST) / ARP(psrc="10.0.1.2", pdst="10.0.1.1"),
+    Ether(src=MAC["h1"], dst="01:00:5e:00:00:01") / ARP(pdst="10.0.1.1"),
+    Ether(src=MAC["h1"], dst=BCAST) / ARP(ptype=0x0001, pdst="10.0.1.1"),  # not for IPv4
+]
+
+
+@pytest.mark.parametrize("frame", ARP_CASES, ids=["to-us", "broadcast", "multicast", "ptype"])
+def test_arp_is_the_slow_paths(router, frame):
+    assert router.one(frame)[0] == "slow:arp"
+
+
 def test_no_redirect_for_off_link_source(router):
     frame = Ether(src=MAC["h1"], dst=MAC["p0"]) / IP(src="10.9.8.9", dst="10.9.8.5") / UDP()
     assert router.one(frame)[0] == "forward"  # source is behind h1: forwarded back, no redirect
@@ -258,3 +282,155 @@ def test_little_endian_checksum_update_is_eqn_3_for_every_value():
     swapped = ((check >> 8) | (check << 8)) & 0xFFFF
     le = checksum.ttl_decrement_le(swapped.astype(np.uint16)).astype(np.uint32)
     assert np.array_equal(((le >> 8) | (le << 8)) & 0xFFFF, checksum.ttl_decrement(check))
+
+
+# -- ARP frames ------------------------------------------------------------------------
+
+def test_arp_goes_to_the_slow_path_whole_and_counts_as_no_ip_packet(router):
+    arp = Ether(src=MAC["h1"], dst=BCAST) / ARP(psrc="10.0.1.2", pdst="10.0.1.1")
+    padded = bytes(arp) + b"\0" * 18  # 60 bytes, as off a wire: the slow path gets them all
+    hdr = np.zeros((1, HDR_BYTES), dtype=np.uint8)
+    hdr[0, :60] = np.frombuffer(padded, dtype=np.uint8)
+    r = fast_path(hdr, np.array([60], dtype=np.uint32), np.array([0], dtype=np.uint16),
+                  router.tables)
+    assert r.code.tolist() == [slow(Slow.arp)] and r.frame_len.tolist() == [60]
+    assert bytes(hdr[0, :60]) == padded  # untouched
+    row = np.zeros(NCOUNTERS, dtype=np.uint64)
+    count(r.code, row)
+    assert row[index(Slow.arp)] == 1 and row[index(Misc.to_slowpath)] == 1
+    assert row[index(Misc.rx_frames)] == 1 and row[index(Snmp.InReceives)] == 0
+
+
+# -- neighbours learned by ARP: the shared table, through the fast path -----------------
+
+LEARNED_MAC = "02:00:00:00:02:77"
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A router of its own: these tests change its neighbour table and routes."""
+    r = Router(Lab(tmp_path).config())
+    r.neigh = NeighbourTable(r.mem)
+    yield r
+    r.close()
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def to_mac(frame: Ether, port: str, dst_mac: str) -> bytes:
+    """`routed`, to a MAC that is in no config."""
+    pkt = frame.copy()
+    pkt[Ether].src = MAC[port]
+    pkt[Ether].dst = dst_mac
+    pkt[IP].ttl -= 1
+    del pkt[IP].chksum
+    return bytes(Ether(bytes(pkt)))
+
+
+class Spy:
+    """A resolver that records what the fast path asks."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.asked: list[list[str]] = []
+
+    def resolve(self, keys, egress):
+        self.asked.append([str(ipaddress.IPv4Address(int(k))) for k in keys])
+        return self.inner.resolve(keys, egress)
+
+
+def test_packets_to_learned_neighbours_get_their_mac(fresh):
+    fresh.neigh.put(ip_int("10.0.2.77"), 1, mac_bytes(LEARNED_MAC), Nud.REACHABLE, 1)
+    fresh.neigh.put(ip_int("10.0.3.9"), 2, mac_bytes("02:00:00:00:03:09"), Nud.STALE, 1)
+    frames = [h1("10.0.2.77", id=1) / UDP(sport=7, dport=9) / Raw(b"a" * 20),
+              h1("10.0.3.9", id=2) / TCP(),
+              h1("10.0.2.77", id=3, tos=0x10) / ICMP()]
+    out = fresh.batch([(bytes(f), "p0") for f in frames])
+    assert out == [("forward", "p1", to_mac(frames[0], "p1", LEARNED_MAC)),
+                   ("forward", "p2", to_mac(frames[1], "p2", "02:00:00:00:03:09")),
+                   ("forward", "p1", to_mac(frames[2], "p1", LEARNED_MAC))]
+
+
+@pytest.mark.parametrize("entry", [None, ("p1", Nud.INCOMPLETE), ("p1", Nud.FAILED),
+                                   ("p1", Nud.NONE), ("p2", Nud.REACHABLE)],
+                         ids=["unknown", "incomplete", "failed", "none", "other-port"])
+def test_a_neighbour_not_usable_on_the_egress_port_goes_to_the_slow_path(fresh, entry):
+    if entry is not None:
+        fresh.neigh.put(ip_int("10.0.2.77"), PORTS.index(entry[0]), mac_bytes(LEARNED_MAC),
+                        entry[1], 1)
+    assert fresh.one(h1("10.0.2.77") / UDP())[0] == "slow:neigh_unresolved"
+
+
+def test_a_gateway_learned_by_arp_is_resolved_by_its_own_address(fresh):
+    fresh.routing.add({"prefix": "10.55.0.0/16", "via": "10.0.2.200"})
+    frame = h1("10.55.1.1") / UDP()
+    assert fresh.one(frame)[0] == "slow:neigh_unresolved"
+    fresh.neigh.put(ip_int("10.55.1.1"), 1, mac_bytes("02:00:00:00:55:01"), Nud.REACHABLE, 1)
+    assert fresh.one(frame)[0] == "slow:neigh_unresolved"  # the destination is not the key
+    fresh.neigh.put(ip_int("10.0.2.200"), 1, mac_bytes("02:00:00:00:02:c8"), Nud.DELAY, 1)
+    assert fresh.one(frame) == ("forward", "p1", to_mac(frame, "p1", "02:00:00:00:02:c8"))
+
+
+def test_learned_neighbours_stay_in_the_plain_tier(fresh, monkeypatch):
+    """The namespace lab's common case (hosts on connected subnets, learned by ARP) is
+    one whole-batch lookup, never the careful per-check tier."""
+    for n in range(16):
+        fresh.neigh.put(ip_int(f"10.0.2.{100 + n}"), 1, mac_bytes(f"02:00:00:00:02:{n:02x}"),
+                        Nud.REACHABLE, 1)
+    spy = Spy(NeighCache(fresh.neigh))
+    fresh.tables.neigh = spy
+
+    def careful(*args, **kwargs):
+        raise AssertionError("a plain batch went through forward_checks")
+
+    monkeypatch.setattr(forward_stage, "forward_checks", careful)
+    frames = [h1(f"10.0.2.{100 + n % 16}", id=n) / UDP() for n in range(64)]
+    out = fresh.batch([(bytes(f), "p0") for f in frames])
+    assert [o[0] for o in out] == ["forward"] * 64
+    assert out[17][2] == to_mac(frames[17], "p1", "02:00:00:00:02:01")
+    assert len(spy.asked) == 1 and len(spy.asked[0]) == 64  # the whole batch, once
+
+
+def test_the_neighbour_is_looked_up_last_in_the_kernels_order(fresh):
+    """ip_forward's checks come first (neigh_output runs in ip_finish_output2): a
+    packet they decide is never looked up, and nothing is cached for it."""
+    spy = Spy(fresh.neigh)
+    fresh.tables.neigh = spy
+    fresh.routing.set_port("p2", up=False)
+    cases = [
+        (h1("10.0.2.77", ttl=1) / UDP(), "p0", "slow:ttl_exceeded"),
+        (h1("10.0.3.77", flags="DF") / Raw(b"z" * 1500), "p0", "drop:port_down"),
+        (Ether(src=MAC["h1"], dst=BCAST) / IP(src="10.0.1.2", dst="10.0.2.77") / UDP(),
+         "p0", "drop:l2_not_host"),
+        (h2("10.0.2.77") / UDP(), "p1", "slow:redirect"),  # back out of p1, on-link source
+        (h1("10.0.2.78") / UDP(), "p0", "slow:neigh_unresolved"),
+    ]
+    out = fresh.batch([(bytes(f), p) for f, p, _ in cases])
+    assert [o[0] for o in out] == [v for _, _, v in cases]
+    assert spy.asked == [["10.0.2.78"]]
+
+
+def test_a_mixed_batch_resolves_only_what_needs_it(fresh):
+    fresh.neigh.put(ip_int("10.0.2.77"), 1, mac_bytes(LEARNED_MAC), Nud.REACHABLE, 1)
+    frames = [(h1("10.0.2.77", id=1) / UDP(), "p0"), (h1("10.0.2.2", id=2) / UDP(), "p0"),
+              (h1("10.0.2.88") / UDP(), "p0"), (h1("10.0.2.77", ttl=1) / UDP(), "p0"),
+              (h1("10.0.2.77", chksum=5) / UDP(), "p0"), (h1("10.0.2.77", id=6) / UDP(), "p0")]
+    out = fresh.batch([(bytes(f), p) for f, p in frames])
+    assert out[0] == ("forward", "p1", to_mac(frames[0][0], "p1", LEARNED_MAC))
+    assert out[1] == ("forward", "p1", routed(frames[1][0], "p1", "h2"))  # static
+    assert [o[0] for o in out[2:5]] == ["slow:neigh_unresolved", "slow:ttl_exceeded",
+                                        "drop:csum_error"]
+    assert out[5] == ("forward", "p1", to_mac(frames[5][0], "p1", LEARNED_MAC))
+
+
+def test_without_a_resolver_every_unresolved_next_hop_is_the_slow_paths(fresh):
+    fresh.neigh.put(ip_int("10.0.2.77"), 1, mac_bytes(LEARNED_MAC), Nud.REACHABLE, 1)
+    fresh.tables.neigh = None
+    assert fresh.one(h1("10.0.2.77") / UDP())[0] == "slow:neigh_unresolved"
+    assert fresh.one(h1("10.0.2.2") / UDP())[0] == "forward"
+
+
+def ip_int(addr: str) -> int:
+    return int(ipaddress.IPv4Address(addr))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 
-from engine.counters import Drop, Misc, Slow, index
+from engine.counters import Drop, Misc, Slow, Snmp, index
 from engine.pipeline.verdict import slow
 from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
@@ -81,3 +81,18 @@ def test_every_buffer_returns_to_the_pool(engine):
         io.free(mem.rings[name].dequeue(100))
     io.reclaim()
     assert io.count == size
+
+
+def test_arp_frames_go_to_the_slow_ring_whole(engine):
+    mem, fw, io = engine
+    request = bytes(Ether(src=MAC["h1"], dst="ff:ff:ff:ff:ff:ff")
+                    / ARP(psrc="10.0.1.2", pdst="10.0.1.1")) + b"\0" * 18  # padded to 60
+    stranger = Ether(src=MAC["h1"], dst="02:00:00:00:99:99") / ARP(pdst="10.0.1.7")
+    idx = load_frames(mem, io, [request, stranger, frame()])
+    fw.process(idx)
+    assert mem.rings["slow.0"].dequeue(100).tolist() == [idx[0]]
+    assert mem.code[idx[0]] == slow(Slow.arp) and mem.length[idx[0]] == 60
+    assert bytes(mem.data[idx[0], :60]) == request
+    row = mem.counters[fw.agent]
+    assert row[index(Slow.arp)] == 1 and row[index(Drop.otherhost)] == 1
+    assert row[index(Snmp.InReceives)] == 1  # the IPv4 frame only

@@ -7,10 +7,14 @@ came in on, from an on-link source, is forwarded *and* redirected
 (`IPSKB_DOREDIRECT`, checked after TTL so TTL 1 gets time exceeded, not a redirect).
 What is left is forwarded here: TTL - 1 with the RFC 1624 checksum update
 (`ip_decrease_ttl`), then new Ethernet addresses from the next hop's neighbour
-entry (`neigh_output`); an unresolved neighbour goes to the slow path for ARP.
+entry (`neigh_output`, last, as in `ip_finish_output2`): the MAC in the next-hop row
+for a static neighbour, else the neighbour table through the worker's cache
+(`Tables.neigh`, see pipeline/neigh.py) keyed by the destination (connected route)
+or the gateway; a neighbour that is not resolved goes to the slow path for ARP.
 
 Plain packets: plain so far (which covers the next hop and MTU, see route.py), TTL
-above 1 and an egress port other than the ingress port.
+above 1, an egress port other than the ingress port, and a neighbour whose MAC is
+known (in the row, or found by a whole-batch lookup).
 """
 
 from __future__ import annotations
@@ -34,25 +38,76 @@ def source_on_link(saddr: np.ndarray, in_port: np.ndarray, t: Tables) -> np.ndar
 
 
 def ip_forward(h: IpHeaders, nh: np.ndarray, in_port: np.ndarray, t: Tables,
-               code: np.ndarray) -> np.ndarray:
-    """Decide the fate of packets routed to a unicast next hop; return egress ports."""
+               code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decide the fate of packets routed to a unicast next hop; return each packet's
+    egress port and next hop's MAC (mac48; meaningful where forwarded)."""
     egress = t.nh_port[nh]
     plain = h.plain & (h.ttl > 1) & (egress != in_port)
     h.plain = plain
-    if not plain.all():
+    all_plain = np.count_nonzero(plain) == len(plain)
+    if not all_plain:
         odd = np.flatnonzero(~plain & (code == 0))
+        # every check but the neighbour's, which neigh_output makes for what is left
         code[odd] = forward_checks(h.pkt_type[odd], h.ttl[odd], h.tot_len[odd],
-                                   h.frag_off[odd], h.saddr[odd], nh[odd], in_port[odd], t)
-    return egress
+                                   h.frag_off[odd], h.saddr[odd], nh[odd], in_port[odd], t,
+                                   resolved=np.ones(len(odd), dtype=bool))
+    return egress, neigh_output(h, nh, egress, t, code, all_plain)
+
+
+def next_hop_addr(daddr: np.ndarray, nh: np.ndarray, flags: np.ndarray,
+                  t: Tables) -> np.ndarray:
+    """The address to resolve (`rt_nexthop`): the gateway of a gateway route, else the
+    destination itself."""
+    gateway = flags & NHF_GATEWAY
+    if not np.count_nonzero(gateway):  # connected routes only
+        return daddr
+    return np.where(gateway, t.nh_gw[nh], daddr)  # type: ignore[index]
+
+
+def neigh_output(h: IpHeaders, nh: np.ndarray, egress: np.ndarray, t: Tables,
+                 code: np.ndarray, all_plain: bool) -> np.ndarray:
+    """Each packet's next-hop MAC, for the packets every other check let through
+    (code 0), as `ip_finish_output2` looks the neighbour up last: a static
+    neighbour's MAC is in its next-hop row; rows without NHF_RESOLVED ask `t.neigh`,
+    the whole batch at once when it is all plain (a LAN of hosts learned by ARP),
+    else only the packets still to be forwarded, so nothing is looked up, or cached,
+    for a packet that is dropped anyway (a port that is down, say). A packet whose
+    neighbour is not known goes to the slow path (neigh_unresolved)."""
+    mac = t.nh_mac48[nh]
+    # every next hop carries its MAC (a row without NHF_RESOLVED holds 0): one count,
+    # which costs a third of an .all()
+    if np.count_nonzero(mac) == len(mac):
+        return mac
+    flags = t.nh_flags[nh]
+    resolved = flags & NHF_RESOLVED
+    if all_plain and t.neigh is not None and not np.count_nonzero(resolved):
+        ok, mac = t.neigh.resolve(next_hop_addr(h.daddr, nh, flags, t), egress)
+        if np.count_nonzero(ok) < len(ok):
+            code[~ok] = slow(Slow.neigh_unresolved)
+            h.plain = ok
+        return mac
+    rows = np.flatnonzero((resolved == 0) & (code == 0))
+    if len(rows):
+        ok = np.zeros(len(rows), dtype=bool)
+        if t.neigh is not None:
+            ok, mac[rows] = t.neigh.resolve(
+                next_hop_addr(h.daddr[rows], nh[rows], flags[rows], t), egress[rows])
+        code[rows[~ok]] = slow(Slow.neigh_unresolved)
+        h.plain[rows[~ok]] = False
+    return mac
 
 
 def forward_checks(pkt_type: np.ndarray, ttl: np.ndarray, tot_len: np.ndarray,
                    frag_off: np.ndarray, saddr: np.ndarray, nh: np.ndarray,
-                   in_port: np.ndarray, t: Tables) -> np.ndarray:
+                   in_port: np.ndarray, t: Tables,
+                   resolved: np.ndarray | None = None) -> np.ndarray:
     """`ip_forward`'s decisions, in its order, for packets routed to a unicast next hop
-    that were not plain (and for the slow path's own packets)."""
+    that were not plain (and for the slow path's own packets), then the neighbour's:
+    `resolved` says whether each packet's neighbour is known (default: its next-hop
+    row carries the MAC; the fast path passes all True and resolves afterwards)."""
     egress = t.nh_port[nh]
-    resolved = (t.nh_flags[nh] & NHF_RESOLVED) != 0
+    if resolved is None:
+        resolved = (t.nh_flags[nh] & NHF_RESOLVED) != 0
     too_big = tot_len > t.port_mtu[egress]
     redirect = np.zeros(len(nh), dtype=bool)
     back = np.flatnonzero(egress == in_port)
@@ -69,13 +124,14 @@ def forward_checks(pkt_type: np.ndarray, ttl: np.ndarray, tot_len: np.ndarray,
     ], len(nh))
 
 
-def rewrite(hdr: np.ndarray, nh: np.ndarray, egress: np.ndarray, t: Tables) -> None:
-    """TTL - 1, checksum update and Ethernet addresses for every row of `hdr`, in place,
-    through column views: bytes 0..7 (destination MAC and the source's first two
-    bytes) as one 64-bit word, 8..11 (the source's last four) as a 32-bit one, the TTL
-    at byte 22 and the checksum at 24..25 read little-endian."""
+def rewrite(hdr: np.ndarray, mac: np.ndarray, egress: np.ndarray, t: Tables) -> None:
+    """TTL - 1, checksum update and Ethernet addresses (destination `mac`, mac48) for
+    every row of `hdr`, in place, through column views: bytes 0..7 (destination MAC
+    and the source's first two bytes) as one 64-bit word, 8..11 (the source's last
+    four) as a 32-bit one, the TTL at byte 22 and the checksum at 24..25 read
+    little-endian."""
     src = t.port_mac48[egress]
-    hdr[:, 0:8].view("<u8")[:, 0] = t.nh_mac48[nh] | (src << np.uint64(48))
+    hdr[:, 0:8].view("<u8")[:, 0] = mac | (src << np.uint64(48))
     hdr[:, 8:12].view("<u4")[:, 0] = src >> np.uint64(16)
     hdr[:, 22] -= 1
     check = hdr[:, 24:26].view("<u2")[:, 0]

@@ -12,9 +12,10 @@ routes them again after `ip_rcv_options`.
 
 Plain packets: source and destination whose first octet is none of 0, 127,
 224-239 and 255, a source that is not ours, not a fragment that must be
-reassembled, and a route to a unicast next hop whose MAC is known and whose MTU
-the packet fits (`nh_mtu`, which the control plane keeps 0 for any other next hop,
-so one compare stands for all three).
+reassembled, and a route to a unicast next hop on a port that is up whose MTU the
+packet fits (`nh_mtu`, which the control plane keeps 0 for any other next hop, so
+one compare stands for all three). Whether the next hop's MAC is known is decided
+last, in forward.py's `neigh_output`, as the kernel resolves the neighbour last.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def select_multipath(nh: np.ndarray, saddr: np.ndarray, daddr: np.ndarray,
     """Replace ECMP group indexes by one member each, by hash threshold (RFC 2992, as
     `fib_select_multipath`: member k owns hash range [k, k+1) * 2^31 / n)."""
     n = t.nh_group_n[nh]
-    if n.any():  # group_n is 0 for every row that is not a group
+    if np.count_nonzero(n):  # group_n is 0 for every row that is not a group
         multi = np.flatnonzero(n > 1)
         k = (flow_hash(saddr[multi], daddr[multi]) * n[multi]) >> np.uint64(31)
         nh = nh.copy()
@@ -93,7 +94,7 @@ def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
     if t.reassemble_transit:
         plain &= ~fragment
     h.plain = plain
-    if not plain.all():
+    if np.count_nonzero(plain) < len(plain):
         odd = np.flatnonzero(~plain & (code == 0))
         code[odd] = route_checks(h.saddr[odd], h.daddr[odd], h.ihl[odd], fragment[odd],
                                  h.pkt_type[odd], t.nh_type[nh[odd]], source_local[odd],

@@ -51,6 +51,7 @@ PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_dr
 CTL_STOP = 0  # 1: finish what is queued and exit
 CTL_PORT_UP = 1  # bit mask of ports that are up
 CTL_NH_GEN = 2  # bumped when next hops change or a port goes down (flush caches)
+CTL_NEIGH_GEN = 3  # bumped when a usable neighbour entry changes or goes (see shm/neigh.py)
 
 # Per-agent state words
 ST_PID = 0
@@ -68,6 +69,9 @@ class Geometry:
     bufsize: int = 2048
     ring_size: int = 4096
     max_nexthops: int = 65536
+    # neighbour entries the shared table holds at most (see shm/neigh.py: the kernel's
+    # default hard limit, gc_thresh3, is 1024 per table); it has twice as many slots
+    neigh_capacity: int = 4096
     # pool partitions (start, end) per agent; agents with no allocations get (0, 0)
     partitions: tuple[tuple[int, int], ...] = ()
 
@@ -84,13 +88,21 @@ class Geometry:
 
     @staticmethod
     def new(nports: int, nworkers: int, *, nbufs: int = 32768, bufsize: int = 2048,
-            ring_size: int = 4096, io_share: float = 0.75) -> Geometry:
-        """Partition the pool between the I/O agent and the slow-path worker."""
+            ring_size: int = 4096, io_share: float = 0.75,
+            neigh_capacity: int = 4096, workers_receive: bool = False) -> Geometry:
+        """Partition the pool between the receivers and the slow-path worker. Receivers:
+        the I/O agent (pcap ports), or with `workers_receive` (live ports, where each
+        worker reads its own queues) each worker, an equal share of `io_share`."""
         name = f"fwd-{os.getpid()}-{secrets.token_hex(3)}"
         io_end = int(nbufs * io_share)
-        parts = [(0, io_end)] + [(0, 0)] * nworkers + [(io_end, nbufs)]
+        if workers_receive:
+            share = io_end // nworkers
+            parts = [(0, 0)] + [(w * share, (w + 1) * share) for w in range(nworkers)]
+            parts.append((nworkers * share, nbufs))
+        else:
+            parts = [(0, io_end)] + [(0, 0)] * nworkers + [(io_end, nbufs)]
         return Geometry(name, nports, nworkers, nbufs, bufsize, ring_size,
-                        partitions=tuple(parts))
+                        neigh_capacity=neigh_capacity, partitions=tuple(parts))
 
 
 def engine_layout(g: Geometry) -> Layout:
@@ -123,10 +135,25 @@ def engine_layout(g: Geometry) -> Layout:
         Field("nh.group_n", u1, (g.max_nexthops,)),
         Field("nhg.members", u4, (g.max_nexthops,)),
         Field("nh.mac", u1, (g.max_nexthops, 8)),
+        # the neighbour table (shm/neigh.py): open addressing keyed by IPv4 address,
+        # one seqlock sequence number per slot for lock-free readers
+        Field("neigh.seq", u4, (neigh_slots(g),)),
+        Field("neigh.ip", u4, (neigh_slots(g),)),
+        Field("neigh.port", u2, (neigh_slots(g),)),
+        Field("neigh.state", u1, (neigh_slots(g),)),  # Nud; 0 (NONE) in a free slot
+        Field("neigh.used", u1, (neigh_slots(g),)),  # 1: the slot holds an entry
+        Field("neigh.mac", u8, (neigh_slots(g),)),  # mac48, byte 0 lowest
+        Field("neigh.updated", i8, (neigh_slots(g),)),  # ns of the last state change
     ]
     for name, size in ring_specs(g):
         fields += ring_fields(name, size)
     return Layout(fields)
+
+
+def neigh_slots(g: Geometry) -> int:
+    """Slots of the neighbour table: a power of two at least twice its capacity, so
+    that the table is never more than half full (short probe windows)."""
+    return 1 << max(4, (2 * g.neigh_capacity - 1).bit_length())
 
 
 def ring_specs(g: Geometry) -> list[tuple[str, int]]:
@@ -178,6 +205,13 @@ class EngineMemory:
         self.nh_group_n = v["nh.group_n"]
         self.nhg_members = v["nhg.members"]
         self.nh_mac = v["nh.mac"]
+        self.neigh_seq = v["neigh.seq"]
+        self.neigh_ip = v["neigh.ip"]
+        self.neigh_port = v["neigh.port"]
+        self.neigh_state = v["neigh.state"]
+        self.neigh_used = v["neigh.used"]
+        self.neigh_mac = v["neigh.mac"]
+        self.neigh_updated = v["neigh.updated"]
         self.rings = {name: Ring(name, v) for name, _ in ring_specs(geometry)}
         self._part_starts = np.array([s if e > s else np.iinfo(np.int64).max
                                       for s, e in geometry.partitions], dtype=np.int64)
@@ -202,7 +236,9 @@ class EngineMemory:
         self._views.clear()
         for attr in ("ctl", "state", "counters", "port_counters", "data", "words", "length", "port",
                      "ts", "seq", "code", "port_mac", "port_mtu", "nh_type", "nh_flags", "nh_port",
-                     "nh_gw", "nh_mtu", "nh_group", "nh_group_n", "nhg_members", "nh_mac"):
+                     "nh_gw", "nh_mtu", "nh_group", "nh_group_n", "nhg_members", "nh_mac",
+                     "neigh_seq", "neigh_ip", "neigh_port", "neigh_state", "neigh_used",
+                     "neigh_mac", "neigh_updated"):
             setattr(self, attr, None)
         self.rings = {}
         try:
