@@ -2,8 +2,8 @@
 
 Each process (the I/O agent, every forwarding worker, the slow-path worker) owns one
 row of uint64 counters in shared memory and is its only writer; readers sum the rows.
-A row is laid out as [Snmp | Drop | Slow | Misc | SlowDrop | Icmp | Udp | Tcp | Unsent]:
-`index(enum_member)` gives the column.
+A row is laid out as [Snmp | Drop | Slow | Misc | SlowDrop | Icmp | Udp | Tcp | Unsent |
+Arp]: `index(enum_member)` gives the column.
 
 `Drop` reasons are also the fast path's verdict codes (1..31, see verdict.py), so the
 slow path's own endings have a section of their own, `SlowDrop`; where the slow path
@@ -50,7 +50,7 @@ class Drop(IntEnum):
 
     none = 0  # not dropped (placeholder so that 0 means "no verdict yet")
     otherhost = 1  # L2 destination is not ours (PACKET_OTHERHOST)
-    not_ipv4 = 2  # ethertype is not IPv4 (ARP arrives with the live-ports work)
+    not_ipv4 = 2  # ethertype neither IPv4 nor ARP (ARP to us goes to the slow path: Slow.arp)
     hdr_too_short = 3  # frame shorter than an IPv4 header or than IHL*4
     bad_version = 4
     bad_ihl = 5  # IHL < 5
@@ -84,12 +84,15 @@ class Slow(IntEnum):
     options = 9  # IHL > 5: IP options processing
     redirect = 10  # egress == ingress: forward and send ICMP redirect
     neigh_unresolved = 11  # next hop has no MAC yet: ARP
+    # an ARP frame (ethertype 0x0806) for our MAC or broadcast (`arp_rcv`); not an IP
+    # packet, so it counts in no Ip: counter
+    arp = 12
 
 
 class Misc(IntEnum):
     rx_frames = 0  # frames this agent took in (workers: from their rx queues)
     forwarded = 1  # frames the fast path forwarded
-    delivered = 2  # packets delivered locally
+    delivered = 2  # packets delivered locally (ARP frames taken by the slow path too)
     to_slowpath = 3  # frames handed to the slow path
     dropped = 4  # frames dropped (sum of the Drop columns)
     batches = 5
@@ -99,7 +102,8 @@ class Misc(IntEnum):
     # the slow path's reassembly, for its accounting equation (see stats.py)
     reassembled = 9  # datagrams made out of fragments (each a new packet to route)
     merged = 10  # fragments that went into those datagrams
-    held = 11  # fragments waiting in reassembly queues now (a level, not a count)
+    held = 11  # waiting now (a level, not a count): fragments in reassembly queues and
+    #            packets in hold queues for their next hop's MAC (ARP)
 
 
 class SlowDrop(IntEnum):
@@ -118,7 +122,7 @@ class SlowDrop(IntEnum):
     srr_not_host = 8  # ip_options_rcv_srr: source route in a frame not for our MAC
     srr_route = 9  # ip_options_rcv_srr: a hop that is neither local nor unicast
     unknown_protocol = 10  # ip_local_deliver_finish: no handler (ICMP 3/2)
-    neigh_unresolved = 11  # next hop has no MAC; ARP arrives with the live ports
+    neigh_table_full = 11  # no neighbour entry could be made: the table is full (ARP)
     frag_failed = 12  # ip_do_fragment refused (an MTU too small for the header)
     # fragments that left reassembly without completing (Reassembler.drops)
     reasm_malformed = 13
@@ -133,6 +137,13 @@ class SlowDrop(IntEnum):
     reasm_timeout = 22
     reasm_flush = 23  # still queued when a pcap replay ended: never timed out early
     internal_error = 24  # the worker raised on this packet (a bug: logged, never expected)
+    # ARP frames (arp_rcv, arp_process) and packets held for their next hop's MAC
+    arp_header = 25  # shorter than an Ethernet/IPv4 ARP message, or lengths not 6 and 4
+    arp_unsupported = 26  # hardware type, protocol or operation not Ethernet/IPv4 request/reply
+    arp_bad_target = 27  # the asked address is multicast or loopback
+    neigh_queue_full = 28  # the oldest of a full hold queue (unres_qlen_bytes): unres_discards
+    neigh_failed = 29  # its next hop never answered (ICMP host unreachable sent about it)
+    neigh_flush = 30  # still held when a pcap replay ended: never failed early
 
 
 class Icmp(IntEnum):
@@ -192,15 +203,38 @@ class Unsent(IntEnum):
     suppressed = 0  # icmp_send's rules (RFC 1812 4.3.2.7), or ip_options_echo refused
     ratelimited = 1  # icmp_ratelimit / ip_error's limit / redirect backoff
     no_route = 2  # no route back to the destination
-    neigh_unresolved = 3  # the route back has no MAC yet
+    neigh_table_full = 3  # no neighbour entry could be made for the route back (table full)
     port_down = 4
     no_room = 5  # the route's MTU leaves no room for a quote (icmp_send sends nothing)
     pool_empty = 6
     ring_full = 7
+    # held for the route back's next hop (ARP), then: (see SlowDrop.neigh_*)
+    neigh_queue_full = 8
+    neigh_failed = 9
+    neigh_flush = 10
+
+
+class Arp(IntEnum):
+    """ARP and the neighbour table, as the slow path keeps them: the names of
+    `/proc/net/stat/arp_cache` where the kernel counts the same thing, the ARP
+    messages by kind otherwise."""
+
+    allocs = 0  # entries made (a resolution started, a requester learned)
+    destroys = 1  # entries removed (resolution or re-confirmation failed)
+    res_failed = 2  # resolutions that failed (INCOMPLETE or PROBE to FAILED)
+    unresolved_discards = 3  # held packets dropped from a full hold queue
+    table_fulls = 4  # an entry could not be made: the table was full
+    in_requests = 5  # ARP requests taken
+    in_replies = 6  # ARP replies taken
+    out_requests = 7  # broadcast requests sent (resolving)
+    out_probes = 8  # unicast requests sent (re-confirming a known MAC)
+    out_replies = 9  # replies sent for our addresses
+    queued = 10  # packets in hold queues now, the router's own included (a level)
+    forced_gc_runs = 11  # a new entry found the table full: FAILED entries were collected
 
 
 SECTIONS: tuple[type[IntEnum], ...] = (Snmp, Drop, Slow, Misc, SlowDrop, Icmp, Udp, Tcp,
-                                       Unsent)
+                                       Unsent, Arp)
 _BASE: dict[type[IntEnum], int] = {}
 _offset = 0
 for _section in SECTIONS:

@@ -7,19 +7,22 @@ Every frame a port receives ends exactly once as forwarded, delivered, dropped
 
 and the slow path takes everything it is handed (`to_slowpath == slow_taken`). There
 every packet ends once as forwarded, delivered, dropped (a `Drop` or `SlowDrop`
-reason), held in a reassembly queue, or merged into a reassembled datagram (counted
-in fragments); each reassembled datagram is a new packet that ends once in turn:
+reason), held (in a reassembly queue, or in a hold queue until its next hop's MAC
+is known), or merged into a reassembled datagram (counted in fragments); each
+reassembled datagram is a new packet that ends once in turn:
 
     slow_taken + slow_reassembled == slow_forwarded + slow_delivered + slow_dropped
                                      + slow_held + slow_merged
 
-`Snapshot.balanced` checks all three. ICMP messages the router originates are not
-received packets: they are counted apart (Icmp: Out*, Tcp: OutRsts, Ip: OutRequests,
-`unsent`).
+`Snapshot.balanced` checks all three. An ARP frame the slow path takes ends as
+delivered (or dropped with a reason), though not to IP (no InDelivers). ICMP
+messages and ARP frames the router originates are not received packets: they are
+counted apart (Icmp: Out*, Tcp: OutRsts, Ip: OutRequests, Arp:, `unsent`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +62,9 @@ class Snapshot:
     udp: dict[str, int] = field(default_factory=dict)
     tcp: dict[str, int] = field(default_factory=dict)
     unsent: dict[str, int] = field(default_factory=dict)  # originated, not sent
+    arp: dict[str, int] = field(default_factory=dict)  # ARP and the neighbour table
+    # per port, the device's own counters (DPDK: rte_eth_stats_get, xstats as "x.NAME")
+    devices: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def fast_balanced(self) -> bool:
@@ -87,6 +93,8 @@ class Snapshot:
             "udp": {k: v for k, v in self.udp.items() if v},
             "tcp": {k: v for k, v in self.tcp.items() if v},
             "unsent": {k: v for k, v in self.unsent.items() if v},
+            "arp": {k: v for k, v in self.arp.items() if v},
+            **({"devices": self.devices} if self.devices else {}),
             "accounting": {
                 "received": self.received,
                 "forwarded": self.forwarded,
@@ -131,11 +139,28 @@ class Snapshot:
             udp=dict(d.get("udp", {})),
             tcp=dict(d.get("tcp", {})),
             unsent=dict(d.get("unsent", {})),
+            arp=dict(d.get("arp", {})),
+            devices={k: dict(v) for k, v in d.get("devices", {}).items()},
         )
+
+
+_DEVICE_STATS: dict[str, Callable[[], dict[str, dict[str, int]]]] = {}
+
+
+def register_device_stats(mem: EngineMemory,
+                          source: Callable[[], dict[str, dict[str, int]]]) -> Callable[[], None]:
+    """Have every `snapshot` of this engine (its final one, `fwd stats`) carry the
+    devices' own counters from `source` (DPDK ports: the primary reads them). Returns
+    the function that undoes it."""
+    name = mem.geometry.name
+    _DEVICE_STATS[name] = source
+    return lambda: _DEVICE_STATS.pop(name, None)  # type: ignore[func-returns-value]
 
 
 def snapshot(mem: EngineMemory, port_names: list[str]) -> Snapshot:
     g = mem.geometry
+    source = _DEVICE_STATS.get(g.name)
+    devices = source() if source is not None else {}
     rows = mem.counters.copy()
     total = summarize(rows)
     fast_agents = np.r_[0, 1 : 1 + g.nworkers]  # the I/O agent's drops count as fast ones
@@ -166,6 +191,8 @@ def snapshot(mem: EngineMemory, port_names: list[str]) -> Snapshot:
         udp=total["udp"],
         tcp=total["tcp"],
         unsent=total["unsent"],
+        arp=total["arp"],
+        devices=devices,
     )
 
 
@@ -184,11 +211,18 @@ def format_snapshot(s: Snapshot) -> str:
         lines.append("Udp: " + _nonzero(s.udp))
     if any(s.tcp.values()):
         lines.append("Tcp: " + _nonzero(s.tcp))
+    if any(s.arp.values()):
+        lines.append("Arp: " + _nonzero(s.arp))
     lines.append("drops: " + (_nonzero(s.drop) or "none"))
     lines.append("to slow path: " + (_nonzero(s.slow) or "none"))
     lines.append("slow path drops: " + (_nonzero(s.slow_drop) or "none"))
     if any(s.unsent.values()):
         lines.append("not sent (router's own): " + _nonzero(s.unsent))
+    if s.devices:
+        lines.append("device counters (DPDK rte_eth_stats):")
+        for name, c in s.devices.items():
+            basic = {k: v for k, v in c.items() if not k.startswith("x.")}
+            lines.append(f"  {name}: " + (" ".join(f"{k}={v}" for k, v in basic.items())))
     mark = "balanced" if s.balanced else "NOT BALANCED"
     lines.append(
         f"accounting: received {s.received} = forwarded {s.forwarded} + delivered "

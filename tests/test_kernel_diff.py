@@ -29,7 +29,7 @@ import time
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
 from scapy.layers.inet import fragment as scapy_fragment
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from conftest import MAC, Lab
@@ -39,6 +39,7 @@ CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SETTLE_S = 0.25  # how long the kernel gets to answer a case
+ETH_P_IP, ETH_P_ARP = b"\x08\x00", b"\x08\x06"
 HOSTS = {"p0": "h1", "p1": "h2", "p2": "h3"}
 
 
@@ -136,34 +137,36 @@ class KernelRouter:
 
     # ------------------------------------------------------------------ a case
 
-    def exchange(self, frames: list[tuple[str, bytes]]) -> tuple[list[float],
+    def exchange(self, frames: list[tuple[str, bytes]], *, settle: float = SETTLE_S,
+                 types: tuple[bytes, ...] = (ETH_P_IP,)) -> tuple[list[float],
                                                                   dict[str, list[bytes]]]:
         """Send (port, frame) from the hosts' side, in order; the times they were sent
-        (time.time()) and what the router sent on each port (IPv4 only), in order."""
+        (time.time()) and what the router sent on each port (ethertypes `types`: IPv4
+        unless told) within `settle` seconds, in order."""
         self._drain()
         sent = []
         for port, frame in frames:
             sent.append(time.time())
             self.socks[port].send(frame)
             time.sleep(0.002)
-        deadline = time.monotonic() + SETTLE_S
+        deadline = time.monotonic() + settle
         out: dict[str, list[bytes]] = {p: [] for p in self.socks}
         while (left := deadline - time.monotonic()) > 0:
             ready, _, _ = select.select(list(self.socks.values()), [], [], left)
             for port, s in self.socks.items():
                 if s in ready:
-                    out[port] += self._read(s)
+                    out[port] += self._read(s, types)
         return sent, out
 
     @staticmethod
-    def _read(s: socket.socket) -> list[bytes]:
+    def _read(s: socket.socket, types: tuple[bytes, ...] = (b"\x08\x00",)) -> list[bytes]:
         got = []
         while True:
             try:
                 data, addr = s.recvfrom(65535)
             except BlockingIOError:
                 return got
-            if addr[2] != PACKET_OUTGOING and data[12:14] == b"\x08\x00":
+            if addr[2] != PACKET_OUTGOING and data[12:14] in types:
                 got.append(data)
 
     def _drain(self) -> None:
@@ -307,4 +310,86 @@ def test_engine_answers_like_the_kernel(kernel_outputs, engine_outputs, name):
     _, got = kernel_outputs[name]
     kernel_out = {p: [norm(f) for f in frames] for p, frames in got.items()}
     ours = {p: [norm(f) for f in frames] for p, frames in engine_outputs[name].items()}
+    assert ours == kernel_out
+
+
+# ------------------------------------------------------------------ ARP
+
+ARP_HOST = ("10.0.1.77", "02:00:00:00:01:77")  # on p0, in no neighbour table
+P1_HOST = ("10.0.2.77", "02:00:00:00:02:77")  # on p1, likewise
+
+
+def who_has(mac: str, sip: str, tip: str, dst: str = "ff:ff:ff:ff:ff:ff") -> Ether:
+    return Ether(src=mac, dst=dst) / ARP(op=1, hwsrc=mac, psrc=sip, pdst=tip)
+
+
+# name: steps of (seconds of quiet first, port, frames sent back to back); what the
+# router sends is collected until the next step (the kernel's timers run meanwhile)
+ARP_CASES: dict[str, list[tuple[float, str, list[Ether]]]] = {
+    "arp_requests_for_the_router": [(1.0, "p0", [
+        who_has(ARP_HOST[1], ARP_HOST[0], "10.0.1.1"),
+        who_has(ARP_HOST[1], ARP_HOST[0], "10.0.2.1"),  # another port's address
+        who_has(ARP_HOST[1], "0.0.0.0", "10.0.1.1"),  # duplicate address detection
+        who_has(ARP_HOST[1], ARP_HOST[0], "10.0.1.50"),  # not ours: no answer
+        who_has(MAC["h1"], "10.0.1.2", "10.0.1.1", dst=MAC["p0"]),  # a static neighbour
+    ])],
+    # a next hop nobody answers for: three broadcast requests a second apart, then
+    # ICMP host unreachable about each packet held meanwhile
+    "arp_resolution_fails": [
+        (ROUTE_ERROR_QUIET_S, "p0", [h1("10.69.0.5", ttl=9, id=50) / udp(),
+                                     h1("10.69.0.5", ttl=9, id=51) / udp(30)]),
+        (4.0, "p0", [who_has(MAC["h1"], "10.0.1.2", "10.0.1.50")]),  # the clock goes on
+    ],
+    # the router's own packet (an echo reply) to a host it has no entry for: the
+    # requests say the reply's source, another port's address (arp_announce=0)
+    "arp_for_the_router_s_own_packet": [
+        (1.0, "p1", [Ether(src=P1_HOST[1], dst=MAC["p1"]) / IP(src=P1_HOST[0], dst="10.0.1.1")
+                     / ICMP(id=9, seq=1) / Raw(b"arp")]),
+        (4.0, "p1", [who_has("02:00:00:00:02:78", "10.0.2.78", "10.0.2.50")]),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def kernel_arp_outputs(kernel, kernel_outputs):
+    """Every ARP case through the kernel router (after the IPv4 ones): (send times,
+    outputs, IPv4 and ARP)."""
+    out = {}
+    for name, steps in ARP_CASES.items():
+        stamps: list[float] = []
+        got: dict[str, list[bytes]] = {p: [] for p in HOSTS}
+        for k, (quiet, port, frames) in enumerate(steps):
+            if k == 0:
+                time.sleep(quiet)
+            settle = steps[k + 1][0] if k + 1 < len(steps) else SETTLE_S
+            sent, seen = kernel.exchange([(port, bytes(f)) for f in frames], settle=settle,
+                                         types=(ETH_P_IP, ETH_P_ARP))
+            stamps += sent
+            for p, frames_out in seen.items():
+                got[p] += frames_out
+        out[name] = (stamps, got)
+    return out
+
+
+@pytest.mark.parametrize("name", list(ARP_CASES))
+def test_engine_does_arp_like_the_kernel(kernel_arp_outputs, tmp_path, name):
+    """The same frames at the same times through `fwd run` (one run per case: the
+    engine probes the neighbours it learns, which a kernel does only for the ones it
+    sends to): the same ARP replies and requests, and the same ICMP errors."""
+    stamps, got = kernel_arp_outputs[name]
+    lab = Lab(tmp_path, workers=1, batch=8)
+    with lab.config_path.open("a") as f:
+        for ip_, mac in BURST_HOSTS.items():
+            f.write(f'\n[[neighbor]]\nip = "{ip_}"\nmac = "{mac}"\nport = "p0"\n')
+    inputs: dict[str, list[Ether]] = {}
+    frames = [(port, f) for _, port, step in ARP_CASES[name] for f in step]
+    for (port, frame), t in zip(frames, stamps, strict=True):
+        e = Ether(bytes(frame))
+        e.time = t
+        inputs.setdefault(port, []).append(e)
+    stats, outputs = run_bounded(lab, inputs)
+    assert stats.balanced
+    ours = {p: [norm(bytes(f)) for f in outputs[p]] for p in HOSTS}
+    kernel_out = {p: [norm(f) for f in frames] for p, frames in got.items()}
+    assert any(kernel_out.values())  # the case made the kernel say something
     assert ours == kernel_out

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption, IPOption_NOP
 from scapy.layers.inet import fragment as scapy_fragment
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum
 
@@ -165,11 +165,14 @@ def test_ttl_1_from_a_subnet_broadcast_source_is_answered_by_broadcast(tmp_path)
     assert out["p0"] == [icmp_error(f, ICMP(type=11, code=0), eth_dst=BCAST)]
 
 
-def test_ttl_1_to_an_unresolved_source_is_not_sent_and_named(tmp_path):
+def test_ttl_1_to_an_unresolved_source_waits_for_arp_and_is_flushed_at_the_end(tmp_path):
     f = at(h2("10.0.2.2", src="10.0.2.77", ttl=1) / UDP(), 0)  # no neighbour entry
     stats, out = run(lab(tmp_path), {"p1": [f]})
-    assert out == {"p0": [], "p1": [], "p2": []}
-    assert nonzero(stats.unsent) == {"neigh_unresolved": 1}
+    # the error waits for ARP (tests/test_arp.py); the replay ends first
+    who_has = Ether(src=MAC["p1"], dst=BCAST) / ARP(op=1, hwsrc=MAC["p1"], psrc="10.0.2.1",
+                                                    pdst="10.0.2.77")
+    assert out == {"p0": [], "p1": [bytes(who_has)], "p2": []}
+    assert nonzero(stats.unsent) == {"neigh_flush": 1}
     assert nonzero(stats.slow_drop) == {"ttl_exceeded": 1}
 
 
@@ -395,11 +398,13 @@ def test_no_redirect_when_disabled(tmp_path):
     assert out["p0"] == [routed(f, "p0", "h1")]
 
 
-def test_unresolved_next_hop_is_dropped_under_its_name(tmp_path):
+def test_unresolved_next_hop_waits_for_arp_and_is_flushed_at_the_end(tmp_path):
     f = at(h1("10.0.2.77") / UDP(), 0)
     stats, out = run(lab(tmp_path), {"p0": [f]})
-    assert out == {"p0": [], "p1": [], "p2": []}
-    assert nonzero(stats.slow_drop) == {"neigh_unresolved": 1}
+    who_has = Ether(src=MAC["p1"], dst=BCAST) / ARP(op=1, hwsrc=MAC["p1"], psrc="10.0.2.1",
+                                                    pdst="10.0.2.77")
+    assert out == {"p0": [], "p1": [bytes(who_has)], "p2": []}
+    assert nonzero(stats.slow_drop) == {"neigh_flush": 1}
 
 
 # ------------------------------------------------------------------ options

@@ -35,15 +35,17 @@ def compute(words: np.ndarray) -> np.ndarray:
     return (~fold(words.sum(axis=1, dtype=np.uint32))) & 0xFFFF
 
 
-def ttl_decrement(check: np.ndarray) -> np.ndarray:
-    """New header checksum after TTL drops by one (RFC 1624 eqn. 3).
+def ttl_decrement(check: np.ndarray | int) -> np.ndarray | int:
+    """New header checksum after TTL drops by one (RFC 1624 eqn. 3), for an array of
+    them or one Python int (the slow path: numpy's per-call cost is not for one).
 
     The TTL is the high byte of the (ttl, protocol) word, so that word m becomes
     m' = m - 0x0100 and HC' = ~(~HC + ~m + m') = ~(~HC + 0xFEFF) in one's complement
     (~m + m' = 0xFFFF - 0x0100). Eqn. 3 gives the same value as a checksum computed
     from scratch, 0x0000 included, unlike the older eqn. 2.
     """
-    total = (~check.astype(np.uint32) & 0xFFFF) + 0xFEFF
+    wide = check if isinstance(check, int) else check.astype(np.uint32)
+    total = (~wide & 0xFFFF) + 0xFEFF
     return (~fold(total)) & 0xFFFF
 
 
