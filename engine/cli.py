@@ -58,8 +58,9 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
 
     With pcap ports: forward every input frame, write every port's output capture,
     print the counters and exit (with --keep-running: stay up until SIGINT/SIGTERM).
-    While it runs, `fwd stats`, `fwd route ...` and `fwd port ...` talk to it through
-    its control socket.
+    With live ports (afpacket, dpdk; needs root): forward until SIGINT/SIGTERM, then
+    drain, close the ports, print the counters and exit. While it runs, `fwd stats`,
+    `fwd route ...` and `fwd port ...` talk to it through its control socket.
     """
     from engine.io.pcap import PcapError
     from engine.stats import format_snapshot
@@ -250,3 +251,53 @@ def _route_line(r: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+# --- the namespace lab (engine/lab.py) --------------------------------------------------
+
+PREFIX_HELP = "Namespace name prefix: the lab is PREFIX-h1, PREFIX-h2 and PREFIX-r."
+
+
+@main.group()
+def lab() -> None:
+    """A namespace lab: hosts h1 and h2 with the engine between them (needs root).
+
+    \b
+    fwd lab up
+    fwd run configs/lab.toml              # in another terminal
+    ip netns exec fwdlab-h1 ping 10.0.2.2
+    fwd lab down
+    """
+
+
+@lab.command("up")
+@click.option("--prefix", default="fwdlab", show_default=True, help=PREFIX_HELP)
+@click.option("--p1-mtu", type=click.IntRange(68, 9000), metavar="MTU",
+              help="A smaller MTU on the h2 side's link (set [[port]] mtu to match).")
+def lab_up(prefix: str, p1_mtu: int | None) -> None:
+    """Build the lab's namespaces and veths."""
+    from engine.lab import HOSTS, LabError, up
+
+    try:
+        built = up(prefix, p1_mtu=p1_mtu)
+    except LabError as err:
+        click.echo(f"fwd: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"router namespace {built.router}: ports p0, p1 (no addresses, forwarding off)")
+    for host, port, address, gateway in HOSTS:
+        click.echo(f"host {built.host(host)}: eth0 {address} (link to {port}), "
+                   f"default via {gateway}")
+
+
+@lab.command("down")
+@click.option("--prefix", default="fwdlab", show_default=True, help=PREFIX_HELP)
+def lab_down(prefix: str) -> None:
+    """Remove the lab's namespaces (and their veths)."""
+    from engine.lab import LabError, down
+
+    try:
+        removed = down(prefix)
+    except LabError as err:
+        click.echo(f"fwd: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"removed {', '.join(removed)}" if removed else "no lab namespaces to remove")

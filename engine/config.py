@@ -119,6 +119,17 @@ class EngineConfig:
     workers: int = 1
     batch: int = 256
     control_socket: Path | None = None
+    netns: str | None = None  # run inside this network namespace (/run/netns/NAME)
+
+
+@dataclass(frozen=True)
+class DpdkConfig:
+    """`[dpdk]`: how the engine sets up DPDK's EAL for driver "dpdk" ports."""
+
+    eal_args: tuple[str, ...] = ()  # passed to every process's rte_eal_init
+    hugepages: str = "auto"  # on: required; off: --no-huge; auto: on if reserved
+    mode: str = "auto"  # multi-process, single-process, or auto (see engine/io/dpdk/engine.py)
+    memory_mb: int = 1024  # EAL memory (-m) without hugepages
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,7 @@ class Config:
     ipv4: Ipv4Config = field(default_factory=Ipv4Config)
     reassembly: ReassemblyConfig = field(default_factory=ReassemblyConfig)
     icmp: IcmpConfig = field(default_factory=IcmpConfig)
+    dpdk: DpdkConfig = field(default_factory=DpdkConfig)
 
     def port_index(self, name: str) -> int:
         for i, port in enumerate(self.ports):
@@ -186,8 +198,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 # --- helpers -------------------------------------------------------------------------
 
-_TOP_KEYS = ("engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp")
-_ENGINE_KEYS = ("workers", "batch", "control_socket")
+_TOP_KEYS = ("engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp", "dpdk")
+_ENGINE_KEYS = ("workers", "batch", "control_socket", "netns")
 _DRIVER_KEYS = {"pcap": ("rx", "tx"), "afpacket": ("iface",), "dpdk": ("device",)}
 _PORT_KEYS = ("name", "driver", "mac", "mtu", "addresses") + tuple(
     k for keys in _DRIVER_KEYS.values() for k in keys)
@@ -197,8 +209,16 @@ _NEIGHBOR_KEYS = ("ip", "mac", "port")
 _IPV4_KEYS = ("accept_source_route",)
 _REASSEMBLY_KEYS = ("mode", "timeout_s", "high_thresh", "low_thresh")
 _ICMP_KEYS = ("ratelimit_ms", "send_redirects")
+_DPDK_KEYS = ("eal_args", "hugepages", "mode", "memory_mb")
+DPDK_HUGEPAGES = ("auto", "on", "off")
+DPDK_MODES = ("auto", "multi-process", "single-process")
+# EAL options the engine sets itself, per process (the primary's and each worker's)
+DPDK_ENGINE_EAL = ("-l", "-c", "--lcores", "--main-lcore", "--proc-type", "--file-prefix",
+                   "--no-huge", "-m", "--socket-mem", "--no-shconf", "--in-memory",
+                   "--huge-unlink", "--vdev", "-a", "--allow", "-b", "--block")
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_NETNS = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 _CIDR = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})/(\d{1,2})")
 
@@ -404,6 +424,7 @@ class _Parser:
             ipv4=self.ipv4(_table(doc, "ipv4")),
             reassembly=self.reassembly(_table(doc, "reassembly")),
             icmp=self.icmp(_table(doc, "icmp")),
+            dpdk=self.dpdk(_table(doc, "dpdk"), ports),
         )
 
     # [engine] ---------------------------------------------------------------------
@@ -422,7 +443,12 @@ class _Parser:
                 raise _fail("engine.control_socket",
                             f"{str(sock_path)!r} is {size} bytes long; a Unix socket path "
                             f"holds at most {UNIX_PATH_MAX}")
-        return EngineConfig(workers=workers, batch=batch, control_socket=sock_path)
+        netns = _get(t, "engine", "netns", str, "a string (a network namespace name)")
+        if netns is not None and (not _NETNS.fullmatch(netns) or netns in (".", "..")):
+            raise _fail("engine.netns", f"{netns!r} is not a network namespace name "
+                        "(as `ip netns add` takes: A-Z a-z 0-9 _ . -, no '/')")
+        return EngineConfig(workers=workers, batch=batch, control_socket=sock_path,
+                            netns=netns)
 
     # [[port]] ---------------------------------------------------------------------
 
@@ -433,6 +459,13 @@ class _Parser:
             raise _fail("port", f"{len(tables)} ports configured; at most {MAX_PORTS} are "
                         f"supported (the engine's per-port arrays are sized for {MAX_PORTS})")
         ports = tuple(self.port(i, t) for i, t in enumerate(tables))
+        replay = [p.driver == "pcap" for p in ports]
+        if any(replay) and not all(replay):
+            i = replay.index(not replay[0])
+            raise _fail(_key(_key("port", i), "driver"),
+                        f"{ports[i].driver!r} cannot be mixed with {ports[0].driver!r} ports: "
+                        "pcap ports replay files and end with them, live ports run until "
+                        "a signal")
         for out, (key, value, _) in self.outputs.items():  # never clobber an input
             if out in self.inputs:
                 raise _fail(key, f"{value!r} is the input of {self.inputs[out]}; "
@@ -725,3 +758,40 @@ class _Parser:
             send_redirects=_get(t, "icmp", "send_redirects", bool, "a boolean",
                                 d.send_redirects),
         )
+
+    # [dpdk] -----------------------------------------------------------------------
+
+    def dpdk(self, t: dict[str, Any], ports: tuple[PortConfig, ...]) -> DpdkConfig:
+        from engine.io.dpdk.devices import single_process_reason
+
+        p = "dpdk"
+        _check_keys(t, p, _DPDK_KEYS)
+        d = DpdkConfig()
+        if t and not any(port.driver == "dpdk" for port in ports):
+            raise _fail(p, "applies to driver 'dpdk' ports, and this config has none")
+        args = _get(t, p, "eal_args", list, "an array of strings", [])
+        for j, arg in enumerate(args):
+            key = _key(_key(p, "eal_args"), j)
+            _expect(arg, key, str, "a string")
+            flag = arg.split("=", 1)[0]
+            if flag in DPDK_ENGINE_EAL:
+                raise _fail(key, f"{arg!r}: the engine sets {flag} itself (devices come from "
+                            "[[port]] device, memory from [dpdk] hugepages and memory_mb)")
+            if "\0" in arg:
+                raise _fail(key, f"{arg!r} contains a NUL character")
+        hugepages = _choice(t, p, "hugepages", DPDK_HUGEPAGES, default=d.hugepages)
+        mode = _choice(t, p, "mode", DPDK_MODES, default=d.mode)
+        memory = _int_in(t, p, "memory_mb", 64, 1 << 20, d.memory_mb)
+        if mode == "multi-process":
+            if hugepages == "off":
+                raise _fail(_key(p, "mode"), "'multi-process' needs hugepages (DPDK shares "
+                            "memory between processes only through hugepage files), but "
+                            "dpdk.hugepages is 'off'")
+            for i, port in enumerate(ports):
+                why = single_process_reason(port.device or "")
+                if why is not None:
+                    raise _fail(_key(p, "mode"), f"'multi-process' cannot serve port[{i}] "
+                                f"({port.device!r}): its driver {why}; use 'single-process' "
+                                "or 'auto'")
+        return DpdkConfig(eal_args=tuple(args), hugepages=hugepages, mode=mode,
+                          memory_mb=memory)

@@ -6,6 +6,12 @@ taken in all it was given, the slow path has taken in all it was handed, and eve
 ring is empty (with `keep_running`, the outputs are written then and the engine stays
 up until a signal). SIGINT/SIGTERM stop feeding and drain the same way.
 
+With live ports (AF_PACKET) the workers read and write their own queues
+(engine/io/live.py); this process only sends what the slow path queued, through
+send-only sockets, until SIGINT/SIGTERM: then the workers stop receiving, send what
+they hold and exit, the slow path drains, the sockets close. `[engine] netns` is
+entered before anything opens, so every process's sockets live in that namespace.
+
 The control socket (engine/control.py) is served from the same loop, between two
 I/O passes: the FIB and next-hop table keep a single writer thread.
 """
@@ -17,14 +23,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.config import Config
 from engine.control import Commands, ControlServer, ControlSetupError
 from engine.counters import MISC_BASE, Misc
+from engine.io.live import SenderPorts
 from engine.io.pcap_port import PcapPorts
+from engine.netns import NetnsError, netns
 from engine.routing import build_routing
 from engine.shm.fib import DEFAULT_READERS, Fib
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
@@ -57,11 +67,16 @@ def cpu_for(worker: int) -> int | None:
     return cpus[worker % len(cpus)]
 
 
-def geometry_for(cfg: Config) -> Geometry:
+def geometry_for(cfg: Config, workers_receive: bool | None = None) -> Geometry:
+    """`workers_receive`: whether each worker reads its own port queues (default: any
+    live driver; DPDK decides by its mode, see engine/io/dpdk/engine.py)."""
     max_frame = max(p.mtu for p in cfg.ports) + 14 + 4
     bufsize = max(2048, -(-max_frame // 64) * 64)
     ring = 1 << max(10, (cfg.engine.batch * 8 - 1).bit_length())
-    return Geometry.new(len(cfg.ports), cfg.engine.workers, bufsize=bufsize, ring_size=ring)
+    if workers_receive is None:
+        workers_receive = cfg.ports[0].driver != "pcap"
+    return Geometry.new(len(cfg.ports), cfg.engine.workers, bufsize=bufsize, ring_size=ring,
+                        workers_receive=workers_receive)
 
 
 def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
@@ -78,12 +93,19 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     keep_running: once the pcap input is consumed and drained, write the outputs and
     stay up (control socket included) until SIGINT/SIGTERM.
     """
-    if any(p.driver != "pcap" for p in cfg.ports):
-        raise EngineError("only pcap ports are supported by this version of the engine")
+    live = cfg.ports[0].driver != "pcap"  # config.py refuses a mix of replay and live ports
     say = log or (lambda msg: None)
     if control_socket is None:
         control_socket = cfg.engine.control_socket
-    geometry = geometry_for(cfg)
+    dpdk_plan = None
+    if cfg.ports[0].driver == "dpdk":
+        from engine.io.dpdk.engine import DpdkSetupError, plan_for
+
+        try:  # the library, hugepages and the mode, before anything is created
+            dpdk_plan = plan_for(cfg)
+        except DpdkSetupError as err:
+            raise EngineError(str(err)) from None
+    geometry = geometry_for(cfg, None if dpdk_plan is None else dpdk_plan.multi)
     stop = {"requested": False}
     old_handlers = {}
 
@@ -96,8 +118,15 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     mem: EngineMemory | None = None
     fib: Fib | None = None
     server: ControlServer | None = None
+    io: Any = None  # PcapPorts, SenderPorts, or engine.io.dpdk.engine.DpdkControl
     procs: list[tuple[mp.process.BaseProcess, int | None]] = []  # (process, FIB reader id)
+    scope = ExitStack()
     try:
+        # the workers inherit the namespace: their sockets open on its interfaces
+        try:
+            scope.enter_context(netns(cfg.engine.netns))
+        except NetnsError as err:
+            raise EngineError(str(err)) from None
         mem = EngineMemory.create(geometry)
         # one prefix per run (see no_shm_leak); reader ids: the workers, then the slow path
         fib = Fib.create(f"{geometry.name}-fib",
@@ -116,26 +145,54 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 if control_required:
                     raise EngineError(f"control socket: {err}") from None
                 say(f"fwd: running without a control socket: {err}")
-        io = PcapPorts(list(cfg.ports), list(range(len(cfg.ports))), mem, cfg.engine.batch)
+        if dpdk_plan is not None:
+            from engine.io.dpdk.engine import DpdkControl, DpdkSetupError
+            from engine.stats import register_device_stats
+
+            try:  # the DPDK primary: EAL, ports configured and started, before the workers
+                io = DpdkControl(cfg, dpdk_plan, mem, cfg.engine.batch)
+            except DpdkSetupError as err:
+                raise EngineError(str(err)) from None
+            scope.callback(register_device_stats(mem, io.device_stats))
+            say(f"fwd: {io.describe()}")
+            end_clock = None
+        elif live:
+            try:  # opened here first: a missing interface is told before any worker starts
+                io = SenderPorts(list(cfg.ports), mem, AGENT_IO, cfg.engine.batch)
+            except OSError as err:
+                raise EngineError(str(err)) from None
+            end_clock = None
+        else:
+            io = PcapPorts(list(cfg.ports), list(range(len(cfg.ports))), mem,
+                           cfg.engine.batch)
+            end_clock = last_input_ts(io)
         ctx = mp.get_context("spawn")
         for w in range(cfg.engine.workers):
             spec = WorkerSpec(geometry, fib.name, cfg, w, cfg.engine.batch, cpu_for(w))
             procs.append((ctx.Process(target=worker_main, args=(spec,),
                                       name=f"fwd-worker-{w}"), w))
         slow_spec = SlowPathSpec(geometry, fib.name, cfg, cfg.engine.batch,
-                                 cpu_for(cfg.engine.workers), end_clock_ns=last_input_ts(io))
+                                 cpu_for(cfg.engine.workers), end_clock_ns=end_clock)
         slowpath = ctx.Process(target=slowpath_main, name="fwd-slowpath", args=(slow_spec,))
         procs.append((slowpath, cfg.engine.workers))
+        mem.state[AGENT_IO, ST_PID] = os.getpid()  # workers watch it (workers/loop.py)
         for proc, _ in procs:
             proc.start()
-        mem.state[AGENT_IO, ST_PID] = os.getpid()
         wait_started(mem, procs)
+        if live:
+            where = ", ".join(p.iface or p.device or p.name for p in cfg.ports)
+            say(f"fwd: forwarding on {where}"
+                + (f" (network namespace {cfg.engine.netns})" if cfg.engine.netns else "")
+                + "; SIGINT/SIGTERM stops")
 
         idle = 0.0
         drained = False  # keep_running: input consumed, drained and written
         while True:
-            moved = 0 if stop["requested"] else io.feed()
-            moved += io.drain()
+            if live:
+                moved = io.drain()
+            else:
+                moved = 0 if stop["requested"] else io.feed()
+                moved += io.drain()
             mem.state[AGENT_IO, ST_LOOPS] += 1
             for proc, reader in procs:
                 if proc.exitcode is not None:
@@ -144,7 +201,10 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                         # slot, or tbl8 groups released from now on are never reused
                         fib.unregister_reader(reader)
                     raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
-            if (io.fed_all() or stop["requested"]) and settled(mem, io.frames_fed()):
+            if live:
+                if stop["requested"]:
+                    break
+            elif (io.fed_all() or stop["requested"]) and settled(mem, io.frames_fed()):
                 if stop["requested"] or not keep_running:
                     break
                 if not drained:
@@ -170,7 +230,10 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             else:
                 proc.join(JOIN_TIMEOUT_S)
         io.drain()
-        io.write()
+        if live:
+            io.close()  # what could not be sent now is dropped and counted
+        else:
+            io.write()
         return RunResult(snapshot(mem, [p.name for p in cfg.ports]), stop["requested"])
     finally:
         if server is not None:
@@ -182,11 +245,14 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        if io is not None and not isinstance(io, PcapPorts):
+            io.close()
         if fib is not None:
             fib.close()
             fib.unlink()
         if mem is not None:
             mem.close()
+        scope.close()
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
 
@@ -211,7 +277,7 @@ def last_input_ts(io: PcapPorts) -> int | None:
     return max(stamps) if stamps else None
 
 
-def join_draining(proc: mp.process.BaseProcess, io: PcapPorts) -> None:
+def join_draining(proc: mp.process.BaseProcess, io: Any) -> None:
     """Wait for the slow path to exit while collecting what it sends: on its way out
     it times out the reassembly queues due at the end of the capture (ICMP time
     exceeded) and flushes the rest, and it waits for TX room rather than drop."""

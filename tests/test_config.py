@@ -171,7 +171,7 @@ def test_afpacket_values() -> None:
     assert a.addresses[2] == Interface(ip("192.0.2.0"), 31)  # /31: both addresses usable
     assert b.addresses[0] == Interface(ip("198.51.100.7"), 32)
     assert cfg.routes[0].port == "veth0"
-    assert cfg.engine == EngineConfig(workers=4, batch=32)
+    assert cfg.engine == EngineConfig(workers=4, batch=32, netns="fwdlab-r")
 
 
 def test_dpdk_values() -> None:

@@ -77,3 +77,28 @@ def test_a_killed_worker_stops_the_engine_and_leaks_nothing(tmp_path):
     assert proc.returncode == 1
     assert "exited" in err
     assert no_shm_leak(proc.pid) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_workers_do_not_outlive_a_killed_control_process(tmp_path):
+    # SIGKILL leaves the control process no chance to stop anyone: the workers must
+    # notice by themselves (PR_SET_PDEATHSIG, and their parent changing)
+    lab = Lab(tmp_path, workers=2, batch=32)
+    big_input(lab, 10)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", "--keep-running",
+                             "--socket", str(tmp_path / "s"), str(lab.config_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kids = wait_for_workers(proc, 3)
+        time.sleep(0.5)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+            time.sleep(0.05)
+        alive = [k for k in kids if Path(f"/proc/{k}").exists()
+                 and Path(f"/proc/{k}/stat").read_text().split()[2] != "Z"]
+        assert alive == []
+    finally:
+        for name in no_shm_leak(proc.pid):  # a SIGKILLed owner cannot unlink: we do
+            Path("/dev/shm", name).unlink(missing_ok=True)

@@ -398,12 +398,15 @@ class AfPacketPort:
     not sent) and `tx_frames` its number of slots.
     `walker`, `copier`, `tx_mode`: the implementations compared by the benchmark;
     the defaults are the fastest measured, with a fallback if the C helper is absent.
+    `receive=False` opens the TX side only (the slow path's sender: it must not take
+    frames from the workers' fanout groups).
     """
 
     def __init__(self, iface: str, *, fanout_group: int | None = None, ring_blocks: int = 32,
                  block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 1024,
                  retire_ms: int = 1, promisc: bool = True, walker: str | None = None,
-                 copier: str | None = None, tx_mode: str | None = None):
+                 copier: str | None = None, tx_mode: str | None = None,
+                 receive: bool = True):
         self.iface = iface
         needs_c = walker in (None, "c") or copier in (None, "c") or tx_mode in (
             None, "ring", "sendmmsg")
@@ -425,6 +428,9 @@ class AfPacketPort:
         self.ring_blocks = ring_blocks
         self.frame_size = frame_size
         self.tx_frames = tx_frames
+        # per EngineMemory: C pointers to its pool arrays (see _pool_ptrs)
+        self._mem_ptrs: weakref.WeakKeyDictionary[EngineMemory, tuple[int, tuple[Any, ...]]] = (
+            weakref.WeakKeyDictionary())
         self.rx_sock: socket.socket | None = None
         self.tx_sock: socket.socket | None = None
         self._rx_map: mmap.mmap | None = None
@@ -440,7 +446,8 @@ class AfPacketPort:
             raise AfPacketError(errno.ENODEV, f"AF_PACKET port {iface!r}: no such interface"
                                 ) from e
         try:
-            self._open_rx(fanout_group, retire_ms, promisc)
+            if receive:
+                self._open_rx(fanout_group, retire_ms, promisc)
             self._open_tx()
         except BaseException:
             self.close()
@@ -510,8 +517,6 @@ class AfPacketPort:
         # C pointers to arrays that live as long as we do: computing one from numpy
         # (`.ctypes.data`) costs more than the C call it is passed to
         self._wp: dict[str, Any] = {}
-        self._mem_ptrs: weakref.WeakKeyDictionary[EngineMemory, tuple[int, tuple[Any, ...]]] = (
-            weakref.WeakKeyDictionary())
         if self._lib is not None:
             ffi, w = self._lib.ffi, self._walk
             self._wp = {"off": _ptr(ffi, w.off, "int64_t *"),

@@ -4,24 +4,30 @@ Worker *w* owns RX queue *w* and TX queue *w* of every port. Each pass it takes 
 burst from each of its RX rings, gathers the header rows from the buffer pool, runs
 `fast_path`, scatters the rewritten bytes back, and hands buffers on by index: to
 the egress port's TX ring, to the slow-path ring, or back to their owner (drops).
+Next hops without a MAC are resolved through the worker's own neighbour cache in
+front of the shared neighbour table, flushed when a shared generation word moves
+(see `Forwarder`).
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from engine.config import Config
 from engine.counters import MISC_BASE, Drop, Misc
+from engine.io.live import WorkerPorts, worker_ports
 from engine.pipeline.fastpath import count, fast_path
+from engine.pipeline.neigh import NeighCache
 from engine.pipeline.rcv import HDR_BYTES
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
-from engine.shm.memory import CTL_NH_GEN, EngineMemory, Geometry
+from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
+from engine.shm.neigh import NeighbourTable
 from engine.shm.pool import Buffers
 from engine.workers.loop import pin, poll_loop
 
@@ -48,12 +54,17 @@ class Forwarder:
     worker index): every pass ends with `fib.quiescent`, idle passes included, so
     that the control process can reuse tbl8 groups it released (see fib.py).
 
-    `caches` are this worker's own caches of resolved destinations (the per-CPU
-    uncached route list): each is cleared before the next batch once the control
-    process moves `CTL_NH_GEN` (a port went down or up, next hops changed)."""
+    The worker keeps its own caches of resolved destinations that are not plain FIB
+    entries, the kernel's per-CPU `rt_uncached_list`, in its own memory: `neigh`, the
+    neighbour cache the fast path resolves next-hop MACs through (pipeline/neigh.py,
+    put in front of the shared neighbour table of `tables.neigh`), and any others in
+    `caches` (objects with clear()). All of them are cleared before the next batch
+    once `CTL_NH_GEN` (a port went down or up, next hops changed: the control
+    process) or `CTL_NEIGH_GEN` (a neighbour entry changed or went: the slow path's
+    ARP) moves: two loads of shared words per pass, no lock, no message."""
 
     def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int,
-                 fib: Any = None):
+                 fib: Any = None, ports: WorkerPorts | None = None):
         g = mem.geometry
         self.mem = mem
         self.tables = tables
@@ -66,12 +77,22 @@ class Forwarder:
         self.buffers = Buffers(mem, self.agent)
         self.counters = mem.counters[self.agent]
         self.fib = fib
-        self.caches: list[Any] = []  # objects with clear(); none are built yet
+        # live ports: this worker's own queue on each (else the pcap agent fills our
+        # RX rings and empties our TX rings)
+        self.ports = ports
+        self.neigh: NeighCache | None = None
+        if isinstance(tables.neigh, NeighbourTable):
+            self.neigh = NeighCache(tables.neigh)
+            self.tables = replace(tables, neigh=self.neigh)
+        self.caches: list[Any] = []  # more objects with clear() (PMTU, redirects: to come)
         self.nh_gen = int(mem.ctl[CTL_NH_GEN])
+        self.neigh_gen = int(mem.ctl[CTL_NEIGH_GEN])
         self.flushes = 0
 
     def flush(self) -> None:
         """Forget every cached resolution (the kernel's rt_flush_dev / rt_genid bump)."""
+        if self.neigh is not None:
+            self.neigh.clear()
         for cache in self.caches:
             cache.clear()
         self.flushes += 1
@@ -125,23 +146,36 @@ class Forwarder:
 
     def poll(self) -> int:
         """One pass over this worker's RX rings; returns packets handled."""
-        gen = int(self.mem.ctl[CTL_NH_GEN])
-        if gen != self.nh_gen:  # one shared load per pass: no lock, no message
+        ctl = self.mem.ctl
+        nh_gen, neigh_gen = int(ctl[CTL_NH_GEN]), int(ctl[CTL_NEIGH_GEN])
+        if nh_gen != self.nh_gen or neigh_gen != self.neigh_gen:  # no lock, no message
             self.flush()
-            self.nh_gen = gen
+            self.nh_gen, self.neigh_gen = nh_gen, neigh_gen
         handled = 0
-        for ring in self.rx:
-            idx = ring.dequeue(self.batch)
-            if len(idx):
-                self.process(idx)
-                handled += len(idx)
+        if self.ports is None:
+            for ring in self.rx:
+                idx = ring.dequeue(self.batch)
+                if len(idx):
+                    self.process(idx)
+                    handled += len(idx)
+        else:
+            if not self.mem.ctl[CTL_STOP]:  # stopping: take nothing more in, send the rest
+                for p in range(len(self.rx)):
+                    idx = self.ports.receive(p, self.batch)
+                    if len(idx):
+                        self.process(idx)
+                        handled += len(idx)
+            handled += self.ports.send()
         if self.fib is not None:
             # no table reference survives this point: tell the writer so
             self.fib.quiescent(self.worker)
         return handled
 
     def run(self) -> None:
-        poll_loop(self.mem, self.agent, self.poll, self.rx)
+        if self.ports is None:
+            poll_loop(self.mem, self.agent, self.poll, self.rx)
+        else:
+            poll_loop(self.mem, self.agent, self.poll, self.tx, wait=self.ports.wait)
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -153,9 +187,13 @@ def worker_main(spec: WorkerSpec) -> None:
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
     fib = Fib.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
+    ports = None
     try:
+        ports = worker_ports(spec.config, mem, spec.worker, spec.batch, spec.cpu)
         Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker, spec.batch,
-                  fib=fib).run()
+                  fib=fib, ports=ports).run()
     finally:
+        if ports is not None:
+            ports.close()
         fib.close()
         mem.close()

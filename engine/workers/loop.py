@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import signal
 import time
 from collections.abc import Callable
 
-from engine.shm.memory import CTL_STOP, ST_IDLE, ST_LOOPS, ST_PID, EngineMemory
+from engine.shm.memory import AGENT_IO, CTL_STOP, ST_IDLE, ST_LOOPS, ST_PID, EngineMemory
 from engine.shm.ring import Ring
 
 MAX_IDLE_SLEEP = 0.001
+PR_SET_PDEATHSIG = 1
 
 
 def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
-              inputs: list[Ring]) -> None:
+              inputs: list[Ring], wait: Callable[[float], None] | None = None) -> None:
     """Call `poll` until the control process asks to stop and `inputs` are drained.
 
     Busy while there is work; when a pass finds nothing, sleep with exponential
     back-off up to 1 ms, since replays and quiet links share the machine's cores.
+    `wait(timeout_s)`, when given, is that sleep (live ports: until a frame arrives).
     """
     mem.state[agent, ST_PID] = os.getpid()
+    # the control process writes its pid before it starts anyone (0: a test drives us)
+    parent = int(mem.state[AGENT_IO, ST_PID])
+    die_with_parent()  # from now on its death is a SIGTERM; before, getppid() tells
     idle_sleep = 0.0
     while True:
         handled = poll()
@@ -31,8 +39,24 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
         mem.state[agent, ST_IDLE] = 1
         if mem.ctl[CTL_STOP] and all(r.count() == 0 for r in inputs):
             return
+        if parent and os.getppid() != parent:  # the control process is gone (SIGKILL)
+            return
         idle_sleep = min(MAX_IDLE_SLEEP, idle_sleep * 2 or 0.00005)
-        time.sleep(idle_sleep)
+        if wait is None:
+            time.sleep(idle_sleep)
+        else:
+            wait(idle_sleep)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the control process dies (PR_SET_PDEATHSIG):
+    a SIGKILLed control process cannot stop its workers, and a worker left polling
+    a live port would go on taking frames (and a CPU) for nobody."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the getppid() check in poll_loop stays
+        pass
 
 
 def pin(cpu: int | None) -> None:

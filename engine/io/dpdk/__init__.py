@@ -152,12 +152,13 @@ class Dpdk:
                             f"{name!r}")
         return int(pid[0])
 
-    def port(self, device: str, nqueues: int = 1, *, mac: str | bytes | None = None,
-             mtu: int | None = None, nrxd: int = 1024, ntxd: int = 1024,
-             promiscuous: bool = True, rx_offloads: int = 0) -> DpdkPort:
-        """Configure and start a port (primary), or attach to a started one (secondary)."""
-        p = DpdkPort(self, device, nqueues, mac=mac, mtu=mtu, nrxd=nrxd, ntxd=ntxd,
-                     promiscuous=promiscuous, rx_offloads=rx_offloads)
+    def port(self, device: str, nqueues: int = 1, *, tx_queues: int | None = None,
+             mac: str | bytes | None = None, mtu: int | None = None, nrxd: int = 1024,
+             ntxd: int = 1024, promiscuous: bool = True, rx_offloads: int = 0) -> DpdkPort:
+        """Configure and start a port (primary), or attach to a started one (secondary).
+        `nqueues` RX queues and `tx_queues` (default: as many) TX queues."""
+        p = DpdkPort(self, device, nqueues, tx_queues=tx_queues, mac=mac, mtu=mtu, nrxd=nrxd,
+                     ntxd=ntxd, promiscuous=promiscuous, rx_offloads=rx_offloads)
         self.ports.append(p)
         return p
 
@@ -181,10 +182,12 @@ class Dpdk:
 
 
 class DpdkPort:
-    """One ethdev with `nqueues` RX/TX queue pairs; queue q belongs to worker q."""
+    """One ethdev with `nqueues` RX/TX queue pairs (plus TX queues up to `tx_queues`);
+    queue q belongs to worker q."""
 
     def __init__(self, dpdk: Dpdk, device: str, nqueues: int = 1, *,
-                 mac: str | bytes | None = None, mtu: int | None = None, nrxd: int = 1024,
+                 tx_queues: int | None = None, mac: str | bytes | None = None,
+                 mtu: int | None = None, nrxd: int = 1024,
                  ntxd: int = 1024, promiscuous: bool = True, rx_offloads: int = 0):
         self.dpdk = dpdk
         ffi, lib = dpdk.ffi, dpdk.lib
@@ -193,8 +196,10 @@ class DpdkPort:
         self.name = device.split(",", 1)[0]
         self.id = dpdk.port_id(device)
         self.nqueues = nqueues
+        self.tx_queues = nqueues if tx_queues is None else tx_queues
         # 68: IPv4's minimum MTU (RFC 791); not every PMD enforces a lower bound itself
-        if not 0 < nqueues <= 0xFFFF or (mtu is not None and not 68 <= mtu <= 0xFFFF):
+        if (not 0 < nqueues <= 0xFFFF or not 0 < self.tx_queues <= 0xFFFF
+                or (mtu is not None and not 68 <= mtu <= 0xFFFF)):
             raise DpdkError(f"DPDK device {self.name!r}: {nqueues} queue pair(s), MTU {mtu} "
                             "out of range")
         info = ffi.new("struct fwd_port_info *")
@@ -203,7 +208,8 @@ class DpdkPort:
             what = "rte_eth_dev_info_get"
         else:
             mac_c = ffi.new("uint8_t[6]", parse_mac(mac)) if mac is not None else ffi.NULL
-            ret = lib.fwd_port_setup(self.id, nqueues, nrxd, ntxd, dpdk.pool, mac_c, mtu or 0,
+            ret = lib.fwd_port_setup(self.id, nqueues, self.tx_queues, nrxd, ntxd, dpdk.pool,
+                                     mac_c, mtu or 0,
                                      lib.FWD_RSS_IPV4, rx_offloads, int(promiscuous), info)
             what = "port setup (configure, queue setup, start)"
         if ret != 0:

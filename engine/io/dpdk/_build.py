@@ -87,8 +87,8 @@ unsigned int rte_mempool_avail_count(const struct rte_mempool *mp);
 int rte_dev_probe(const char *devargs);
 int rte_eth_dev_get_port_by_name(const char *name, uint16_t *port_id);
 uint16_t rte_eth_dev_count_avail(void);
-int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t ntxd,
-                   struct rte_mempool *mp, const uint8_t *mac, uint16_t mtu,
+int fwd_port_setup(uint16_t port, uint16_t nrxq, uint16_t ntxq, uint16_t nrxd,
+                   uint16_t ntxd, struct rte_mempool *mp, const uint8_t *mac, uint16_t mtu,
                    uint64_t rss_hf, uint64_t rx_offloads, int promiscuous,
                    struct fwd_port_info *info);
 int fwd_port_info(uint16_t port, struct fwd_port_info *info);
@@ -193,11 +193,12 @@ static int fwd_port_info(uint16_t port, struct fwd_port_info *info)
     return 0;
 }
 
-/* Configure nq RX/TX queue pairs, RSS and offloads limited to what the device can do
+/* Configure nrxq RX and ntxq TX queues (the engine: one pair per worker plus a TX
+   queue of the slow path's own), RSS and offloads limited to what the device can do
    (vdevs have neither RSS nor checksum offloads; asking for them fails the configure),
    MAC and MTU as asked, and start the port. Returns 0 or -errno. */
-static int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t ntxd,
-                          struct rte_mempool *mp, const uint8_t *mac, uint16_t mtu,
+static int fwd_port_setup(uint16_t port, uint16_t nrxq, uint16_t ntxq, uint16_t nrxd,
+                          uint16_t ntxd, struct rte_mempool *mp, const uint8_t *mac, uint16_t mtu,
                           uint64_t rss_hf, uint64_t rx_offloads, int promiscuous,
                           struct fwd_port_info *info)
 {
@@ -210,12 +211,12 @@ static int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t nt
     ret = rte_eth_dev_info_get(port, &dev);
     if (ret != 0)
         return ret;
-    if (nq == 0 || nq > dev.max_rx_queues || nq > dev.max_tx_queues)
+    if (nrxq == 0 || ntxq == 0 || nrxq > dev.max_rx_queues || ntxq > dev.max_tx_queues)
         return -EINVAL;
 
     memset(&conf, 0, sizeof(conf));
     rss_hf &= dev.flow_type_rss_offloads;
-    if (nq > 1 && rss_hf != 0) {
+    if (nrxq > 1 && rss_hf != 0) {
         conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
         if (dev.hash_key_size == sizeof(fwd_rss_key)) {
@@ -230,7 +231,7 @@ static int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t nt
     if (mtu != 0)
         conf.rxmode.mtu = mtu;
 
-    ret = rte_eth_dev_configure(port, nq, nq, &conf);
+    ret = rte_eth_dev_configure(port, nrxq, ntxq, &conf);
     if (ret != 0)
         return ret;
     ret = rte_eth_dev_adjust_nb_rx_tx_desc(port, &nrxd, &ntxd);
@@ -239,10 +240,12 @@ static int fwd_port_setup(uint16_t port, uint16_t nq, uint16_t nrxd, uint16_t nt
     socket = rte_eth_dev_socket_id(port);
     if (socket < 0)
         socket = (int)rte_socket_id();
-    for (q = 0; q < nq; q++) {
+    for (q = 0; q < nrxq; q++) {
         ret = rte_eth_rx_queue_setup(port, q, nrxd, socket, NULL, mp);
         if (ret != 0)
             return ret;
+    }
+    for (q = 0; q < ntxq; q++) {
         ret = rte_eth_tx_queue_setup(port, q, ntxd, socket, NULL);
         if (ret != 0)
             return ret;

@@ -1,0 +1,246 @@
+"""Live ports: how the engine's processes use AF_PACKET (and DPDK) ports.
+
+With pcap ports one agent (the control process) feeds every worker's RX rings and
+collects every TX ring. Live ports have no such agent in the data path: as a NIC's
+queues would be, each forwarding worker owns its own queue on every port —
+
+- `WorkerPorts`: receives a burst per port straight into the worker's pool
+  partition, and sends what the fast path queued on the worker's own `tx.<p>.<w>`
+  rings (the worker is then both producer and consumer of those rings);
+- `SenderPorts`: the control process sends what the slow path queued on
+  `slowtx.<p>` through send-only sockets (never in a fanout group, so they take no
+  frame away from the workers).
+
+Frames a driver cannot take now (every TX slot in flight) wait in a short per-port
+backlog and go first on the next pass; past `BACKLOG_BURSTS` bursts the oldest are
+dropped and counted in the port's `tx_drops`, as a full qdisc would (the packets were
+already counted as forwarded, which the kernel also does before `dev_queue_xmit`).
+"""
+
+from __future__ import annotations
+
+import select
+import zlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.config import Config, PortConfig
+from engine.counters import MISC_BASE, Misc
+from engine.shm.memory import (
+    PORT_COUNTER_NAMES,
+    EngineMemory,
+)
+from engine.shm.pool import Buffers
+from engine.shm.ring import Ring
+
+RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES, RX_DROPS, TX_DROPS = (
+    PORT_COUNTER_NAMES.index(n) for n in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
+                                          "rx_drops", "tx_drops"))
+BACKLOG_BURSTS = 4  # bursts a port may hold back while its TX ring is busy
+KERNEL_STATS_EVERY = 1024  # passes between two reads of the kernel's per-socket drops
+
+
+class LivePort(Protocol):
+    """What the engine asks of a live port driver (engine/io/afpacket.py, engine/io/dpdk)."""
+
+    def rx_burst(self, buffers: Buffers, mem: EngineMemory, port: int,
+                 max_frames: int) -> np.ndarray: ...
+
+    def tx_burst(self, mem: EngineMemory, idx: np.ndarray) -> int: ...
+
+    def fileno(self) -> int: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+def tx_frame_size(bufsize: int) -> int:
+    """A TX ring slot that holds any pool buffer after the 32-byte slot header: 2 KiB
+    for a 1,500-byte MTU, whole pages beyond (the ring wants a page multiple then)."""
+    need = bufsize + 32
+    return 2048 if need <= 2048 else -(-need // 4096) * 4096
+
+
+def fanout_group(engine_name: str, port: int) -> int:
+    """The port's PACKET_FANOUT id: the same in every worker of this engine, different
+    for each port and (by the engine's unique segment name) from other engines."""
+    return (zlib.crc32(engine_name.encode()) + port) & 0xFFFF
+
+
+def open_port(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool,
+              queue: int | None = None) -> Any:
+    """Open this process's queue on a live port (`receive=False`: send only). `queue`:
+    a worker's queue number (DPDK; None: the slow path's TX queue)."""
+    g = mem.geometry
+    if port.driver == "dpdk":
+        from engine.io.dpdk.engine import open_queue
+
+        return open_queue(port, receive=receive, queue=queue)
+    if port.driver == "afpacket":
+        from engine.io.afpacket import AfPacketPort
+
+        return AfPacketPort(port.iface or "", receive=receive,
+                            fanout_group=fanout_group(g.name, index) if receive else None,
+                            frame_size=tx_frame_size(g.bufsize))
+    raise ValueError(f"port {port.name!r}: driver {port.driver!r} is not a live port driver")
+
+
+class _Sender:
+    """Send what is queued on rings through drivers, with a short backlog per port."""
+
+    def __init__(self, mem: EngineMemory, agent: int, drivers: Sequence[Any],
+                 rings: Sequence[Sequence[Ring]], burst: int):
+        self.mem = mem
+        self.drivers = list(drivers)
+        self.rings = [list(r) for r in rings]  # per port: the rings to send from
+        self.burst = burst
+        self.buffers = Buffers(mem, agent)
+        self.counters = mem.counters[agent]
+        self.port_counters = mem.port_counters[agent]
+        self.backlog: list[np.ndarray] = [np.zeros(0, np.uint32) for _ in self.drivers]
+
+    def send(self) -> int:
+        """One pass: every port's backlog, then its rings. Returns frames sent."""
+        mem = self.mem
+        sent_total = 0
+        for p, driver in enumerate(self.drivers):
+            if driver is None:
+                continue
+            parts = [self.backlog[p]] if len(self.backlog[p]) else []
+            parts += [idx for ring in self.rings[p] if len(idx := ring.dequeue(ring.size))]
+            if not parts:
+                continue
+            idx = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            sent = driver.tx_burst(mem, idx) if len(idx) else 0
+            done, rest = idx[:sent], idx[sent:]
+            limit = BACKLOG_BURSTS * self.burst
+            if len(rest) > limit:  # the oldest go: a full queue drops at its tail here
+                over = len(rest) - limit
+                self.port_counters[p, TX_DROPS] += over
+                self.buffers.free(rest[:over])
+                rest = rest[over:]
+            self.backlog[p] = rest
+            if sent:
+                self.port_counters[p, TX_PACKETS] += sent
+                self.port_counters[p, TX_BYTES] += int(mem.length[done].sum())
+                self.counters[MISC_BASE + Misc.tx_frames] += sent
+                self.buffers.free(done)
+                sent_total += sent
+        return sent_total
+
+    def pending(self) -> int:
+        return sum(len(b) for b in self.backlog) + sum(
+            r.count() for rings in self.rings for r in rings)
+
+    def drop_backlog(self) -> None:
+        """At exit: what could not be sent is dropped and counted, its buffers freed."""
+        for p, rest in enumerate(self.backlog):
+            if len(rest):
+                self.port_counters[p, TX_DROPS] += len(rest)
+                self.buffers.free(rest)
+                self.backlog[p] = rest[:0]
+
+
+class WorkerPorts(_Sender):
+    """A forwarding worker's queue on every live port."""
+
+    def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, worker: int,
+                 burst: int):
+        g = mem.geometry
+        drivers: list[Any] = []
+        try:
+            for p, port in enumerate(ports):
+                drivers.append(open_port(port, p, mem, receive=True, queue=worker))
+        except BaseException:
+            for d in drivers:
+                d.close()
+            raise
+        super().__init__(mem, g.worker_agent(worker), drivers,
+                         [[mem.rings[f"tx.{p}.{worker}"]] for p in range(len(ports))], burst)
+        self._poller = select.poll()
+        for d in drivers:
+            if d.fileno() >= 0:  # polled drivers (DPDK) have none: the wait is a sleep
+                self._poller.register(d.fileno(), select.POLLIN)
+        self._passes = 0
+        self._oversize = [0] * len(drivers)
+
+    def receive(self, p: int, max_frames: int) -> np.ndarray:
+        """Up to `max_frames` frames from port `p`'s queue, in pool buffers."""
+        idx = self.drivers[p].rx_burst(self.buffers, self.mem, p, max_frames)
+        if len(idx):
+            self.port_counters[p, RX_PACKETS] += len(idx)
+            self.port_counters[p, RX_BYTES] += int(self.mem.length[idx].sum())
+        return idx
+
+    def send(self) -> int:
+        self._passes += 1
+        if self._passes % KERNEL_STATS_EVERY == 0:
+            self.count_kernel_drops()
+        return super().send()
+
+    def wait(self, timeout_s: float) -> None:
+        """Sleep until a port has frames or `timeout_s` passes (an idle worker)."""
+        if any(d.wait(0) for d in self.drivers):
+            return
+        self._poller.poll(max(0, int(timeout_s * 1000)))
+
+    def count_kernel_drops(self) -> None:
+        """Frames the kernel dropped for want of a free ring block, and frames we took
+        but could not keep (too long for a buffer), into the port's rx_drops."""
+        for p, d in enumerate(self.drivers):
+            s = d.stats()  # kernel counters since the last call; ours cumulative
+            ours = s.get("rx_oversize", 0)
+            self.port_counters[p, RX_DROPS] += s.get("kernel_drops", 0) + ours - self._oversize[p]
+            self._oversize[p] = ours
+
+    def close(self) -> None:
+        self.count_kernel_drops()
+        self.drop_backlog()
+        for d in self.drivers:
+            d.close()
+
+
+class SenderPorts(_Sender):
+    """The control process's send-only queue on every live port: the slow path's output."""
+
+    def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, agent: int, burst: int):
+        drivers: list[Any] = []
+        try:
+            for p, port in enumerate(ports):
+                drivers.append(open_port(port, p, mem, receive=False))
+        except BaseException:
+            for d in drivers:
+                d.close()
+            raise
+        super().__init__(mem, agent, drivers,
+                         [[mem.rings[f"slowtx.{p}"]] for p in range(len(ports))], burst)
+        self.closed = False
+
+    def drain(self) -> int:
+        """Send what the slow path queued (the pcap agent's `drain`, for live ports)."""
+        return self.send() if not self.closed else 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.drop_backlog()
+        for d in self.drivers:
+            d.close()
+
+
+def worker_ports(config: Config, mem: EngineMemory, worker: int, burst: int,
+                 cpu: int | None = None) -> WorkerPorts | None:
+    """A forwarding worker's queues on the live ports, or None when the worker is fed
+    through its rings (pcap ports; DPDK in single-process mode)."""
+    driver = config.ports[0].driver  # config.py refuses mixed drivers
+    if driver == "pcap":
+        return None
+    if driver == "dpdk":
+        from engine.io.dpdk.engine import worker_ports as dpdk_worker_ports
+
+        return dpdk_worker_ports(config, mem, worker, burst, cpu)
+    return WorkerPorts(config.ports, mem, worker, burst)
