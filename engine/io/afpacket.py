@@ -750,8 +750,10 @@ class AfPacketPort:
                                      self._tx_cstate, data, mem.geometry.bufsize, pool_len,
                                      cidx, n, self._tx_cstate + 1)
             self.tx_oversize += int(self._tx_state[1]) - before
-        if placed:
-            self._flush()
+        # flush even when nothing new fit: a send() that stopped part way (ENOBUFS,
+        # a busy driver) leaves slots in SEND_REQUEST, which only another send() moves
+        # on; without it a full ring would never drain and the port would stall
+        self._flush()
         self.tx_full += n - placed
         return placed
 
