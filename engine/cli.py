@@ -118,11 +118,29 @@ def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) ->
 @socket_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print everything (counters, per-worker rows, FIB, ports) as JSON.")
-def stats(socket_path: str | None, as_json: bool) -> None:
+@click.option("--watch", "live", is_flag=True,
+              help="A live view: per-port packets/s and bits/s, per-worker busy share and "
+                   "batch fill, rings, pool, drops by reason, refreshed every --interval.")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=1.0, show_default=True,
+              help="Seconds between two refreshes of --watch.")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="With --watch: stop after this many refreshes (default: until Ctrl-C).")
+def stats(socket_path: str | None, as_json: bool, live: bool, interval: float,
+          count: int | None) -> None:
     """Show the counters of a running engine: ports, Ip: counters, drop and slow-path
     reasons, the accounting check, and one row per worker."""
     from engine.stats import Snapshot, format_agents, format_snapshot
 
+    if live:
+        from rich.console import Console
+
+        from engine.watch import watch
+
+        console = Console()
+        if not console.is_terminal:  # a file or a pipe: wide enough for every column
+            console = Console(width=max(console.width, 132))
+        watch(lambda: _call(socket_path, {"cmd": "stats"})["stats"], interval, count, console)
+        return
     s = _call(socket_path, {"cmd": "stats"})["stats"]
     if as_json:
         click.echo(json.dumps(s, indent=2))
@@ -136,6 +154,106 @@ def stats(socket_path: str | None, as_json: bool) -> None:
                    f"{fib['tbl8_groups']}, generation {fib['generation']}")
     click.echo("")
     click.echo(format_agents(s.get("workers", [])))
+
+
+@main.command()
+@click.argument("count", type=click.IntRange(1, 1024))
+@click.option("--port", metavar="P", help="Only packets received on port P.")
+@click.option("--timeout", type=click.FloatRange(0), default=None,
+              help="Give up waiting after this many seconds (default: until COUNT packets "
+                   "or Ctrl-C) and print what was traced.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@socket_option
+def trace(count: int, port: str | None, timeout: float | None, as_json: bool,
+          socket_path: str | None) -> None:
+    """Trace the next COUNT packets through the fast path, stage by stage: the parsed
+    header, the checks of ip_rcv, the route and next hop, ip_forward, the neighbour,
+    the rewrite and the verdict (like VPP's `show trace`)."""
+    import time
+
+    from engine.trace import format_trace
+
+    msg: dict[str, Any] = {"cmd": "trace.start", "count": count}
+    if port is not None:
+        msg["port"] = port
+    gen = _call(socket_path, msg)["gen"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    reply: dict[str, Any] = {"records": [], "ports": []}
+    try:
+        while True:
+            reply = _call(socket_path, {"cmd": "trace.read", "gen": gen})
+            if reply["done"] or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _call(socket_path, {"cmd": "trace.stop"})
+    records = reply["records"]
+    if as_json:
+        click.echo(json.dumps([{k: v.hex() if isinstance(v, bytes) else v
+                                for k, v in r.items()} for r in records], indent=2))
+    elif records:
+        click.echo(format_trace(records, reply["ports"]))
+    if len(records) < count:
+        click.echo(f"fwd: traced {len(records)} of {count} packets", err=True)
+
+
+@main.command()
+@click.argument("port_name", metavar="PORT")
+@click.option("--at", "point", type=click.Choice(["rx", "tx", "drop"]), default="rx",
+              show_default=True,
+              help="rx: as received (before any rewrite); tx: as the fast path sends them; "
+                   "drop: what the fast path drops (reasons are printed at the end).")
+@click.option("-w", "--write", "path", required=True, type=click.Path(dir_okay=False),
+              help="The pcap file to write (classic pcap, as tcpdump -w).")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="Stop after this many frames (default: until Ctrl-C or --duration).")
+@click.option("--duration", type=click.FloatRange(0), default=None,
+              help="Stop after this many seconds.")
+@socket_option
+def capture(port_name: str, point: str, path: str, count: int | None, duration: float | None,
+            socket_path: str | None) -> None:
+    """Write the frames seen on PORT (or `any`) at a point of the fast path to a pcap
+    that tcpdump and Wireshark read. Capturing never slows forwarding down: frames a
+    full capture ring cannot take are counted as lost."""
+    import time
+
+    from engine.counters import Drop
+    from engine.io.pcap import write_pcap
+
+    msg: dict[str, Any] = {"cmd": "capture.start", "at": point}
+    if port_name != "any":
+        msg["port"] = port_name
+    gen = _call(socket_path, msg)["gen"]
+    deadline = None if duration is None else time.monotonic() + duration
+    frames: list[list[Any]] = []
+    lost = 0
+    try:
+        while count is None or len(frames) < count:
+            want = 4096 if count is None else min(4096, count - len(frames))
+            reply = _call(socket_path, {"cmd": "capture.read", "gen": gen, "max": want})
+            frames += reply["frames"]
+            lost = reply["lost"]
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if not reply["frames"]:
+                time.sleep(0.02)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _call(socket_path, {"cmd": "capture.stop"})
+    if count is not None:
+        frames = frames[:count]
+    write_pcap(path, [f[4] for f in frames], ts_ns=[f[0] for f in frames])
+    click.echo(f"{len(frames)} frame{'s' if len(frames) != 1 else ''} written to {path}"
+               + (f" ({lost} lost to a full capture ring)" if lost else ""), err=True)
+    if point == "drop" and frames:
+        reasons: dict[str, int] = {}
+        for f in frames:
+            reasons[Drop(f[3]).name] = reasons.get(Drop(f[3]).name, 0) + 1
+        click.echo("drop reasons: " + " ".join(f"{k}={v}" for k, v in reasons.items()),
+                   err=True)
 
 
 @main.group()
@@ -249,10 +367,6 @@ def _route_line(r: dict[str, Any]) -> str:
     return " ".join(parts).rstrip()
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- the namespace lab (engine/lab.py) --------------------------------------------------
 
 PREFIX_HELP = "Namespace name prefix: the lab is PREFIX-h1, PREFIX-h2 and PREFIX-r."
@@ -301,3 +415,55 @@ def lab_down(prefix: str) -> None:
         click.echo(f"fwd: {err}", err=True)
         sys.exit(1)
     click.echo(f"removed {', '.join(removed)}" if removed else "no lab namespaces to remove")
+
+
+# --- fwd bench (engine/bench.py runs the perf/ scripts) ------------------------------
+
+
+@main.command()
+@click.option("--quick", is_flag=True,
+              help="Smoke run (under two minutes): every benchmark in its --quick form.")
+@click.option("--only", metavar="NAME[,NAME]",
+              help="Run only these: fastpath, fib, slowpath, afpacket, dpdk, pcap, lab, l3fwd.")
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True,
+              help="Repetitions of every measurement (the median and spread are reported).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where the JSON and plots go (default: perf/results/).")
+@click.option("--no-plots", is_flag=True, help="Do not draw the PNG plots.")
+def bench(quick: bool, only: str | None, runs: int, out_dir: str | None, no_plots: bool) -> None:
+    """Run the performance suite: the perf/ scripts, each with its peer in the same run.
+
+    Fast path per stage (ns/packet) and per batch size, worker scaling, the FIB at 1M
+    prefixes against pytricia, the slow path, the AF_PACKET and DPDK drivers alone, and
+    end to end: pcap, AF_PACKET in the namespace lab against Linux forwarding, DPDK
+    vdevs against l3fwd and testpmd. Prints a table (median ± spread, ratio to the
+    peer), writes perf/results/<date>-<host>.json and PNG plots beside it.
+
+    The scripts are in perf/ of the source tree (next to the engine package; set
+    FWD_PERF_DIR to point elsewhere) and need the `bench` extra (rich, matplotlib):
+    pip install -e '.[bench,perf]'. What cannot run here (no root, no DPDK, no
+    trafgen, no pytricia) is reported as skipped with the reason.
+    """
+    from engine.bench import NAMES, run_suite
+
+    names = None
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(NAMES))
+        if unknown:
+            raise click.BadParameter(f"unknown benchmark(s) {', '.join(unknown)} "
+                                     f"(known: {', '.join(NAMES)})", param_hint="--only")
+    try:
+        doc = run_suite(names, quick=quick, runs=runs,
+                        out_dir=Path(out_dir) if out_dir else None, plots=not no_plots)
+    except (FileNotFoundError, ModuleNotFoundError) as err:
+        click.echo(f"fwd: {err}", err=True)
+        sys.exit(1)
+    failed = [n for n, b in doc["benchmarks"].items() if b["status"] == "failed"]
+    if failed:
+        click.echo(f"fwd: failed: {', '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

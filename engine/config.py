@@ -152,6 +152,13 @@ class IcmpConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """`[metrics]`: a Prometheus endpoint served by the control process (engine/metrics.py)."""
+
+    listen: tuple[str, int] | None = None  # (host, port); port 0: one the kernel picks
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     engine: EngineConfig
@@ -162,6 +169,7 @@ class Config:
     reassembly: ReassemblyConfig = field(default_factory=ReassemblyConfig)
     icmp: IcmpConfig = field(default_factory=IcmpConfig)
     dpdk: DpdkConfig = field(default_factory=DpdkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def port_index(self, name: str) -> int:
         for i, port in enumerate(self.ports):
@@ -198,7 +206,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 # --- helpers -------------------------------------------------------------------------
 
-_TOP_KEYS = ("engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp", "dpdk")
+_TOP_KEYS = ("engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp", "dpdk",
+             "metrics")
+_METRICS_KEYS = ("listen",)
+_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})")
 _ENGINE_KEYS = ("workers", "batch", "control_socket", "netns")
 _DRIVER_KEYS = {"pcap": ("rx", "tx"), "afpacket": ("iface",), "dpdk": ("device",)}
 _PORT_KEYS = ("name", "driver", "mac", "mtu", "addresses") + tuple(
@@ -425,6 +436,7 @@ class _Parser:
             reassembly=self.reassembly(_table(doc, "reassembly")),
             icmp=self.icmp(_table(doc, "icmp")),
             dpdk=self.dpdk(_table(doc, "dpdk"), ports),
+            metrics=self.metrics(_table(doc, "metrics")),
         )
 
     # [engine] ---------------------------------------------------------------------
@@ -758,6 +770,28 @@ class _Parser:
             send_redirects=_get(t, "icmp", "send_redirects", bool, "a boolean",
                                 d.send_redirects),
         )
+
+    # [metrics] --------------------------------------------------------------------
+
+    def metrics(self, t: dict[str, Any]) -> MetricsConfig:
+        _check_keys(t, "metrics", _METRICS_KEYS)
+        listen = _get(t, "metrics", "listen", str, "a string (\"host:port\")")
+        if listen is None:
+            return MetricsConfig()
+        m = _LISTEN.fullmatch(listen)
+        if m is None:
+            raise _fail("metrics.listen", f"{listen!r} is not host:port (e.g. "
+                        "\"127.0.0.1:9108\", \"[::1]:9108\")")
+        host = m.group(1) or m.group(2)
+        if m.group(1) is not None:
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise _fail("metrics.listen", f"{host!r} is not an IPv6 address") from None
+        port = int(m.group(3))
+        if port > 65535:
+            raise _fail("metrics.listen", f"port {port} is not a TCP port (0..65535)")
+        return MetricsConfig(listen=(host, port))
 
     # [dpdk] -----------------------------------------------------------------------
 

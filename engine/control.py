@@ -31,7 +31,9 @@ an address or prefix, or looked up.
 Commands (arguments; reply fields):
     ping                                   pid, version, socket, segments
     stats                                  stats: Snapshot.as_dict() + workers (one row
-                                           per agent), fib (tbl8 usage), port_state
+                                           per agent), fib (tbl8 usage), port_state,
+                                           rings ({name: [used, size]}), pool
+                                           (buffers, free), batch
     route.add    prefix, [via], [port], [type]    route (the row route.show gives)
     route.del    prefix                           route (the deleted one)
     route.show   [all: bool]                      routes: rows (internal entries with all)
@@ -39,6 +41,13 @@ Commands (arguments; reply fields):
     route.lookup addr                             addr, route, nexthop (a debug aid)
     port.up      name                             port, up, changed
     port.down    name                             port, up, changed
+    trace.start  count, [port]                    gen, count (engine/trace.py)
+    trace.read   gen                              records (oldest first), done
+    trace.stop                                    -
+    capture.start [port], [at: rx|tx|drop]        gen (engine/capture.py)
+    capture.read gen, [max]                       frames: [ts, seq, port, reason, bytes],
+                                                  lost (refused by full rings)
+    capture.stop                                  -
 """
 
 from __future__ import annotations
@@ -209,6 +218,12 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "route.lookup": {"addr": (str, True)},
     "port.up": {"name": (str, True)},
     "port.down": {"name": (str, True)},
+    "trace.start": {"count": (int, True), "port": (str, False)},
+    "trace.read": {"gen": (int, True)},
+    "trace.stop": {},
+    "capture.start": {"port": (str, False), "at": (str, False)},
+    "capture.read": {"gen": (int, True), "max": (int, False)},
+    "capture.stop": {},
 }
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
@@ -258,13 +273,15 @@ class Commands:
 
     def handle(self, msg: object) -> dict[str, Any]:
         """A reply map for any request; never raises."""
+        from engine.capture import CaptureError
         from engine.routing import RouteError
+        from engine.trace import TraceError
 
         try:
             cmd, args = check_request(msg)
             reply = getattr(self, "cmd_" + cmd.replace(".", "_"))(**args)
             return {"ok": True, **reply}
-        except (RequestError, RouteError) as err:
+        except (RequestError, RouteError, TraceError, CaptureError) as err:
             return error(str(err))
         except Exception as err:  # a bug must not take the engine down: say it, go on
             traceback.print_exc(file=sys.stderr)
@@ -280,6 +297,10 @@ class Commands:
         s["workers"] = agent_rows(self.mem)
         s["fib"] = self.routing.fib.stats()
         s["port_state"] = self.routing.ports()
+        s["rings"] = ring_levels(self.mem)
+        s["pool"] = pool_level(self.mem)
+        if "batch" in self.info:
+            s["batch"] = self.info["batch"]
         return {"stats": s}
 
     def cmd_route_add(self, prefix: str, **rest: str) -> dict[str, Any]:
@@ -324,6 +345,67 @@ class Commands:
 
     def cmd_port_down(self, name: str) -> dict[str, Any]:
         return self._port(name, False)
+
+    def _port_index(self, cmd: str, name: str | None) -> int | None:
+        if name is None:
+            return None
+        names = list(self.routing.port_names)
+        if name not in names:
+            raise RequestError(f"{cmd}: no port {name[:64]!r} (ports: {', '.join(names)})")
+        return names.index(name)
+
+    def cmd_trace_start(self, count: int, port: str | None = None) -> dict[str, Any]:
+        from engine import trace
+
+        gen = trace.arm(self.mem, count, self._port_index("trace.start", port))
+        return {"gen": gen, "count": count}
+
+    def cmd_trace_read(self, gen: int) -> dict[str, Any]:
+        from engine import trace
+
+        rec = trace.collect(self.mem, gen)
+        return {"records": trace.to_dicts(rec), "ports": list(self.routing.port_names),
+                "done": len(rec) >= int(self.mem.obs_ctl[trace.TRACE_WANT])}
+
+    def cmd_trace_stop(self) -> dict[str, Any]:
+        from engine import trace
+
+        trace.disarm(self.mem)
+        return {}
+
+    def cmd_capture_start(self, port: str | None = None, at: str = "rx") -> dict[str, Any]:
+        from engine import capture
+
+        return {"gen": capture.arm(self.mem, self._port_index("capture.start", port), at)}
+
+    def cmd_capture_read(self, gen: int, **args: int) -> dict[str, Any]:  # "max": wire name
+        from engine import capture
+
+        most = args.get("max", 4096)
+        if not 1 <= most <= 65536:
+            raise RequestError(f"capture.read: max must be between 1 and 65536, got {most}")
+        frames, lost = capture.drain(self.mem, gen, max_frames=most)
+        return {"frames": [list(f) for f in frames], "lost": lost}
+
+    def cmd_capture_stop(self) -> dict[str, Any]:
+        from engine import capture
+
+        capture.disarm(self.mem)
+        return {}
+
+
+def ring_levels(mem: Any) -> dict[str, list[int]]:
+    """[descriptors held, size] of every ring but the return rings."""
+    return {name: [r.count(), r.size] for name, r in mem.rings.items()
+            if not name.startswith("ret.")}
+
+
+def pool_level(mem: Any) -> dict[str, int]:
+    """The buffer pool: its size and the free buffers its owners hold."""
+    from engine.shm.memory import ST_FREE
+
+    g = mem.geometry
+    return {"buffers": int(g.nbufs), "free": int(mem.state[:, ST_FREE].sum())}
 
 
 # --------------------------------------------------------------------------- server

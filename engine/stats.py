@@ -157,10 +157,13 @@ def register_device_stats(mem: EngineMemory,
     return lambda: _DEVICE_STATS.pop(name, None)  # type: ignore[func-returns-value]
 
 
-def snapshot(mem: EngineMemory, port_names: list[str]) -> Snapshot:
+def snapshot(mem: EngineMemory, port_names: list[str], *, devices: bool = True) -> Snapshot:
+    """The counters now. `devices=False` leaves out the devices' own counters (asking
+    DPDK for them is for the control process's main thread only: engine/metrics.py
+    reads from another thread)."""
     g = mem.geometry
-    source = _DEVICE_STATS.get(g.name)
-    devices = source() if source is not None else {}
+    source = _DEVICE_STATS.get(g.name) if devices else None
+    device_counters = source() if source is not None else {}
     rows = mem.counters.copy()
     total = summarize(rows)
     fast_agents = np.r_[0, 1 : 1 + g.nworkers]  # the I/O agent's drops count as fast ones
@@ -192,7 +195,7 @@ def snapshot(mem: EngineMemory, port_names: list[str]) -> Snapshot:
         tcp=total["tcp"],
         unsent=total["unsent"],
         arp=total["arp"],
-        devices=devices,
+        devices=device_counters,
     )
 
 

@@ -39,6 +39,14 @@ from engine.routing import build_routing
 from engine.shm.fib import DEFAULT_READERS, Fib
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.stats import Snapshot, snapshot
+from engine.supervise import (
+    RestartPolicy,
+    SupervisionError,
+    audit_pool,
+    paused,
+    recover_worker,
+    started,
+)
 from engine.workers.forwarder import WorkerSpec, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
@@ -118,6 +126,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     mem: EngineMemory | None = None
     fib: Fib | None = None
     server: ControlServer | None = None
+    metrics: Any = None  # engine.metrics.MetricsServer
     io: Any = None  # PcapPorts, SenderPorts, or engine.io.dpdk.engine.DpdkControl
     procs: list[tuple[mp.process.BaseProcess, int | None]] = []  # (process, FIB reader id)
     scope = ExitStack()
@@ -137,6 +146,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 "socket": os.path.abspath(control_socket),
                 "segments": [geometry.name, fib.name],
                 "workers": cfg.engine.workers,
+                "batch": cfg.engine.batch,
             })
             try:
                 server = ControlServer(control_socket, commands.handle)
@@ -145,6 +155,16 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 if control_required:
                     raise EngineError(f"control socket: {err}") from None
                 say(f"fwd: running without a control socket: {err}")
+        if cfg.metrics.listen is not None:
+            from engine.metrics import MetricsError, MetricsServer
+
+            try:  # a thread that only reads shared memory (engine/metrics.py)
+                metrics = MetricsServer(mem, [p.name for p in cfg.ports], cfg.metrics.listen)
+            except MetricsError as err:
+                raise EngineError(str(err)) from None
+            if control_socket is not None and server is not None:
+                commands.info["metrics"] = metrics.address
+            say(f"fwd: metrics on http://{metrics.address}/metrics")
         if dpdk_plan is not None:
             from engine.io.dpdk.engine import DpdkControl, DpdkSetupError
             from engine.stats import register_device_stats
@@ -167,8 +187,11 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                            cfg.engine.batch)
             end_clock = last_input_ts(io)
         ctx = mp.get_context("spawn")
+        specs = {}
+        policy = RestartPolicy()
+        restarting: dict[int, tuple[float, int, int]] = {}  # agent: (t0, pid, loops)
         for w in range(cfg.engine.workers):
-            spec = WorkerSpec(geometry, fib.name, cfg, w, cfg.engine.batch, cpu_for(w))
+            specs[w] = spec = WorkerSpec(geometry, fib.name, cfg, w, cfg.engine.batch, cpu_for(w))
             procs.append((ctx.Process(target=worker_main, args=(spec,),
                                       name=f"fwd-worker-{w}"), w))
         slow_spec = SlowPathSpec(geometry, fib.name, cfg, cfg.engine.batch,
@@ -194,13 +217,18 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 moved = 0 if stop["requested"] else io.feed()
                 moved += io.drain()
             mem.state[AGENT_IO, ST_LOOPS] += 1
-            for proc, reader in procs:
+            for i, (proc, reader) in enumerate(procs):
                 if proc.exitcode is not None:
                     if reader is not None:
                         # a dead reader never passes another quiescent state: free its
                         # slot, or tbl8 groups released from now on are never reused
                         fib.unregister_reader(reader)
-                    raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
+                    if proc is slowpath or dpdk_plan is not None or reader is None:
+                        raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
+                    # a forwarding worker: recover what it left and start it again
+                    procs[i] = (restart_worker(mem, procs, i, specs[reader], policy, io, say,
+                                               restarting), reader)
+            announce_restarted(mem, restarting, say)
             if live:
                 if stop["requested"]:
                     break
@@ -234,10 +262,18 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             io.close()  # what could not be sent now is dropped and counted
         else:
             io.write()
+        if all(not proc.is_alive() for proc, _ in procs):
+            # every agent gone: the pool must be whole again (engine/supervise.py)
+            audit = audit_pool(mem, held_by(io))
+            say(f"fwd: pool: {audit.free} of {audit.size} buffers free"
+                + (f", {audit.queued} queued" if audit.queued else "")
+                + (f", {audit.nlost} lost" if audit.nlost else ""))
         return RunResult(snapshot(mem, [p.name for p in cfg.ports]), stop["requested"])
     finally:
         if server is not None:
             server.close()
+        if metrics is not None:  # before the memory it reads goes
+            metrics.close()
         for proc, _ in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -269,6 +305,59 @@ def wait_started(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, in
         if time.monotonic() > deadline:
             raise EngineError(f"the workers did not start within {timeout:g} s")
         time.sleep(0.002)
+
+
+def held_by(io: Any) -> list[np.ndarray]:
+    """Buffers the control process holds outside the pool's structures: the backlog
+    of its live TX queues (engine/io/live.py)."""
+    return [b for b in getattr(io, "backlog", []) if len(b)]
+
+
+def restart_worker(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, int | None]],
+                   i: int, spec: WorkerSpec, policy: RestartPolicy, io: Any,
+                   say: Callable[[str], None],
+                   restarting: dict[int, tuple[float, int, int]]) -> mp.process.BaseProcess:
+    """Recover the dead forwarding worker `procs[i]` with every other agent paused
+    (engine/supervise.py), then start it again on the same rings, pool partition,
+    counters row and FIB reader slot; a live worker reopens its sockets and joins its
+    ports' fanout groups again. EngineError when it keeps dying."""
+    dead, _ = procs[i]
+    t0 = time.monotonic()
+    status = dead.exitcode
+    how = (f"killed by {signal.Signals(-status).name}" if status is not None and status < 0
+           else f"exited with status {status}")
+    if not policy.allow(spec.worker, t0):
+        raise EngineError(f"{dead.name} {how}, its restart number {policy.limit + 1} "
+                          f"within {policy.window_s:g} s: giving up")
+    agent = mem.geometry.worker_agent(spec.worker)
+    g = mem.geometry
+    others: dict[int, Callable[[], bool]] = {}
+    for j, (p, reader) in enumerate(procs):  # reader ids: worker w, then the slow path
+        if j != i and reader is not None:
+            a = g.slowpath_agent if reader == g.nworkers else g.worker_agent(reader)
+            # an agent not yet in its loop holds nothing and sees the pause first
+            others[a] = (lambda p=p, a=a: p.is_alive() and started(mem, a, p.pid))
+    try:
+        with paused(mem, others, service=io.drain):
+            recovery = recover_worker(mem, spec.worker, held_by(io))
+    except SupervisionError as err:
+        raise EngineError(f"{dead.name} {how}; recovery failed: {err}") from None
+    proc = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=dead.name)
+    proc.start()
+    restarting[agent] = (t0, proc.pid or 0, int(mem.state[agent, ST_LOOPS]))
+    say(f"fwd: {dead.name} (pid {dead.pid}) {how}: {recovery.describe()}; restarted as "
+        f"pid {proc.pid}")
+    return proc
+
+
+def announce_restarted(mem: EngineMemory, restarting: dict[int, tuple[float, int, int]],
+                       say: Callable[[str], None]) -> None:
+    """Tell when a restarted worker has made its first pass (its restart latency)."""
+    for agent, (t0, pid, loops) in list(restarting.items()):
+        if started(mem, agent, pid) and int(mem.state[agent, ST_LOOPS]) != loops:
+            del restarting[agent]
+            say(f"fwd: worker {agent - 1} forwarding again {time.monotonic() - t0:.3f} s "
+                "after its death was seen")
 
 
 def last_input_ts(io: PcapPorts) -> int | None:

@@ -270,7 +270,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip-live", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 runs of 0.2 s")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.seconds = 2, 0.2
     if os.geteuid() != 0:
         sys.exit("needs root (veth pair, packet sockets)")
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:

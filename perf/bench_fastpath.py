@@ -8,6 +8,9 @@ Three measurements per batch size, each the median of several runs:
 - `stages`: `fast_path()` alone on already gathered rows;
 - `worker`: a worker's whole batch (`Forwarder.process`: gather, fast path, scatter,
   TX enqueue, counters), the number that matters.
+Per stage, like VPP's `show runtime` (clocks per packet per node): ns per packet in
+each of fast_path's stages (`ip_rcv`, `ip_route_input`, `ip_forward`, `rewrite`),
+called one by one on prepared batches, each call timed alone.
 Destinations are static neighbours of the config (their MAC is in the next-hop row)
 and hosts behind a gateway; `learned` repeats `stages` and `worker` with every
 destination a host on p1's subnet that is not in the config, learned by ARP into the
@@ -36,7 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
 from engine.pipeline.fastpath import fast_path  # noqa: E402
-from engine.pipeline.rcv import HDR_BYTES  # noqa: E402
+from engine.pipeline.forward import ip_forward, rewrite  # noqa: E402
+from engine.pipeline.rcv import HDR_BYTES, ip_rcv  # noqa: E402
+from engine.pipeline.route import ip_route_input  # noqa: E402
+from engine.pipeline.verdict import FORWARD  # noqa: E402
 from engine.routing import build_routing, make_tables  # noqa: E402
 from engine.shm.fib import Fib  # noqa: E402
 from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
@@ -200,6 +206,59 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int,
     return out
 
 
+STAGES = ("rcv", "route", "forward", "rewrite")
+
+
+def stage_ns(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, float]:
+    """ns per packet in each stage of `fast_path`, the way VPP's `show runtime` gives
+    clocks per packet per node: the same calls fast_path makes, on a copy of each
+    prepared batch, each call timed alone (`CLOCK`); median of `runs` and its spread."""
+    mem = setup.mem
+    mem.data[:, :FRAME] = setup.frames
+    mem.length[:] = FRAME
+    nbatches = setup.geometry.nbufs // batch
+    order = [np.arange(i * batch, (i + 1) * batch, dtype=np.uint32) for i in range(nbatches)]
+    t = Forwarder(mem, setup.tables, 0, batch).tables  # with the neighbour cache
+    hdrs = [mem.data[idx, :HDR_BYTES].copy() for idx in order]
+    lengths = [mem.length[idx].copy() for idx in order]
+    ports = [mem.port[idx].copy() for idx in order]
+    clock = CLOCK
+    per_run: dict[str, list[float]] = {s: [] for s in STAGES}
+    for _ in range(runs):
+        spent = dict.fromkeys(STAGES, 0.0)
+        packets, i, t_end = 0, 0, clock() + seconds
+        while clock() < t_end:
+            k = i % nbatches
+            i += 1
+            hdr, length, in_port = hdrs[k].copy(), lengths[k], ports[k]
+            code = np.zeros(batch, dtype=np.uint8)
+            t0 = clock()
+            h = ip_rcv(hdr, length, in_port, t.port_mac48, code)
+            t1 = clock()
+            nh = ip_route_input(h, t, code)
+            t2 = clock()
+            egress, mac = ip_forward(h, nh, in_port, t, code)
+            t3 = clock()
+            if np.count_nonzero(h.plain) == batch:  # as fast_path does
+                rewrite(hdr, mac, egress, t)
+            else:
+                rows = np.flatnonzero(code == FORWARD)
+                part = hdr[rows]
+                rewrite(part, mac[rows], egress[rows], t)
+                hdr[rows] = part
+            t4 = clock()
+            for s, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                spent[s] += dt
+            packets += batch
+        for s in STAGES:
+            per_run[s].append(spent[s] / packets * 1e9)
+    out: dict[str, float] = {}
+    for s, xs in per_run.items():
+        out[s] = statistics.median(xs)
+        out[s + "_spread"] = (max(xs) - min(xs)) / out[s] if out[s] else 0.0
+    return out
+
+
 def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="wall"):
     global CLOCK
     if clock == "cpu":
@@ -274,17 +333,22 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=list(BATCHES),
                     help="batch sizes to measure")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: batches 64 and 256, 2 runs of 0.05 s, 1 scaling run")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: count this process's CPU time, not the wall clock (on a "
                     "machine other work keeps busy, the time spent waiting for a CPU "
                     "then does not count)")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.runs, args.batches = 0.05, 2, [64, 256]
     global CLOCK
     if args.clock == "cpu":
         CLOCK = time.process_time
 
     results = {"machine": machine(), "frame_bytes": FRAME, "clock": args.clock,
-               "load_average": os.getloadavg(), "batch": {}, "workers": {}}
+               "load_average": os.getloadavg(), "runs": args.runs, "seconds": args.seconds,
+               "batch": {}, "stages_ns": {}, "workers": {}, "workers_spread": {}}
     setup, learned = Setup(1), Setup(1, learned=True)
     try:
         print(f"{'':>6} {'':>10} {'static neighbours':^33} {'':>7} {'learned neighbours':^25}")
@@ -300,14 +364,24 @@ def main() -> None:
                   f"{r['worker'] / 1e6:>12.2f} {r['worker'] / r['noop']:>12.3f} "
                   f"{r['worker_spread']:>6.0%} {d['stages'] / 1e6:>12.2f} "
                   f"{d['worker'] / 1e6:>12.2f} {d['worker_spread']:>6.0%}")
+        print(f"\nns per packet per stage (static neighbours), median of {args.runs}")
+        print(f"{'batch':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+              + f" {'stages':>8} {'worker':>8}")
+        for batch in args.batches:
+            ns = stage_ns(setup, batch, args.seconds, args.runs)
+            ns["worker"] = 1e9 / results["batch"][batch]["worker"]
+            results["stages_ns"][batch] = ns
+            print(f"{batch:>6} " + " ".join(f"{ns[s]:>8.0f}" for s in STAGES)
+                  + f" {sum(ns[s] for s in STAGES):>8.0f} {ns['worker']:>8.0f}")
     finally:
         setup.close()
         learned.close()
     print(f"\n{'workers':>7} {'Mpps (batch 256)':>17}")
     for n in range(1, args.workers + 1):
         rates = [scaling(n, 256, args.seconds, args.clock)
-                 for _ in range(max(1, args.runs // 2))]
+                 for _ in range(args.runs)]
         results["workers"][n] = statistics.median(rates)
+        results["workers_spread"][n] = (max(rates) - min(rates)) / results["workers"][n]
         print(f"{n:>7} {results['workers'][n] / 1e6:>17.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -223,10 +223,14 @@ def main() -> None:
                     help="runs of each measurement; the median is reported")
     ap.add_argument("--updates", type=int, default=200_000)
     ap.add_argument("--json", default="perf/results/fib.json")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 100,000 prefixes, 2 runs of 0.1 s, 10,000 updates")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: rates over this process's CPU time (lookups, updates), so "
                     "that waiting for a CPU other work holds does not count")
     args = ap.parse_args()
+    if args.quick:
+        args.prefixes, args.repeat, args.seconds, args.updates = 100_000, 2, 0.1, 10_000
     global CLOCK
     if args.clock == "cpu":
         CLOCK = time.process_time

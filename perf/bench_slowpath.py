@@ -452,6 +452,8 @@ def bench_worker(case: WorkerCase, batch: int, seconds: float, runs: int,
                 if prof:
                     prof.disable()
                 rates.append(frames / spent * 1e9)
+            m = statistics.median(rates)
+            SPREADS.setdefault("worker", {})[case.name] = (max(rates) - min(rates)) / m
             check_counters(rig, case)
             if prof:
                 print(f"--- profile: {case.name}")
@@ -483,11 +485,19 @@ def bench_parts_of(case: WorkerCase, seconds: float, runs: int) -> float:
 
         return timed(one_pass, seconds)
 
-    return median(one_run, runs)
+    return median(one_run, runs, ("worker_parts_alone", case.name))
 
 
-def median(fn: Callable[[], float], runs: int) -> float:
-    return statistics.median(fn() for _ in range(runs))
+SPREADS: dict[str, dict[str, float]] = {}  # section -> case -> (max - min) / median
+
+
+def median(fn: Callable[[], float], runs: int, spread: tuple[str, str] | None = None) -> float:
+    """The median of `runs` calls; its spread is kept in SPREADS[section][case]."""
+    rates = [fn() for _ in range(runs)]
+    m = statistics.median(rates)
+    if spread is not None:
+        SPREADS.setdefault(spread[0], {})[spread[1]] = (max(rates) - min(rates)) / m if m else 0.0
+    return m
 
 
 def main() -> None:
@@ -500,10 +510,14 @@ def main() -> None:
                     help="the worker's burst ([engine] batch; default 256 as configs/)")
     ap.add_argument("--only", choices=("parts", "worker"),
                     help="only the parts (reassembly, fragment(), options) or the worker")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 runs of 0.05 s per measurement")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the worker cases and print where the time goes "
                          "(the rates then include the profiler's overhead)")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.runs = 0.05, 2
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     results: dict[str, Any] = {
@@ -532,6 +546,7 @@ def main() -> None:
             print(f"{case.name:<40} {rate:>10,.0f} {case.unit + '/s':<13}{floor}{flag}")
         print(f"\ngoal: >= {GOAL:,} fragments/s on one core, reassembled or end to end")
 
+    results["spread"] = SPREADS
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
@@ -554,15 +569,16 @@ def bench_parts(args: argparse.Namespace, results: dict[str, Any]) -> None:
     for name, total, ndg, order in reasm_cases:
         stream = fragment_stream(total, ndg, order, rng)
         per = len(stream) / ndg
-        rate = median(lambda s=stream, n=ndg: bench_reasm(s, n, args.seconds), args.runs)
+        rate = median(lambda s=stream, n=ndg: bench_reasm(s, n, args.seconds), args.runs,
+                      ("reassembly", name))
         results["reassembly_fragments_per_s"][name] = rate
         flag = "" if rate >= GOAL else "  < goal"
         print(f"{name:<36} {rate:>10,.0f} {rate / per:>12,.0f}{flag}")
         if order == "in-order":
             name += " (max_dist 64)"
             rate = median(
-                lambda s=stream, n=ndg: bench_reasm_checked(s, n, args.seconds), args.runs
-            )
+                lambda s=stream, n=ndg: bench_reasm_checked(s, n, args.seconds), args.runs,
+                ("reassembly", name))
             results["reassembly_fragments_per_s"][name] = rate
             flag = "" if rate >= GOAL else "  < goal"
             print(f"{name:<36} {rate:>10,.0f} {rate / per:>12,.0f}{flag}")
@@ -577,14 +593,16 @@ def bench_parts(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print(f"\n{'fragment() to MTU 1,500':<36} {'frags/s':>10} {'datagrams/s':>12}")
     for name, pkts in frag_cases:
         per = len(fragment(pkts[0], MTU))
-        rate = median(lambda p=pkts: bench_frag(p, args.seconds), args.runs)
+        rate = median(lambda p=pkts: bench_frag(p, args.seconds), args.runs,
+                      ("fragmentation", name))
         results["fragmentation_fragments_per_s"][name] = rate
         print(f"{name:<36} {rate:>10,.0f} {rate / per:>12,.0f}")
     print(f"\n{'IP options, one packet at a time':<36} {'packets/s':>10}")
     results["options_packets_per_s"] = {}
     for name, opt_bytes in option_cases():
         pkt = udp_datagram(64, 1, opt_bytes)
-        rate = median(lambda p=pkt: bench_options(p, args.seconds), args.runs)
+        rate = median(lambda p=pkt: bench_options(p, args.seconds), args.runs,
+                      ("options", name))
         results["options_packets_per_s"][name] = rate
         print(f"{name:<36} {rate:>10,.0f}")
     print(f"\ngoal: >= {GOAL:,} fragments/s reassembled on one core")

@@ -364,6 +364,59 @@ def test_bad_requests_get_error_replies_and_the_server_goes_on(engine, tmp_path)
     assert engine.ok({"cmd": "ping"})["pid"] == engine.proc.pid
 
 
+class _Touch:
+    """Unpickling this runs `touch` on a path: what a server that unpickled (or
+    evaluated) anything from a request would do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_no_request_makes_the_server_evaluate_anything(engine, tmp_path):
+    """Code in every place a request can carry text, pickles as the body and inside
+    an extension type, dunder and method names as commands: each is refused or treated
+    as plain data, and nothing runs."""
+    import pickle
+
+    marker = tmp_path / "evaluated"
+    code = f"__import__('os').system('touch {marker}')"
+    pyfile = tmp_path / "routes.py"
+    pyfile.write_text(f"import os\nos.system('touch {marker}')\n")
+    cases = [
+        (msgpack.packb({"cmd": "route.add", "prefix": code}), "is not an IPv4 prefix"),
+        (msgpack.packb({"cmd": "route.add", "prefix": "10.123.0.0/16", "via": code}),
+         "is not an IPv4 address"),
+        (msgpack.packb({"cmd": "route.add", "prefix": "10.123.0.0/16", "type": code}),
+         "is not one of unicast"),
+        (msgpack.packb({"cmd": "route.load", "text": code + "\n" + "exec(" + code + ")"}),
+         "line 1: unknown word"),
+        (msgpack.packb({"cmd": "route.load", "path": str(pyfile)}), "line 1: unknown word"),
+        (msgpack.packb({"cmd": "route.lookup", "addr": code}), "not an IPv4 address"),
+        (msgpack.packb({"cmd": "port.down", "name": code}), "no port named"),
+        (msgpack.packb({"cmd": "trace.start", "count": 1, "port": code}), "no port"),
+        (msgpack.packb({"cmd": "capture.start", "at": code}), "at must be one of"),
+        (msgpack.packb({"cmd": "__class__"}), "unknown command"),
+        (msgpack.packb({"cmd": "__init__"}), "unknown command"),
+        (msgpack.packb({"cmd": "cmd_ping"}), "unknown command"),
+        (msgpack.packb({"cmd": "ping", "__class__": "x"}), "unknown argument"),
+        (msgpack.packb({"cmd": "ping", code: 1}), "unknown argument"),
+        (pickle.dumps(_Touch(marker)), "malformed msgpack"),  # never unpickled
+        (msgpack.packb({"cmd": "stats", "x": msgpack.ExtType(
+            42, pickle.dumps(_Touch(marker)))}), "extension type 42"),
+    ]
+    with connect(engine.path) as s:
+        for body, words in cases:
+            reply = exchange(s, frame(body))
+            assert reply["ok"] is False and words in reply["error"], (body[:40], reply)
+    assert not marker.exists()
+    routes = engine.ok({"cmd": "route.show", "all": True})["routes"]
+    assert [r for r in routes if "10.123." in str(r)] == []  # nothing half applied
+    assert engine.ok({"cmd": "ping"})["pid"] == engine.proc.pid
+
+
 def test_oversized_request_gets_an_error_and_the_connection_closes(engine):
     with connect(engine.path) as s:
         reply = exchange(s, struct.pack(">I", MAX_REQUEST + 1))

@@ -49,7 +49,7 @@ def fast_path(hdr: np.ndarray, length: np.ndarray, in_port: np.ndarray,
 def _code_to_counters() -> np.ndarray:
     """Matrix M with counters += bincount(codes) @ M: every counter a code moves."""
     m = np.zeros((NCODES, NCOUNTERS), dtype=np.uint64)
-    not_ip = {drop(Drop.otherhost), drop(Drop.not_ipv4), slow(Slow.arp)}
+    not_ip = {drop(Drop.otherhost), drop(Drop.not_ipv4), drop(Drop.runt), slow(Slow.arp)}
     hdr_errors = {drop(r) for r in (Drop.hdr_too_short, Drop.bad_version, Drop.bad_ihl,
                                     Drop.csum_error, Drop.bad_tot_len)}
     hdr_errors.add(slow(Slow.ttl_exceeded))  # ip_forward's too_many_hops counts it

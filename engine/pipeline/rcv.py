@@ -118,6 +118,9 @@ def rcv_checks(hdr: np.ndarray, ip_len: np.ndarray, pkt: np.ndarray) -> np.ndarr
     words = hdr[:, ETH_HLEN:].view(">u2")
     ethertype = hdr[:, 12:14].view("<u2")[:, 0]
     return first_match([
+        # no Ethernet header at all: a NIC counts it in rx_length_errors and never
+        # passes it up (eth_type_trans reads 14 bytes); a capture file can hold one
+        (ip_len < 0, drop(Drop.runt)),
         (pkt == PACKET_OTHERHOST, drop(Drop.otherhost)),
         # arp_rcv takes every ARP frame but PACKET_OTHERHOST (and loopback): ours,
         # broadcast and multicast

@@ -22,6 +22,7 @@ import numpy as np
 
 from engine.counters import NCOUNTERS
 from engine.shm.layout import Field, Layout, attach_segment, create_segment
+from engine.shm.observe import observe_fields
 from engine.shm.ring import Ring, ring_fields
 
 AGENT_IO = 0
@@ -52,12 +53,14 @@ CTL_STOP = 0  # 1: finish what is queued and exit
 CTL_PORT_UP = 1  # bit mask of ports that are up
 CTL_NH_GEN = 2  # bumped when next hops change or a port goes down (flush caches)
 CTL_NEIGH_GEN = 3  # bumped when a usable neighbour entry changes or goes (see shm/neigh.py)
+CTL_PAUSE = 4  # nonzero: a pause epoch; every agent acks it in ST_PAUSED and idles (supervise.py)
 
 # Per-agent state words
 ST_PID = 0
 ST_LOOPS = 1  # loop iterations, bumped every pass (liveness)
 ST_FREE = 2  # free buffers held by this owner (locally)
 ST_IDLE = 3  # 1 when the agent's last pass found nothing to do
+ST_PAUSED = 4  # the CTL_PAUSE epoch this agent has acknowledged (holding no buffer)
 
 
 @dataclass(frozen=True)
@@ -145,9 +148,43 @@ def engine_layout(g: Geometry) -> Layout:
         Field("neigh.mac", u8, (neigh_slots(g),)),  # mac48, byte 0 lowest
         Field("neigh.updated", i8, (neigh_slots(g),)),  # ns of the last state change
     ]
+    # `fwd trace` and `fwd capture` (shm/observe.py): one word the workers check per batch
+    fields += observe_fields(g.nagents, g.bufsize)
+    # each owner's free stack (shm/pool.py) and each worker's batch journal (supervise.py):
+    # in shared memory so that a SIGKILLed worker's buffers and counts can be recovered
+    fields += pool_fields(g)
     for name, size in ring_specs(g):
         fields += ring_fields(name, size)
     return Layout(fields)
+
+
+def pool_fields(g: Geometry) -> list[Field]:
+    """`pool.free`: owner a's free stack is `pool.free[start:end]` of its partition, its
+    depth `state[a, ST_FREE]`. `journal.*`: one row per forwarding worker, the batch it
+    has in hand (see engine/supervise.py); `journal.idx` holds a whole ring's worth."""
+    u1, u4, u8 = np.dtype(np.uint8), np.dtype(np.uint32), np.dtype(np.uint64)
+    w = max(1, g.nworkers)
+    return [
+        Field("pool.free", u4, (g.nbufs,)),
+        Field("journal.state", u8, (w,)),
+        Field("journal.n", u8, (w,)),
+        Field("journal.idx", u4, (w, g.ring_size)),
+        Field("journal.code", u1, (w, g.ring_size)),
+        Field("journal.before", u8, (w, NCOUNTERS)),
+    ]
+
+
+class Journal:
+    """Views of the forwarding workers' batch journals (rows indexed by worker)."""
+
+    __slots__ = ("state", "n", "idx", "code", "before")
+
+    def __init__(self, v: dict[str, np.ndarray], nworkers: int):
+        self.state = v["journal.state"]
+        self.n = v["journal.n"]
+        self.idx = v["journal.idx"]
+        self.code = v["journal.code"]
+        self.before = v["journal.before"]
 
 
 def neigh_slots(g: Geometry) -> int:
@@ -212,6 +249,16 @@ class EngineMemory:
         self.neigh_used = v["neigh.used"]
         self.neigh_mac = v["neigh.mac"]
         self.neigh_updated = v["neigh.updated"]
+        self.obs_ctl = v["obs.ctl"]
+        self.trace_count = v["trace.count"]
+        self.trace_rec = v["trace.rec"]
+        self.cap_head = v["cap.head"]
+        self.cap_lost = v["cap.lost"]
+        self.cap_tail = v["cap.tail"]
+        self.cap_meta = v["cap.meta"]
+        self.cap_data = v["cap.data"]
+        self.free_stack = v["pool.free"]
+        self.journal = Journal(v, geometry.nworkers)
         self.rings = {name: Ring(name, v) for name, _ in ring_specs(geometry)}
         self._part_starts = np.array([s if e > s else np.iinfo(np.int64).max
                                       for s, e in geometry.partitions], dtype=np.int64)
@@ -219,7 +266,11 @@ class EngineMemory:
     @classmethod
     def create(cls, geometry: Geometry) -> EngineMemory:
         shm = create_segment(geometry.name, engine_layout(geometry).size)
-        return cls(geometry, shm, owner=True)
+        mem = cls(geometry, shm, owner=True)
+        for agent, (start, end) in enumerate(geometry.partitions):  # every buffer free
+            mem.free_stack[start:end] = np.arange(end - 1, start - 1, -1, dtype=np.uint32)
+            mem.state[agent, ST_FREE] = end - start
+        return mem
 
     @classmethod
     def attach(cls, geometry: Geometry) -> EngineMemory:
@@ -238,7 +289,9 @@ class EngineMemory:
                      "ts", "seq", "code", "port_mac", "port_mtu", "nh_type", "nh_flags", "nh_port",
                      "nh_gw", "nh_mtu", "nh_group", "nh_group_n", "nhg_members", "nh_mac",
                      "neigh_seq", "neigh_ip", "neigh_port", "neigh_state", "neigh_used",
-                     "neigh_mac", "neigh_updated"):
+                     "neigh_mac", "neigh_updated", "obs_ctl", "trace_count", "trace_rec",
+                     "cap_head", "cap_lost", "cap_tail", "cap_meta", "cap_data", "free_stack",
+                     "journal"):
             setattr(self, attr, None)
         self.rings = {}
         try:

@@ -5,6 +5,14 @@ private stack. Any agent releases a buffer by giving it back to its owner: direc
 into its own stack, or through the return ring `ret.<self>.<owner>` that the owner
 drains before allocating. A return ring holds a whole partition, so a release never
 finds its ring full.
+
+The stack lives in shared memory (`pool.free[start:end]`, its depth in
+`state[owner, ST_FREE]`), written by its owner only, so that the control process can
+see what a worker killed by SIGKILL left: every `Buffers` of an agent is a handle on
+the same stack (a worker's forwarder and its live ports share it). A push writes the
+slots, then publishes the depth; an allocation publishes the smaller depth, then hands
+the buffers out. A kill between the two loses the buffers in between (neither free nor
+anywhere else) and never counts one twice; engine/supervise.py finds and reclaims them.
 """
 
 from __future__ import annotations
@@ -21,10 +29,9 @@ class Buffers:
         self.mem = mem
         self.agent = agent
         start, end = mem.geometry.partitions[agent]
-        self.stack = np.arange(end - 1, start - 1, -1, dtype=np.uint32) if end > start else (
-            np.zeros(0, dtype=np.uint32))
+        self.stack = mem.free_stack[start:end]  # filled by EngineMemory.create
         self.size = end - start
-        self.count = self.size
+        self._depth = mem.state[agent, ST_FREE : ST_FREE + 1]
         # return rings this agent drains (as owner) and feeds (as releaser)
         self.incoming = [r for name, r in mem.rings.items()
                          if name.startswith("ret.") and name.endswith(f".{agent}")]
@@ -33,10 +40,15 @@ class Buffers:
                          if e > s and owner != agent}
         self.owners = [owner for owner, (s, e) in enumerate(mem.geometry.partitions) if e > s]
         self.bounds = {owner: mem.geometry.partitions[owner] for owner in self.owners}
-        self._publish()
 
-    def _publish(self) -> None:
-        self.mem.state[self.agent, ST_FREE] = self.count
+    @property
+    def count(self) -> int:
+        """Free buffers in this owner's stack (the shared depth word)."""
+        return int(self._depth[0])
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self._depth[0] = value
 
     def reclaim(self) -> None:
         for ring in self.incoming:
@@ -46,9 +58,9 @@ class Buffers:
 
     def _push(self, indices: np.ndarray) -> None:
         n = len(indices)
-        self.stack[self.count : self.count + n] = indices
-        self.count += n
-        self._publish()
+        depth = self.count
+        self.stack[depth : depth + n] = indices  # the slots first ...
+        self.count = depth + n  # ... then the depth that publishes them
 
     def available(self) -> int:
         """Free buffers this owner can hand out now (after taking back returns)."""
@@ -59,10 +71,10 @@ class Buffers:
         """Up to `n` free buffers (fewer when the partition runs low)."""
         if self.count < n:
             self.reclaim()
-        n = min(n, self.count)
-        out = self.stack[self.count - n : self.count][::-1].copy()
-        self.count -= n
-        self._publish()
+        depth = self.count
+        n = min(n, depth)
+        out = self.stack[depth - n : depth][::-1].copy()
+        self.count = depth - n
         return out
 
     def free(self, indices: np.ndarray) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from engine.config import Config
 from engine.counters import MISC_BASE, Drop, Misc
 from engine.io.live import WorkerPorts, worker_ports
+from engine.observe import Observer
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh import NeighCache
 from engine.pipeline.rcv import HDR_BYTES
@@ -28,7 +29,15 @@ from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
 from engine.shm.neigh import NeighbourTable
+from engine.shm.observe import OBS_ACTIVE
 from engine.shm.pool import Buffers
+from engine.shm.ring import Ring
+from engine.supervise import (
+    JOURNAL_COUNTED,
+    JOURNAL_COUNTING,
+    JOURNAL_IDLE,
+    JOURNAL_TAKEN,
+)
 from engine.workers.loop import pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
@@ -76,6 +85,7 @@ class Forwarder:
         self.slow = mem.rings[f"slow.{worker}"]
         self.buffers = Buffers(mem, self.agent)
         self.counters = mem.counters[self.agent]
+        self.journal = mem.journal
         self.fib = fib
         # live ports: this worker's own queue on each (else the pcap agent fills our
         # RX rings and empties our TX rings)
@@ -88,6 +98,9 @@ class Forwarder:
         self.nh_gen = int(mem.ctl[CTL_NH_GEN])
         self.neigh_gen = int(mem.ctl[CTL_NEIGH_GEN])
         self.flushes = 0
+        # `fwd trace` / `fwd capture`: one shared word, loaded once per batch
+        self.obs = mem.obs_ctl
+        self.observer = Observer(mem, self.agent)
 
     def flush(self) -> None:
         """Forget every cached resolution (the kernel's rt_flush_dev / rt_genid bump)."""
@@ -98,48 +111,96 @@ class Forwarder:
         self.flushes += 1
 
     def process(self, idx: np.ndarray) -> None:
+        """One batch. It is written to this worker's journal before anything else, its
+        hand-off is decided (room on every ring checked: a full ring is a `ring_full`
+        drop) before its counters are added, and the buffers move only then, so that
+        the control process can finish the accounting of a killed worker's batch
+        (engine/supervise.py: JOURNAL_* states)."""
+        w, journal = self.worker, self.journal
+        n = len(idx)
+        if n > journal.idx.shape[1]:  # larger than a ring (tests): journal it in parts
+            for part in np.array_split(idx, -(-n // journal.idx.shape[1])):
+                self.process(part)
+            return
         mem = self.mem
         t0 = time.perf_counter_ns()
+        journal.idx[w, :n] = idx
+        journal.n[w] = n
+        journal.state[w] = JOURNAL_TAKEN  # published after the indices (x86 TSO)
         hdr = mem.data[idx, :HDR_BYTES]
+        watch = self.obs[OBS_ACTIVE]  # 0 unless a trace or capture is armed
+        if watch:
+            seen = self.observer.received(int(watch), idx, hdr)
         r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
         mem.length[idx] = r.frame_len
         code = r.code
         every = len(r.forwarded) == len(idx)
+        sends: list[tuple[Ring, np.ndarray]] = []
         refused = False
+        if watch:
+            self.observer.routed(seen, idx, hdr, code, r.egress)
         if len(r.forwarded):
             out = idx if every else idx[r.forwarded]
             rewritten = hdr.view("<u8")[:, :REWRITE_WORDS]
             mem.words[out, :REWRITE_WORDS] = rewritten if every else rewritten[r.forwarded]
-            refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
-                                    r.forwarded, code)
-        if refused or not every:
-            self.hand_on(idx, code)
+            sends, refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
+                                           r.forwarded, code)
+        slow_rows = self.plan_slow(code) if (refused or not every) else None
+        if watch:
+            self.observer.decided(seen, idx, code)
+        journal.code[w, :n] = code
+        journal.before[w] = self.counters
+        journal.state[w] = JOURNAL_COUNTING
         count(code, self.counters)
         self.counters[MISC_BASE + Misc.batches] += 1
+        journal.state[w] = JOURNAL_COUNTED
+        for ring, bufs in sends:
+            ring.enqueue(bufs)  # room checked by transmit: we are the ring's only producer
+        if slow_rows is not None:
+            self.hand_on(idx, code, slow_rows)
+        journal.state[w] = JOURNAL_IDLE
+        if watch:
+            self.observer.finished(seen, hdr, code, r.frame_len, self.tables)
         self.counters[MISC_BASE + Misc.busy_ns] += time.perf_counter_ns() - t0
 
     def transmit(self, out: np.ndarray, egress: np.ndarray, rows: np.ndarray,
-                 code: np.ndarray) -> bool:
-        """Enqueue forwarded buffers on their egress port's TX ring, in batch order.
-        What a full ring refuses becomes a `ring_full` drop; returns whether any was."""
+                 code: np.ndarray) -> tuple[list[tuple[Ring, np.ndarray]], bool]:
+        """Which forwarded buffers go on which egress port's TX ring, in batch order:
+        what does not fit (the ring's free space now; it only grows until we enqueue)
+        becomes a `ring_full` drop. Returns the (ring, buffers) to enqueue and whether
+        any was refused."""
         per_port = np.bincount(egress, minlength=len(self.tx))
         refused = False
+        sends = []
         for p in np.flatnonzero(per_port):
             sel = slice(None) if per_port[p] == len(out) else np.flatnonzero(egress == p)
-            sent = self.tx[p].enqueue(out[sel])
-            if sent < per_port[p]:
-                code[rows[sel][sent:]] = drop(Drop.ring_full)
+            room = self.tx[p].free_space()
+            bufs = out[sel]
+            if room < per_port[p]:
+                code[rows[sel][room:]] = drop(Drop.ring_full)
+                bufs = bufs[:room]
                 refused = True
-        return refused
+            if len(bufs):
+                sends.append((self.tx[p], bufs))
+        return sends, refused
 
-    def hand_on(self, idx: np.ndarray, code: np.ndarray) -> None:
-        """Slow-path packets to the slow ring (with their reason), drops to the pool."""
+    def plan_slow(self, code: np.ndarray) -> np.ndarray:
+        """Rows for the slow ring; those beyond its free space become `ring_full` drops."""
         slow_rows = np.flatnonzero(code >= SLOW)
+        room = self.slow.free_space()
+        if len(slow_rows) > room:
+            code[slow_rows[room:]] = drop(Drop.ring_full)
+            slow_rows = slow_rows[:room]
+        return slow_rows
+
+    def hand_on(self, idx: np.ndarray, code: np.ndarray,
+                slow_rows: np.ndarray | None = None) -> None:
+        """Slow-path packets to the slow ring (with their reason), drops to the pool."""
+        if slow_rows is None:
+            slow_rows = self.plan_slow(code)
         if len(slow_rows):
             self.mem.code[idx[slow_rows]] = code[slow_rows]  # tells the slow path why
-            sent = self.slow.enqueue(idx[slow_rows])
-            if sent < len(slow_rows):
-                code[slow_rows[sent:]] = drop(Drop.ring_full)
+            self.slow.enqueue(idx[slow_rows])
         dropped = (code != FORWARD) & (code < SLOW)
         if dropped.any():
             self.buffers.free(idx[dropped])

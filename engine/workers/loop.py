@@ -9,10 +9,20 @@ import signal
 import time
 from collections.abc import Callable
 
-from engine.shm.memory import AGENT_IO, CTL_STOP, ST_IDLE, ST_LOOPS, ST_PID, EngineMemory
+from engine.shm.memory import (
+    AGENT_IO,
+    CTL_PAUSE,
+    CTL_STOP,
+    ST_IDLE,
+    ST_LOOPS,
+    ST_PAUSED,
+    ST_PID,
+    EngineMemory,
+)
 from engine.shm.ring import Ring
 
 MAX_IDLE_SLEEP = 0.001
+PAUSE_SLEEP = 0.0002
 PR_SET_PDEATHSIG = 1
 
 
@@ -30,6 +40,15 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
     die_with_parent()  # from now on its death is a SIGTERM; before, getppid() tells
     idle_sleep = 0.0
     while True:
+        pause = int(mem.ctl[CTL_PAUSE])
+        if pause:
+            # the control process is recovering a dead worker's buffers (supervise.py):
+            # between two passes we hold none of its buffers; say so and wait
+            mem.state[agent, ST_PAUSED] = pause
+            if parent and os.getppid() != parent:
+                return
+            time.sleep(PAUSE_SLEEP)
+            continue
         handled = poll()
         mem.state[agent, ST_LOOPS] += 1
         if handled:
