@@ -68,7 +68,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 runs of 0.05 s")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.seconds = 2, 0.05
 
     tmpdir = tempfile.TemporaryDirectory(prefix="fwd-bench-dpdk-")
     tmp = Path(tmpdir.name)
