@@ -35,10 +35,10 @@ beside it. The CPU time every process and thread used in the window is read from
 /proc, and so is what everything else on the machine used meanwhile (/proc/stat): a
 window in which other work took more than `--max-others` CPUs (0.5) is measured
 again, up to `--retries` (3) times; the least contended attempt is kept, the
-others' rates are recorded beside it in the JSON. Each run
-starts every forwarder afresh, in rotating order; the table has the median of the
-runs, and each ratio is the median of the per-run ratios (the two rates of a ratio
-are measured seconds apart, on a machine shared with other work).
+others' rates are recorded beside it in the JSON. Each run starts every forwarder
+afresh, in rotating order; the table has the median of the runs, and each ratio is
+the median of the per-run ratios (the two rates of a ratio are measured seconds
+apart, on a machine shared with other work).
 
 EAL runs with `--no-huge` for all three (the engine: `[dpdk] hugepages = "off"`), so
 no hugepages are reserved; every EAL runtime directory created is removed at the end.
@@ -46,6 +46,7 @@ no hugepages are reserved; every EAL runtime directory created is removed at the
     .venv/bin/python perf/bench_l3fwd.py [--runs 5] [--seconds 3] [--engines 1x256,2x1024]
         [--json perf/results/dpdk-l3fwd-$(date +%F)-vm.json]
     .venv/bin/python perf/bench_l3fwd.py --quick --json /tmp/x.json   # smoke run, ~30 s
+    .venv/bin/python perf/bench_l3fwd.py --from-json FILE             # the tables again
 """
 
 from __future__ import annotations
