@@ -25,6 +25,30 @@ HOSTS = (("h1", "p0", "10.0.1.2/24", "10.0.1.1"), ("h2", "p1", "10.0.2.2/24", "1
 OFFLOADS = ("tx", "rx", "gso", "gro", "tso", "sg")
 
 
+ENGINE_MACS = ("02:00:00:00:01:01", "02:00:00:00:02:01")  # configs/lab.toml's
+
+
+def engine_config(lab: Lab, control_socket: str, *, workers: int = 2, batch: int = 1024,
+                  p1_mtu: int = 1500, extra: str = "") -> str:
+    """The engine's config for `lab` (configs/lab.toml with this lab's namespace):
+    AF_PACKET ports p0 and p1 with the hosts' gateway addresses; `extra` is appended."""
+    ports = "".join(f"""
+[[port]]
+name = "{port}"
+driver = "afpacket"
+iface = "{port}"
+mac = "{mac}"
+mtu = {p1_mtu if port == "p1" else 1500}
+addresses = ["{gateway}/24"]
+""" for (_, port, _, gateway), mac in zip(HOSTS, ENGINE_MACS, strict=True))
+    return f"""[engine]
+workers = {workers}
+batch = {batch}
+netns = "{lab.router}"
+control_socket = "{control_socket}"
+{ports}{extra}"""
+
+
 class LabError(RuntimeError):
     """The lab could not be built or removed."""
 

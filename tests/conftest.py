@@ -180,6 +180,20 @@ def no_shm_leak(pid: int | None = None) -> list[str]:
     return [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
 
 
+def set_ip_checksums(frames):
+    """Recompute the IPv4 header checksum (RFC 1071) of every row: a 20-byte header
+    after a 14-byte Ethernet header. Written out here, independent of the engine's own."""
+    import numpy as np
+
+    words = frames[:, 14:34].view(">u2").astype(np.uint32)
+    words[:, 5] = 0
+    c = words.sum(axis=1)
+    c = (c & 0xFFFF) + (c >> 16)
+    c = (c & 0xFFFF) + (c >> 16)
+    frames[:, 24] = (~c >> 8) & 0xFF
+    frames[:, 25] = ~c & 0xFF
+
+
 def flood(lab: Lab, n: int, dst: tuple[int, int, int, int], seed: int = 5) -> None:
     """n 64-byte UDP frames h1 → dst on p0, over many flows, written straight as a pcap
     (scapy is too slow for this many)."""
@@ -194,13 +208,7 @@ def flood(lab: Lab, n: int, dst: tuple[int, int, int, int], seed: int = 5) -> No
 
     frames = udp_frames(n, np.random.default_rng(seed))
     frames[:, 30:34] = dst
-    words = frames[:, 14:34].view(">u2").astype(np.uint32)
-    words[:, 5] = 0
-    c = words.sum(axis=1)
-    c = (c & 0xFFFF) + (c >> 16)
-    c = (c & 0xFFFF) + (c >> 16)
-    frames[:, 24] = (~c >> 8) & 0xFF
-    frames[:, 25] = ~c & 0xFF
+    set_ip_checksums(frames)
     offsets = np.arange(n, dtype=np.int64) * frames.shape[1]
     lengths = np.full(n, frames.shape[1], dtype=np.uint32)
     ts = 1_000_000_000 + np.arange(n, dtype=np.int64) * 1000

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.lab import Lab, down, up
+from engine.lab import Lab, down, engine_config, up
 
 TOOLS = ("ip", "ping", "tracepath", "traceroute", "iperf3")
 H2_MTU = 1400
@@ -47,32 +47,8 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
 
 def lab_config(lab: Lab, sock: Path, workers: int = 2) -> str:
-    return f"""
-[engine]
-workers = {workers}
-batch = 256
-netns = "{lab.router}"
-control_socket = "{sock}"
-
-[[port]]
-name = "p0"
-driver = "afpacket"
-iface = "p0"
-mac = "02:00:00:00:01:01"
-mtu = 1500
-addresses = ["10.0.1.1/24"]
-
-[[port]]
-name = "p1"
-driver = "afpacket"
-iface = "p1"
-mac = "02:00:00:00:02:01"
-mtu = {H2_MTU}
-addresses = ["10.0.2.1/24"]
-
-[icmp]
-ratelimit_ms = 0
-"""
+    return engine_config(lab, str(sock), workers=workers, batch=256, p1_mtu=H2_MTU,
+                         extra="\n[icmp]\nratelimit_ms = 0\n")
 
 
 def sh(ns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import pytest
 
 from engine.io.pcap import read_pcap
 
-from conftest import MAC, Lab, flood, no_shm_leak
+from conftest import MAC, Lab, flood, no_shm_leak, set_ip_checksums
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
@@ -96,13 +96,7 @@ def routed_flood(n: int) -> np.ndarray:
     frames[:, 0:6] = np.frombuffer(bytes.fromhex(MAC["h2"].replace(":", "")), np.uint8)
     frames[:, 6:12] = np.frombuffer(bytes.fromhex(MAC["p1"].replace(":", "")), np.uint8)
     frames[:, 22] -= 1
-    words = frames[:, 14:34].view(">u2").astype(np.uint32)
-    words[:, 5] = 0
-    c = words.sum(axis=1)
-    c = (c & 0xFFFF) + (c >> 16)
-    c = (c & 0xFFFF) + (c >> 16)
-    frames[:, 24] = (~c >> 8) & 0xFF
-    frames[:, 25] = ~c & 0xFF
+    set_ip_checksums(frames)
     return frames
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.lab import Lab, down, up
+from engine.lab import Lab, down, engine_config, up
 
 FWD = [sys.executable, "-m", "engine.cli"]
 
@@ -47,29 +47,7 @@ print(sent)
 
 
 def config(lab: Lab, sock: Path) -> str:
-    return f"""
-[engine]
-workers = 2
-batch = 64
-netns = "{lab.router}"
-control_socket = "{sock}"
-
-[[port]]
-name = "p0"
-driver = "afpacket"
-iface = "p0"
-mac = "02:00:00:00:01:01"
-mtu = 1500
-addresses = ["10.0.1.1/24"]
-
-[[port]]
-name = "p1"
-driver = "afpacket"
-iface = "p1"
-mac = "02:00:00:00:02:01"
-mtu = 1500
-addresses = ["10.0.2.1/24"]
-"""
+    return engine_config(lab, str(sock), workers=2, batch=64)
 
 
 def stats(sock: Path) -> dict:
