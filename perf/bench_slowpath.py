@@ -18,7 +18,12 @@ pool buffers, in bursts of `--batch`, as a forwarding worker hands packets over
 (byte for byte where the bench can build it) before the clock starts, for
 - transit fragments, mode "full" (reassemble, route, refragment along the original
   boundaries, transmit): 4,000-byte datagrams in 3 fragments, 1,500-byte datagrams
-  in 4 (cut at MTU 500 upstream);
+  in 4 (cut at MTU 500 upstream), each datagram's fragments back to back (a burst
+  holding all of a datagram takes it whole: `SlowPath.take_whole`); 4,000-byte ones
+  16 at a time with their fragments shuffled together (those cut by a burst's edge
+  go through `Reassembler.add` one fragment at a time); and the first stream again
+  with whole datagrams off (`whole_bursts = False`: every fragment through `add`,
+  the way before them);
 - TTL 1 (ICMP time exceeded), a transit packet with record route (options compiled,
   routed, forwarded), echo requests to the router (echo replies), 1,500-byte packets
   to a 1,400-byte MTU (fragmented on output).
@@ -280,24 +285,43 @@ class WorkerCase:
     frames: list[bytes]  # Ethernet frames as they reach the slow path
     outputs: int  # frames the worker sends per pass
     expect: list[bytes] | None = None  # those frames, byte for byte, in order
+    whole: bool = True  # SlowPath.whole_bursts: False, every fragment through `add`
 
 
 def worker_cases() -> list[WorkerCase]:
-    def transit_fragments(total: int, upstream_mtu: int, n: int) -> WorkerCase:
-        frags = [f for i in range(n)
-                 for f in fragment(udp_datagram(total, i, ttl=64), upstream_mtu)]
-        per = len(frags) // n
+    def transit_fragments(total: int, upstream_mtu: int, n: int, in_flight: int = 1,
+                          whole: bool = True) -> WorkerCase:
+        datagrams = [fragment(udp_datagram(total, i, ttl=64), upstream_mtu) for i in range(n)]
+        per = len(datagrams[0])
+        # `in_flight` datagrams at a time, their fragments shuffled together
+        rng = random.Random(7)
+        stream: list[tuple[int, bytes]] = []
+        for start in range(0, n, in_flight):
+            group = [(d, f) for d in range(start, min(n, start + in_flight))
+                     for f in datagrams[d]]
+            if in_flight > 1:
+                rng.shuffle(group)
+            stream += group
+        # reassembled, routed, refragmented along the original boundaries: each
+        # datagram when its last fragment comes, its fragments in offset order
+        done = sorted(range(n), key=lambda d: max(k for k, (e, _) in enumerate(stream)
+                                                    if e == d))
         out = MAC_H2 + MAC_P1 + ETH_IP
+        name = f"{total:,}-byte datagrams in {per} fragments"
+        if in_flight > 1:
+            name += f", {in_flight} in flight shuffled"
+        if not whole:
+            name += ", one fragment at a time"
         return WorkerCase(
-            f"{total:,}-byte datagrams in {per} fragments", "fragments", Slow.reassemble,
-            [FROM_H1 + f for f in frags], len(frags),
-            # reassembled, routed, refragmented along the original boundaries
-            [out + routed_copy(f) for f in frags])
+            name, "fragments", Slow.reassemble, [FROM_H1 + f for _, f in stream],
+            len(stream), [out + routed_copy(f) for d in done for f in datagrams[d]], whole)
 
     big = [udp_datagram(1500, i, ttl=64, dst="10.0.3.2") for i in range(256)]
     return [
         transit_fragments(4000, 1500, 256),
         transit_fragments(1500, 500, 192),
+        transit_fragments(4000, 1500, 256, in_flight=16),
+        transit_fragments(4000, 1500, 256, whole=False),
         WorkerCase("TTL 1 -> ICMP time exceeded", "errors", Slow.ttl_exceeded,
                    [FROM_H1 + udp_datagram(64, i, ttl=1) for i in range(768)], 768),
         WorkerCase("record route, transit", "packets", Slow.options,
@@ -433,6 +457,7 @@ def bench_worker(case: WorkerCase, batch: int, seconds: float, runs: int,
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
         rig = WorkerRig(Path(tmp), batch)
+        rig.sp.whole_bursts = case.whole
         try:
             _, _, sent = rig.one_pass(block, lengths, case.reason, keep=True)
             check_sent(case, sent)

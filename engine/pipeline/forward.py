@@ -130,9 +130,15 @@ def rewrite(hdr: np.ndarray, mac: np.ndarray, egress: np.ndarray, t: Tables) -> 
     and the source's first two bytes) as one 64-bit word, 8..11 (the source's last
     four) as a 32-bit one, the TTL at byte 22 and the checksum at 24..25 read
     little-endian."""
-    src = t.port_mac48[egress]
-    hdr[:, 0:8].view("<u8")[:, 0] = mac | (src << np.uint64(48))
-    hdr[:, 8:12].view("<u4")[:, 0] = src >> np.uint64(16)
+    set_ethernet(hdr, mac, egress, t)
     hdr[:, 22] -= 1
     check = hdr[:, 24:26].view("<u2")[:, 0]
     check[:] = checksum.ttl_decrement_le(check)
+
+
+def set_ethernet(hdr: np.ndarray, mac: np.ndarray, egress: np.ndarray, t: Tables) -> None:
+    """The Ethernet addresses of frames leaving by `egress` to `mac` (mac48), in place
+    in the first 12 bytes of each row of `hdr` (`neigh_hh_output`'s header copy)."""
+    src = t.port_mac48[egress]
+    hdr[:, 0:8].view("<u8")[:, 0] = mac | (src << np.uint64(48))
+    hdr[:, 8:12].view("<u4")[:, 0] = src >> np.uint64(16)

@@ -26,6 +26,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
+from engine.pipeline import checksum
 from engine.pipeline.checksum import HEADER_WORDS, fold16
 from engine.pipeline.options import fragment_options
 
@@ -167,3 +170,28 @@ def fragment(
         ptr += size
         offset += size
     return out
+
+
+def fraglist_headers(datagram_hdr: np.ndarray, datagram: np.ndarray, tot_len: np.ndarray,
+                     frag_off: np.ndarray) -> np.ndarray:
+    """The headers of fragments sent as they came (`ip_do_fragment`'s frag_list fast
+    path, `ip_fraglist_init`/`ip_fraglist_prepare`), for many datagrams at once.
+
+    `datagram_hdr`: (G, 20) uint8, each datagram's header as it leaves (IHL 5: the
+    fast path is for datagrams without options); `datagram`: the datagram of each
+    fragment; `tot_len`, `frag_off`: each fragment's as received. Each fragment gets
+    its datagram's header with its own length and offset, MF as received (set on all
+    but the last), DF and the reserved bit cleared (the kernel writes the field from
+    the offset and MF alone) and the checksum recomputed. Returns (F, 20) uint8.
+    """
+    hdr = datagram_hdr[datagram]
+    hdr[:, 2] = tot_len >> 8
+    hdr[:, 3] = tot_len & 0xFF
+    fo = frag_off & (IP_MF | IP_OFFSET)
+    hdr[:, 6] = fo >> 8
+    hdr[:, 7] = fo & 0xFF
+    hdr[:, 10:12] = 0
+    check = checksum.compute(hdr.view(">u2"))
+    hdr[:, 10] = check >> 8
+    hdr[:, 11] = check & 0xFF
+    return hdr

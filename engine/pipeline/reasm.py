@@ -72,6 +72,8 @@ from collections import OrderedDict
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
+
 from engine.pipeline.checksum import ip_checksum
 from engine.pipeline.frag import IP_DF, IP_MF, IP_OFFSET
 
@@ -515,6 +517,42 @@ class Reassembler:
             COMPLETE, None, datagram, list(metas), n, q.max_size, df, list(map(len, payloads)), side
         )
 
+    # -- datagrams a burst completed on its own (`whole_datagrams`) -------------
+
+    def holds(self, key: Key) -> bool:
+        """A queue for `key` is held."""
+        return key in self._queues
+
+    @property
+    def sources(self) -> int:
+        """Sources with queues held (their ip_frag_too_far counters are live)."""
+        return len(self._peers)
+
+    def next_timer(self) -> int | float:
+        """When `expire` next has something to do (the clock's value; inf: never)."""
+        for q in self._queues.values():  # the oldest timer first
+            return q.start_ns + self.timeout_ns
+        return float("inf")
+
+    def source_addrs(self) -> list[int]:
+        """The sources with queues held, as integers."""
+        return [int.from_bytes(src, "big") for src in self._peers]
+
+    def saw(self, src: bytes, n: int) -> None:
+        """`n` fragments from `src` went by without `add` (whole datagrams of a
+        burst): they still count for `ip_frag_too_far` in its queues held here (the
+        kernel's inet_peer counts every fragment of the source)."""
+        peer = self._peers.get(src)
+        if peer is not None:
+            peer[0] += n
+
+    def took_whole(self, nfrags: int, ndatagrams: int) -> None:
+        """Count `ndatagrams` datagrams of `nfrags` fragments that a burst completed
+        on its own, as `add` would have counted them one fragment at a time."""
+        self.reasm_reqds += nfrags
+        self.reassembled += nfrags
+        self.reasm_oks += ndatagrams
+
     # -- leaving without completing -------------------------------------------
 
     def _refuse(self, reason: str, meta: Any) -> Result:
@@ -599,3 +637,153 @@ class Reassembler:
         """Drop every queue (end of a replay): reason "flush", counted in ReasmFails
         and drops, never as a timeout."""
         return [self._kill(q, FLUSH) for q in list(self._queues.values())]
+
+
+# -- a burst at a time -------------------------------------------------------------
+#
+# The slow-path worker takes fragments a burst at a time. A datagram whose fragments
+# all came in one burst, that fit together exactly (no overlap, no duplicate, no hole,
+# no trimming) and that nothing else in the reassembler would have seen, completes the
+# same way whatever the order of its fragments: `whole_datagrams` finds those over
+# arrays, so that the worker can forward them as the kernel's frag_list fast path does
+# (the fragments sent as they came, with the datagram's header) without one
+# `Reassembler.add` per fragment. Everything else (and every datagram with a doubt)
+# goes through `add` as before, which keeps the kernel's semantics for the odd cases.
+
+
+class Whole:
+    """Datagrams complete within one burst (see `whole_datagrams`), in the order they
+    completed. Rows are row numbers of the burst (its arrival order)."""
+
+    __slots__ = ("rows", "bounds", "head", "last", "first", "largest", "df", "ecn",
+                 "length")
+
+    def __init__(self, rows: np.ndarray, bounds: np.ndarray, head: np.ndarray,
+                 last: np.ndarray, first: np.ndarray, largest: np.ndarray, df: np.ndarray,
+                 ecn: np.ndarray, length: np.ndarray) -> None:
+        self.rows = rows  # every fragment, datagram after datagram, each in offset order
+        self.bounds = bounds  # datagram d: rows[bounds[d] : bounds[d + 1]]
+        self.head = head  # per datagram: the row of its first fragment (offset 0)
+        self.last = last  # the row of the fragment that completed it (the latest)
+        self.first = first  # the row of its earliest fragment (its queue's creation)
+        self.largest = largest  # the largest fragment, header included (frag_max_size)
+        self.df = df  # DF on the reassembled datagram (as `Result.df`)
+        self.ecn = ecn  # bits to OR into its TOS (ip_frag_ecn_table)
+        self.length = length  # its payload length
+
+    def __len__(self) -> int:
+        return len(self.head)
+
+
+_ECN_ARRAY = np.array(_ECN_TABLE, dtype=np.uint8)
+_ECN_BIT = np.array([1, 2, 4, 8], dtype=np.uint8)  # 1 << (tos & 3)
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+
+
+def _empty() -> Whole:
+    z = _NO_ROWS
+    return Whole(z, np.zeros(1, np.intp), z, z, z, np.zeros(0, np.uint32), np.zeros(0, bool),
+                 np.zeros(0, np.uint8), np.zeros(0, np.uint32))
+
+
+def whole_datagrams(ip: np.ndarray, candidate: np.ndarray, clock: np.ndarray,
+                    timeout_ns: int, max_dist: int) -> Whole:
+    """The datagrams a burst completes on its own, as `Reassembler.add` would complete
+    them one fragment at a time, from the burst's IPv4 headers alone.
+
+    `ip`: (N, 20) uint8, the first 20 bytes of each packet's IP header (any packet:
+    rows that are not fragments are ignored). `candidate`: the rows that may be taken
+    (a fragment for reassembly, IHL 5, its frame trimmed to tot_len: the caller's
+    word). `clock`: the worker's clock when each row is taken (nondecreasing).
+    A datagram is whole when every fragment of its key (src, dst, id, protocol) in
+    the burst is a candidate and together they are exactly one datagram: offsets
+    from 0 each where the previous one ends, MF on all but the last, every payload
+    non-empty and, with MF, a multiple of 8 (nothing for `add` to trim); and when
+    `add` would not have stopped it: 65,535 bytes at most, a valid ECN mix, its
+    last fragment within `timeout_ns` of its first (on `clock`), and its first and
+    last fragments no more than `max_dist` fragments of its source apart (counted
+    over every fragment row, any key): `ip_frag_too_far` allows that many between
+    two of its own, and a datagram spread wider is left to `add` (0: no limit).
+
+    What is left to the caller, who knows the reassembler: that no queue for the key
+    exists yet, memory (no eviction may fall within the burst), and the source's
+    `ip_frag_too_far` counter for queues it holds (`Reassembler.saw`).
+    """
+    words = ip.view(">u2")  # (N, 10) big-endian header words
+    rows = (words[:, 3] & (IP_MF | IP_OFFSET)).nonzero()[0]
+    if len(rows) < 2 or not np.count_nonzero(candidate[rows]):
+        return _empty()
+    hdr = ip[rows]  # the fragments' headers, in arrival order
+    hw = hdr.view(">u2")
+    addrs = hdr[:, 12:20].view(">u8")[:, 0]  # source << 32 | destination
+    id_proto = (hw[:, 2].astype(np.uint32) << 8) | hdr[:, 9]
+    fo = hw[:, 3]
+    offset = (fo & IP_OFFSET).astype(np.uint32) << 3
+    # by key, then offset, then arrival
+    order = np.lexsort((rows, offset, id_proto, addrs))
+    s_addrs, s_id_proto = addrs[order], id_proto[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (s_addrs[1:] != s_addrs[:-1]) | (s_id_proto[1:] != s_id_proto[:-1])
+    starts = new.nonzero()[0]
+    s_rows, s_off, s_fo, s_hdr = rows[order], offset[order], fo[order], hdr[order]
+    tot_len = hw[order, 1].astype(np.uint32)
+    size = tot_len - ((s_hdr[:, 0] & 0x0F).astype(np.uint32) << 2)  # wraps if tot_len < ihl
+    mf = (s_fo & IP_MF) != 0
+    # a fragment is wrong for a whole datagram where it is not a candidate, carries
+    # nothing, would be trimmed, or does not start where the previous one ended
+    bad = ~candidate[s_rows] | (size == 0) | (size > 65535) | (mf & ((size & 7) != 0))
+    bad[1:] |= ~new[1:] & (s_off[1:] != s_off[:-1] + size[:-1])
+    bad[starts] |= s_off[starts] != 0  # a datagram starts at offset 0
+    last_of_group = np.empty_like(new)
+    last_of_group[:-1] = new[1:]
+    last_of_group[-1] = True
+    bad |= mf == last_of_group  # MF on all but the last
+    bad_group = np.logical_or.reduceat(bad, starts)
+    length = np.add.reduceat(size, starts)
+    ecn = _ECN_ARRAY[np.bitwise_or.reduceat(_ECN_BIT[s_hdr[:, 1] & 3], starts)]
+    last = np.maximum.reduceat(s_rows, starts)
+    first = np.minimum.reduceat(s_rows, starts)
+    bad_group |= ((length > IP_MAX_LEN - 20) | (ecn == 0xFF)
+                  | (clock[last] - clock[first] >= timeout_ns))
+    if max_dist:
+        # ip_frag_too_far: at most max_dist fragments of the source between two of the
+        # datagram's; enough here that its first and last are no further apart
+        # (conservative: a datagram spread wider goes through `add`)
+        src = addrs >> np.uint64(32)
+        if src.min() == src.max():  # one source: a row's number is its position
+            s_rank = order
+        else:
+            by_src = np.lexsort((rows, src))
+            src_start = np.ones(len(rows), dtype=bool)
+            src_start[1:] = src[by_src][1:] != src[by_src][:-1]
+            pos = np.arange(len(rows))
+            rank = np.empty(len(rows), dtype=np.intp)
+            rank[by_src] = pos - np.maximum.accumulate(np.where(src_start, pos, 0))
+            s_rank = rank[order]
+        span = np.maximum.reduceat(s_rank, starts) - np.minimum.reduceat(s_rank, starts)
+        bad_group |= span > max_dist
+    good = (~bad_group).nonzero()[0]
+    if not len(good):
+        return _empty()
+    largest = np.maximum.reduceat(tot_len, starts)
+    df_size = np.maximum.reduceat(np.where(s_fo & IP_DF, tot_len, 0), starts)
+    # the datagrams in the order they completed, each one's fragments in offset order
+    good = good[np.argsort(last[good], kind="stable")]
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = len(order)
+    counts = (ends - starts)[good]
+    bounds = np.zeros(len(good) + 1, dtype=np.intp)
+    np.cumsum(counts, out=bounds[1:])
+    taken = np.repeat(starts[good] - bounds[:-1], counts) + np.arange(bounds[-1])
+    return Whole(
+        rows=s_rows[taken],
+        bounds=bounds,
+        head=s_rows[starts[good]],
+        last=last[good],
+        first=first[good],
+        largest=largest[good],
+        df=df_size[good] == largest[good],
+        ecn=ecn[good],
+        length=length[good],
+    )

@@ -84,13 +84,21 @@ def select_multipath(nh: np.ndarray, saddr: np.ndarray, daddr: np.ndarray,
     return nh
 
 
+def plain_route(saddr: np.ndarray, daddr: np.ndarray, tot_len: np.ndarray, nh: np.ndarray,
+                source_local: np.ndarray, t: Tables) -> np.ndarray:
+    """`ip_route_input_slow` has nothing to say: ordinary addresses (no martian, no
+    multicast, no loopback, no broadcast), a source that is not ours, and a unicast
+    route on a port that is up whose MTU the packet fits (`Tables.nh_mtu`)."""
+    return ((tot_len <= t.nh_mtu[nh]) & ORDINARY[saddr >> 24] & ORDINARY[daddr >> 24]
+            & ~source_local)
+
+
 def ip_route_input(h: IpHeaders, t: Tables, code: np.ndarray) -> np.ndarray:
     """Return the next-hop index of each packet; set `code` where routing decides."""
     nh = select_multipath(t.lookup(h.daddr), h.saddr, h.daddr, t)
     fragment = (h.frag_off & (IP_MF | IP_OFFSET)) != 0
     source_local = is_local(h.saddr, t.local_addrs)
-    plain = h.plain & (h.tot_len <= t.nh_mtu[nh]) & ORDINARY[h.saddr >> 24] \
-        & ORDINARY[h.daddr >> 24] & ~source_local
+    plain = h.plain & plain_route(h.saddr, h.daddr, h.tot_len, nh, source_local, t)
     if t.reassemble_transit:
         plain &= ~fragment
     h.plain = plain

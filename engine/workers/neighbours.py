@@ -442,6 +442,13 @@ class Resolver:
         self._arm(n, now + self.p.delay_probe_time_ns)
         self._publish(n, now)
 
+    def next_timer(self) -> int | float:
+        """When `tick` next has something to do (the clock's value): a timer or the
+        periodic work falls due; the first tick ever starts the clock."""
+        if self.next_gc is None:
+            return float("-inf")
+        return min(self.next_gc, self.timers[0][0]) if self.timers else self.next_gc
+
     def tick(self, now: int) -> None:
         """Run the timers due by `now`, in order, each at its due time."""
         if self.last_rand is None or self.next_gc is None:

@@ -20,6 +20,12 @@ mirrors:
                                                         then dst_input
     arp                         neigh.arp_rcv           arp_rcv, arp_process
 
+Whole datagrams (`take_whole`, "whole datagrams" below): before that, a burst's
+fragments that make up complete datagrams on their own and are plainly forwarded
+are found over arrays and sent as they came, each with its datagram's header (the
+kernel's frag_list fast path), in the buffers they came in; only the rest is taken a
+packet at a time. Nothing but the cost differs (tests/test_slowpath_whole.py).
+
 Routing decisions are the fast path's own (`route_checks`, `forward_checks`), so a
 packet the slow path has reassembled or whose options it has compiled is routed in
 the kernel's order by the same code. They run over arrays, once per burst for the
@@ -114,8 +120,8 @@ from engine.counters import (
 from engine.pipeline import checksum
 from engine.pipeline import reasm as R
 from engine.pipeline.checksum import inet_checksum, set_ip_checksum
-from engine.pipeline.forward import forward_checks, source_on_link
-from engine.pipeline.frag import fragment
+from engine.pipeline.forward import forward_checks, set_ethernet, source_on_link
+from engine.pipeline.frag import fraglist_headers, fragment
 from engine.pipeline.icmp import (
     ICMP_DEST_UNREACH,
     ICMP_ECHO,
@@ -152,8 +158,14 @@ from engine.pipeline.options import (
     forward_options,
     strict_route_failed,
 )
-from engine.pipeline.rcv import ETH_HLEN, IP_MF, IP_OFFSET
-from engine.pipeline.route import LBCAST, is_local, route_checks, select_multipath
+from engine.pipeline.rcv import ETH_HLEN, IP_MF, IP_OFFSET, mac48
+from engine.pipeline.route import (
+    LBCAST,
+    is_local,
+    plain_route,
+    route_checks,
+    select_multipath,
+)
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import (
     FORWARD,
@@ -283,6 +295,33 @@ class Packet:
         return bool(self.frag_off & (IP_MF | IP_OFFSET))
 
 
+@dataclass
+class WholeBurst:
+    """The whole datagrams of a burst (`SlowPath.take_whole`), in the order they
+    completed, their fragments rewritten in place and ready to leave."""
+
+    rest: np.ndarray  # rows of the burst taken one at a time (`take`)
+    buffers: np.ndarray  # pool buffers of the datagrams' fragments, in the order sent
+    ports: np.ndarray  # the egress port of each
+    bounds: list[int]  # datagram d: buffers[bounds[d] : bounds[d + 1]]
+    clock: list[int]  # the worker's clock when datagram d completed
+    upto: list[int]  # datagrams completed before the j-th packet taken alone
+    saw: dict[int, list[tuple[bytes, int]]]  # before that packet: (source, fragments)
+    ctl: bytes  # the control words they were routed under
+    # what rebuilding datagram d takes (`SlowPath._rebuilt`): its first fragment's
+    # header as it came, each fragment's payload size (in buffers' order), and the
+    # frame, time, number, largest fragment, DF and ECN of the datagram
+    heads: np.ndarray
+    sizes: list[int]
+    in_port: list[int]
+    ts: list[int]
+    seq: list[int]
+    largest: list[int]
+    df: list[bool]
+    ecn: list[int]
+    sent: int = 0  # datagrams taken so far
+
+
 @dataclass(frozen=True)
 class OutRoute:
     """The output route of a packet the router originates: port, next hop MAC (None:
@@ -361,9 +400,10 @@ class SlowPath:
         self._ports_up: list[bool] | None = None
         self._memo_ctl = b""  # the control words the answers were given under
         # what transmit queued for the end of the burst: (frames, port, ts, seq,
-        # counters when sent, call when refused)
-        self._txq: list[tuple[list[bytes], int, int, int, Sequence[IntEnum],
-                              Callable[[Drop], None]]] = []
+        # counters when sent, call when refused), or (None, WholeBurst, d0, d1): its
+        # datagrams d0..d1-1, in the buffers they came in (see "whole datagrams")
+        self._txq: list[tuple[Any, ...]] = []
+        self.whole_bursts = True  # False: every packet through `take` (tests compare)
         # counter increments not yet added to the shared row (a column: its increment);
         # a Python dict is cheaper than a shared numpy scalar per increment
         self._counts: dict[int, int] = {}
@@ -403,13 +443,20 @@ class SlowPath:
         """Take a burst: every packet to its kernel function, then free the buffers."""
         t0 = time.perf_counter_ns()
         mem = self.mem
-        lengths = mem.length[idx].tolist()
-        ports = mem.port[idx].tolist()
-        stamps = mem.ts[idx].tolist()
-        seqs = mem.seq[idx].tolist()
-        codes = mem.code[idx].tolist()
+        whole = None
+        if self.whole_bursts and len(idx) > 1 and self.t.reassemble_transit:
+            try:
+                whole = self.take_whole(idx)
+            except Exception:  # then every packet goes one at a time
+                self._log_error()
+        rest = idx if whole is None else idx[whole.rest]
+        lengths = mem.length[rest].tolist()
+        ports = mem.port[rest].tolist()
+        stamps = mem.ts[rest].tolist()
+        seqs = mem.seq[rest].tolist()
+        codes = mem.code[rest].tolist()
         burst = []
-        for k, i in enumerate(idx.tolist()):
+        for k, i in enumerate(rest.tolist()):
             frame = mem.data[i, : lengths[k]].tobytes()  # trimmed to tot_len by the fast path
             port = ports[k]
             pkt = Packet(frame[ETH_HLEN:], port, pkt_type(frame, self.port_mac[port]),
@@ -420,9 +467,15 @@ class SlowPath:
         except Exception:  # a header prefetch cannot read: each packet asks alone
             self._forget()
             self._log_error()
-        for pkt, reason in burst:
-            self.take(pkt, reason)
-        self.buffers.free(idx)  # every input buffer, once: what we keep are copies
+        if whole is None:
+            for pkt, reason in burst:
+                self.take(pkt, reason)
+        else:
+            for j, (pkt, reason) in enumerate(burst):
+                self.send_whole(whole, j)
+                self.take(pkt, reason)
+            self.send_whole(whole, len(burst))
+        self.buffers.free(rest)  # every input buffer, once: what we keep are copies
         self.flush_tx()
         self._sync_reasm()
         self._flush_counts()
@@ -432,6 +485,208 @@ class SlowPath:
         # last: the control process takes "slow path taken == handed over" (with every
         # ring empty) as the sign that nothing more will come out of here
         row[index(Misc.rx_frames)] += len(idx)
+
+    # ------------------------------------------------------------------ whole datagrams
+
+    # A burst often holds every fragment of a datagram (a host sending a large UDP
+    # datagram sends its fragments back to back). When they fit together exactly and
+    # the datagram is plainly forwarded (the route's verdict FORWARD for the
+    # reassembled datagram: TTL, MTU to its largest fragment, a port that is up, no
+    # redirect, a next hop with its MAC), the kernel with netfilter's defrag sends the
+    # fragments again as they came, each with the datagram's header (`ip_do_fragment`'s
+    # frag_list fast path). `take_whole` does that for all such datagrams of a burst
+    # at once, over arrays and in the buffers they came in: their headers rewritten,
+    # no copy, no `Reassembler.add` per fragment. Anything with a doubt goes one packet
+    # at a time (`take`), which is where the odd cases are handled. What is the same
+    # either way, and tests/test_slowpath_whole.py checks against `whole_bursts = False`:
+    # frames, their time, arrival number, port and order on each ring; every counter;
+    # the reassembler's queues, memory and ip_frag_too_far counters. For that each
+    # datagram is taken where its last fragment came (`send_whole`, between the other
+    # packets, with the timers run at its time), its fragments count for their
+    # source's too_far counter where they came (`Reassembler.saw`), and a burst that
+    # could push reassembly memory past high_thresh, or a datagram whose key has a
+    # queue, is left to `take`.
+
+    def take_whole(self, idx: np.ndarray) -> WholeBurst | None:
+        """Find the datagrams a burst completes on its own and that are plainly
+        forwarded; rewrite their fragments in place; None when there are none."""
+        mem = self.mem
+        reasm = self.reasm
+        t = self.t
+        codes = mem.code[idx]
+        for_reasm = codes == SLOW + Slow.reassemble
+        if np.count_nonzero(for_reasm) < 2:
+            return None
+        lengths = mem.length[idx]
+        stamps = mem.ts[idx]
+        hdr = mem.data[idx, : ETH_HLEN + 20]
+        ip = hdr[:, ETH_HLEN:]
+        words = ip.view(">u2")
+        tot_len = words[:, 1].astype(np.uint32)
+        frag_off = words[:, 3]
+        candidate = for_reasm & (ip[:, 0] == 0x45) & (lengths == ETH_HLEN + tot_len)
+        clock = np.maximum.accumulate(np.maximum(stamps, self.clock))
+        w = R.whole_datagrams(ip, candidate, clock, reasm.timeout_ns, reasm.max_dist)
+        if not len(w):
+            return None
+        # memory: with every fragment of the burst held at once, no eviction
+        is_frag = (frag_off & (IP_MF | IP_OFFSET)) != 0
+        worst = (reasm.mem + int(tot_len[is_frag].sum())
+                 + int(np.count_nonzero(is_frag)) * (R.SKB_OVERHEAD + R.IPQ_SIZE))
+        if worst > reasm.high_thresh:
+            return None
+        head, last = w.head, w.last
+        addrs = ip[head, 12:20].view(">u4")
+        saddr, daddr = addrs[:, 0].astype(np.uint32), addrs[:, 1].astype(np.uint32)
+        # the reassembled datagram as ip_rcv_finish routes it (its first fragment's
+        # header, in the frame of the fragment that completed it) and ip_forward
+        # passes it: the fast path's plain forward, with the largest fragment for the
+        # MTU (ip_exceeds_mtu on frag_max_size)
+        nh = select_multipath(t.lookup(daddr), saddr, daddr, t)
+        in_port = mem.port[idx[last]]
+        egress = t.nh_port[nh]
+        mac = t.nh_mac48[nh]  # 0: not NHF_RESOLVED (ARP's: left to `take`)
+        keep = (plain_route(saddr, daddr, w.largest, nh, is_local(saddr, t.local_addrs), t)
+                & (ip[head, 8] > 1) & (egress != in_port) & (mac != 0)
+                & (mac48(hdr[last, :6]) == t.port_mac48[in_port]))
+        if len(reasm) and np.count_nonzero(keep):
+            keep &= ~self._held_keys(ip, head)
+        kept = np.flatnonzero(keep)
+        if not len(kept):
+            return None
+        counts = np.diff(w.bounds)[kept]
+        bounds = np.zeros(len(kept) + 1, dtype=np.intp)
+        np.cumsum(counts, out=bounds[1:])
+        if len(kept) < len(w):
+            rows = w.rows[np.repeat(w.bounds[kept], counts)
+                          + (np.arange(bounds[-1]) - np.repeat(bounds[:-1], counts))]
+            head, last, nh, egress, mac = head[kept], last[kept], nh[kept], egress[kept], mac[kept]
+        else:
+            rows = w.rows
+        ndatagrams, nfrags = len(kept), len(rows)
+        datagram = np.repeat(np.arange(ndatagrams), counts)
+        # ip_forward on each datagram, then the frag_list: each fragment gets the
+        # datagram's header (TTL - 1, ECN of the reassembly) with its own length
+        # and offset, and the next hop's Ethernet header
+        heads = ip[head]  # as they came: a datagram rebuilt late (`send_whole`) needs them
+        dgram = heads.copy()
+        ecn = w.ecn[kept]
+        dgram[:, 1] |= ecn
+        dgram[:, 8] -= 1  # ip_decrease_ttl; the checksum is recomputed per fragment
+        out = np.empty((nfrags, ETH_HLEN + 20), dtype=np.uint8)
+        out[:, ETH_HLEN:] = fraglist_headers(dgram, datagram, tot_len[rows], frag_off[rows])
+        out[:, 12:14] = hdr[rows, 12:14]
+        set_ethernet(out, mac[datagram], egress[datagram], t)
+        buffers = idx[rows]
+        mem.data[buffers, : ETH_HLEN + 20] = out
+        ports = egress[datagram]
+        mem.port[buffers] = ports
+        # they leave with the time and number of the fragment that completed them
+        ts, seq = stamps[last], mem.seq[idx[last]]
+        mem.ts[buffers] = ts[datagram]
+        mem.seq[buffers] = seq[datagram]
+        reasm.took_whole(nfrags, ndatagrams)
+        # where each datagram is taken among the packets taken one at a time
+        alone = np.ones(len(idx), dtype=bool)
+        alone[rows] = False
+        rest = np.flatnonzero(alone)
+        before = np.searchsorted(rest, last)  # packets taken alone before it completes
+        upto = np.searchsorted(before, np.arange(len(rest) + 1), side="right")
+        saw = {}
+        if reasm.max_dist and (reasm.sources or np.count_nonzero(is_frag[rest])):
+            saw = self._saw_where(ip, rows, rest, is_frag)
+        return WholeBurst(rest, buffers, ports, bounds.tolist(), clock[last].tolist(),
+                          upto.tolist(), saw, mem.ctl.tobytes(), heads,
+                          (tot_len[rows] - 20).tolist(), in_port[kept].tolist(),
+                          ts.tolist(), seq.tolist(), w.largest[kept].tolist(),
+                          w.df[kept].tolist(), ecn.tolist())
+
+    def _held_keys(self, ip: np.ndarray, head: np.ndarray) -> np.ndarray:
+        """Which datagrams (by their first fragment's header) have a reassembly queue
+        held: they are not of this burst alone."""
+        src, dst = ip[head, 12:16].tobytes(), ip[head, 16:20].tobytes()
+        ident = ((ip[head, 4].astype(np.uint32) << 8) | ip[head, 5]).tolist()
+        proto = ip[head, 9].tolist()
+        holds = self.reasm.holds
+        return np.array([holds((src[4 * k : 4 * k + 4], dst[4 * k : 4 * k + 4], ident[k],
+                                proto[k])) for k in range(len(head))], dtype=bool)
+
+    def _saw_where(self, ip: np.ndarray, rows: np.ndarray, rest: np.ndarray,
+                   is_frag: np.ndarray) -> dict[int, list[tuple[bytes, int]]]:
+        """For `Reassembler.saw`: before the j-th packet taken alone, how many fragments
+        taken whole came from each source (only sources that can have queues held by
+        then: those with queues now, or with fragments among the packets taken alone)."""
+        src = ip[rows, 12:16].view(">u4")[:, 0]
+        where = np.searchsorted(rest, rows)  # fragments: before packet `where` taken alone
+        alone = rest[is_frag[rest]]
+        sources = set(self.reasm.source_addrs()) | set(
+            ip[alone, 12:16].view(">u4")[:, 0].tolist())
+        saw: dict[int, list[tuple[bytes, int]]] = {}
+        for addr in sources:
+            mine = src == addr
+            if not np.count_nonzero(mine):
+                continue
+            per = np.bincount(where[mine])
+            for j in np.flatnonzero(per).tolist():
+                saw.setdefault(j, []).append((addr.to_bytes(4, "big"), int(per[j])))
+        return saw
+
+    def send_whole(self, w: WholeBurst, j: int) -> None:
+        """Take the whole datagrams completed before the `j`th packet taken alone (or,
+        j = their number, after the last): each at its time, after the timers due."""
+        for src, n in w.saw.get(j, ()):
+            self.reasm.saw(src, n)
+        start, end = w.sent, w.upto[j]
+        if start == end:
+            return
+        w.sent = end
+        if self.mem.ctl.tobytes() != w.ctl:
+            # the tables changed since the burst was routed: each datagram is routed
+            # now, as the one `Reassembler.add` would have made
+            for d in range(start, end):
+                self.clock = max(self.clock, w.clock[d])
+                self.expire()
+                self.neigh.tick(self.clock)
+                self.ip_rcv_finish(self._rebuilt(w, d))
+                self.buffers.free(w.buffers[w.bounds[d] : w.bounds[d + 1]])
+            return
+        self.count(Snmp.FragOKs, end - start)
+        self.count(Snmp.FragCreates, w.bounds[end] - w.bounds[start])
+        if w.clock[end - 1] < self._next_timer():
+            # no timer falls due before the last of them (the common case): together
+            self.clock = max(self.clock, w.clock[end - 1])
+            self.neigh.tick(self.clock)
+            self._txq.append((None, w, start, end))
+            return
+        for d in range(start, end):  # each after the timers due by its time
+            self.clock = max(self.clock, w.clock[d])
+            self.expire()
+            self.neigh.tick(self.clock)
+            queue = self._txq
+            if queue and queue[-1][0] is None and queue[-1][1] is w and queue[-1][3] == d:
+                queue[-1] = (None, w, queue[-1][2], d + 1)
+            else:
+                queue.append((None, w, d, d + 1))
+
+    def _next_timer(self) -> int | float:
+        """When the next reassembly or neighbour timer falls due (the clock's value)."""
+        return min(self.reasm.next_timer(), self.neigh.next_timer())
+
+    def _rebuilt(self, w: WholeBurst, d: int) -> Packet:
+        """Whole datagram d as `Reassembler._reasm` makes it (`ip_defrag`'s result)."""
+        hdr = bytearray(w.heads[d].tobytes())
+        start, end = w.bounds[d], w.bounds[d + 1]
+        total = 20 + sum(w.sizes[start:end])
+        hdr[1] |= w.ecn[d]
+        hdr[2:4] = total.to_bytes(2, "big")
+        hdr[6:8] = (IP_DF if w.df[d] else 0).to_bytes(2, "big")
+        set_ip_checksum(hdr)
+        data = self.mem.data
+        payloads = [data[b, ETH_HLEN + 20 : ETH_HLEN + 20 + size].tobytes()
+                    for b, size in zip(w.buffers[start:end].tolist(), w.sizes[start:end],
+                                       strict=True)]
+        return Packet(bytes(hdr) + b"".join(payloads), w.in_port[d], PACKET_HOST, w.ts[d], w.seq[d],
+                      frag_max=w.largest[d], frag_sizes=w.sizes[start:end], frag_df=w.df[d])
 
     def take(self, pkt: Packet, reason: Slow) -> None:
         self.clock = max(self.clock, pkt.ts)
@@ -577,14 +832,26 @@ class SlowPath:
         """(next hop, verdict code) of each packet a `RouteKey` describes:
         `route_checks`, then `forward_checks` where it says forward, over arrays; the
         answers are kept for the burst."""
-        t = self.t
         columns = zip(*keys, strict=True)
-        (saddr, daddr, ihl, fragment, ptype, options_done, ttl, size, frag_off,
-         in_port) = (np.array(col, dtype=dtype)
-                     for col, dtype in zip(columns, ROUTE_KEY_DTYPES, strict=True))
+        nh, code = self.route_arrays(*(np.array(col, dtype=dtype) for col, dtype
+                                       in zip(columns, ROUTE_KEY_DTYPES, strict=True)))
+        answers = list(zip(nh.tolist(), code.tolist(), strict=True))
+        for key, answer in zip(keys, answers, strict=True):
+            self._nexthops[(key[0], key[1])] = answer[0]
+            if answer[1] != NEIGH_UNRESOLVED:
+                self._in_routes[key] = answer
+        return answers
+
+    def route_arrays(self, saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray,
+                     fragment: np.ndarray, ptype: np.ndarray, options_done: np.ndarray,
+                     ttl: np.ndarray, size: np.ndarray, frag_off: np.ndarray,
+                     in_port: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`route_inputs` over its columns (the fields of `RouteKey`, as arrays):
+        (next hop, verdict code) arrays, nothing kept."""
+        t = self.t
         nh = select_multipath(t.lookup(daddr), saddr, daddr, t).astype(np.int64)
         source_local = is_local(saddr, t.local_addrs)
-        code = np.zeros(len(keys), dtype=np.uint8)
+        code = np.zeros(len(nh), dtype=np.uint8)
         for done in (False, True):  # route_checks takes options_done for its batch
             rows = np.flatnonzero(options_done == done)
             if len(rows):
@@ -595,12 +862,7 @@ class SlowPath:
         if len(fwd):
             code[fwd] = forward_checks(ptype[fwd], ttl[fwd], size[fwd], frag_off[fwd],
                                        saddr[fwd], nh[fwd], in_port[fwd], t)
-        answers = list(zip(nh.tolist(), code.tolist(), strict=True))
-        for key, answer in zip(keys, answers, strict=True):
-            self._nexthops[(key[0], key[1])] = answer[0]
-            if answer[1] != NEIGH_UNRESOLVED:
-                self._in_routes[key] = answer
-        return answers
+        return nh, code
 
     def _nexthop(self, saddr: int, daddr: int) -> int:
         """The next hop of (saddr, daddr): the FIB's, an ECMP group's member chosen."""
@@ -1124,14 +1386,26 @@ class SlowPath:
         if not queue:
             return
         self._txq = []
-        ports = [port for frames, port, *_ in queue for _ in frames]
+        ports: list[int] = []
+        copies = 0  # frames to copy into new buffers (the rest leave in their own)
+        for item in queue:
+            if item[0] is None:
+                w, d0, d1 = item[1:]
+                ports += w.ports[w.bounds[d0] : w.bounds[d1]].tolist()
+            else:
+                ports += [item[1]] * len(item[0])
+                copies += len(item[0])
         n = len(ports)
-        idx = self.buffers.alloc(n)
-        room = len(idx) == n and all(self.tx[p].free_space() >= ports.count(p)
-                                     for p in set(ports))
+        idx = self.buffers.alloc(copies)
+        room = len(idx) == copies and all(self.tx[p].free_space() >= ports.count(p)
+                                          for p in set(ports))
         if not room:
             self.buffers.free(idx)
-            for frames, port, ts, seq, sent, refused in queue:
+            for item in queue:
+                if item[0] is None:
+                    self._send_whole_alone(*item[1:])
+                    continue
+                frames, port, ts, seq, sent, refused = item
                 reason = self.send(frames, port, ts, seq)
                 if reason is not None:
                     refused(reason)
@@ -1143,27 +1417,60 @@ class SlowPath:
         data = memoryview(mem.data).cast("B")  # one flat view: row i at i * bufsize
         size = mem.geometry.bufsize
         buffers = idx.tolist()
+        order: list[int] = []  # every buffer, in the order sent
         lengths: list[int] = []
         stamps: list[int] = []
         seqs: list[int] = []
-        for frames, _, ts, seq, sent, _ in queue:
+        copy_ports: list[int] = []
+        for item in queue:
+            if item[0] is None:
+                w, d0, d1 = item[1:]
+                order += w.buffers[w.bounds[d0] : w.bounds[d1]].tolist()
+                self.count(Snmp.ForwDatagrams, d1 - d0)
+                self.count(Misc.forwarded, d1 - d0)
+                continue
+            frames, port, ts, seq, sent, _ = item
             for frame in frames:
-                start = buffers[len(lengths)] * size
+                buf = buffers[len(lengths)]
+                start = buf * size
                 data[start : start + len(frame)] = frame
                 lengths.append(len(frame))
+                order.append(buf)
             stamps += [ts] * len(frames)
             seqs += [seq] * len(frames)
+            copy_ports += [port] * len(frames)
             for counter in sent:
                 self.count(counter)
         data.release()
-        mem.length[idx] = lengths
-        mem.port[idx] = ports
-        mem.ts[idx] = stamps
-        mem.seq[idx] = seqs
+        if copies:
+            mem.length[idx] = lengths
+            mem.port[idx] = copy_ports
+            mem.ts[idx] = stamps
+            mem.seq[idx] = seqs
         egress = np.array(ports)
+        sent_idx = np.array(order, dtype=idx.dtype)
         for p in dict.fromkeys(ports):  # each ring gets its frames in order
-            self.tx[p].enqueue(idx[egress == p])
+            self.tx[p].enqueue(sent_idx[egress == p])
         self.count(Misc.tx_frames, n)
+
+    def _send_whole_alone(self, w: WholeBurst, d0: int, d1: int) -> None:
+        """Whole datagrams d0..d1-1 when the rings have no room for the burst's output:
+        each enqueued when its ring has room for all its fragments (waiting, with pcap
+        ports), else dropped (`ring_full`) and its buffers freed, as `send` would."""
+        for d in range(d0, d1):
+            idx = w.buffers[w.bounds[d] : w.bounds[d + 1]]
+            ring = self.tx[int(w.ports[w.bounds[d]])]
+            while ring.free_space() < len(idx):
+                if not self.lossless:
+                    self.buffers.free(idx)
+                    self.drop(Drop.ring_full)
+                    break
+                self._wait()
+            else:
+                ring.enqueue(idx)
+                self.count(Misc.tx_frames, len(idx))
+                self.count(Snmp.ForwDatagrams)
+                self.count(Misc.forwarded)
 
     def send(self, frames: list[bytes], port: int, ts: int, seq: int) -> Drop | None:
         """Frames (Ethernet and all) to port `port`'s slow TX ring, all or none, in new
