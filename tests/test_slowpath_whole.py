@@ -16,6 +16,7 @@ two workers, compared.
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -23,12 +24,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet import fragment as scapy_fragment
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from test_slowpath_burst import Rig
 
 from engine.counters import Slow
 from engine.pipeline import reasm as R
+from engine.workers import slowpath
 
 from conftest import MAC, Lab, routed
 
@@ -273,6 +275,9 @@ def streams(draw):
         if rnd.random() < 0.2:  # something else the slow path has to do
             items.append([(Ether(src=MAC[host], dst=l2) / IP(src=src, dst="10.0.2.2", ttl=1)
                            / ICMP(), Slow.ttl_exceeded, port)])
+        if rnd.random() < 0.3:  # 10.69.1.1 answers ARP (it may have a new MAC)
+            items.append([(arp_reply(rnd.choice(["02:00:00:00:69:01", "02:00:00:00:69:02"]),
+                                     gratuitous=rnd.random() < 0.3), Slow.arp, 1)])
     # datagrams interleave a little: each stream starts while the previous one runs
     flat: list = []
     for frames in items:
@@ -290,14 +295,56 @@ def streams(draw):
                                   "high_thresh = 40000\nlow_thresh = 30000\n"]))
     table_change = draw(st.booleans())
     max_dist = draw(st.sampled_from([64, 3, 0]))
-    return bursts, extra, table_change, max_dist
+    tight = draw(st.sampled_from([False, False, True]))
+    return bursts, extra, table_change, max_dist, tight
 
 
-def run_rig(cfg, bursts, whole_bursts: bool, table_change: bool, max_dist: int):
+def arp_reply(mac: str, gratuitous: bool = False) -> Ether:
+    """10.69.1.1 (on p1's connected 10.69.0.0/16, no static neighbour) says its MAC:
+    a reply to the router, or a gratuitous request to everyone."""
+    if gratuitous:
+        return Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(
+            op=1, hwsrc=mac, psrc="10.69.1.1", hwdst="00:00:00:00:00:00", pdst="10.69.1.1")
+    return Ether(src=mac, dst=MAC["p1"]) / ARP(op=2, hwsrc=mac, psrc="10.69.1.1",
+                                               hwdst=MAC["p1"], pdst="10.0.2.1")
+
+
+class FrozenWallClock:
+    """`time` for the slow-path module with a wall clock stuck at 0."""
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+    @staticmethod
+    def time_ns() -> int:
+        return 0
+
+
+class Tight:
+    """A TX ring that says it has room for 3 frames (a live port, nearly full)."""
+
+    def __init__(self, ring) -> None:
+        self.ring = ring
+
+    def free_space(self) -> int:
+        return 3
+
+    def enqueue(self, idx) -> int:
+        return self.ring.enqueue(idx)
+
+
+def run_rig(cfg, bursts, whole_bursts: bool, table_change: bool, max_dist: int,
+            tight: bool, monkeypatch):
     rig = RecordingRig(cfg, ring_size=1024)
     try:
         rig.sp.whole_bursts = whole_bursts
         rig.sp.reasm.max_dist = max_dist
+        if tight:  # a live port's rings with room for 3 frames each: refusals
+            rig.sp.lossless = False
+            rig.sp.tx = [Tight(ring) for ring in rig.sp.tx]
+            # a live port's clock is also the wall clock's: held at 0 here, so that
+            # both runs see the same times (the frames' own)
+            monkeypatch.setattr(slowpath, "time", FrozenWallClock())
         if table_change:
             prefetch = rig.sp.prefetch
             done = []
@@ -312,11 +359,19 @@ def run_rig(cfg, bursts, whole_bursts: bool, table_change: bool, max_dist: int):
         for burst in bursts:
             rig.give(burst)
         state = reasm_state(rig.sp.reasm)
+        neighbours = neigh_state(rig.sp.neigh)
         rig.sp.finish()
         rig.collect()
-        return rig.sent, rig.counters(), state
+        return rig.sent, rig.counters(), state, neighbours
     finally:
         rig.close()
+
+
+def neigh_state(resolver) -> tuple:
+    """The ARP entries as the resolver holds them (state, MAC, port, timer, the last
+    arrival number that went through each)."""
+    return (sorted((ip, int(n.state), n.mac, n.port, n.due, n.seq, len(n.queue))
+                   for ip, n in resolver.neigh.items()),)
 
 
 def reasm_state(r: R.Reassembler) -> tuple:
@@ -332,14 +387,16 @@ def reasm_state(r: R.Reassembler) -> tuple:
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(streams())
 def test_whole_datagrams_change_nothing_but_the_cost(tmp_path_factory, example):
-    bursts, extra, table_change, max_dist = example
+    bursts, extra, table_change, max_dist, tight = example
     cfg = config(tmp_path_factory.mktemp("whole"), extra)
-    with_whole = run_rig(cfg, bursts, True, table_change, max_dist)
-    alone = run_rig(cfg, bursts, False, table_change, max_dist)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        with_whole = run_rig(cfg, bursts, True, table_change, max_dist, tight, monkeypatch)
+        alone = run_rig(cfg, bursts, False, table_change, max_dist, tight, monkeypatch)
     assert with_whole[0] == alone[0]  # frames, times, numbers, per port, in ring order
     assert with_whole[1] == alone[1]  # every counter
     assert with_whole[2] == alone[2]  # the reassembler
     assert with_whole[2][-1]  # and it is consistent
+    assert with_whole[3] == alone[3]  # the ARP entries
     assert "SlowDrop.internal_error" not in with_whole[1]
 
 
@@ -361,14 +418,20 @@ def test_whole_datagrams_are_taken_in_the_common_case(tmp_path):
 
 # -- the worker: what the reassembler holds from earlier bursts -----------------------
 
-def both(tmp_path, bursts, extra: str = "", max_dist: int = 64, table_change: bool = False):
+def both(tmp_path, bursts, extra: str = "", max_dist: int = 64, table_change: bool = False,
+         tight: bool = False):
     """Run `bursts` with and without whole datagrams; both results, checked equal."""
     runs = []
     for whole_bursts in (True, False):
         folder = tmp_path / str(whole_bursts)
         folder.mkdir()
         rig = RecordingRig(config(folder, extra), ring_size=1024)
+        monkeypatch = pytest.MonkeyPatch()
         try:
+            if tight:  # as in run_rig
+                rig.sp.lossless = False
+                rig.sp.tx = [Tight(ring) for ring in rig.sp.tx]
+                monkeypatch.setattr(slowpath, "time", FrozenWallClock())
             rig.sp.whole_bursts = whole_bursts
             rig.sp.reasm.max_dist = max_dist
             if table_change:
@@ -382,10 +445,12 @@ def both(tmp_path, bursts, extra: str = "", max_dist: int = 64, table_change: bo
             for burst in bursts:
                 rig.give(burst)
             drops = dict(rig.sp.reasm.drops)
+            neighbours = neigh_state(rig.sp.neigh)
             rig.sp.finish()
             rig.collect()
-            runs.append((rig.sent, rig.counters(), drops))
+            runs.append((rig.sent, rig.counters(), drops, neighbours))
         finally:
+            monkeypatch.undo()
             rig.close()
     assert runs[0] == runs[1]
     return runs[0]
@@ -403,7 +468,7 @@ def test_a_datagram_whose_key_has_a_queue_joins_it(tmp_path):
     """A datagram sent again with the same ID while its first copy's queue is held:
     its first fragment is a duplicate there, the rest complete that queue."""
     a = frags(1, 3000, 1480)
-    sent, counts, drops = both(tmp_path, [from_h1(a[:1]), from_h1(a)])
+    sent, counts, drops, _ = both(tmp_path, [from_h1(a[:1]), from_h1(a)])
     assert drops["duplicate"] == 1 and counts["Snmp.ReasmOKs"] == 1
     assert len(sent[1]) == 3
 
@@ -414,7 +479,7 @@ def test_fragments_taken_whole_count_for_their_sources_queues(tmp_path):
     comes, as if they had gone through the reassembler."""
     a = frags(1, 3000, 1480)
     others = [f for k in range(2, 6) for f in frags(k, 1000, 600)]
-    sent, counts, drops = both(tmp_path, [from_h1(a[:1]), from_h1(others + a[1:])],
+    sent, counts, drops, _ = both(tmp_path, [from_h1(a[:1]), from_h1(others + a[1:])],
                                max_dist=3)
     assert drops["too_far"] == 1  # a's first fragment
     assert counts["Snmp.ReasmOKs"] == 4 and len(sent[1]) == 8
@@ -429,7 +494,7 @@ def test_a_timer_due_among_whole_datagrams_fires_in_its_place(tmp_path):
                                                   dst="10.0.1.2")]
     ttl_1 = (Ether(src=MAC["h2"], dst=MAC["p1"]) / IP(src="10.0.2.2", dst="10.0.2.9", ttl=1)
              / ICMP(), Slow.ttl_exceeded, 1)
-    sent, counts, _ = both(tmp_path, [from_h1(local[:1]), from_h2(to_h1) + [ttl_1]],
+    sent, counts, _, _ = both(tmp_path, [from_h1(local[:1]), from_h2(to_h1) + [ttl_1]],
                            extra="timeout_s = 0.005\n")
     icmp = [k for k, (frame, _, _) in enumerate(sent[0]) if IP(frame[14:]).proto == 1]
     assert counts["Snmp.ReasmTimeout"] == 1 and len(icmp) == 1
@@ -447,7 +512,72 @@ def test_tables_changed_mid_burst_route_the_rebuilt_datagram(tmp_path):
     to_p2 = frags(3, 3000, 1480, dst="10.0.3.2")  # p2 goes down: dropped
     for f in ce + df:
         del f.chksum
-    sent, counts, _ = both(tmp_path, [from_h1(ce + df + to_p2)], table_change=True)
+    sent, counts, _, _ = both(tmp_path, [from_h1(ce + df + to_p2)], table_change=True)
     assert len(sent[1]) == 6 and not sent[2]
     assert [IP(f[14:]).tos for f, _, _ in sent[1][:3]] == [3, 3, 3]
     assert counts["Drop.port_down"] == 1
+
+
+def test_a_neighbour_learned_by_arp_and_moved_mid_burst(tmp_path):
+    """Whole datagrams to a next hop ARP resolved go out through its entry; when a
+    gratuitous ARP gives it a new MAC mid-burst, the datagrams after it take the new
+    MAC and the entry's state changes as `output` makes it."""
+    first = frags(1, 3000, 1480, dst="10.69.1.1")
+    after = [frags(k, 3000, 1480, dst="10.69.1.1") for k in range(2, 5)]
+    old_mac, new_mac = "02:00:00:00:69:01", "02:00:00:00:69:02"
+    bursts = [from_h1(first) + [(arp_reply(old_mac), Slow.arp, 1)],
+              from_h1(after[0]) + [(arp_reply(new_mac, gratuitous=True), Slow.arp, 1)]
+              + from_h1(after[1] + after[2])]
+    sent, counts, _, _ = both(tmp_path, bursts)
+    to_h = [Ether(f).dst for f, _, _ in sent[1] if Ether(f).haslayer(IP)]
+    assert to_h == [old_mac] * 6 + [new_mac] * 6
+    assert counts["Snmp.ReasmOKs"] == 4 and counts["Misc.forwarded"] == 4
+
+
+def test_a_gratuitous_arp_that_changes_nothing_mid_burst(tmp_path):
+    """A gratuitous ARP with the MAC the entry has leaves it REACHABLE (as Linux
+    does): the datagrams around it go out through it, the entry marked with the
+    last one's arrival number as `output` marks it."""
+    first = frags(1, 3000, 1480, dst="10.69.1.1")
+    after = [frags(k, 3000, 1480, dst="10.69.1.1") for k in range(2, 5)]
+    mac = "02:00:00:00:69:01"
+    bursts = [from_h1(first) + [(arp_reply(mac), Slow.arp, 1)],
+              from_h1(after[0]) + [(arp_reply(mac, gratuitous=True), Slow.arp, 1)]
+              + from_h1(after[1] + after[2])]
+    sent, counts, _, neighbours = both(tmp_path, bursts)
+    assert sum(Ether(f).haslayer(IP) for f, _, _ in sent[1]) == 12
+    assert counts["Misc.forwarded"] == 4
+    (entry,) = neighbours[0]
+    assert entry[1] == 2 and entry[5] == sent[1][-1][2]  # REACHABLE; the last seq
+
+
+def test_whole_datagrams_through_a_learned_neighbour_are_taken_whole(tmp_path):
+    first = frags(1, 3000, 1480, dst="10.69.1.1")
+    after = [f for k in range(2, 12) for f in frags(k, 3000, 1480, dst="10.69.1.1")]
+    rig = Rig(config(tmp_path))
+    try:
+        rig.give(from_h1(first) + [(arp_reply("02:00:00:00:69:01"), Slow.arp, 1)])
+        adds = []
+        add = rig.sp.reasm.add
+        rig.sp.reasm.add = lambda *a, **k: adds.append(1) or add(*a, **k)
+        sent = rig.give(from_h1(after))
+    finally:
+        rig.close()
+    assert len(sent) == 30 and adds == []
+    assert {Ether(f).dst for f in sent} == {"02:00:00:00:69:01"}
+
+
+def test_a_live_ring_without_room_refuses_whole_datagrams_one_by_one(tmp_path):
+    """Live ports: with room for 3 frames, each 4-fragment datagram is refused whole
+    (ring_full, counted once) and each 2-fragment one sent, static or ARP's next hop
+    alike (ip_forward_finish counts an ARP next hop's datagram as forwarded before
+    neigh_output refuses it, as the kernel's ForwDatagrams does)."""
+    first = frags(1, 1000, 600, dst="10.69.1.1")
+    small = [frags(k, 1000, 600, dst=dst) for k, dst in ((2, "10.69.1.1"), (3, "10.0.2.2"))]
+    large = [frags(k, 2000, 504, dst=dst) for k, dst in ((4, "10.69.1.1"), (5, "10.0.2.2"))]
+    bursts = [from_h1(first) + [(arp_reply("02:00:00:00:69:01"), Slow.arp, 1)],
+              from_h1([f for d in small + large for f in d])]
+    sent, counts, _, _ = both(tmp_path, bursts, tight=True)
+    assert counts["Drop.ring_full"] == 2
+    assert counts["Snmp.ForwDatagrams"] == 3 + 1  # first, small x 2; large to 10.69.1.1
+    assert counts["Misc.forwarded"] == 3

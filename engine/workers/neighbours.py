@@ -156,6 +156,10 @@ class Held:
             self.size = sum(truesize(ETH_HLEN + len(f)) for f in self.frames)
 
 
+# entries `output` sends through without a state change (`sends_at_once`)
+SENDS_AT_ONCE = frozenset({Nud.REACHABLE, Nud.DELAY, Nud.PROBE, Nud.PERMANENT})
+
+
 @dataclass
 class Neighbour:
     """What `struct neighbour` holds besides the table row."""
@@ -441,6 +445,24 @@ class Resolver:
         n.updated = now
         self._arm(n, now + self.p.delay_probe_time_ns)
         self._publish(n, now)
+
+    def sends_at_once(self, ip: int, port: int, until: int) -> Neighbour | None:
+        """The entry `output` would send through at once, with nothing else to do,
+        for next hop `ip` on `port` at any time up to `until` (the slow path's whole
+        datagrams, `SlowPath.take_whole`): one in the port's table, VALID but not
+        STALE (STALE goes DELAY when used), with no timer due by then. None
+        otherwise (then the packet goes through `output`)."""
+        n = self.neigh.get(ip)
+        if (n is None or n.port != port or n.state not in SENDS_AT_ONCE
+                or (n.due is not None and n.due <= until)):
+            return None
+        return n
+
+    def unchanged(self, n: Neighbour, mac: bytes, port: int) -> bool:
+        """`n`, found by `sends_at_once`, still is the entry for its address and still
+        sends at once to `mac` on `port` (ARP may have moved it since)."""
+        return (self.neigh.get(n.ip) is n and n.state in SENDS_AT_ONCE and n.mac == mac
+                and n.port == port)
 
     def next_timer(self) -> int | float:
         """When `tick` next has something to do (the clock's value): a timer or the

@@ -120,7 +120,12 @@ from engine.counters import (
 from engine.pipeline import checksum
 from engine.pipeline import reasm as R
 from engine.pipeline.checksum import inet_checksum, set_ip_checksum
-from engine.pipeline.forward import forward_checks, set_ethernet, source_on_link
+from engine.pipeline.forward import (
+    forward_checks,
+    next_hop_addr,
+    set_ethernet,
+    source_on_link,
+)
 from engine.pipeline.frag import fraglist_headers, fragment
 from engine.pipeline.icmp import (
     ICMP_DEST_UNREACH,
@@ -319,6 +324,8 @@ class WholeBurst:
     largest: list[int]
     df: list[bool]
     ecn: list[int]
+    # datagrams sent through an entry ARP resolved: (the entry, its MAC, port) then
+    learned: dict[int, tuple[Any, bytes, int]]
     sent: int = 0  # datagrams taken so far
 
 
@@ -545,12 +552,19 @@ class SlowPath:
         nh = select_multipath(t.lookup(daddr), saddr, daddr, t)
         in_port = mem.port[idx[last]]
         egress = t.nh_port[nh]
-        mac = t.nh_mac48[nh]  # 0: not NHF_RESOLVED (ARP's: left to `take`)
         keep = (plain_route(saddr, daddr, w.largest, nh, is_local(saddr, t.local_addrs), t)
-                & (ip[head, 8] > 1) & (egress != in_port) & (mac != 0)
+                & (ip[head, 8] > 1) & (egress != in_port)
                 & (mac48(hdr[last, :6]) == t.port_mac48[in_port]))
         if len(reasm) and np.count_nonzero(keep):
             keep &= ~self._held_keys(ip, head)
+        # neigh_output: the next hop's MAC in its row (static), else ARP's entry when
+        # it sends at once until the burst's last datagram is done
+        mac = t.nh_mac48[nh]
+        learned = {}
+        unresolved = np.flatnonzero(keep & (mac == 0))
+        if len(unresolved):
+            learned = self._learned(unresolved, daddr, nh, egress, mac, keep,
+                                    int(clock[last].max()))
         kept = np.flatnonzero(keep)
         if not len(kept):
             return None
@@ -595,11 +609,35 @@ class SlowPath:
         saw = {}
         if reasm.max_dist and (reasm.sources or np.count_nonzero(is_frag[rest])):
             saw = self._saw_where(ip, rows, rest, is_frag)
+        number = {k: d for d, k in enumerate(kept.tolist())} if learned else {}
         return WholeBurst(rest, buffers, ports, bounds.tolist(), clock[last].tolist(),
                           upto.tolist(), saw, mem.ctl.tobytes(), heads,
                           (tot_len[rows] - 20).tolist(), in_port[kept].tolist(),
                           ts.tolist(), seq.tolist(), w.largest[kept].tolist(),
-                          w.df[kept].tolist(), ecn.tolist())
+                          w.df[kept].tolist(), ecn.tolist(),
+                          {number[k]: entry for k, entry in learned.items()})
+
+    def _learned(self, rows: np.ndarray, daddr: np.ndarray, nh: np.ndarray,
+                 egress: np.ndarray, mac: np.ndarray, keep: np.ndarray,
+                 until: int) -> dict[int, tuple[Any, bytes, int]]:
+        """For datagrams `rows` whose next hop ARP resolves: the entry each is sent
+        through (its MAC written into `mac`), or `keep` cleared when `output` would
+        do more than send (the packet then goes through it)."""
+        t = self.t
+        targets = next_hop_addr(daddr[rows], nh[rows], t.nh_flags[nh[rows]], t).tolist()
+        found: dict[tuple[int, int], Any] = {}
+        learned = {}
+        for k, target, port in zip(rows.tolist(), targets, egress[rows].tolist(),
+                                   strict=True):
+            n = found.get((target, port), False)
+            if n is False:
+                n = found[(target, port)] = self.neigh.sends_at_once(target, port, until)
+            if n is None:
+                keep[k] = False
+                continue
+            mac[k] = int.from_bytes(n.mac, "little")
+            learned[k] = (n, n.mac, port)
+        return learned
 
     def _held_keys(self, ip: np.ndarray, head: np.ndarray) -> np.ndarray:
         """Which datagrams (by their first fragment's header) have a reassembly queue
@@ -650,10 +688,10 @@ class SlowPath:
                 self.ip_rcv_finish(self._rebuilt(w, d))
                 self.buffers.free(w.buffers[w.bounds[d] : w.bounds[d + 1]])
             return
-        self.count(Snmp.FragOKs, end - start)
-        self.count(Snmp.FragCreates, w.bounds[end] - w.bounds[start])
-        if w.clock[end - 1] < self._next_timer():
+        if not w.learned and w.clock[end - 1] < self._next_timer():
             # no timer falls due before the last of them (the common case): together
+            self.count(Snmp.FragOKs, end - start)
+            self.count(Snmp.FragCreates, w.bounds[end] - w.bounds[start])
             self.clock = max(self.clock, w.clock[end - 1])
             self.neigh.tick(self.clock)
             self._txq.append((None, w, start, end))
@@ -662,6 +700,16 @@ class SlowPath:
             self.clock = max(self.clock, w.clock[d])
             self.expire()
             self.neigh.tick(self.clock)
+            entry = w.learned.get(d)
+            if entry is not None:
+                n, mac, port = entry
+                if not self.neigh.unchanged(n, mac, port):  # ARP moved it: `output` decides
+                    self.ip_rcv_finish(self._rebuilt(w, d))
+                    self.buffers.free(w.buffers[w.bounds[d] : w.bounds[d + 1]])
+                    continue
+                n.seq = w.seq[d]  # as `output` marks the entry with what it sent last
+            self.count(Snmp.FragOKs)
+            self.count(Snmp.FragCreates, w.bounds[d + 1] - w.bounds[d])
             queue = self._txq
             if queue and queue[-1][0] is None and queue[-1][1] is w and queue[-1][3] == d:
                 queue[-1] = (None, w, queue[-1][2], d + 1)
@@ -1463,6 +1511,8 @@ class SlowPath:
             while ring.free_space() < len(idx):
                 if not self.lossless:
                     self.buffers.free(idx)
+                    if d in w.learned:  # ip_forward_finish counts it before neigh_output
+                        self.count(Snmp.ForwDatagrams)
                     self.drop(Drop.ring_full)
                     break
                 self._wait()
