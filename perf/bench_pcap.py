@@ -8,7 +8,11 @@ the capture and spreading frames over the workers' RX rings, workers, slow path,
 writing the output capture), on a capture of UDP frames from p0's host to p1's hosts
 and to 10.9/16 behind p1's gateway: every frame is forwarded. Mixes: "64" = 64-byte
 frames on the wire (60 in the capture); "imix" = 7:4:1 of 64/570/1518 bytes on the
-wire (60/566/1514 in the capture), perf/bench_l3fwd.py's mix, interleaved.
+wire (60/566/1514 in the capture), perf/bench_l3fwd.py's mix, interleaved; "frag" =
+4,000-byte UDP datagrams in 1,500-byte fragments (3 frames each, back to back, as a
+host sends them), which the slow path reassembles and forwards ([reassembly] mode
+"full": whole datagrams of a burst, the frag_list fast path); its rate counts
+fragments, every datagram must be forwarded.
 
 A run takes seconds of start-up (shared memory, FIB, worker processes) and stop
 (drain, output file) that are not forwarding, so the rate is the marginal one: each
@@ -90,6 +94,37 @@ def udp_frames(sizes: np.ndarray, seed: int = 1) -> tuple[np.ndarray, np.ndarray
     return data, offsets
 
 
+FRAG_TOTAL = 4000  # the "frag" mix: datagram size ...
+FRAG_MTU = 1500  # ... and the MTU it was cut to upstream
+FRAG_PER = -(-(FRAG_TOTAL - 20) // ((FRAG_MTU - 20) & ~7))  # fragments a datagram: 3
+
+
+def fragment_capture(path: Path, frames: int) -> int:
+    """The "frag" mix: `frames` // 3 datagrams of FRAG_TOTAL bytes from 10.0.1.2 to
+    10.0.2.2 in FRAG_MTU fragments, back to back (the slow path's work); returns the
+    datagrams written."""
+    eth = P0_MAC + H1_MAC + b"\x08\x00"
+    payload = bytes(i & 0xFF for i in range(FRAG_TOTAL - 20))
+    step = (FRAG_MTU - 20) & ~7
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    datagrams = frames // FRAG_PER
+    for d in range(datagrams):  # a setup loop, not timed
+        for off in range(0, FRAG_TOTAL - 20, step):
+            chunk = payload[off : off + step]
+            more = 0x2000 if off + step < FRAG_TOTAL - 20 else 0
+            hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(chunk),
+                                        d & 0xFFFF, (off >> 3) | more, 64, 17, 0,
+                                        bytes([10, 0, 1, 2]), bytes([10, 0, 2, 2])))
+            s = sum(struct.unpack("!10H", hdr))
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            hdr[10:12] = (~s & 0xFFFF).to_bytes(2, "big")
+            frame = eth + bytes(hdr) + chunk
+            records.append(struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(records))
+    return datagrams
+
+
 def write_capture(path: Path, sizes: np.ndarray) -> None:
     """A classic little-endian pcap of the frames, written in one go."""
     data, offsets = udp_frames(sizes)
@@ -143,7 +178,8 @@ def one_run(config: Path, expect: int, timeout: float) -> float:
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{config.name}: fwd run exited {proc.returncode}: {err[-2000:]}")
-    forwarded = json.loads(out)["accounting"]["forwarded"]
+    books = json.loads(out)["accounting"]
+    forwarded = books["forwarded"] + books["slow_forwarded"]  # packets or datagrams
     if forwarded != expect:
         raise SystemExit(f"{config.name}: forwarded {forwarded} of {expect}")
     return elapsed
@@ -166,38 +202,48 @@ def main(argv: list[str] | None = None) -> int:
         args.timeout = 40.0
     workers = [int(w) for w in args.workers.split(",")]
     mixes = args.mixes.split(",")
-    if not set(mixes) <= set(MIXES):
-        ap.error(f"--mixes: known mixes are {', '.join(MIXES)}")
+    if not set(mixes) <= {*MIXES, "frag"}:
+        ap.error(f"--mixes: known mixes are {', '.join(MIXES)}, frag")
     small_n = args.frames // 10
     results: dict = {"what": "fwd run on pcap ports, marginal frames/s (wall clock)",
                      "host": platform.node(), "python": platform.python_version(),
                      "numpy": np.__version__, "cpus": os.cpu_count(),
                      "load_average": os.getloadavg(), "frames": args.frames,
                      "small_frames": small_n, "runs": args.runs, "batch": args.batch,
-                     "mixes": {m: [list(x) for x in MIXES[m]] for m in mixes}, "rates": {}}
+                     "mixes": {m: [list(x) for x in MIXES[m]] if m in MIXES
+                               else f"{FRAG_TOTAL}-byte datagrams in {FRAG_MTU}-byte fragments"
+                               for m in mixes}, "rates": {}}
     with tempfile.TemporaryDirectory(prefix="fwd-bench-pcap-") as tmp:
         workdir = Path(tmp)
         for mix in mixes:
             big, small = workdir / f"{mix}-big.pcap", workdir / f"{mix}-small.pcap"
-            write_capture(big, mix_sizes(mix, args.frames))
-            write_capture(small, mix_sizes(mix, small_n))
+            n_big, n_small = args.frames, small_n
+            if mix == "frag":  # frames are fragments; what is forwarded, datagrams
+                expect_big = fragment_capture(big, args.frames)
+                expect_small = fragment_capture(small, small_n)
+                n_big, n_small = expect_big * FRAG_PER, expect_small * FRAG_PER
+            else:
+                write_capture(big, mix_sizes(mix, args.frames))
+                write_capture(small, mix_sizes(mix, small_n))
+                expect_big, expect_small = args.frames, small_n
             for w in workers:
                 cfg_big = config_text(workdir, big, w, args.batch)
                 cfg_small = config_text(workdir, small, w, args.batch)
                 rates, fixed = [], []
                 for _ in range(args.runs):
-                    t_small = one_run(cfg_small, small_n, args.timeout)
-                    t_big = one_run(cfg_big, args.frames, args.timeout)
+                    t_small = one_run(cfg_small, expect_small, args.timeout)
+                    t_big = one_run(cfg_big, expect_big, args.timeout)
                     if t_big - t_small < 0.1:  # start-up noise would be most of it
                         raise SystemExit(f"{args.frames} frames took {t_big:.2f} s and "
                                          f"{small_n} {t_small:.2f} s: too few to measure "
                                          "(raise --frames)")
-                    rates.append((args.frames - small_n) / max(t_big - t_small, 1e-9))
-                    fixed.append(t_small - small_n / rates[-1])
+                    rates.append((n_big - n_small) / max(t_big - t_small, 1e-9))
+                    fixed.append(t_small - n_small / rates[-1])
                 m = statistics.median(rates)
                 row = {"fps": m, "spread": (max(rates) - min(rates)) / m, "runs": rates,
                        "startup_s": statistics.median(fixed),
-                       "mean_frame_bytes": float(mix_sizes(mix, args.frames).mean()) + 4}
+                       "mean_frame_bytes": (float(mix_sizes(mix, args.frames).mean()) + 4
+                                            if mix in MIXES else None)}
                 results["rates"].setdefault(mix, {})[str(w)] = row
                 print(f"pcap {mix:5s} {w} worker(s) batch {args.batch}: "
                       f"{m / 1e6:.3f} Mframes/s (spread {row['spread']:.0%}; "

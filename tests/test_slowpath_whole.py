@@ -468,9 +468,15 @@ def test_a_datagram_whose_key_has_a_queue_joins_it(tmp_path):
     """A datagram sent again with the same ID while its first copy's queue is held:
     its first fragment is a duplicate there, the rest complete that queue."""
     a = frags(1, 3000, 1480)
-    sent, counts, drops, _ = both(tmp_path, [from_h1(a[:1]), from_h1(a)])
-    assert drops["duplicate"] == 1 and counts["Snmp.ReasmOKs"] == 1
-    assert len(sent[1]) == 3
+    others = [f for k in range(2, 10) for f in frags(k, 1000, 600)]  # taken whole
+    for burst in ([a], [others[:6], a, others[6:]]):  # few datagrams, and many
+        folder = tmp_path / str(len(burst))
+        folder.mkdir()
+        sent, counts, drops, _ = both(folder, [from_h1(a[:1]),
+                                               from_h1([f for d in burst for f in d])])
+        assert drops["duplicate"] == 1
+        assert counts["Snmp.ReasmOKs"] == 1 + (len(others) // 2 if len(burst) > 1 else 0)
+        assert len(sent[1]) == 3 + (len(others) if len(burst) > 1 else 0)
 
 
 def test_fragments_taken_whole_count_for_their_sources_queues(tmp_path):

@@ -523,6 +523,10 @@ class Reassembler:
         """A queue for `key` is held."""
         return key in self._queues
 
+    def keys(self) -> list[Key]:
+        """The keys of the queues held."""
+        return list(self._queues)
+
     @property
     def sources(self) -> int:
         """Sources with queues held (their ip_frag_too_far counters are live)."""
@@ -537,6 +541,14 @@ class Reassembler:
     def source_addrs(self) -> list[int]:
         """The sources with queues held, as integers."""
         return [int.from_bytes(src, "big") for src in self._peers]
+
+    def held_head(self, key: Key) -> tuple[bytes, int] | None:
+        """The first fragment (header and what follows, as held) of `key`'s queue and
+        the largest fragment received so far; None without a queue or a first one."""
+        q = self._queues.get(key)
+        if q is None or q.head is None:
+            return None
+        return bytes(q.head), q.max_size
 
     def saw(self, src: bytes, n: int) -> None:
         """`n` fragments from `src` went by without `add` (whole datagrams of a

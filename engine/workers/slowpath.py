@@ -202,6 +202,7 @@ TCP_TTL = 64  # the TCP control socket's TTL: sysctl ip_default_ttl
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ETH_BROADCAST = b"\xff" * 6
 WAIT_S = 0.00005  # a lossless (pcap) port waits this long for ring or pool room
+SLOW_BURST = 1024  # the most a burst takes from one slow ring (see SlowPath.batch)
 
 # ip_error: the route's error, its ICMP code, its drop reason, its Ip: counter
 ROUTE_ERRORS = {
@@ -367,7 +368,11 @@ class SlowPath:
         self.t = tables
         self.cfg = cfg
         self.agent = g.slowpath_agent
-        self.batch = batch
+        # a burst is what a slow ring holds, up to SLOW_BURST (or `batch`): when the
+        # slow path falls behind, its per-burst costs (numpy calls: routing, whole
+        # datagrams) spread over more packets and fewer datagrams are cut by a
+        # burst's edge, as NAPI polls more when there is more to take
+        self.batch = max(batch, SLOW_BURST)
         self.rings = [mem.rings[f"slow.{w}"] for w in range(g.nworkers)]
         self.tx = [mem.rings[f"slowtx.{p}"] for p in range(g.nports)]
         self.buffers = Buffers(mem, self.agent)
@@ -642,10 +647,19 @@ class SlowPath:
     def _held_keys(self, ip: np.ndarray, head: np.ndarray) -> np.ndarray:
         """Which datagrams (by their first fragment's header) have a reassembly queue
         held: they are not of this burst alone."""
+        reasm = self.reasm
+        if len(reasm) * 4 < len(head):  # few queues: each compared with every datagram
+            addrs = ip[head, 12:20].view(">u8")[:, 0]
+            id_proto = (ip[head, 4:6].view(">u2")[:, 0].astype(np.uint32) << 8) | ip[head, 9]
+            held = np.zeros(len(head), dtype=bool)
+            for src, dst, ident, proto in reasm.keys():
+                held |= (addrs == int.from_bytes(src + dst, "big")) & (
+                    id_proto == (ident << 8 | proto))
+            return held
         src, dst = ip[head, 12:16].tobytes(), ip[head, 16:20].tobytes()
         ident = ((ip[head, 4].astype(np.uint32) << 8) | ip[head, 5]).tolist()
         proto = ip[head, 9].tolist()
-        holds = self.reasm.holds
+        holds = reasm.holds
         return np.array([holds((src[4 * k : 4 * k + 4], dst[4 * k : 4 * k + 4], ident[k],
                                 proto[k])) for k in range(len(head))], dtype=bool)
 
@@ -845,11 +859,14 @@ class SlowPath:
         transit = self.t.reassemble_transit
         for pkt, reason in burst:
             if reason == Slow.reassemble:
-                if transit and not pkt.frag_off & IP_OFFSET:
-                    # the datagram as ip_rcv_finish will route it: its first fragment's
-                    # header, no fragment bits but DF, the first fragment's size as the
-                    # largest (a guess: a wrong one only costs a question asked alone)
-                    first = route_key(pkt, None, False)
+                # the datagram as ip_rcv_finish will route it if this fragment completes
+                # it: its first fragment's header (this one, or the one its queue
+                # holds), no fragment bits but DF, in this fragment's frame, the largest
+                # fragment so far as the largest (a guess: a wrong one only costs a
+                # question asked alone)
+                head = pkt if not pkt.frag_off & IP_OFFSET else self._held_head(pkt)
+                if transit and head is not None:
+                    first = route_key(head, None, False)
                     key = first[:3] + (False,) + first[4:8] + (first[8] & IP_DF, first[9])
                     inputs[key] = None
                     if key[2] > 5:  # then ip_rcv_options routes it once more
@@ -875,6 +892,16 @@ class SlowPath:
             self.nexthops(list(pairs))
         if addrs:
             self.lookups(list(addrs))
+
+    def _held_head(self, pkt: Packet) -> Packet | None:
+        """`pkt` (a fragment) as the datagram it may complete starts: the first fragment
+        its reassembly queue holds, with the largest fragment so far; None if none."""
+        ip = pkt.ip
+        held = self.reasm.held_head((ip[12:16], ip[16:20], (ip[4] << 8) | ip[5], ip[9]))
+        if held is None:
+            return None
+        head, largest = held
+        return pkt.evolve(ip=head, frag_max=max(largest, len(ip)))
 
     def route_inputs(self, keys: Sequence[RouteKey]) -> list[tuple[int, int]]:
         """(next hop, verdict code) of each packet a `RouteKey` describes:
