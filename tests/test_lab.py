@@ -235,6 +235,38 @@ def test_iperf3_tcp_completes(lab, engine):
         server.wait()
 
 
+def test_iperf3_udp_fragments_leave_as_they_came(lab, engine):
+    """4,000-byte UDP datagrams that h1 cuts into 5 fragments (a route MTU of 1,000):
+    the engine reassembles each one ([reassembly] mode "full") and sends its 5
+    fragments on as they came (they fit h2's 1,400: the frag_list fast path, not 3
+    fragments cut at 1,400), through the neighbour ARP learned; h2 gets every one."""
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    sh(h1, "ip", "route", "replace", "10.0.2.2/32", "via", "10.0.1.1", "mtu", "lock", "1000",
+       timeout=10).check_returncode()
+    server = subprocess.Popen(["ip", "netns", "exec", h2, "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        before = engine.stats()["snmp"]
+        r = sh(h1, "iperf3", "-c", "10.0.2.2", "-u", "-l", "4000", "-b", "20M", "-t", "2",
+               "-J", timeout=60)
+        result = json.loads(r.stdout[r.stdout.index("{"):])  # after iperf3's MSS warning
+        assert "error" not in result, result.get("error")
+        after = engine.stats()["snmp"]
+    finally:
+        server.kill()
+        server.wait()
+        sh(h1, "ip", "route", "del", "10.0.2.2/32", timeout=10)
+    got = result["end"]["sum"]
+    datagrams = after["ReasmOKs"] - before["ReasmOKs"]
+    assert got["packets"] > 1000 and got["lost_packets"] == 0, got
+    assert datagrams == got["packets"]
+    assert after["ReasmReqds"] - before["ReasmReqds"] == 5 * datagrams
+    assert after["FragCreates"] - before["FragCreates"] == 5 * datagrams
+    # and iperf3's TCP control connection, forwarded alongside
+    assert after["ForwDatagrams"] - before["ForwDatagrams"] >= datagrams
+
+
 def test_sigterm_drains_and_exits_0(lab, engine):
     took, stats, err = engine.stop()
     assert took < 5, f"took {took:.1f} s to stop"
