@@ -117,6 +117,8 @@ void fwd_copy_rows(const uint8_t *src, const int64_t *off, const uint32_t *len,
                    const int64_t *ts, uint32_t n, uint8_t *pool, uint64_t bufsize,
                    const uint32_t *idx, uint32_t *pool_len, uint16_t *pool_port,
                    int64_t *pool_ts, uint16_t port);
+void fwd_pack_rows(const uint8_t *pool, uint64_t bufsize, const uint32_t *idx,
+                   const uint32_t *len, uint32_t n, uint8_t *dst);
 int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
                 const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
                 const uint32_t *idx, uint32_t n, uint32_t *too_long);
@@ -177,6 +179,17 @@ void fwd_copy_rows(const uint8_t *src, const int64_t *off, const uint32_t *len,
         pool_len[b] = len[i];
         pool_port[b] = port;
         pool_ts[b] = ts[i];
+    }
+}
+
+/* The first len[i] bytes of pool buffer idx[i], for each i, back to back into dst
+   (the pcap driver's output: frames leave the pool for a capture file). */
+void fwd_pack_rows(const uint8_t *pool, uint64_t bufsize, const uint32_t *idx,
+                   const uint32_t *len, uint32_t n, uint8_t *dst)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        memcpy(dst, pool + (uint64_t)idx[i] * bufsize, len[i]);
+        dst += len[i];
     }
 }
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.config import PortConfig
 from engine.counters import MISC_BASE, Drop, Misc, index
+from engine.io.afpacket import c_helper  # the drivers' C helper: copies in and out of the pool
 from engine.io.pcap import PcapFrames, read_pcap, write_pcap
 from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
 from engine.shm.memory import (
@@ -72,6 +73,7 @@ class PcapPorts:
         self.pos: dict[tuple[int, int], int] = {}
         self.seq: dict[int, np.ndarray] = {}
         self.outputs = {p: _Output() for p, _ in self.ports}
+        self._c = c_helper()  # None without a compiler: numpy copies then
         for p, port in self.ports:
             frames = read_pcap(port.rx)
             self.frames[p] = frames
@@ -134,24 +136,31 @@ class PcapPorts:
                         continue
                 idx = self.buffers.alloc(len(numbers))
                 lengths = frames.lengths[numbers]
-                mem.data[idx, : int(lengths.max())] = gather_frames(
-                    self.src[p], frames.offsets[numbers], lengths)
-                mem.length[idx] = lengths
-                mem.port[idx] = p
-                mem.ts[idx] = frames.ts_ns[numbers]
+                if self._c is not None:
+                    self._copy_in(p, idx, numbers)
+                else:
+                    mem.data[idx, : int(lengths.max())] = gather_frames(
+                        self.src[p], frames.offsets[numbers], lengths)
+                    mem.length[idx] = lengths
+                    mem.port[idx] = p
+                    mem.ts[idx] = frames.ts_ns[numbers]
                 mem.seq[idx] = self.seq[p][numbers]
                 ring.enqueue(idx)
         return moved
 
     def _tx_room(self, w: int) -> int:
-        """Frames worker w may still be given so that none of its TX rings can overflow:
-        the fast path turns one received frame into at most one frame to send, so what
-        it holds (queued on its RX rings) plus what waits on a TX ring must fit in that
-        ring. A file can wait; a replay never drops for want of TX room."""
-        queued = sum(self.mem.rings[f"rx.{p}.{w}"].count() for p, _ in self.ports)
-        tx = [self.mem.rings[f"tx.{p}.{w}"] for p in range(self.mem.geometry.nports)]
+        """Frames worker w may still be given so that none of its TX rings, nor its
+        slow ring, can overflow: the fast path turns one received frame into at most
+        one frame to send or one to hand over, so what it holds (queued on its RX
+        rings) plus what waits on such a ring must fit in that ring. A file can wait;
+        a replay never drops for want of room (the slow ring is emptied by the slow
+        path, which a replay waits for as well)."""
+        mem = self.mem
+        queued = sum(mem.rings[f"rx.{p}.{w}"].count() for p, _ in self.ports)
+        out = [mem.rings[f"tx.{p}.{w}"] for p in range(mem.geometry.nports)]
+        out.append(mem.rings[f"slow.{w}"])
         in_hand = self.burst * len(self.ports)  # dequeued by the worker, not yet sent
-        return min(r.free_space() for r in tx) - queued - in_hand
+        return min(r.free_space() for r in out) - queued - in_hand
 
     def _count_rx(self, p: int, lengths: np.ndarray) -> None:
         self.port_counters[p, PORT_RX_PACKETS] += len(lengths)
@@ -171,7 +180,7 @@ class PcapPorts:
                     continue
                 lengths = mem.length[idx]
                 out = self.outputs[p]
-                out.data.append(concat_rows(mem.data[idx, : int(lengths.max())], lengths))
+                out.data.append(self._copy_out(idx, lengths))
                 out.lengths.append(lengths.copy())
                 out.ts.append(mem.ts[idx])
                 out.seq.append(mem.seq[idx])
@@ -181,6 +190,44 @@ class PcapPorts:
                 self.buffers.free(idx)
                 moved += len(idx)
         return moved
+
+    # Copies in and out of the pool: a frame at a time in C (the AF_PACKET driver's
+    # helper) when it could be built, else numpy fancy indexing, whose index arrays
+    # cost 8 bytes per byte copied. Bursts of 256 into the pool, one core: 60-byte
+    # frames 24 M/s in C, 6.2 M/s numpy; 1,514-byte frames 9.5 M/s in C, 0.47 M/s numpy
+    # (3.2 M/s a Python loop of memoryview slices).
+
+    def _copy_in(self, p: int, idx: np.ndarray, numbers: np.ndarray) -> None:
+        """Frames `numbers` of port p's capture into pool buffers `idx`, with their
+        length, port and time (fwd_copy_rows)."""
+        ffi, lib, mem = self._c.ffi, self._c.lib, self.mem
+        frames = self.frames[p]
+        off = np.ascontiguousarray(frames.offsets[numbers], dtype=np.int64)
+        length = np.ascontiguousarray(frames.lengths[numbers], dtype=np.uint32)
+        ts = np.ascontiguousarray(frames.ts_ns[numbers], dtype=np.int64)
+        idx32 = np.ascontiguousarray(idx, dtype=np.uint32)
+        lib.fwd_copy_rows(
+            ffi.from_buffer("uint8_t[]", self.src[p]), ffi.from_buffer("int64_t[]", off),
+            ffi.from_buffer("uint32_t[]", length), ffi.from_buffer("int64_t[]", ts),
+            len(idx32), ffi.cast("uint8_t *", mem.data.ctypes.data), mem.geometry.bufsize,
+            ffi.from_buffer("uint32_t[]", idx32), ffi.cast("uint32_t *", mem.length.ctypes.data),
+            ffi.cast("uint16_t *", mem.port.ctypes.data),
+            ffi.cast("int64_t *", mem.ts.ctypes.data), p)
+
+    def _copy_out(self, idx: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The frames in pool buffers `idx`, back to back (fwd_pack_rows)."""
+        mem = self.mem
+        if self._c is None:
+            return concat_rows(mem.data[idx, : int(lengths.max())], lengths)
+        ffi = self._c.ffi
+        length = np.ascontiguousarray(lengths, dtype=np.uint32)
+        idx32 = np.ascontiguousarray(idx, dtype=np.uint32)
+        out = np.empty(int(length.sum()), dtype=np.uint8)
+        self._c.lib.fwd_pack_rows(
+            ffi.cast("uint8_t *", mem.data.ctypes.data), mem.geometry.bufsize,
+            ffi.from_buffer("uint32_t[]", idx32), ffi.from_buffer("uint32_t[]", length),
+            len(idx32), ffi.from_buffer("uint8_t[]", out))
+        return out
 
     def fed_all(self) -> bool:
         return all(self.pos[k] == len(v) for k, v in self.pending.items())
