@@ -94,6 +94,7 @@ import signal
 import struct
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -927,6 +928,14 @@ class SlowPath:
         nh = select_multipath(t.lookup(daddr), saddr, daddr, t).astype(np.int64)
         source_local = is_local(saddr, t.local_addrs)
         code = np.zeros(len(nh), dtype=np.uint8)
+        # the fast path's plain tier: when every question is a plain forward (no
+        # option left to compile, not a fragment, a plain route, TTL, another port,
+        # a frame for us, a next hop with its MAC), the checks have nothing to say
+        plain = (plain_route(saddr, daddr, size, nh, source_local, t) & ~fragment
+                 & ((ihl == 5) | options_done) & (ptype == PACKET_HOST) & (ttl > 1)
+                 & (t.nh_port[nh] != in_port) & ((t.nh_flags[nh] & NHF_RESOLVED) != 0))
+        if np.count_nonzero(plain) == len(plain):
+            return nh, code
         for done in (False, True):  # route_checks takes options_done for its batch
             rows = np.flatnonzero(options_done == done)
             if len(rows):
@@ -1472,8 +1481,9 @@ class SlowPath:
                 copies += len(item[0])
         n = len(ports)
         idx = self.buffers.alloc(copies)
-        room = len(idx) == copies and all(self.tx[p].free_space() >= ports.count(p)
-                                          for p in set(ports))
+        per_port = Counter(ports)
+        room = len(idx) == copies and all(self.tx[p].free_space() >= k
+                                          for p, k in per_port.items())
         if not room:
             self.buffers.free(idx)
             for item in queue:
@@ -1522,10 +1532,13 @@ class SlowPath:
             mem.port[idx] = copy_ports
             mem.ts[idx] = stamps
             mem.seq[idx] = seqs
-        egress = np.array(ports)
         sent_idx = np.array(order, dtype=idx.dtype)
-        for p in dict.fromkeys(ports):  # each ring gets its frames in order
-            self.tx[p].enqueue(sent_idx[egress == p])
+        if len(per_port) == 1:
+            self.tx[ports[0]].enqueue(sent_idx)
+        else:
+            egress = np.array(ports)
+            for p in per_port:  # each ring gets its frames in order (first seen first)
+                self.tx[p].enqueue(sent_idx[egress == p])
         self.count(Misc.tx_frames, n)
 
     def _send_whole_alone(self, w: WholeBurst, d0: int, d1: int) -> None:
