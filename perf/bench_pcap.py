@@ -40,6 +40,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.pipeline.checksum import ip_checksum  # noqa: E402
 
 # capture sizes (no FCS) and weights; 64/570/1518 on the wire
 MIXES = {"64": ((60, 1),), "imix": ((60, 7), (566, 4), (1514, 1))}
@@ -115,10 +118,7 @@ def fragment_capture(path: Path, frames: int) -> int:
             hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(chunk),
                                         d & 0xFFFF, (off >> 3) | more, 64, 17, 0,
                                         bytes([10, 0, 1, 2]), bytes([10, 0, 2, 2])))
-            s = sum(struct.unpack("!10H", hdr))
-            s = (s & 0xFFFF) + (s >> 16)
-            s = (s & 0xFFFF) + (s >> 16)
-            hdr[10:12] = (~s & 0xFFFF).to_bytes(2, "big")
+            hdr[10:12] = ip_checksum(hdr).to_bytes(2, "big")
             frame = eth + bytes(hdr) + chunk
             records.append(struct.pack("<IIII", 0, 0, len(frame), len(frame)) + frame)
     path.write_bytes(b"".join(records))

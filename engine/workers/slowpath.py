@@ -558,9 +558,9 @@ class SlowPath:
         nh = select_multipath(t.lookup(daddr), saddr, daddr, t)
         in_port = mem.port[idx[last]]
         egress = t.nh_port[nh]
-        keep = (plain_route(saddr, daddr, w.largest, nh, is_local(saddr, t.local_addrs), t)
-                & (ip[head, 8] > 1) & (egress != in_port)
-                & (mac48(hdr[last, :6]) == t.port_mac48[in_port]))
+        host = mac48(hdr[last, :6]) == t.port_mac48[in_port]
+        keep = self._plain(saddr, daddr, w.largest, nh, is_local(saddr, t.local_addrs),
+                           ip[head, 8], in_port, host)
         if len(reasm) and np.count_nonzero(keep):
             keep &= ~self._held_keys(ip, head)
         # neigh_output: the next hop's MAC in its row (static), else ARP's entry when
@@ -931,9 +931,10 @@ class SlowPath:
         # the fast path's plain tier: when every question is a plain forward (no
         # option left to compile, not a fragment, a plain route, TTL, another port,
         # a frame for us, a next hop with its MAC), the checks have nothing to say
-        plain = (plain_route(saddr, daddr, size, nh, source_local, t) & ~fragment
-                 & ((ihl == 5) | options_done) & (ptype == PACKET_HOST) & (ttl > 1)
-                 & (t.nh_port[nh] != in_port) & ((t.nh_flags[nh] & NHF_RESOLVED) != 0))
+        plain = (self._plain(saddr, daddr, size, nh, source_local, ttl, in_port,
+                             ptype == PACKET_HOST)
+                 & ~fragment & ((ihl == 5) | options_done)
+                 & ((t.nh_flags[nh] & NHF_RESOLVED) != 0))
         if np.count_nonzero(plain) == len(plain):
             return nh, code
         for done in (False, True):  # route_checks takes options_done for its batch
@@ -947,6 +948,14 @@ class SlowPath:
             code[fwd] = forward_checks(ptype[fwd], ttl[fwd], size[fwd], frag_off[fwd],
                                        saddr[fwd], nh[fwd], in_port[fwd], t)
         return nh, code
+
+    def _plain(self, saddr: np.ndarray, daddr: np.ndarray, size: np.ndarray, nh: np.ndarray,
+               source_local: np.ndarray, ttl: np.ndarray, in_port: np.ndarray,
+               host: np.ndarray) -> np.ndarray:
+        """The fast path's plain forward (route.plain_route, then ip_forward's TTL,
+        another port and a frame for us), the neighbour left to the caller."""
+        return (plain_route(saddr, daddr, size, nh, source_local, self.t) & (ttl > 1)
+                & (self.t.nh_port[nh] != in_port) & host)
 
     def _nexthop(self, saddr: int, daddr: int) -> int:
         """The next hop of (saddr, daddr): the FIB's, an ECMP group's member chosen."""
