@@ -153,7 +153,7 @@ class IcmpConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """`[metrics]`: a Prometheus endpoint served by the control process (engine/metrics.py)."""
+    """`[metrics]`: a Prometheus endpoint served by the control process (control/metrics.py)."""
 
     listen: tuple[str, int] | None = None  # (host, port); port 0: one the kernel picks
 

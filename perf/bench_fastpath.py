@@ -38,15 +38,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
+from engine.control.routing import build_routing, make_tables  # noqa: E402
 from engine.pipeline.fastpath import fast_path  # noqa: E402
 from engine.pipeline.forward import ip_forward, rewrite  # noqa: E402
-from engine.pipeline.rcv import HDR_BYTES, ip_rcv  # noqa: E402
+from engine.pipeline.rcv import ip_rcv  # noqa: E402
 from engine.pipeline.route import ip_route_input  # noqa: E402
 from engine.pipeline.verdict import FORWARD  # noqa: E402
-from engine.routing import build_routing, make_tables  # noqa: E402
+from engine.proto import HDR_BYTES  # noqa: E402
 from engine.shm.fib import Fib  # noqa: E402
 from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
-from engine.shm.neigh import NeighbourTable, Nud  # noqa: E402
+from engine.shm.neigh_table import NeighbourTable, Nud  # noqa: E402
 from engine.workers.forwarder import REWRITE_BYTES, Forwarder  # noqa: E402
 from engine.workers.loop import pin  # noqa: E402
 

@@ -3,7 +3,7 @@ generator (issue 5).
 
     h1 10.0.1.2 ── eth0 ═ veth ═ p0 ┤ router namespace ├ p1 ═ veth ═ eth0 ── h2 10.0.2.2
 
-The lab is `engine/lab.py`'s (`fwd lab up`). Each repetition measures every mode, one
+The lab is `engine/cli/lab.py`'s (`fwd lab up`). Each repetition measures every mode, one
 after the other, on the same namespaces:
 
 - `engine-1w`: `fwd run` with one worker, the whole engine pinned to the router CPU;
@@ -78,7 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.lab import ROUTER_VETH_MACS, Lab, down, existing_namespaces, up  # noqa: E402
+from engine.cli.lab import ROUTER_VETH_MACS, Lab, down, existing_namespaces, up  # noqa: E402
 
 MODES = ("engine-1w", "engine-2w", "kernel", "kernel-rps")
 ENGINE_MODE = re.compile(r"engine-(?P<workers>[12])w(?:-b(?P<batch>\d+))?$")
@@ -340,7 +340,7 @@ class EngineRouter:
         self.err = workdir / f"engine-{workers}w.err"
 
     def request_stats(self) -> dict[str, Any]:
-        from engine.control import request
+        from engine.control.server import request
 
         reply = request(str(self.sock), {"cmd": "stats"}, timeout=5.0)
         if not reply.get("ok"):

@@ -60,9 +60,9 @@ sys.path.insert(0, str(ROOT))
 
 from engine.counters import Slow  # noqa: E402
 from engine.pipeline.checksum import inet_checksum, ip_checksum  # noqa: E402
-from engine.pipeline.frag import fragment  # noqa: E402
-from engine.pipeline.options import compile_options, forward_options  # noqa: E402
-from engine.pipeline.reasm import COMPLETE, Reassembler  # noqa: E402
+from engine.slowpath.frag import fragment  # noqa: E402
+from engine.slowpath.options import compile_options, forward_options  # noqa: E402
+from engine.slowpath.reasm import COMPLETE, Reassembler  # noqa: E402
 
 MTU = 1500
 GOAL = 200_000
@@ -359,7 +359,7 @@ class WorkerRig:
 
     def __init__(self, folder: Path, batch: int) -> None:
         from engine.config import load_config
-        from engine.routing import build_routing, make_tables
+        from engine.control.routing import build_routing, make_tables
         from engine.shm.fib import Fib
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers

@@ -146,7 +146,7 @@ class Lab:
         return load_config(self.config_path)
 
     def run(self, inputs: dict[str, list]):
-        from engine.supervisor import run
+        from engine.control.supervisor import run
 
         for port, frames in inputs.items():
             self.write_input(port, frames)

@@ -166,7 +166,7 @@ def test_requests_for_our_addresses_are_answered_on_the_port_they_came_in(tmp_pa
 def test_the_reply_bytes_are_the_kernel_s():
     """`arp_create` of an Ethernet device, byte for byte (Linux 6.18 sent exactly this
     to 10.0.2.7 asking for 10.0.2.1, see tests/test_kernel_diff.py)."""
-    from engine.pipeline import arp as A
+    from engine.slowpath import arp as A
 
     asked = A.parse(bytes(who_has("02:00:00:00:02:02", "10.0.2.7", "10.0.2.1"))[14:])
     assert isinstance(asked, A.ArpMessage)
@@ -328,7 +328,7 @@ class Pipeline:
     frames go in on a port at a time, then the worker runs, then the slow path."""
 
     def __init__(self, tmp_path: Path, neigh_capacity: int = 4096) -> None:
-        from engine.routing import build_routing, make_tables
+        from engine.control.routing import build_routing, make_tables
         from engine.shm.fib import Fib
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers
@@ -386,7 +386,7 @@ class Pipeline:
         return sent
 
     def stats(self):
-        from engine.stats import snapshot
+        from engine.control.stats import snapshot
 
         return snapshot(self.mem, ["p0", "p1", "p2"])
 
@@ -399,7 +399,7 @@ def pipeline(tmp_path):
 
 
 def test_a_learned_neighbour_is_used_by_the_fast_path_and_a_new_mac_reaches_it(pipeline):
-    from engine.shm.neigh import NeighbourTable, Nud
+    from engine.shm.neigh_table import NeighbourTable, Nud
 
     pl = pipeline
     table = NeighbourTable(pl.mem)
@@ -444,7 +444,7 @@ def test_entries_are_reconfirmed_by_unicast_probes_and_removed_when_silent(pipel
     """REACHABLE for reachable_time (15..45 s), DELAY for delay_probe_time (5 s), then
     PROBE: ucast_solicit (3) unicast requests a second apart; an answer makes the
     entry REACHABLE again, silence makes it FAILED (the next packet resolves afresh)."""
-    from engine.shm.neigh import NeighbourTable, Nud
+    from engine.shm.neigh_table import NeighbourTable, Nud
 
     pl = pipeline
     table = NeighbourTable(pl.mem)
@@ -489,7 +489,7 @@ def test_a_failed_entry_is_revived_by_arp_from_its_address(pipeline):
     pl = pipeline
     pl.step(0, [h1(X) / UDP()], 0)
     pl.step(1, [who_has(MAC_Y, Y, "10.0.2.50")], 3.5)  # the clock: FAILED at 3 s
-    from engine.shm.neigh import NeighbourTable, Nud
+    from engine.shm.neigh_table import NeighbourTable, Nud
 
     x = int.from_bytes(socket.inet_aton(X), "big")
     assert NeighbourTable(pl.mem).get(x).state == Nud.FAILED

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.bench import NAMES, rows_l3fwd, rows_lab
+from engine.cli.bench import NAMES, rows_l3fwd, rows_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 FWD = shutil.which("fwd", path=str(Path(sys.executable).parent)) or "fwd"

@@ -28,7 +28,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from engine.control import (
+from engine.control.routing import build_routing, make_tables
+from engine.control.server import (
     MAX_REQUEST,
     Commands,
     ControlError,
@@ -38,7 +39,6 @@ from engine.control import (
     request,
 )
 from engine.counters import Drop, Misc, index
-from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
 from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.pool import Buffers

@@ -1,4 +1,4 @@
-"""Fragmentation (`engine.pipeline.frag`): every byte against scapy-built fragments.
+"""Fragmentation (`engine.slowpath.frag`): every byte against scapy-built fragments.
 
 scapy's own `fragment()` agrees with the kernel's `ip_do_fragment` for packets without
 DF and without options (same split, offsets continued, MF kept on the last piece of a
@@ -25,8 +25,8 @@ from scapy.layers.inet import fragment as scapy_fragment
 from scapy.packet import Raw
 
 from engine.pipeline.checksum import ip_checksum
-from engine.pipeline.frag import fragment, ip_options_fragment
-from engine.pipeline.reasm import COMPLETE, Reassembler
+from engine.slowpath.frag import fragment, ip_options_fragment
+from engine.slowpath.reasm import COMPLETE, Reassembler
 
 
 def payload(n: int) -> bytes:

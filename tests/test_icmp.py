@@ -1,4 +1,4 @@
-"""ICMP on the slow path (engine/pipeline/icmp.py), one named case per behaviour.
+"""ICMP on the slow path (engine/slowpath/icmp.py), one named case per behaviour.
 
 Inputs and expected packets are built with scapy, independently of the code under
 test, and every byte is compared; only the IP ID of router-originated packets is
@@ -19,9 +19,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.packet import Raw
 from scapy.utils import checksum
 
-from engine.pipeline import icmp as I
-from engine.pipeline import options as O
-from engine.pipeline.icmp import (
+from engine.shm.memory import NH_LOCAL, NH_NOROUTE, NH_UNICAST
+from engine.slowpath import icmp as I
+from engine.slowpath import options as O
+from engine.slowpath.icmp import (
     INADDR_DUMMY,
     IcmpRateLimiter,
     IpIdGenerator,
@@ -32,7 +33,6 @@ from engine.pipeline.icmp import (
     may_send_error,
     select_source,
 )
-from engine.shm.memory import NH_LOCAL, NH_NOROUTE, NH_UNICAST
 
 
 def ip(s: str) -> int:

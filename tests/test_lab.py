@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.lab import Lab, down, engine_config, up
+from engine.cli.lab import Lab, down, engine_config, up
 
 TOOLS = ("ip", "ping", "tracepath", "traceroute", "iperf3")
 H2_MTU = 1400

@@ -1,9 +1,9 @@
 """The shared neighbour table, a worker's neighbour cache, and the worker around them.
 
-The table (engine/shm/neigh.py): put/get/remove, a full table and a full probe
+The table (engine/shm/neigh_table.py): put/get/remove, a full table and a full probe
 window, removal inside a probe window, the generation rule, a reader process doing
 vectorised lookups while entries change (never a torn row), and random operation
-sequences against a dict. The cache (engine/pipeline/neigh.py): hit, miss, fill,
+sequences against a dict. The cache (engine/pipeline/neigh_cache.py): hit, miss, fill,
 eviction, clear, and that it always answers what the table answers. The worker:
 packets to learned neighbours leave with their MAC, a neighbour change reaches the
 next batch, and issue 3's test: a port taken down sends nothing from the very next
@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from engine.control.routing import build_routing, make_tables
 from engine.counters import Drop, Misc, Slow, index
-from engine.pipeline.neigh import NeighCache
+from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.verdict import slow
-from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
 from engine.shm.memory import AGENT_IO, CTL_NEIGH_GEN, CTL_NH_GEN, EngineMemory, Geometry
-from engine.shm.neigh import (
+from engine.shm.neigh_table import (
     NUD_VALID,
     OFFSETS,
     PROBES,

@@ -27,18 +27,18 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 
-from engine.capture import drain
-from engine.control import Commands, ControlError, request
+from engine.cli.watch import agent_rates, port_rates
+from engine.control.routing import build_routing, make_tables
+from engine.control.server import Commands, ControlError, request
 from engine.counters import Drop, Slow
 from engine.io.pcap import read_pcap
+from engine.observe.capture import drain
+from engine.observe.trace import format_trace
 from engine.pipeline.verdict import FORWARD, SLOW
-from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
-from engine.shm.observe import CAPTURE_SLOTS, OBS_ACTIVE
 from engine.shm.pool import Buffers
-from engine.trace import format_trace
-from engine.watch import agent_rates, port_rates
+from engine.shm.trace_capture import CAPTURE_SLOTS, OBS_ACTIVE
 from engine.workers.forwarder import Forwarder
 
 from conftest import MAC, Lab, load_frames, routed

@@ -27,7 +27,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from engine.lab import Lab, down, up
+from engine.cli.lab import Lab, down, up
 
 FWD = [sys.executable, "-m", "engine.cli"]
 P0_MAC, P1_MAC = "02:00:00:00:01:01", "02:00:00:00:02:01"

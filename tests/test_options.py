@@ -1,4 +1,4 @@
-"""IP options on the slow path (engine/pipeline/options.py), one named case per behaviour.
+"""IP options on the slow path (engine/slowpath/options.py), one named case per behaviour.
 
 Inputs and expected outputs are built with scapy, independently of the code under
 test; every byte of the outputs is compared. The kernel references are
@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP, IPOption_LSRR, IPOption_RR, IPOption_SSRR
 from scapy.packet import Raw
 
-from engine.pipeline import options as O
-from engine.pipeline.options import (
+from engine.shm.memory import NH_BROADCAST, NH_LOCAL, NH_NOROUTE, NH_UNICAST
+from engine.slowpath import options as O
+from engine.slowpath.options import (
     Drop,
     EchoedOptions,
     Options,
@@ -29,7 +30,6 @@ from engine.pipeline.options import (
     fragment_options,
     strict_route_failed,
 )
-from engine.shm.memory import NH_BROADCAST, NH_LOCAL, NH_NOROUTE, NH_UNICAST
 
 
 def ip(s: str) -> int:

@@ -376,9 +376,9 @@ def test_pcapframes_helpers():
 
 def _agent(tmp_path, frames, batch: int = 64):
     """The pcap agent of the test topology (tests/conftest.py) with `frames` on p0."""
+    from engine.control.supervisor import geometry_for
     from engine.io.pcap_port import PcapPorts
     from engine.shm.memory import EngineMemory
-    from engine.supervisor import geometry_for
 
     from conftest import Lab
 

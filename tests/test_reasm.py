@@ -1,4 +1,4 @@
-"""Reassembly (`engine.pipeline.reasm`): named cases in the style of VPP's
+"""Reassembly (`engine.slowpath.reasm`): named cases in the style of VPP's
 test/test_reassembly.py, with Linux's answers (`ip_frag_queue`, KERNEL-NOTES), and
 hypothesis properties on random fragment streams.
 
@@ -18,8 +18,8 @@ from scapy.layers.inet import fragment as scapy_fragment
 from scapy.packet import Raw
 
 from engine.pipeline.checksum import ip_checksum
-from engine.pipeline.frag import fragment
-from engine.pipeline.reasm import (
+from engine.slowpath.frag import fragment
+from engine.slowpath.reasm import (
     COMPLETE,
     DROPPED,
     IPQ_SIZE,

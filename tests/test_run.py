@@ -232,7 +232,7 @@ def test_a_long_replay_loses_nothing_for_want_of_tx_room(tmp_path):
 
     lab = Lab(tmp_path, workers=2, batch=8)
     big_input(lab, 60_000)
-    from engine.supervisor import run
+    from engine.control.supervisor import run
 
     stats = run(lab.config()).stats
     assert stats.drop["ring_full"] == 0

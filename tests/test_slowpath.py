@@ -634,7 +634,7 @@ class Harness:
     written into pool buffers and handed over by index, as a worker would."""
 
     def __init__(self, cfg) -> None:
-        from engine.routing import build_routing, make_tables
+        from engine.control.routing import build_routing, make_tables
         from engine.shm.fib import Fib
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers
@@ -687,8 +687,8 @@ class Harness:
 def test_random_options_never_raise_and_balance(tmp_path_factory, opts, dst, ttl, accept):
     """Random option bytes (any length, any content) to every kind of destination:
     the worker never raises, every packet ends once, every ICMP it sends verifies."""
+    from engine.control.stats import snapshot
     from engine.counters import Slow
-    from engine.stats import snapshot
 
     extra = f"[icmp]\nratelimit_ms = 0\n[ipv4]\naccept_source_route = {str(accept).lower()}"
     h = Harness(lab(tmp_path_factory.mktemp("o"), extra=extra).config())
@@ -725,8 +725,8 @@ def test_random_fragment_streams_never_raise_and_balance(tmp_path_factory, strea
     """Random orders, overlaps, duplicates and missing pieces, for the router and in
     transit: the worker never raises, memory stays bounded, every fragment is
     accounted for once (held, merged or dropped), and the books balance."""
+    from engine.control.stats import snapshot
     from engine.counters import Slow
-    from engine.stats import snapshot
 
     cfg = lab(tmp_path_factory.mktemp("h"), reasm="high_thresh = 20000\nlow_thresh = 10000",
               extra="[icmp]\nratelimit_ms = 0").config()

@@ -29,7 +29,7 @@ from scapy.packet import Raw
 from test_slowpath_burst import Rig
 
 from engine.counters import Slow
-from engine.pipeline import reasm as R
+from engine.slowpath import reasm as R
 from engine.workers import slowpath
 
 from conftest import MAC, Lab, routed

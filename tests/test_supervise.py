@@ -1,4 +1,4 @@
-"""Recovering a forwarding worker killed in the middle of a batch (engine/supervise.py).
+"""Recovering a forwarding worker killed in the middle of a batch (engine/control/recovery.py).
 
 A forked child runs `Forwarder.process` on a batch and is SIGKILLed by an injected
 hook at a chosen point (inside the fast path, half way through adding its counters,
@@ -18,12 +18,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from engine.counters import Drop, Misc, Slow, Snmp, index
-from engine.routing import build_routing, make_tables
-from engine.shm.fib import Fib
-from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_PAUSED, EngineMemory, Geometry
-from engine.shm.pool import Buffers
-from engine.supervise import (
+from engine.control.recovery import (
     JOURNAL_COUNTED,
     JOURNAL_COUNTING,
     JOURNAL_IDLE,
@@ -35,6 +30,11 @@ from engine.supervise import (
     recover_worker,
     ring_window,
 )
+from engine.control.routing import build_routing, make_tables
+from engine.counters import Drop, Misc, Slow, Snmp, index
+from engine.shm.fib import Fib
+from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_PAUSED, EngineMemory, Geometry
+from engine.shm.pool import Buffers
 from engine.workers import forwarder as F
 
 from conftest import MAC, Lab, load_frames, routed

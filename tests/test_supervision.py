@@ -102,7 +102,7 @@ def routed_flood(n: int) -> np.ndarray:
 
 def worker_pids(sock: Path) -> dict[str, tuple[int, int]]:
     """worker name: (pid, frames received) from the running engine."""
-    from engine.control import request
+    from engine.control.server import request
 
     rows = request(str(sock), {"cmd": "stats"})["stats"]["workers"]
     return {r["agent"]: (r["pid"], r["rx_frames"]) for r in rows
@@ -164,7 +164,7 @@ def test_a_killed_worker_is_restarted_and_loses_nothing(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_a_worker_that_keeps_dying_stops_the_engine(tmp_path):
-    from engine.supervise import RESTART_LIMIT
+    from engine.control.recovery import RESTART_LIMIT
 
     lab = Lab(tmp_path, workers=1, batch=32)
     big_input(lab, 10)

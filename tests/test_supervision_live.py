@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.lab import Lab, down, engine_config, up
+from engine.cli.lab import Lab, down, engine_config, up
 
 FWD = [sys.executable, "-m", "engine.cli"]
 

@@ -7,9 +7,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
+from engine.control.routing import build_routing, make_tables
 from engine.counters import Drop, Misc, Slow, Snmp, index
 from engine.pipeline.verdict import slow
-from engine.routing import build_routing, make_tables
 from engine.shm.fib import Fib
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
 from engine.shm.pool import Buffers

@@ -57,11 +57,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.proto import ETH_P_ALL
 from engine.shm.memory import EngineMemory
 from engine.shm.pool import Buffers
 
 # <linux/if_ether.h>, <linux/if_packet.h>
-ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_RX_RING = 5

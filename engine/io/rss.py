@@ -19,18 +19,13 @@ from functools import lru_cache
 import numpy as np
 
 from engine.io.pcap import PcapFrames
+from engine.proto import ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET, IPPROTO_TCP, IPPROTO_UDP
 
 # Microsoft's verification key, the default RSS key of most NICs and DPDK drivers
 DEFAULT_KEY = bytes.fromhex(
     "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
 )
 
-ETH_HLEN = 14
-ETH_P_IP = 0x0800
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IP_MF = 0x2000
-IP_OFFSET = 0x1FFF
 TUPLE_LEN = 12  # src ip, dst ip, src port, dst port
 _ROWS = 16384
 

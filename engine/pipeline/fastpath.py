@@ -13,10 +13,11 @@ import numpy as np
 
 from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
 from engine.pipeline.forward import ip_forward, rewrite
-from engine.pipeline.rcv import ETH_HLEN, ip_rcv
+from engine.pipeline.rcv import ip_rcv
 from engine.pipeline.route import ip_route_input
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, NCODES, SLOW, drop, slow
+from engine.proto import ETH_HLEN
 
 
 @dataclass

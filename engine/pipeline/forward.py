@@ -23,9 +23,10 @@ import numpy as np
 
 from engine.counters import Drop, Slow
 from engine.pipeline import checksum
-from engine.pipeline.rcv import IP_DF, IpHeaders
+from engine.pipeline.rcv import IpHeaders
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
+from engine.proto import IP_DF
 from engine.shm.memory import NH_UNICAST, NHF_GATEWAY, NHF_RESOLVED
 
 

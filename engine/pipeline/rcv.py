@@ -32,15 +32,7 @@ from engine.pipeline.verdict import (
     first_match,
     slow,
 )
-
-ETH_HLEN = 14
-HDR_BYTES = 80  # Ethernet (14) + the longest IPv4 header (60), padded to 8-byte words
-ETH_P_IP_LE = 0x0008  # 0x0800 as it reads from a little-endian 16-bit load
-ETH_P_ARP_LE = 0x0608  # 0x0806 the same way
-MAC48 = 0xFFFF_FFFF_FFFF
-IP_MF = 0x2000
-IP_DF = 0x4000
-IP_OFFSET = 0x1FFF
+from engine.proto import ETH_HLEN, ETH_P_ARP_LE, ETH_P_IP_LE, MAC48
 
 
 @dataclass

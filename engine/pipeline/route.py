@@ -23,9 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from engine.counters import Drop, Slow
-from engine.pipeline.rcv import IP_MF, IP_OFFSET, IpHeaders
+from engine.pipeline.rcv import IpHeaders
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
+from engine.proto import IP_MF, IP_OFFSET
 from engine.shm.memory import (
     NH_BLACKHOLE,
     NH_BROADCAST,

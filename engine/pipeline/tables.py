@@ -15,8 +15,8 @@ import numpy as np
 
 class Resolver(Protocol):
     """Answers which MAC a next-hop address has on an egress port (`neigh_output`):
-    a worker's `NeighCache` (engine/pipeline/neigh.py) in front of the shared
-    `NeighbourTable` (engine/shm/neigh.py), or the table itself."""
+    a worker's `NeighCache` (engine/pipeline/neigh_cache.py) in front of the shared
+    `NeighbourTable` (engine/shm/neigh_table.py), or the table itself."""
 
     def resolve(self, keys: np.ndarray,
                 egress: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...  # (usable, mac48)

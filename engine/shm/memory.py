@@ -22,8 +22,8 @@ import numpy as np
 
 from engine.counters import NCOUNTERS
 from engine.shm.layout import Field, Layout, attach_segment, create_segment
-from engine.shm.observe import observe_fields
 from engine.shm.ring import Ring, ring_fields
+from engine.shm.trace_capture import observe_fields
 
 AGENT_IO = 0
 MAX_PORTS = 16
@@ -161,7 +161,7 @@ def engine_layout(g: Geometry) -> Layout:
 def pool_fields(g: Geometry) -> list[Field]:
     """`pool.free`: owner a's free stack is `pool.free[start:end]` of its partition, its
     depth `state[a, ST_FREE]`. `journal.*`: one row per forwarding worker, the batch it
-    has in hand (see engine/supervise.py); `journal.idx` holds a whole ring's worth."""
+    has in hand (see engine/control/recovery.py); `journal.idx` holds a whole ring's worth."""
     u1, u4, u8 = np.dtype(np.uint8), np.dtype(np.uint32), np.dtype(np.uint64)
     w = max(1, g.nworkers)
     return [

@@ -12,7 +12,7 @@ see what a worker killed by SIGKILL left: every `Buffers` of an agent is a handl
 the same stack (a worker's forwarder and its live ports share it). A push writes the
 slots, then publishes the depth; an allocation publishes the smaller depth, then hands
 the buffers out. A kill between the two loses the buffers in between (neither free nor
-anywhere else) and never counts one twice; engine/supervise.py finds and reclaims them.
+anywhere else) and never counts one twice; engine/control/recovery.py finds and reclaims them.
 """
 
 from __future__ import annotations

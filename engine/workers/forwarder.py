@@ -19,25 +19,25 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
-from engine.counters import MISC_BASE, Drop, Misc
-from engine.io.live import WorkerPorts, worker_ports
-from engine.observe import Observer
-from engine.pipeline.fastpath import count, fast_path
-from engine.pipeline.neigh import NeighCache
-from engine.pipeline.rcv import HDR_BYTES
-from engine.pipeline.tables import Tables
-from engine.pipeline.verdict import FORWARD, SLOW, drop
-from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
-from engine.shm.neigh import NeighbourTable
-from engine.shm.observe import OBS_ACTIVE
-from engine.shm.pool import Buffers
-from engine.shm.ring import Ring
-from engine.supervise import (
+from engine.control.recovery import (
     JOURNAL_COUNTED,
     JOURNAL_COUNTING,
     JOURNAL_IDLE,
     JOURNAL_TAKEN,
 )
+from engine.counters import MISC_BASE, Drop, Misc
+from engine.io.live import WorkerPorts, worker_ports
+from engine.observe.hooks import Observer
+from engine.pipeline.fastpath import count, fast_path
+from engine.pipeline.neigh_cache import NeighCache
+from engine.pipeline.tables import Tables
+from engine.pipeline.verdict import FORWARD, SLOW, drop
+from engine.proto import HDR_BYTES
+from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
+from engine.shm.neigh_table import NeighbourTable
+from engine.shm.pool import Buffers
+from engine.shm.ring import Ring
+from engine.shm.trace_capture import OBS_ACTIVE
 from engine.workers.loop import pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
@@ -115,7 +115,7 @@ class Forwarder:
         hand-off is decided (room on every ring checked: a full ring is a `ring_full`
         drop) before its counters are added, and the buffers move only then, so that
         the control process can finish the accounting of a killed worker's batch
-        (engine/supervise.py: JOURNAL_* states)."""
+        (engine/control/recovery.py: JOURNAL_* states)."""
         w, journal = self.worker, self.journal
         n = len(idx)
         if n > journal.idx.shape[1]:  # larger than a ring (tests): journal it in parts
@@ -241,7 +241,7 @@ class Forwarder:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
-    from engine.routing import make_tables
+    from engine.control.routing import make_tables
     from engine.shm.fib import Fib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop

@@ -119,7 +119,6 @@ from engine.counters import (
     index,
 )
 from engine.pipeline import checksum
-from engine.pipeline import reasm as R
 from engine.pipeline.checksum import inet_checksum, set_ip_checksum
 from engine.pipeline.forward import (
     forward_checks,
@@ -127,8 +126,49 @@ from engine.pipeline.forward import (
     set_ethernet,
     source_on_link,
 )
-from engine.pipeline.frag import fraglist_headers, fragment
-from engine.pipeline.icmp import (
+from engine.pipeline.rcv import mac48
+from engine.pipeline.route import (
+    LBCAST,
+    is_local,
+    plain_route,
+    route_checks,
+    select_multipath,
+)
+from engine.pipeline.tables import Tables
+from engine.pipeline.verdict import (
+    FORWARD,
+    PACKET_BROADCAST,
+    PACKET_HOST,
+    PACKET_MULTICAST,
+    PACKET_OTHERHOST,
+    SLOW,
+)
+from engine.proto import (
+    ETH_BROADCAST,
+    ETH_HLEN,
+    ETH_TYPE_IP,
+    IP_DF,
+    IP_MF,
+    IP_OFFSET,
+    IPPROTO_ICMP,
+    IPPROTO_IGMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+from engine.shm.memory import (
+    NH_BROADCAST,
+    NH_LOCAL,
+    NH_UNICAST,
+    NHF_GATEWAY,
+    NHF_RESOLVED,
+    EngineMemory,
+    Geometry,
+)
+from engine.shm.neigh_table import NeighbourTable
+from engine.shm.pool import Buffers
+from engine.slowpath import reasm as R
+from engine.slowpath.frag import fraglist_headers, fragment
+from engine.slowpath.icmp import (
     ICMP_DEST_UNREACH,
     ICMP_ECHO,
     ICMP_ECHOREPLY,
@@ -154,8 +194,9 @@ from engine.pipeline.icmp import (
     may_send_error,
     select_source,
 )
-from engine.pipeline.options import Drop as OptionsDrop
-from engine.pipeline.options import (
+from engine.slowpath.neigh_resolver import resolver_for
+from engine.slowpath.options import Drop as OptionsDrop
+from engine.slowpath.options import (
     EchoedOptions,
     Options,
     ParamProblem,
@@ -164,44 +205,11 @@ from engine.pipeline.options import (
     forward_options,
     strict_route_failed,
 )
-from engine.pipeline.rcv import ETH_HLEN, IP_MF, IP_OFFSET, mac48
-from engine.pipeline.route import (
-    LBCAST,
-    is_local,
-    plain_route,
-    route_checks,
-    select_multipath,
-)
-from engine.pipeline.tables import Tables
-from engine.pipeline.verdict import (
-    FORWARD,
-    PACKET_BROADCAST,
-    PACKET_HOST,
-    PACKET_MULTICAST,
-    PACKET_OTHERHOST,
-    SLOW,
-)
-from engine.shm.memory import (
-    NH_BROADCAST,
-    NH_LOCAL,
-    NH_UNICAST,
-    NHF_GATEWAY,
-    NHF_RESOLVED,
-    EngineMemory,
-    Geometry,
-)
-from engine.shm.neigh import NeighbourTable
-from engine.shm.pool import Buffers
 from engine.workers.loop import pin, poll_loop
-from engine.workers.neighbours import resolver_for
 
-IPPROTO_ICMP, IPPROTO_IGMP, IPPROTO_TCP, IPPROTO_UDP = 1, 2, 6, 17
-ETH_P_IP = b"\x08\x00"
-IP_DF = 0x4000
 INET_ECN_MASK = 3
 TCP_TTL = 64  # the TCP control socket's TTL: sysctl ip_default_ttl
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-ETH_BROADCAST = b"\xff" * 6
 WAIT_S = 0.00005  # a lossless (pcap) port waits this long for ring or pool room
 SLOW_BURST = 1024  # the most a burst takes from one slow ring (see SlowPath.batch)
 
@@ -1123,7 +1131,7 @@ class SlowPath:
             target = self._target(nh, int.from_bytes(ip[16:20], "big"))
             self.neigh.output(frames, egress, target, pkt, self.clock)
             return
-        eth = self.mem.nh_mac[nh, :6].tobytes() + self.port_mac[egress] + ETH_P_IP
+        eth = self.mem.nh_mac[nh, :6].tobytes() + self.port_mac[egress] + ETH_TYPE_IP
         self.transmit([eth + f for f in frames], egress, pkt.ts, pkt.seq, FORWARDED,
                       self.drop)
 
@@ -1245,7 +1253,7 @@ class SlowPath:
                 self.count(Icmp.OutMsgs)
             self.count(counter)
         else:
-            eth = route.mac + self.port_mac[route.port] + ETH_P_IP
+            eth = route.mac + self.port_mac[route.port] + ETH_TYPE_IP
             sent = ((Misc.created, Snmp.OutRequests, Icmp.OutMsgs, counter)
                     if isinstance(counter, Icmp) else (Misc.created, Snmp.OutRequests, counter))
             self.transmit([eth + f for f in frames], route.port, cause.ts, cause.seq, sent,
@@ -1652,7 +1660,7 @@ def decrease_ttl(ip: bytes) -> bytes:
 
 def slowpath_main(spec: SlowPathSpec) -> None:
     """Entry point of the slow-path process."""
-    from engine.routing import make_tables
+    from engine.control.routing import make_tables
     from engine.shm.fib import Fib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop

@@ -12,7 +12,7 @@ send-only sockets, until SIGINT/SIGTERM: then the workers stop receiving, send w
 they hold and exit, the slow path drains, the sockets close. `[engine] netns` is
 entered before anything opens, so every process's sockets live in that namespace.
 
-The control socket (engine/control.py) is served from the same loop, between two
+The control socket (engine/control/server.py) is served from the same loop, between two
 I/O passes: the FIB and next-hop table keep a single writer thread.
 """
 
@@ -30,16 +30,8 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
-from engine.control import Commands, ControlServer, ControlSetupError
-from engine.counters import MISC_BASE, Misc
-from engine.io.live import SenderPorts
-from engine.io.pcap_port import PcapPorts
-from engine.netns import NetnsError, netns
-from engine.routing import build_routing
-from engine.shm.fib import DEFAULT_READERS, Fib
-from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
-from engine.stats import Snapshot, snapshot
-from engine.supervise import (
+from engine.control.netns import NetnsError, netns
+from engine.control.recovery import (
     RestartPolicy,
     SupervisionError,
     audit_pool,
@@ -47,6 +39,14 @@ from engine.supervise import (
     recover_worker,
     started,
 )
+from engine.control.routing import build_routing
+from engine.control.server import Commands, ControlServer, ControlSetupError
+from engine.control.stats import Snapshot, snapshot
+from engine.counters import MISC_BASE, Misc
+from engine.io.live import SenderPorts
+from engine.io.pcap_port import PcapPorts
+from engine.shm.fib import DEFAULT_READERS, Fib
+from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.workers.forwarder import WorkerSpec, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
@@ -126,7 +126,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     mem: EngineMemory | None = None
     fib: Fib | None = None
     server: ControlServer | None = None
-    metrics: Any = None  # engine.metrics.MetricsServer
+    metrics: Any = None  # engine.control.metrics.MetricsServer
     io: Any = None  # PcapPorts, SenderPorts, or engine.io.dpdk.engine.DpdkControl
     procs: list[tuple[mp.process.BaseProcess, int | None]] = []  # (process, FIB reader id)
     scope = ExitStack()
@@ -156,9 +156,9 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                     raise EngineError(f"control socket: {err}") from None
                 say(f"fwd: running without a control socket: {err}")
         if cfg.metrics.listen is not None:
-            from engine.metrics import MetricsError, MetricsServer
+            from engine.control.metrics import MetricsError, MetricsServer
 
-            try:  # a thread that only reads shared memory (engine/metrics.py)
+            try:  # a thread that only reads shared memory (engine/control/metrics.py)
                 metrics = MetricsServer(mem, [p.name for p in cfg.ports], cfg.metrics.listen)
             except MetricsError as err:
                 raise EngineError(str(err)) from None
@@ -166,8 +166,8 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 commands.info["metrics"] = metrics.address
             say(f"fwd: metrics on http://{metrics.address}/metrics")
         if dpdk_plan is not None:
+            from engine.control.stats import register_device_stats
             from engine.io.dpdk.engine import DpdkControl, DpdkSetupError
-            from engine.stats import register_device_stats
 
             try:  # the DPDK primary: EAL, ports configured and started, before the workers
                 io = DpdkControl(cfg, dpdk_plan, mem, cfg.engine.batch)
@@ -263,7 +263,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         else:
             io.write()
         if all(not proc.is_alive() for proc, _ in procs):
-            # every agent gone: the pool must be whole again (engine/supervise.py)
+            # every agent gone: the pool must be whole again (engine/control/recovery.py)
             audit = audit_pool(mem, held_by(io))
             say(f"fwd: pool: {audit.free} of {audit.size} buffers free"
                 + (f", {audit.queued} queued" if audit.queued else "")
@@ -318,7 +318,7 @@ def restart_worker(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, 
                    say: Callable[[str], None],
                    restarting: dict[int, tuple[float, int, int]]) -> mp.process.BaseProcess:
     """Recover the dead forwarding worker `procs[i]` with every other agent paused
-    (engine/supervise.py), then start it again on the same rings, pool partition,
+    (engine/control/recovery.py), then start it again on the same rings, pool partition,
     counters row and FIB reader slot; a live worker reopens its sockets and joins its
     ports' fanout groups again. EngineError when it keeps dying."""
     dead, _ = procs[i]

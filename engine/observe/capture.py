@@ -1,7 +1,7 @@
 """`fwd capture PORT --at rx|tx|drop -w FILE`: frames of a running engine into a pcap.
 
 The control process arms a capture (`arm`: a port, a point) in shared memory
-(engine/shm/observe.py); forwarding workers see it through the one shared word they
+(engine/shm/trace_capture.py); forwarding workers see it through the one shared word they
 load per batch and copy the matching frames into their own capture ring:
 
 - rx: as received, before any rewrite, on the ingress port;
@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from engine.pipeline.rcv import HDR_BYTES
 from engine.pipeline.verdict import FORWARD, SLOW
+from engine.proto import HDR_BYTES
 from engine.shm.memory import EngineMemory
-from engine.shm.observe import (
+from engine.shm.trace_capture import (
     CAP_AT,
     CAP_DROP,
     CAP_GEN,

@@ -30,12 +30,10 @@ import numpy as np
 
 from engine.pipeline import checksum
 from engine.pipeline.checksum import HEADER_WORDS, fold16
-from engine.pipeline.options import fragment_options
+from engine.proto import IP_DF, IP_MF, IP_OFFSET
+from engine.slowpath.options import fragment_options
 
 IP_CE = 0x8000  # the reserved "evil" bit; the kernel calls it IP_CE
-IP_DF = 0x4000
-IP_MF = 0x2000
-IP_OFFSET = 0x1FFF
 MAX_OFFSET = IP_OFFSET << 3  # 65,528: the largest offset the 13-bit field can say
 
 _U16 = struct.Struct("!H")

@@ -37,7 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.shm.neigh import mac_from_48
+from engine.shm.neigh_table import mac_from_48
 
 EMPTY = 0xFFFF  # the port of a free slot (ports are < MAX_PORTS)
 PROBES = 4
@@ -46,7 +46,7 @@ CACHE_SLOTS = 1024  # per worker; twice a busy subnet's worth of neighbours
 
 
 class Neighbours(Protocol):
-    """What the cache asks the shared table (`engine.shm.neigh.NeighbourTable`)."""
+    """What the cache asks the shared table (`engine.shm.neigh_table.NeighbourTable`)."""
 
     def lookup(self, ips: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 

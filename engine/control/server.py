@@ -41,10 +41,10 @@ Commands (arguments; reply fields):
     route.lookup addr                             addr, route, nexthop (a debug aid)
     port.up      name                             port, up, changed
     port.down    name                             port, up, changed
-    trace.start  count, [port]                    gen, count (engine/trace.py)
+    trace.start  count, [port]                    gen, count (engine/observe/trace.py)
     trace.read   gen                              records (oldest first), done
     trace.stop                                    -
-    capture.start [port], [at: rx|tx|drop]        gen (engine/capture.py)
+    capture.start [port], [at: rx|tx|drop]        gen (engine/observe/capture.py)
     capture.read gen, [max]                       frames: [ts, seq, port, reason, bytes],
                                                   lost (refused by full rings)
     capture.stop                                  -
@@ -273,9 +273,9 @@ class Commands:
 
     def handle(self, msg: object) -> dict[str, Any]:
         """A reply map for any request; never raises."""
-        from engine.capture import CaptureError
-        from engine.routing import RouteError
-        from engine.trace import TraceError
+        from engine.control.routing import RouteError
+        from engine.observe.capture import CaptureError
+        from engine.observe.trace import TraceError
 
         try:
             cmd, args = check_request(msg)
@@ -291,7 +291,7 @@ class Commands:
         return {"pid": os.getpid(), "version": __version__, **self.info}
 
     def cmd_stats(self) -> dict[str, Any]:
-        from engine.stats import agent_rows, snapshot
+        from engine.control.stats import agent_rows, snapshot
 
         s = snapshot(self.mem, self.routing.port_names).as_dict()
         s["workers"] = agent_rows(self.mem)
@@ -355,31 +355,31 @@ class Commands:
         return names.index(name)
 
     def cmd_trace_start(self, count: int, port: str | None = None) -> dict[str, Any]:
-        from engine import trace
+        from engine.observe import trace
 
         gen = trace.arm(self.mem, count, self._port_index("trace.start", port))
         return {"gen": gen, "count": count}
 
     def cmd_trace_read(self, gen: int) -> dict[str, Any]:
-        from engine import trace
+        from engine.observe import trace
 
         rec = trace.collect(self.mem, gen)
         return {"records": trace.to_dicts(rec), "ports": list(self.routing.port_names),
                 "done": len(rec) >= int(self.mem.obs_ctl[trace.TRACE_WANT])}
 
     def cmd_trace_stop(self) -> dict[str, Any]:
-        from engine import trace
+        from engine.observe import trace
 
         trace.disarm(self.mem)
         return {}
 
     def cmd_capture_start(self, port: str | None = None, at: str = "rx") -> dict[str, Any]:
-        from engine import capture
+        from engine.observe import capture
 
         return {"gen": capture.arm(self.mem, self._port_index("capture.start", port), at)}
 
     def cmd_capture_read(self, gen: int, **args: int) -> dict[str, Any]:  # "max": wire name
-        from engine import capture
+        from engine.observe import capture
 
         most = args.get("max", 4096)
         if not 1 <= most <= 65536:
@@ -388,7 +388,7 @@ class Commands:
         return {"frames": [list(f) for f in frames], "lost": lost}
 
     def cmd_capture_stop(self) -> dict[str, Any]:
-        from engine import capture
+        from engine.observe import capture
 
         capture.disarm(self.mem)
         return {}

@@ -12,7 +12,7 @@ import click
 
 from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
-from engine.control import DEFAULT_SOCKET
+from engine.control.server import DEFAULT_SOCKET
 
 EXIT_CONFIG = 2
 
@@ -62,10 +62,10 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     drain, close the ports, print the counters and exit. While it runs, `fwd stats`,
     `fwd route ...` and `fwd port ...` talk to it through its control socket.
     """
+    from engine.control.stats import format_snapshot
+    from engine.control.supervisor import EngineError
+    from engine.control.supervisor import run as run_engine
     from engine.io.pcap import PcapError
-    from engine.stats import format_snapshot
-    from engine.supervisor import EngineError
-    from engine.supervisor import run as run_engine
 
     cfg = _load_or_exit(config)
     explicit = socket_path or cfg.engine.control_socket
@@ -88,7 +88,7 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
         sys.exit(1)
 
 
-# --- commands against a running engine (engine/control.py) ---------------------------
+# --- commands against a running engine (engine/control/server.py) ---------------------------
 
 SOCKET_HELP = (f"The engine's control socket (default: $FWD_SOCKET, else {DEFAULT_SOCKET}; "
                "`fwd run --socket` or [engine] control_socket chose it).")
@@ -101,7 +101,7 @@ def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     """The engine's reply to `msg`; a message and exit 1 if there is none or it is an
     error."""
-    from engine.control import ControlError, default_socket, request
+    from engine.control.server import ControlError, default_socket, request
 
     try:
         reply = request(socket_path or default_socket(), msg, timeout=timeout)
@@ -129,12 +129,12 @@ def stats(socket_path: str | None, as_json: bool, live: bool, interval: float,
           count: int | None) -> None:
     """Show the counters of a running engine: ports, Ip: counters, drop and slow-path
     reasons, the accounting check, and one row per worker."""
-    from engine.stats import Snapshot, format_agents, format_snapshot
+    from engine.control.stats import Snapshot, format_agents, format_snapshot
 
     if live:
         from rich.console import Console
 
-        from engine.watch import watch
+        from engine.cli.watch import watch
 
         console = Console()
         if not console.is_terminal:  # a file or a pipe: wide enough for every column
@@ -171,7 +171,7 @@ def trace(count: int, port: str | None, timeout: float | None, as_json: bool,
     the rewrite and the verdict (like VPP's `show trace`)."""
     import time
 
-    from engine.trace import format_trace
+    from engine.observe.trace import format_trace
 
     msg: dict[str, Any] = {"cmd": "trace.start", "count": count}
     if port is not None:
@@ -318,7 +318,7 @@ def route_load(file: str, socket_path: str | None) -> None:
     """Add every route in FILE: one `prefix [via GW] [port P] [type T]` per line
     (blank lines and # comments skipped). All of them are added, or none: a bad line
     is reported with its number."""
-    from engine.control import MAX_REQUEST
+    from engine.control.server import MAX_REQUEST
 
     data = Path(file).read_bytes()
     if len(data) <= MAX_REQUEST - 1024:
@@ -367,7 +367,7 @@ def _route_line(r: dict[str, Any]) -> str:
     return " ".join(parts).rstrip()
 
 
-# --- the namespace lab (engine/lab.py) --------------------------------------------------
+# --- the namespace lab (engine/cli/lab.py) --------------------------------------------------
 
 PREFIX_HELP = "Namespace name prefix: the lab is PREFIX-h1, PREFIX-h2 and PREFIX-r."
 
@@ -390,7 +390,7 @@ def lab() -> None:
               help="A smaller MTU on the h2 side's link (set [[port]] mtu to match).")
 def lab_up(prefix: str, p1_mtu: int | None) -> None:
     """Build the lab's namespaces and veths."""
-    from engine.lab import HOSTS, LabError, up
+    from engine.cli.lab import HOSTS, LabError, up
 
     try:
         built = up(prefix, p1_mtu=p1_mtu)
@@ -407,7 +407,7 @@ def lab_up(prefix: str, p1_mtu: int | None) -> None:
 @click.option("--prefix", default="fwdlab", show_default=True, help=PREFIX_HELP)
 def lab_down(prefix: str) -> None:
     """Remove the lab's namespaces (and their veths)."""
-    from engine.lab import LabError, down
+    from engine.cli.lab import LabError, down
 
     try:
         removed = down(prefix)
@@ -417,7 +417,7 @@ def lab_down(prefix: str) -> None:
     click.echo(f"removed {', '.join(removed)}" if removed else "no lab namespaces to remove")
 
 
-# --- fwd bench (engine/bench.py runs the perf/ scripts) ------------------------------
+# --- fwd bench (engine/cli/bench.py runs the perf/ scripts) ------------------------------
 
 
 @main.command()
@@ -444,7 +444,7 @@ def bench(quick: bool, only: str | None, runs: int, out_dir: str | None, no_plot
     pip install -e '.[bench,perf]'. What cannot run here (no root, no DPDK, no
     trafgen, no pytricia) is reported as skipped with the reason.
     """
-    from engine.bench import NAMES, run_suite
+    from engine.cli.bench import NAMES, run_suite
 
     names = None
     if only:

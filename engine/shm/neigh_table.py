@@ -9,7 +9,7 @@ is keyed by address alone (an address is on one port: an entry's port says which
 Writers: one process at a time. The control process puts the static `[[neighbor]]`
 entries (PERMANENT) before the workers start; from then on only the slow-path worker
 writes (ARP). Readers: the forwarding workers, vectorised and lock-free, behind their
-own caches (`engine/pipeline/neigh.py`), which they flush when `CTL_NEIGH_GEN` moves.
+own caches (`engine/pipeline/neigh_cache.py`), which they flush when `CTL_NEIGH_GEN` moves.
 
 Hashing: open addressing over a power-of-two number of slots (twice the capacity, so
 the table is at most half full). An address has a home slot (Fibonacci hashing) and a

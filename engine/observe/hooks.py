@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.capture import Capturer, wanted
+from engine.observe.capture import Capturer, wanted
+from engine.observe.trace import Tracer
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD
 from engine.shm.memory import EngineMemory
-from engine.shm.observe import CAP_DROP, CAP_RX, CAP_TX, OBS_CAPTURE, OBS_TRACE
-from engine.trace import Tracer
+from engine.shm.trace_capture import CAP_DROP, CAP_RX, CAP_TX, OBS_CAPTURE, OBS_TRACE
 
 
 @dataclass

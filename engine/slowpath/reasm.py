@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 
 from engine.pipeline.checksum import ip_checksum
-from engine.pipeline.frag import IP_DF, IP_MF, IP_OFFSET
+from engine.proto import IP_DF, IP_MF, IP_OFFSET
 
 SKB_OVERHEAD = 576  # SKB_TRUESIZE(0) on x86-64: see module docstring
 IPQ_SIZE = 192  # per-queue charge (sizeof(struct ipq), roughly)

@@ -9,7 +9,7 @@ points routes at adjacencies):
   /30): a `broadcast` entry, as the kernel's local table has;
 - each static neighbour: a /32 resolved entry carrying its MAC (neighbour state, not
   a route: hidden from route listings unless asked for), and a PERMANENT entry in
-  the shared neighbour table (engine/shm/neigh.py), put there before the workers
+  the shared neighbour table (engine/shm/neigh_table.py), put there before the workers
   start; every other neighbour is learned by ARP in the slow path into that table,
   which the fast path reads for next hops without a MAC (connected routes, gateways
   that are not static neighbours);
@@ -67,7 +67,7 @@ from engine.shm.memory import (
     NHF_RESOLVED,
     EngineMemory,
 )
-from engine.shm.neigh import NeighbourTable, Nud
+from engine.shm.neigh_table import NeighbourTable, Nud
 
 ROUTE_TYPE_NH = {"blackhole": NH_BLACKHOLE, "unreachable": NH_UNREACHABLE,
                  "prohibit": NH_PROHIBIT}

@@ -35,6 +35,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from engine.pipeline.checksum import set_ip_checksum
+from engine.proto import IPHDR_LEN
 from engine.shm.memory import NH_LOCAL, NH_UNICAST
 
 # Option types (include/uapi/linux/ip.h). Bit 7 of the type is the "copied" flag.
@@ -55,7 +56,6 @@ IPOPT_TS_TSONLY = 0
 IPOPT_TS_TSANDADDR = 1
 IPOPT_TS_PRESPEC = 3
 
-IPHDR_LEN = 20
 MS_PER_DAY = 86_400_000
 # `ip_options_rcv_srr` answers a strict source route through a router that is not
 # the packet's destination with a parameter problem at this fixed pointer, wherever

@@ -1,7 +1,7 @@
 """The slow-path worker's neighbour resolver: ARP (net/ipv4/arp.c) and the neighbour
 state machine, hold queues and timers of net/core/neighbour.c, for `arp_tbl`.
 
-The shared `NeighbourTable` (engine/shm/neigh.py) is what the forwarding workers read;
+The shared `NeighbourTable` (engine/shm/neigh_table.py) is what the forwarding workers read;
 this resolver is its only writer once the engine runs, and keeps beside it what the
 kernel keeps in `struct neighbour` and the workers never need: timers, probe counts,
 the confirmation times and the hold queue (`arp_queue`). Every change of an entry's
@@ -94,13 +94,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.counters import Arp, Drop, Misc, SlowDrop, Unsent, index
-from engine.pipeline import arp
-from engine.pipeline.icmp import ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, select_source
 from engine.pipeline.verdict import PACKET_HOST
-from engine.shm.neigh import NUD_VALID, NeighbourEntry, NeighbourTable, Nud
+from engine.proto import ETH_HLEN, ETH_TYPE_IP
+from engine.shm.neigh_table import NUD_VALID, NeighbourEntry, NeighbourTable, Nud
+from engine.slowpath import arp
+from engine.slowpath.icmp import ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, select_source
 
-ETH_P_IP = b"\x08\x00"
-ETH_HLEN = 14
 LBCAST = 0xFFFF_FFFF
 MS = 1_000_000
 S = 1_000_000_000
@@ -354,7 +353,7 @@ class Resolver:
 
     def _transmit(self, held: Held, port: int, mac: bytes, ts: int, seq: int) -> None:
         """`neigh_connected_output`: the Ethernet header, then to the port."""
-        eth = mac + self.port_macs[port] + ETH_P_IP
+        eth = mac + self.port_macs[port] + ETH_TYPE_IP
         refused = self.host.send([eth + f for f in held.frames], port, ts, seq)
         if held.originated:
             if refused is not None:

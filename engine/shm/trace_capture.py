@@ -2,7 +2,7 @@
 
 Both are off unless someone asks, and cost a forwarding worker one load of one shared
 word per batch then (`obs.ctl[OBS_ACTIVE]`, zero when nobody observes). The control
-process arms them (engine/trace.py, engine/capture.py): it writes the request's
+process arms them (engine/observe/trace.py, engine/observe/capture.py): it writes the request's
 parameters, bumps the request's generation, then sets the active bit; a worker that
 sees the bit compares the generation with its own and starts over when it moved.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.pipeline.rcv import HDR_BYTES
+from engine.proto import HDR_BYTES
 from engine.shm.layout import Field
 
 # obs.ctl words

@@ -159,7 +159,7 @@ def register_device_stats(mem: EngineMemory,
 
 def snapshot(mem: EngineMemory, port_names: list[str], *, devices: bool = True) -> Snapshot:
     """The counters now. `devices=False` leaves out the devices' own counters (asking
-    DPDK for them is for the control process's main thread only: engine/metrics.py
+    DPDK for them is for the control process's main thread only: engine/control/metrics.py
     reads from another thread)."""
     g = mem.geometry
     source = _DEVICE_STATS.get(g.name) if devices else None

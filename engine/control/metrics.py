@@ -5,7 +5,7 @@ with prometheus_client's HTTP server in a thread of its own; a scrape only reads
 memory (the counters, per-port counters, agent state words, ring indexes), never the
 FIB or anything the main thread writes, so no lock is needed and the data plane is
 never touched. Values are those of `fwd stats --json` at the time of the scrape
-(`engine.stats.snapshot`, `agent_rows`), under these names:
+(`engine.control.stats.snapshot`, `agent_rows`), under these names:
 
     fwd_port_<rx_packets|rx_bytes|tx_packets|tx_bytes|rx_drops|tx_drops>_total{port}
     fwd_port_up{port}
@@ -58,8 +58,8 @@ class EngineCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from engine.control import ring_levels
-        from engine.stats import agent_rows, snapshot
+        from engine.control.server import ring_levels
+        from engine.control.stats import agent_rows, snapshot
 
         mem = self.mem
         s = snapshot(mem, self.port_names, devices=False)

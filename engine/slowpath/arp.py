@@ -19,10 +19,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-ETH_P_ARP = b"\x08\x06"
-ETH_P_IP = 0x0800
-ETH_ALEN = 6
-ETH_BROADCAST = b"\xff" * ETH_ALEN
+from engine.proto import ETH_ALEN, ETH_BROADCAST, ETH_P_IP, ETH_TYPE_ARP
+
 ETH_ZERO = b"\0" * ETH_ALEN
 ARPHRD_ETHER = 1  # include/uapi/linux/if_arp.h
 ARPHRD_IEEE802 = 6  # accepted on Ethernet devices too (RFC 2625, RFC 1390)
@@ -75,7 +73,7 @@ def build(op: int, *, eth_dst: bytes, eth_src: bytes, sha: bytes, sip: int, tha:
           tip: int) -> bytes:
     """`arp_create` on an Ethernet device: the Ethernet header (`dev_hard_header`, type
     ARP), then hardware type `dev->type` (Ethernet), protocol IPv4, lengths 6 and 4."""
-    return (eth_dst + eth_src + ETH_P_ARP
+    return (eth_dst + eth_src + ETH_TYPE_ARP
             + _HEADER.pack(ARPHRD_ETHER, ETH_P_IP, ETH_ALEN, 4, op)
             + sha + sip.to_bytes(4, "big") + tha + tip.to_bytes(4, "big"))
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.pipeline.checksum import inet_checksum, ip_checksum
-from engine.pipeline.options import IPHDR_LEN
+from engine.proto import IP_OFFSET, IPHDR_LEN, IPPROTO_ICMP
 
 # ICMP types and codes (include/uapi/linux/icmp.h)
 ICMP_ECHOREPLY = 0
@@ -56,9 +56,6 @@ ICMP_REDIR_HOST = 1
 # error too ("Assume any unknown ICMP type is an error").
 ICMP_ERROR_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12})
 
-IPPROTO_ICMP = 1
-IP_DF = 0x4000
-IP_OFFSET = 0x1FFF
 IPTOS_TOS_MASK = 0x1E  # RT_TOS()
 IPTOS_PREC_INTERNETCONTROL = 0xC0
 ICMP_TTL = 64  # sysctl ip_default_ttl: the ICMP socket has no TTL of its own

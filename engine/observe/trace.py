@@ -1,7 +1,7 @@
 """`fwd trace N`: what happens to the next N packets, stage by stage (VPP's packet trace).
 
 The control process arms a request (`arm`: N, an optional ingress port) in shared
-memory (engine/shm/observe.py); a forwarding worker sees it through the one shared
+memory (engine/shm/trace_capture.py); a forwarding worker sees it through the one shared
 word it loads per batch, and `Tracer` does the rest, for that batch only:
 
 - before the fast path, it picks the first packets of the batch still wanted (on the
@@ -53,7 +53,7 @@ from engine.shm.memory import (
     NHF_RESOLVED,
     EngineMemory,
 )
-from engine.shm.observe import (
+from engine.shm.trace_capture import (
     OBS_ACTIVE,
     OBS_TRACE,
     OUT_BYTES,
