@@ -42,7 +42,7 @@ def perf_dir() -> Path:
     env = os.environ.get("FWD_PERF_DIR")
     if env:
         return Path(env).resolve()
-    return Path(__file__).resolve().parent.parent / "perf"
+    return Path(__file__).resolve().parents[2] / "perf"
 
 
 def machine() -> dict[str, Any]:
