@@ -478,6 +478,12 @@ class _Parser:
                         f"{ports[i].driver!r} cannot be mixed with {ports[0].driver!r} ports: "
                         "pcap ports replay files and end with them, live ports run until "
                         "a signal")
+        mixed = [i for i, p in enumerate(ports) if p.driver != ports[0].driver]
+        if mixed:  # one driver per deployment (engine/io/registry.py)
+            i = mixed[0]
+            raise _fail(_key(_key("port", i), "driver"),
+                        f"{ports[i].driver!r} cannot be mixed with {ports[0].driver!r} ports: "
+                        "a deployment's ports share one driver")
         for out, (key, value, _) in self.outputs.items():  # never clobber an input
             if out in self.inputs:
                 raise _fail(key, f"{value!r} is the input of {self.inputs[out]}; "
@@ -796,8 +802,6 @@ class _Parser:
     # [dpdk] -----------------------------------------------------------------------
 
     def dpdk(self, t: dict[str, Any], ports: tuple[PortConfig, ...]) -> DpdkConfig:
-        from engine.io.dpdk.devices import single_process_reason
-
         p = "dpdk"
         _check_keys(t, p, _DPDK_KEYS)
         d = DpdkConfig()
@@ -816,16 +820,11 @@ class _Parser:
         hugepages = _choice(t, p, "hugepages", DPDK_HUGEPAGES, default=d.hugepages)
         mode = _choice(t, p, "mode", DPDK_MODES, default=d.mode)
         memory = _int_in(t, p, "memory_mb", 64, 1 << 20, d.memory_mb)
-        if mode == "multi-process":
-            if hugepages == "off":
-                raise _fail(_key(p, "mode"), "'multi-process' needs hugepages (DPDK shares "
-                            "memory between processes only through hugepage files), but "
-                            "dpdk.hugepages is 'off'")
-            for i, port in enumerate(ports):
-                why = single_process_reason(port.device or "")
-                if why is not None:
-                    raise _fail(_key(p, "mode"), f"'multi-process' cannot serve port[{i}] "
-                                f"({port.device!r}): its driver {why}; use 'single-process' "
-                                "or 'auto'")
+        if mode == "multi-process" and hugepages == "off":
+            raise _fail(_key(p, "mode"), "'multi-process' needs hugepages (DPDK shares "
+                        "memory between processes only through hugepage files), but "
+                        "dpdk.hugepages is 'off'")
+        # whether each device serves secondaries is the driver's to say: fwd check asks
+        # it through engine/io/registry.py
         return DpdkConfig(eal_args=tuple(args), hugepages=hugepages, mode=mode,
                           memory_mb=memory)

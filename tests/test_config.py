@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.config import (
+    DRIVERS,
     Config,
     ConfigError,
     EngineConfig,
@@ -29,6 +30,8 @@ from engine.config import (
     format_config_error,
     load_config,
 )
+from engine.io import registry
+from engine.io.registry import check as check_drivers
 
 CONFIGS = Path(__file__).parent / "configs"
 REPO = Path(__file__).parent.parent
@@ -53,6 +56,15 @@ def expectation(path: Path) -> str:
 # --- fixtures -------------------------------------------------------------------------
 
 
+def fwd_check(path: Path) -> Config:
+    """What `fwd check` runs: the schema, then what only the port drivers can tell."""
+    return check_drivers(load_config(path))
+
+
+def test_every_config_driver_is_registered() -> None:
+    assert set(DRIVERS) == set(registry.DRIVERS)
+
+
 def test_fixture_sets_are_not_empty() -> None:
     assert len(CORRECT) >= 5
     assert len(ERRORS) >= 30
@@ -69,7 +81,7 @@ def test_correct_config_loads(path: Path) -> None:
 def test_error_config_is_refused(path: Path) -> None:
     expected = expectation(path)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        fwd_check(path)
     assert expected in str(info.value)
 
 
@@ -77,7 +89,7 @@ def test_error_config_is_refused(path: Path) -> None:
 def test_error_names_its_key(path: Path) -> None:
     """Every message starts with the key path (or says the TOML itself is broken)."""
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        fwd_check(path)
     err = info.value
     if err.key is None:
         assert str(err).startswith("invalid TOML:")

@@ -18,8 +18,11 @@ EXIT_CONFIG = 2
 
 
 def _load_or_exit(path: str) -> Config:
+    """The config as `fwd check` sees it: the schema, then what the drivers can tell."""
+    from engine.io.registry import check as check_drivers
+
     try:
-        return load_config(path)
+        return check_drivers(load_config(path))
     except ConfigError as err:
         click.echo(format_config_error(path, err), err=True)
         sys.exit(EXIT_CONFIG)

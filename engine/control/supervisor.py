@@ -7,7 +7,7 @@ ring is empty (with `keep_running`, the outputs are written then and the engine 
 up until a signal). SIGINT/SIGTERM stop feeding and drain the same way.
 
 With live ports (AF_PACKET) the workers read and write their own queues
-(engine/io/live.py); this process only sends what the slow path queued, through
+(engine/io/ports.py); this process only sends what the slow path queued, through
 send-only sockets, until SIGINT/SIGTERM: then the workers stop receiving, send what
 they hold and exit, the slow path drains, the sockets close. `[engine] netns` is
 entered before anything opens, so every process's sockets live in that namespace.
@@ -43,8 +43,7 @@ from engine.control.routing import build_routing
 from engine.control.server import Commands, ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
-from engine.io.live import SenderPorts
-from engine.io.pcap_port import PcapPorts
+from engine.io.registry import DriverError, driver_for
 from engine.shm.fib import DEFAULT_READERS, Fib
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.workers.forwarder import WorkerSpec, worker_main
@@ -82,7 +81,7 @@ def geometry_for(cfg: Config, workers_receive: bool | None = None) -> Geometry:
     bufsize = max(2048, -(-max_frame // 64) * 64)
     ring = 1 << max(10, (cfg.engine.batch * 8 - 1).bit_length())
     if workers_receive is None:
-        workers_receive = cfg.ports[0].driver != "pcap"
+        workers_receive = driver_for(cfg).workers_receive(None)
     return Geometry.new(len(cfg.ports), cfg.engine.workers, bufsize=bufsize, ring_size=ring,
                         workers_receive=workers_receive)
 
@@ -101,19 +100,16 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     keep_running: once the pcap input is consumed and drained, write the outputs and
     stay up (control socket included) until SIGINT/SIGTERM.
     """
-    live = cfg.ports[0].driver != "pcap"  # config.py refuses a mix of replay and live ports
+    driver = driver_for(cfg)
+    live = driver.live
     say = log or (lambda msg: None)
     if control_socket is None:
         control_socket = cfg.engine.control_socket
-    dpdk_plan = None
-    if cfg.ports[0].driver == "dpdk":
-        from engine.io.dpdk.engine import DpdkSetupError, plan_for
-
-        try:  # the library, hugepages and the mode, before anything is created
-            dpdk_plan = plan_for(cfg)
-        except DpdkSetupError as err:
-            raise EngineError(str(err)) from None
-    geometry = geometry_for(cfg, None if dpdk_plan is None else dpdk_plan.multi)
+    try:  # what the driver decides before anything is created (DPDK: the mode)
+        plan = driver.plan(cfg)
+    except DriverError as err:
+        raise EngineError(str(err)) from None
+    geometry = geometry_for(cfg, driver.workers_receive(plan))
     stop = {"requested": False}
     old_handlers = {}
 
@@ -165,27 +161,17 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             if control_socket is not None and server is not None:
                 commands.info["metrics"] = metrics.address
             say(f"fwd: metrics on http://{metrics.address}/metrics")
-        if dpdk_plan is not None:
+        try:
+            io = driver.control_io(cfg, plan, mem, cfg.engine.batch)
+        except DriverError as err:
+            raise EngineError(str(err)) from None
+        if hasattr(io, "device_stats"):  # DPDK: the devices' own counters, in the stats
             from engine.control.stats import register_device_stats
-            from engine.io.dpdk.engine import DpdkControl, DpdkSetupError
 
-            try:  # the DPDK primary: EAL, ports configured and started, before the workers
-                io = DpdkControl(cfg, dpdk_plan, mem, cfg.engine.batch)
-            except DpdkSetupError as err:
-                raise EngineError(str(err)) from None
             scope.callback(register_device_stats(mem, io.device_stats))
+        if hasattr(io, "describe"):
             say(f"fwd: {io.describe()}")
-            end_clock = None
-        elif live:
-            try:  # opened here first: a missing interface is told before any worker starts
-                io = SenderPorts(list(cfg.ports), mem, AGENT_IO, cfg.engine.batch)
-            except OSError as err:
-                raise EngineError(str(err)) from None
-            end_clock = None
-        else:
-            io = PcapPorts(list(cfg.ports), list(range(len(cfg.ports))), mem,
-                           cfg.engine.batch)
-            end_clock = last_input_ts(io)
+        end_clock = None if live else last_input_ts(io)
         ctx = mp.get_context("spawn")
         specs = {}
         policy = RestartPolicy()
@@ -223,7 +209,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                         # a dead reader never passes another quiescent state: free its
                         # slot, or tbl8 groups released from now on are never reused
                         fib.unregister_reader(reader)
-                    if proc is slowpath or dpdk_plan is not None or reader is None:
+                    if proc is slowpath or not driver.restartable or reader is None:
                         raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
                     # a forwarding worker: recover what it left and start it again
                     procs[i] = (restart_worker(mem, procs, i, specs[reader], policy, io, say,
@@ -281,7 +267,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        if io is not None and not isinstance(io, PcapPorts):
+        if io is not None and live:  # a replay has nothing to close
             io.close()
         if fib is not None:
             fib.close()
@@ -309,7 +295,7 @@ def wait_started(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, in
 
 def held_by(io: Any) -> list[np.ndarray]:
     """Buffers the control process holds outside the pool's structures: the backlog
-    of its live TX queues (engine/io/live.py)."""
+    of its live TX queues (engine/io/ports.py)."""
     return [b for b in getattr(io, "backlog", []) if len(b)]
 
 
@@ -360,7 +346,7 @@ def announce_restarted(mem: EngineMemory, restarting: dict[int, tuple[float, int
                 "after its death was seen")
 
 
-def last_input_ts(io: PcapPorts) -> int | None:
+def last_input_ts(io: Any) -> int | None:
     """The capture time of the last input frame: where a replay's clock stops."""
     stamps = [int(f.ts_ns.max()) for f in io.frames.values() if len(f.ts_ns)]
     return max(stamps) if stamps else None

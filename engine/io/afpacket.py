@@ -15,7 +15,7 @@ One `AfPacketPort` per (worker, port) holds two sockets on the interface:
   `PACKET_QDISC_BYPASS` (straight to the driver's xmit, as DPDK would; this also skips
   the taps, so no packet socket sees our own transmissions) and a `TPACKET_V2` TX
   ring: frames are copied into ring slots, marked `TP_STATUS_SEND_REQUEST`, and one
-  `send()` flushes the whole batch. `sendmmsg` is kept as a measured alternative.
+  `send()` flushes the whole batch. `sendmmsg` is kept as an alternative to measure.
 
 Two sockets, not one, because `PACKET_VERSION` is per socket (the RX ring wants V3's
 variable-size blocks, the TX ring V2's fixed frames) and a protocol-0 socket is the
@@ -24,14 +24,8 @@ simplest way to never read back what we send.
 The serial parts (walking a block's next-offset chain, copying frames and writing
 their length/port/time, filling TX slots) run in a tiny C helper built with cffi on
 first use (cached); numpy and pure Python versions remain for machines without a
-compiler and for the benchmark (`perf/bench_afpacket.py`) that chose between them.
-Measured there (2 vCPU VM, Linux 6.18, 64-byte frames, medians of 5, two runs;
-perf/results/afpacket-2026-11-25-vm.json): walking a block, C 244-248 Mframes/s,
-numpy 25-27 (equal sizes only; on a mix it falls back to Python, 1.6, since pointer
-doubling does 0.5), Python 1.5-1.6; rx_burst(256) draining a full ring into the
-pool, C walk + C copy 8.7-9.4 Mframes/s, numpy 2.8-3.0, Python 1.0 (IMIX: C 5.0,
-numpy and Python 0.3); TX into a veth, TX ring filled in C 700-729 kframes/s, filled
-with numpy 553-584, sendmmsg 458-654 (noisy), one send() per frame 262-329.
+compiler and for the benchmark (`perf/bench_afpacket.py`) that chose between them
+(its numbers: perf/README.md).
 
 Reference: Documentation/networking/packet_mmap.rst and net/packet/af_packet.c. The
 numpy paths rely on x86's ordered stores/loads (TSO) between a block's status word
@@ -52,11 +46,13 @@ import sys
 import tempfile
 import threading
 import weakref
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.config import PortConfig
 from engine.proto import ETH_P_ALL
 from engine.shm.memory import EngineMemory
 from engine.shm.pool import Buffers
@@ -844,3 +840,26 @@ class AfPacketPort:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def tx_frame_size(bufsize: int) -> int:
+    """A TX ring slot that holds any pool buffer after the 32-byte slot header: 2 KiB
+    for a 1,500-byte MTU, whole pages beyond (the ring wants a page multiple then)."""
+    need = bufsize + 32
+    return 2048 if need <= 2048 else -(-need // 4096) * 4096
+
+
+def fanout_group(engine_name: str, port: int) -> int:
+    """The port's PACKET_FANOUT id: the same in every worker of this engine, different
+    for each port and (by the engine's unique segment name) from other engines."""
+    return (zlib.crc32(engine_name.encode()) + port) & 0xFFFF
+
+
+def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool,
+               queue: int | None) -> AfPacketPort:
+    """This process's queue on an afpacket port: a worker's joins the port's fanout
+    group, which spreads flows as a NIC's RSS would; a send-only one joins none."""
+    g = mem.geometry
+    return AfPacketPort(port.iface or "", receive=receive,
+                        fanout_group=fanout_group(g.name, index) if receive else None,
+                        frame_size=tx_frame_size(g.bufsize))

@@ -8,8 +8,8 @@ the file's byte order; 0xa1b2c3d4 means microsecond fractions, 0xa1b23c4d nanose
 Reading is one `read`, a walk over the record headers, and numpy for everything else.
 The walk is inherently serial (a record's caplen gives the next record's offset); it
 takes a vectorised shortcut when every record has the same length (benchmark captures
-of fixed-size frames) and otherwise a tight `struct` loop, which measured fastest of
-the serial approaches (numbers in `_walk_serial`).
+of fixed-size frames) and otherwise a tight `struct` loop, the fastest of the serial
+approaches tried (see `_walk_serial`).
 """
 
 from __future__ import annotations
@@ -120,11 +120,9 @@ def _walk_uniform(a: np.ndarray, big_endian: bool) -> np.ndarray | None:
 def _walk_serial(buf: bytes, big_endian: bool) -> tuple[np.ndarray, int]:
     """Offsets of the records whose header is complete, and where the walk stopped.
 
-    Measured on 1M records (CPython 3.11): ~0.22 s for 64-byte frames, ~0.3 s for
-    IMIX. A walk indexing a numpy array per step is ~4x slower, pointer jumping over
-    a per-byte "next record" array ~70x slower (O(file size x log n)), speculating
-    runs of equal-length records in numpy ~30x slower on mixed sizes; a step here is
-    one C call. `_walk_uniform` covers the case where numpy wins (~10x).
+    One C call (`unpack_from`) per record: faster than numpy per step, pointer jumping
+    or speculating on runs of equal lengths on mixed sizes (perf/README.md);
+    `_walk_uniform` covers the case where numpy wins.
     """
     unpack = struct.Struct(">I" if big_endian else "<I").unpack_from
     offsets: list[int] = []
@@ -235,8 +233,7 @@ def read_pcap(path: PathArg, *, compact: bool = True) -> PcapFrames:
 def _drop_headers(a: np.ndarray, offsets: np.ndarray, caplen: np.ndarray,
                   out_offsets: np.ndarray) -> np.ndarray:
     """The file's frame bytes back to back: a boolean-mask compaction, done in slices
-    of ~1 MiB so the mask stays in cache and is allocated once (1.2x faster than one
-    file-sized mask on a 370 MB capture)."""
+    of ~1 MiB so the mask stays in cache and is allocated once."""
     n = len(offsets)
     out = np.empty(int(caplen.sum()), dtype=np.uint8)
     if n == 0:

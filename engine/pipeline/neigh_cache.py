@@ -25,10 +25,8 @@ writer moves `CTL_NEIGH_GEN` (an entry changed its MAC or port, or stopped being
 usable): the kernel's `rt_flush_dev` and `rt_genid` bump.
 
 Cost: a batch whose neighbours are all cached takes one hash, three gathers, two
-compares and a count (about 6 us for 256 packets here); numpy's per-call overhead,
-not memory, is what counts, so each step is chosen for it (an intp index gathers at
-a third of the cost of a uint32 one; `count_nonzero` tests "all" at a third of the
-cost of `.all()`).
+compares and a count; numpy's per-call overhead, not memory, is what counts, so each
+step is chosen for it (an intp index, `count_nonzero` rather than `.all()`).
 """
 
 from __future__ import annotations

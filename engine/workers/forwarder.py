@@ -26,7 +26,8 @@ from engine.control.recovery import (
     JOURNAL_TAKEN,
 )
 from engine.counters import MISC_BASE, Drop, Misc
-from engine.io.live import WorkerPorts, worker_ports
+from engine.io.ports import WorkerPorts
+from engine.io.registry import driver_for
 from engine.observe.hooks import Observer
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
@@ -250,7 +251,8 @@ def worker_main(spec: WorkerSpec) -> None:
     fib = Fib.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
     ports = None
     try:
-        ports = worker_ports(spec.config, mem, spec.worker, spec.batch, spec.cpu)
+        ports = driver_for(spec.config).worker_ports(spec.config, mem, spec.worker, spec.batch,
+                                                    spec.cpu)
         Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker, spec.batch,
                   fib=fib, ports=ports).run()
     finally:

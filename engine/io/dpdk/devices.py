@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import re
 
+from engine.config import Config, ConfigError
+
 _PCI = re.compile(r"(?:[0-9A-Fa-f]{4,8}:)?[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
 _VDEV = re.compile(r"(net_[a-z_]+?)(\d*)")
 
@@ -56,3 +58,15 @@ def driver_of(device: str) -> str:
 def single_process_reason(device: str) -> str | None:
     """Why this device cannot serve secondary processes, or None when it can."""
     return SINGLE_PROCESS_ONLY.get(driver_of(device))
+
+
+def check_config(cfg: Config) -> None:
+    """`[dpdk] mode = "multi-process"` against the devices: each must serve secondaries."""
+    if cfg.dpdk.mode != "multi-process":
+        return
+    for i, port in enumerate(cfg.ports):
+        why = single_process_reason(port.device or "")
+        if why is not None:
+            raise ConfigError(f"dpdk.mode: 'multi-process' cannot serve port[{i}] "
+                              f"({port.device!r}): its driver {why}; use 'single-process' "
+                              "or 'auto'", "dpdk.mode")

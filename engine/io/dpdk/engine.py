@@ -8,7 +8,7 @@ Multi-process mode (DPDK's primary/secondary model, the default when it can run)
 - forwarding worker w is a secondary (`--proc-type=secondary`, same `--file-prefix`,
   lcore w+1 on the worker's CPU): it polls RX queue w of every port straight into its
   partition of the engine's pool and sends its `tx.<p>.<w>` rings on TX queue w
-  (`engine.io.live.WorkerPorts`, with `DpdkQueue` as the port driver);
+  (`engine.io.ports.WorkerPorts`, with `DpdkQueue` as the port driver);
 - the slow path's output leaves through the extra TX queue (number `workers`), sent
   by the control process (`SenderPorts`, as for AF_PACKET): the slow-path worker
   stays a plain Python process, and no two processes ever share a TX queue.
@@ -50,7 +50,7 @@ from engine.counters import MISC_BASE, Misc
 from engine.io.dpdk import Dpdk, DpdkError, DpdkPort, hugepages_reserved
 from engine.io.dpdk._build import build
 from engine.io.dpdk.devices import is_pci, single_process_reason
-from engine.io.live import RX_BYTES, RX_DROPS, RX_PACKETS, SenderPorts, WorkerPorts, _Sender
+from engine.io.ports import RX_BYTES, RX_DROPS, RX_PACKETS, Sender, SenderPorts, WorkerPorts
 from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
 from engine.shm.memory import AGENT_IO, CTL_STOP, EngineMemory, Geometry
 from engine.shm.pool import Buffers
@@ -182,7 +182,7 @@ def plan_for(cfg: Config, bufsize: int = 2048) -> DpdkPlan:
     elif single_only:
         p, reason = single_only[0]
         mode, why = SINGLE, f"port {p.name}'s device {p.device!r}: its driver {reason}"
-        if d.mode == MULTI:  # config.py refuses this already; a second guard
+        if d.mode == MULTI:  # `fwd check` refuses this already (devices.check_config)
             raise DpdkSetupError(f"dpdk.mode is 'multi-process' but {why}")
     elif not huge:
         if d.mode == MULTI:
@@ -222,7 +222,7 @@ def _close_eal() -> None:
 
 
 class DpdkQueue:
-    """One queue of a DPDK port, as a live-port driver (engine/io/live.py `LivePort`).
+    """One queue of a DPDK port, as a live-port driver (engine/io/ports.py `LivePort`).
 
     DPDK ports are polled: there is no file descriptor to sleep on, so `fileno` is -1
     and an idle worker sleeps its back-off (engine/workers/loop.py)."""
@@ -254,9 +254,10 @@ class DpdkQueue:
         """Nothing: the port belongs to the process's EAL (closed with it)."""
 
 
-def open_queue(port: PortConfig, *, receive: bool, queue: int | None) -> DpdkQueue:
-    """`engine.io.live.open_port` for a dpdk port: this process's queue on it (queue
-    None: the slow path's TX queue, in the control process)."""
+def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool,
+               queue: int | None) -> DpdkQueue:
+    """This process's queue on a dpdk port (queue None: the slow path's TX queue, in the
+    control process), once the process's EAL has the port."""
     if _eal is None or port.name not in _ports:
         raise DpdkSetupError(f"port {port.name!r}: DPDK is not set up in this process")
     dev = _ports[port.name]
@@ -275,7 +276,7 @@ class DpdkWorkerPorts(WorkerPorts):
         try:
             for p in config.ports:
                 _ports[p.name] = eal.port(p.device or "", config.engine.workers)
-            super().__init__(config.ports, mem, worker, burst)
+            super().__init__(config.ports, mem, worker, burst, open_queue)
         except BaseException:
             _close_eal()
             raise
@@ -299,7 +300,7 @@ class SingleProcessAgent:
         self.queues = [DpdkQueue(p, 0) for p in ports]
         rings = [[mem.rings[f"tx.{p}.{w}"] for w in range(g.nworkers)]
                  + [mem.rings[f"slowtx.{p}"]] for p in range(len(ports))]
-        self.sender = _Sender(mem, AGENT_IO, self.queues, rings, burst)
+        self.sender = Sender(mem, AGENT_IO, self.queues, rings, burst)
         self.buffers = self.sender.buffers
         self.counters = mem.counters[AGENT_IO]
         self.port_counters = mem.port_counters[AGENT_IO]
@@ -390,7 +391,7 @@ class DpdkControl:
                 except DpdkError as err:
                     raise DpdkSetupError(f"port {p.name!r}: {err}") from None
             if plan.multi:
-                self.io = SenderPorts(list(cfg.ports), mem, AGENT_IO, burst)
+                self.io = SenderPorts(list(cfg.ports), mem, AGENT_IO, burst, open_queue)
             else:
                 self.io = SingleProcessAgent([_ports[p.name] for p in cfg.ports], mem, burst)
         except BaseException:

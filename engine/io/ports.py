@@ -20,13 +20,12 @@ already counted as forwarded, which the kernel also does before `dev_queue_xmit`
 from __future__ import annotations
 
 import select
-import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from engine.config import Config, PortConfig
+from engine.config import PortConfig
 from engine.counters import MISC_BASE, Misc
 from engine.shm.memory import (
     PORT_COUNTER_NAMES,
@@ -43,7 +42,8 @@ KERNEL_STATS_EVERY = 1024  # passes between two reads of the kernel's per-socket
 
 
 class LivePort(Protocol):
-    """What the engine asks of a live port driver (engine/io/afpacket.py, engine/io/dpdk)."""
+    """What the engine asks of one queue of a live port (engine/io/afpacket.py,
+    engine/io/dpdk/engine.py)."""
 
     def rx_burst(self, buffers: Buffers, mem: EngineMemory, port: int,
                  max_frames: int) -> np.ndarray: ...
@@ -57,38 +57,16 @@ class LivePort(Protocol):
     def close(self) -> None: ...
 
 
-def tx_frame_size(bufsize: int) -> int:
-    """A TX ring slot that holds any pool buffer after the 32-byte slot header: 2 KiB
-    for a 1,500-byte MTU, whole pages beyond (the ring wants a page multiple then)."""
-    need = bufsize + 32
-    return 2048 if need <= 2048 else -(-need // 4096) * 4096
+class OpenQueue(Protocol):
+    """Opens this process's queue on a live port (`receive=False`: send only); `queue`
+    is a worker's queue number, None for the slow path's output. One per driver, in
+    engine/io/registry.py."""
+
+    def __call__(self, port: PortConfig, index: int, mem: EngineMemory, *, receive: bool,
+                 queue: int | None) -> LivePort: ...
 
 
-def fanout_group(engine_name: str, port: int) -> int:
-    """The port's PACKET_FANOUT id: the same in every worker of this engine, different
-    for each port and (by the engine's unique segment name) from other engines."""
-    return (zlib.crc32(engine_name.encode()) + port) & 0xFFFF
-
-
-def open_port(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool,
-              queue: int | None = None) -> Any:
-    """Open this process's queue on a live port (`receive=False`: send only). `queue`:
-    a worker's queue number (DPDK; None: the slow path's TX queue)."""
-    g = mem.geometry
-    if port.driver == "dpdk":
-        from engine.io.dpdk.engine import open_queue
-
-        return open_queue(port, receive=receive, queue=queue)
-    if port.driver == "afpacket":
-        from engine.io.afpacket import AfPacketPort
-
-        return AfPacketPort(port.iface or "", receive=receive,
-                            fanout_group=fanout_group(g.name, index) if receive else None,
-                            frame_size=tx_frame_size(g.bufsize))
-    raise ValueError(f"port {port.name!r}: driver {port.driver!r} is not a live port driver")
-
-
-class _Sender:
+class Sender:
     """Send what is queued on rings through drivers, with a short backlog per port."""
 
     def __init__(self, mem: EngineMemory, agent: int, drivers: Sequence[Any],
@@ -144,16 +122,16 @@ class _Sender:
                 self.backlog[p] = rest[:0]
 
 
-class WorkerPorts(_Sender):
+class WorkerPorts(Sender):
     """A forwarding worker's queue on every live port."""
 
     def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, worker: int,
-                 burst: int):
+                 burst: int, open_queue: OpenQueue):
         g = mem.geometry
         drivers: list[Any] = []
         try:
             for p, port in enumerate(ports):
-                drivers.append(open_port(port, p, mem, receive=True, queue=worker))
+                drivers.append(open_queue(port, p, mem, receive=True, queue=worker))
         except BaseException:
             for d in drivers:
                 d.close()
@@ -203,14 +181,15 @@ class WorkerPorts(_Sender):
             d.close()
 
 
-class SenderPorts(_Sender):
+class SenderPorts(Sender):
     """The control process's send-only queue on every live port: the slow path's output."""
 
-    def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, agent: int, burst: int):
+    def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, agent: int, burst: int,
+                 open_queue: OpenQueue):
         drivers: list[Any] = []
         try:
             for p, port in enumerate(ports):
-                drivers.append(open_port(port, p, mem, receive=False))
+                drivers.append(open_queue(port, p, mem, receive=False, queue=None))
         except BaseException:
             for d in drivers:
                 d.close()
@@ -230,17 +209,3 @@ class SenderPorts(_Sender):
         self.drop_backlog()
         for d in self.drivers:
             d.close()
-
-
-def worker_ports(config: Config, mem: EngineMemory, worker: int, burst: int,
-                 cpu: int | None = None) -> WorkerPorts | None:
-    """A forwarding worker's queues on the live ports, or None when the worker is fed
-    through its rings (pcap ports; DPDK in single-process mode)."""
-    driver = config.ports[0].driver  # config.py refuses mixed drivers
-    if driver == "pcap":
-        return None
-    if driver == "dpdk":
-        from engine.io.dpdk.engine import worker_ports as dpdk_worker_ports
-
-        return dpdk_worker_ports(config, mem, worker, burst, cpu)
-    return WorkerPorts(config.ports, mem, worker, burst)
