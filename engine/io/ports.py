@@ -52,6 +52,8 @@ class LivePort(Protocol):
 
     def fileno(self) -> int: ...
 
+    def wait(self, timeout: float, /) -> bool: ...  # frames ready (0: without waiting)
+
     def stats(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
@@ -122,20 +124,27 @@ class Sender:
                 self.backlog[p] = rest[:0]
 
 
+def open_all(ports: Sequence[PortConfig], mem: EngineMemory, open_queue: OpenQueue, *,
+             receive: bool, queue: int | None) -> list[LivePort]:
+    """This process's queue on every port; all or none (what opened is closed again)."""
+    drivers: list[LivePort] = []
+    try:
+        for p, port in enumerate(ports):
+            drivers.append(open_queue(port, p, mem, receive=receive, queue=queue))
+    except BaseException:
+        for d in drivers:
+            d.close()
+        raise
+    return drivers
+
+
 class WorkerPorts(Sender):
     """A forwarding worker's queue on every live port."""
 
     def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, worker: int,
                  burst: int, open_queue: OpenQueue):
         g = mem.geometry
-        drivers: list[Any] = []
-        try:
-            for p, port in enumerate(ports):
-                drivers.append(open_queue(port, p, mem, receive=True, queue=worker))
-        except BaseException:
-            for d in drivers:
-                d.close()
-            raise
+        drivers = open_all(ports, mem, open_queue, receive=True, queue=worker)
         super().__init__(mem, g.worker_agent(worker), drivers,
                          [[mem.rings[f"tx.{p}.{worker}"]] for p in range(len(ports))], burst)
         self._poller = select.poll()
@@ -186,14 +195,7 @@ class SenderPorts(Sender):
 
     def __init__(self, ports: Sequence[PortConfig], mem: EngineMemory, agent: int, burst: int,
                  open_queue: OpenQueue):
-        drivers: list[Any] = []
-        try:
-            for p, port in enumerate(ports):
-                drivers.append(open_queue(port, p, mem, receive=False, queue=None))
-        except BaseException:
-            for d in drivers:
-                d.close()
-            raise
+        drivers = open_all(ports, mem, open_queue, receive=False, queue=None)
         super().__init__(mem, agent, drivers,
                          [[mem.rings[f"slowtx.{p}"]] for p in range(len(ports))], burst)
         self.closed = False
