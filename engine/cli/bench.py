@@ -186,9 +186,12 @@ def rows_pcap(d: dict[str, Any]) -> list[Row]:
     out = []
     for mix, by_workers in d["rates"].items():
         for w, r in by_workers.items():
+            whole = r.get("whole_run_rates", 0)
+            note = (f"{whole} of {len(r['runs'])} runs: whole-run rate, start-up included "
+                    "(runs too short to tell it apart)" if whole else "")
             out.append(row("pcap", f"fwd run, {mix}, {w} worker(s), batch {d['batch']}", "Mfps",
                            r["fps"] / 1e6, r["spread"], mix=mix, workers=int(w),
-                           mean_frame_bytes=r["mean_frame_bytes"]))
+                           mean_frame_bytes=r["mean_frame_bytes"], note=note))
     return out
 
 
