@@ -24,6 +24,7 @@ import numpy as np
 from engine.counters import Drop, Slow
 from engine.pipeline import checksum
 from engine.pipeline.rcv import IpHeaders
+from engine.pipeline.stage import Batch, Stage
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
 from engine.proto import IP_DF
@@ -143,3 +144,18 @@ def set_ethernet(hdr: np.ndarray, mac: np.ndarray, egress: np.ndarray, t: Tables
     src = t.port_mac48[egress]
     hdr[:, 0:8].view("<u8")[:, 0] = mac | (src << np.uint64(48))
     hdr[:, 8:12].view("<u4")[:, 0] = src >> np.uint64(16)
+
+
+def forward_stage(b: Batch, t: Tables) -> None:
+    b.egress, b.mac = ip_forward(b.h, b.nh, b.in_port, t, b.code)
+
+
+STAGE = Stage(
+    name="ip_forward",
+    key="forward",
+    run=forward_stage,
+    reasons=frozenset({
+        drop(Drop.l2_not_host), slow(Slow.ttl_exceeded), drop(Drop.port_down),
+        slow(Slow.frag_needed), slow(Slow.fragment), slow(Slow.redirect),
+        slow(Slow.neigh_unresolved)}),
+)

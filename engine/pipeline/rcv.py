@@ -23,6 +23,8 @@ import numpy as np
 
 from engine.counters import Drop, Slow
 from engine.pipeline import checksum
+from engine.pipeline.stage import Batch, Stage
+from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import (
     PACKET_BROADCAST,
     PACKET_HOST,
@@ -126,3 +128,18 @@ def rcv_checks(hdr: np.ndarray, ip_len: np.ndarray, pkt: np.ndarray) -> np.ndarr
         (ip_len < tot_len, drop(Drop.truncated)),
         (tot_len < ihl * 4, drop(Drop.bad_tot_len)),
     ], len(hdr))
+
+
+def rcv_stage(b: Batch, t: Tables) -> None:
+    b.h = ip_rcv(b.hdr, b.length, b.in_port, t.port_mac48, b.code)
+
+
+STAGE = Stage(
+    name="ip_rcv",
+    key="rcv",
+    run=rcv_stage,
+    reasons=frozenset({
+        drop(Drop.runt), drop(Drop.otherhost), slow(Slow.arp), drop(Drop.not_ipv4),
+        drop(Drop.hdr_too_short), drop(Drop.bad_version), drop(Drop.bad_ihl),
+        drop(Drop.csum_error), drop(Drop.truncated), drop(Drop.bad_tot_len)}),
+)

@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.counters import Drop, Slow
 from engine.pipeline.rcv import IpHeaders
+from engine.pipeline.stage import Batch, Stage
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
 from engine.proto import IP_MF, IP_OFFSET
@@ -137,3 +138,19 @@ def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment
         (source_local, drop(Drop.martian_source)),
         ((nh_type == NH_LOCAL) | (nh_type == NH_BROADCAST), slow(Slow.local)),
     ], len(saddr))
+
+
+def route_stage(b: Batch, t: Tables) -> None:
+    b.nh = ip_route_input(b.h, t, b.code)
+
+
+STAGE = Stage(
+    name="ip_route_input",
+    key="route",
+    run=route_stage,
+    reasons=frozenset({
+        slow(Slow.reassemble), drop(Drop.multicast), drop(Drop.martian_source),
+        slow(Slow.local), drop(Drop.martian_destination), slow(Slow.options),
+        drop(Drop.l2_not_host), slow(Slow.no_route), slow(Slow.unreachable),
+        slow(Slow.prohibit), drop(Drop.blackhole)}),
+)
