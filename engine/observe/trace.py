@@ -6,12 +6,12 @@ word it loads per batch, and `Tracer` does the rest, for that batch only:
 
 - before the fast path, it picks the first packets of the batch still wanted (on the
   port asked for) and copies their header rows as received;
-- after the batch is handed on, it runs the stages again on those copies alone
-  (`ip_rcv`, `ip_route_input`, `ip_forward`: pure functions of the header and the
-  tables, so they decide what they decided in the batch) and keeps what each one
-  found: the parsed header, the verdict code and tier after every stage, the next
-  hop, the neighbour, then the rewritten header and the final verdict of the batch
-  itself (a full ring is decided after the stages);
+- after the batch is handed on, it runs the fast path's stages (`STAGES`) again on
+  those copies alone (pure functions of the header and the tables, so they decide
+  what they decided in the batch) and each stage records what it found (its
+  `Stage.record`: the parsed header, the next hop, the neighbour), with the verdict
+  code and tier after it; then the rewritten header and the final verdict of the
+  batch itself (a full ring is decided after the stages);
 - it writes one fixed-size record per packet into its own rows of `trace.rec` and
   publishes the count.
 
@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from engine.counters import Drop, Slow
-from engine.pipeline.forward import ip_forward, next_hop_addr
-from engine.pipeline.rcv import ip_rcv
-from engine.pipeline.route import ip_route_input
+from engine.pipeline.fastpath import run_stages
+from engine.pipeline.stage import Batch, Stage
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import (
     FORWARD,
@@ -116,25 +115,14 @@ class Tracer:
         rec["ts"], rec["seq"], rec["agent"] = ts, seq, self.agent
         rec["in_port"], rec["length"] = in_port, length
         rec["hdr_in"] = hdr_in
-        work = hdr_in.copy()
-        stage = np.zeros(n, dtype=np.uint8)
-        h = ip_rcv(work, length, in_port, t.port_mac48, stage)
-        rec["rcv_code"], rec["rcv_plain"] = stage, h.plain
-        rec["pkt_type"], rec["ihl"], rec["tot_len"] = h.pkt_type, h.ihl, h.tot_len
-        rec["frag_off"], rec["ttl"], rec["protocol"] = h.frag_off, h.ttl, hdr_in[:, 23]
-        rec["saddr"], rec["daddr"] = h.saddr, h.daddr
-        nh = ip_route_input(h, t, stage)
-        rec["route_code"], rec["route_plain"] = stage, h.plain
-        group = t.lookup(h.daddr)
-        rec["ecmp_members"] = np.where(t.nh_group_n[group] > 1, t.nh_group_n[group], 0)
-        egress, mac = ip_forward(h, nh, in_port, t, stage)
-        rec["forward_code"], rec["forward_plain"] = stage, h.plain
-        rec["nh"], rec["nh_type"], rec["nh_flags"] = nh, t.nh_type[nh], t.nh_flags[nh]
-        rec["nh_mtu"], rec["egress"] = t.nh_mtu[nh], egress
-        if t.nh_gw is not None:
-            rec["gateway"] = t.nh_gw[nh]
-            rec["neighbour"] = next_hop_addr(h.daddr, nh, t.nh_flags[nh], t)
-        rec["mac"] = mac
+
+        def record(stage: Stage, b: Batch) -> None:
+            rec[stage.code_field], rec[stage.plain_field] = b.code, b.h.plain
+            for name, value in stage.record(b, t).items():
+                rec[name] = value
+
+        b = Batch(hdr_in.copy(), length, in_port, np.zeros(n, dtype=np.uint8))
+        run_stages(b, t, after=record)
         rec["final_code"] = code[rows]
         rec["frame_len"] = frame_len[rows]
         rec["hdr_out"] = hdr_out[rows, :OUT_BYTES]

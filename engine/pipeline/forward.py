@@ -150,6 +150,14 @@ def forward_stage(b: Batch, t: Tables) -> None:
     b.egress, b.mac = ip_forward(b.h, b.nh, b.in_port, t, b.code)
 
 
+def forward_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
+    out = {"egress": b.egress, "mac": b.mac}
+    if t.nh_gw is not None:
+        out["gateway"] = t.nh_gw[b.nh]
+        out["neighbour"] = next_hop_addr(b.h.daddr, b.nh, t.nh_flags[b.nh], t)
+    return out
+
+
 STAGE = Stage(
     name="ip_forward",
     key="forward",
@@ -158,4 +166,5 @@ STAGE = Stage(
         drop(Drop.l2_not_host), slow(Slow.ttl_exceeded), drop(Drop.port_down),
         slow(Slow.frag_needed), slow(Slow.fragment), slow(Slow.redirect),
         slow(Slow.neigh_unresolved)}),
+    record=forward_record,
 )

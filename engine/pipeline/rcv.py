@@ -134,6 +134,13 @@ def rcv_stage(b: Batch, t: Tables) -> None:
     b.h = ip_rcv(b.hdr, b.length, b.in_port, t.port_mac48, b.code)
 
 
+def rcv_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
+    h = b.h
+    return {"pkt_type": h.pkt_type, "ihl": h.ihl, "tot_len": h.tot_len,
+            "frag_off": h.frag_off, "ttl": h.ttl, "protocol": b.hdr[:, 23],
+            "saddr": h.saddr, "daddr": h.daddr}
+
+
 STAGE = Stage(
     name="ip_rcv",
     key="rcv",
@@ -142,4 +149,5 @@ STAGE = Stage(
         drop(Drop.runt), drop(Drop.otherhost), slow(Slow.arp), drop(Drop.not_ipv4),
         drop(Drop.hdr_too_short), drop(Drop.bad_version), drop(Drop.bad_ihl),
         drop(Drop.csum_error), drop(Drop.truncated), drop(Drop.bad_tot_len)}),
+    record=rcv_record,
 )

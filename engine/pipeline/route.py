@@ -144,6 +144,14 @@ def route_stage(b: Batch, t: Tables) -> None:
     b.nh = ip_route_input(b.h, t, b.code)
 
 
+def route_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
+    nh = b.nh
+    group = t.lookup(b.h.daddr)  # the route's own row: an ECMP group, or not
+    return {"nh": nh, "nh_type": t.nh_type[nh], "nh_flags": t.nh_flags[nh],
+            "nh_mtu": t.nh_mtu[nh],
+            "ecmp_members": np.where(t.nh_group_n[group] > 1, t.nh_group_n[group], 0)}
+
+
 STAGE = Stage(
     name="ip_route_input",
     key="route",
@@ -153,4 +161,5 @@ STAGE = Stage(
         slow(Slow.local), drop(Drop.martian_destination), slow(Slow.options),
         drop(Drop.l2_not_host), slow(Slow.no_route), slow(Slow.unreachable),
         slow(Slow.prohibit), drop(Drop.blackhole)}),
+    record=route_record,
 )

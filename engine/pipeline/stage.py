@@ -2,7 +2,8 @@
 
 Each stage module (rcv.py, route.py, forward.py) declares one `Stage` beside its
 function, the way a VPP graph node carries its name and error counters: the kernel
-function it mirrors, the verdicts it can decide and one call over a `Batch`.
+function it mirrors, the verdicts it can decide, one call over a `Batch`, and what it
+records for `fwd trace`.
 fastpath.py lists them in order (`STAGES`); the fast path and `fwd trace` both run
 that list.
 """
@@ -42,6 +43,9 @@ class Stage:
     key: str  # short name: the prefix of its trace record fields, the bench's column
     run: Callable[[Batch, Tables], None]  # one batch, tiers and all
     reasons: frozenset[int]  # the verdict codes it can decide
+    # for `fwd trace`: the TRACE_RECORD fields (engine/shm/trace_capture.py) it fills
+    # from the batch state after it ran, besides its code and plain fields
+    record: Callable[[Batch, Tables], dict[str, np.ndarray]]
 
     @property
     def code_field(self) -> str:
