@@ -3,16 +3,16 @@
 Each stage module (rcv.py, route.py, forward.py) declares one `Stage` beside its
 function, the way a VPP graph node carries its name and error counters: the kernel
 function it mirrors, the verdicts it can decide, one call over a `Batch`, and what it
-records for `fwd trace`.
+records and prints for `fwd trace`.
 fastpath.py lists them in order (`STAGES`); the fast path and `fwd trace` both run
 that list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -37,6 +37,24 @@ class Batch:
     mac: np.ndarray = field(init=False)  # ip_forward (neigh_output): next hop's mac48
 
 
+class TraceText(Protocol):
+    """How the operator's side words the values of a trace record
+    (engine/cli/trace_format.py); stages print their lines through it."""
+
+    def code(self, code: int) -> str: ...  # a verdict code
+    def ip(self, addr: int) -> str: ...
+    def mac(self, raw: bytes) -> str: ...
+    def mac48(self, key: int) -> str: ...
+    def port(self, port: int) -> str: ...
+    def pkt_type(self, pkt_type: int) -> str: ...
+    def nh_type(self, nh_type: int) -> str: ...
+    def proto(self, protocol: int) -> str: ...
+
+
+# One line of a packet's trace: (label, text); label None is the stage's own name.
+TraceLine = tuple[str | None, str]
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str  # the kernel function the stage mirrors, as traces print it
@@ -46,6 +64,9 @@ class Stage:
     # for `fwd trace`: the TRACE_RECORD fields (engine/shm/trace_capture.py) it fills
     # from the batch state after it ran, besides its code and plain fields
     record: Callable[[Batch, Tables], dict[str, np.ndarray]]
+    # its lines in `fwd trace` for one record (engine/observe/trace.py's to_dicts), the
+    # verdict it decided last if it decided one (printing stops there)
+    lines: Callable[[Mapping[str, Any], TraceText], list[TraceLine]]
 
     @property
     def code_field(self) -> str:
