@@ -155,8 +155,7 @@ def forward_stage(b: Batch, t: Tables) -> None:
 
 def forward_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
     out = {"egress": b.egress, "mac": b.mac}
-    if t.nh_gw is not None:
-        out["gateway"] = t.nh_gw[b.nh]
+    if t.nh_gw is not None:  # neigh_output's key (without nh_gw nothing is looked up)
         out["neighbour"] = next_hop_addr(b.h.daddr, b.nh, t.nh_flags[b.nh], t)
     return out
 

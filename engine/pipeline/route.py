@@ -152,9 +152,12 @@ def route_stage(b: Batch, t: Tables) -> None:
 def route_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
     nh = b.nh
     group = t.lookup(b.h.daddr)  # the route's own row: an ECMP group, or not
-    return {"nh": nh, "nh_type": t.nh_type[nh], "nh_flags": t.nh_flags[nh],
-            "nh_mtu": t.nh_mtu[nh],
-            "ecmp_members": np.where(t.nh_group_n[group] > 1, t.nh_group_n[group], 0)}
+    out = {"nh": nh, "nh_type": t.nh_type[nh], "nh_flags": t.nh_flags[nh],
+           "nh_mtu": t.nh_mtu[nh],
+           "ecmp_members": np.where(t.nh_group_n[group] > 1, t.nh_group_n[group], 0)}
+    if t.nh_gw is not None:
+        out["gateway"] = t.nh_gw[nh]
+    return out
 
 
 def route_lines(r: Mapping[str, Any], text: TraceText) -> list[TraceLine]:

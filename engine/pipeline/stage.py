@@ -3,9 +3,8 @@
 Each stage module (rcv.py, route.py, forward.py) declares one `Stage` beside its
 function, the way a VPP graph node carries its name and error counters: the kernel
 function it mirrors, the verdicts it can decide, one call over a `Batch`, and what it
-records and prints for `fwd trace`.
-fastpath.py lists them in order (`STAGES`); the fast path and `fwd trace` both run
-that list.
+records and prints for `fwd trace`. fastpath.py lists them in order (`STAGES`); the
+fast path and `fwd trace` both run that list.
 """
 
 from __future__ import annotations
@@ -64,8 +63,8 @@ class Stage:
     # for `fwd trace`: the TRACE_RECORD fields (engine/shm/trace_capture.py) it fills
     # from the batch state after it ran, besides its code and plain fields
     record: Callable[[Batch, Tables], dict[str, np.ndarray]]
-    # its lines in `fwd trace` for one record (engine/observe/trace.py's to_dicts), the
-    # verdict it decided last if it decided one (printing stops there)
+    # its lines in `fwd trace` for one record (engine/observe/trace.py's to_dicts),
+    # ending with its verdict if it decided one (printing stops there)
     lines: Callable[[Mapping[str, Any], TraceText], list[TraceLine]]
 
     @property
