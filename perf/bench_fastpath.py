@@ -39,11 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
 from engine.control.routing import build_routing, make_tables  # noqa: E402
-from engine.pipeline.fastpath import fast_path  # noqa: E402
-from engine.pipeline.forward import ip_forward, rewrite  # noqa: E402
-from engine.pipeline.rcv import ip_rcv  # noqa: E402
-from engine.pipeline.route import ip_route_input  # noqa: E402
-from engine.pipeline.verdict import FORWARD  # noqa: E402
+from engine.pipeline.fastpath import STAGES, fast_path, rewrite_forwarded  # noqa: E402
+from engine.pipeline.stage import Batch  # noqa: E402
 from engine.proto import HDR_BYTES  # noqa: E402
 from engine.shm.fib import Fib  # noqa: E402
 from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
@@ -207,7 +204,7 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int,
     return out
 
 
-STAGES = ("rcv", "route", "forward", "rewrite")
+STEPS = (*(stage.key for stage in STAGES), "rewrite")
 
 
 def stage_ns(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, float]:
@@ -224,34 +221,23 @@ def stage_ns(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, f
     lengths = [mem.length[idx].copy() for idx in order]
     ports = [mem.port[idx].copy() for idx in order]
     clock = CLOCK
-    per_run: dict[str, list[float]] = {s: [] for s in STAGES}
+    per_run: dict[str, list[float]] = {s: [] for s in STEPS}
     for _ in range(runs):
-        spent = dict.fromkeys(STAGES, 0.0)
+        spent = dict.fromkeys(STEPS, 0.0)
         packets, i, t_end = 0, 0, clock() + seconds
         while clock() < t_end:
             k = i % nbatches
             i += 1
-            hdr, length, in_port = hdrs[k].copy(), lengths[k], ports[k]
-            code = np.zeros(batch, dtype=np.uint8)
+            b = Batch(hdrs[k].copy(), lengths[k], ports[k], np.zeros(batch, dtype=np.uint8))
+            for stage in STAGES:  # the calls fast_path makes, one by one
+                t0 = clock()
+                stage.run(b, t)
+                spent[stage.key] += clock() - t0
             t0 = clock()
-            h = ip_rcv(hdr, length, in_port, t.port_mac48, code)
-            t1 = clock()
-            nh = ip_route_input(h, t, code)
-            t2 = clock()
-            egress, mac = ip_forward(h, nh, in_port, t, code)
-            t3 = clock()
-            if np.count_nonzero(h.plain) == batch:  # as fast_path does
-                rewrite(hdr, mac, egress, t)
-            else:
-                rows = np.flatnonzero(code == FORWARD)
-                part = hdr[rows]
-                rewrite(part, mac[rows], egress[rows], t)
-                hdr[rows] = part
-            t4 = clock()
-            for s, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-                spent[s] += dt
+            rewrite_forwarded(b, t)
+            spent["rewrite"] += clock() - t0
             packets += batch
-        for s in STAGES:
+        for s in STEPS:
             per_run[s].append(spent[s] / packets * 1e9)
     out: dict[str, float] = {}
     for s, xs in per_run.items():
@@ -366,14 +352,14 @@ def main() -> None:
                   f"{r['worker_spread']:>6.0%} {d['stages'] / 1e6:>12.2f} "
                   f"{d['worker'] / 1e6:>12.2f} {d['worker_spread']:>6.0%}")
         print(f"\nns per packet per stage (static neighbours), median of {args.runs}")
-        print(f"{'batch':>6} " + " ".join(f"{s:>8}" for s in STAGES)
+        print(f"{'batch':>6} " + " ".join(f"{s:>8}" for s in STEPS)
               + f" {'stages':>8} {'worker':>8}")
         for batch in args.batches:
             ns = stage_ns(setup, batch, args.seconds, args.runs)
             ns["worker"] = 1e9 / results["batch"][batch]["worker"]
             results["stages_ns"][batch] = ns
-            print(f"{batch:>6} " + " ".join(f"{ns[s]:>8.0f}" for s in STAGES)
-                  + f" {sum(ns[s] for s in STAGES):>8.0f} {ns['worker']:>8.0f}")
+            print(f"{batch:>6} " + " ".join(f"{ns[s]:>8.0f}" for s in STEPS)
+                  + f" {sum(ns[s] for s in STEPS):>8.0f} {ns['worker']:>8.0f}")
     finally:
         setup.close()
         learned.close()

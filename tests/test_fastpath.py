@@ -7,6 +7,7 @@ against scapy's rendering of the expected packet.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import numpy as np
@@ -21,8 +22,9 @@ from engine.control.routing import build_routing, make_tables
 from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
 from engine.pipeline import checksum
 from engine.pipeline import forward as forward_stage
-from engine.pipeline.fastpath import count, fast_path
+from engine.pipeline.fastpath import STAGES, count, fast_path, run_stages
 from engine.pipeline.neigh_cache import NeighCache
+from engine.pipeline.stage import Batch, Stage
 from engine.pipeline.verdict import FORWARD, SLOW, slow
 from engine.proto import HDR_BYTES
 from engine.shm.fib import Fib
@@ -275,6 +277,38 @@ def test_a_mixed_batch_decides_each_packet_on_its_own(router):
     verdicts = [v for v, _, _ in router.batch(frames)]
     assert verdicts == ["forward", "drop:csum_error", "slow:ttl_exceeded", "forward",
                         "drop:blackhole"]
+
+
+def test_each_stage_decides_the_verdicts_it_declares(router):
+    """Every named case as one batch, plus a runt and a port that is down: each verdict
+    is decided by a stage that declares it, and every declared one is reached."""
+    frames = [bytes(f) for f, _ in DROP_CASES] + [bytes(f) for f, _, _ in SLOW_CASES] \
+        + [bytes(f) for f in ARP_CASES] + [bytes(h1("10.0.2.2") / UDP())[:10]]
+    ports = [0] * len(DROP_CASES) + [PORTS.index(p) for _, p, _ in SLOW_CASES] \
+        + [0] * (len(ARP_CASES) + 1)
+    t = router.tables
+    down = dataclasses.replace(t, port_up=np.zeros_like(t.port_up),
+                               nh_mtu=np.zeros_like(t.nh_mtu))  # as the control plane does
+    decided: dict[str, set[int]] = {stage.name: set() for stage in STAGES}
+    steps: list[np.ndarray] = []  # the codes after each stage
+
+    def after(stage: Stage, b: Batch) -> None:
+        steps.append(b.code.copy())
+
+    for batch, in_port, tables in ((frames, ports, t),
+                                   ([bytes(h1("10.0.2.2") / UDP())], [0], down)):
+        hdr = np.zeros((len(batch), HDR_BYTES), dtype=np.uint8)
+        for i, raw in enumerate(batch):
+            hdr[i, : min(len(raw), HDR_BYTES)] = np.frombuffer(raw[:HDR_BYTES], np.uint8)
+        b = Batch(hdr, np.array([len(raw) for raw in batch], dtype=np.uint32),
+                  np.array(in_port, dtype=np.uint16), np.zeros(len(batch), dtype=np.uint8))
+        steps.clear()
+        run_stages(b, tables, after)
+        before = np.zeros(len(batch), dtype=np.uint8)
+        for stage, code in zip(STAGES, steps, strict=True):
+            decided[stage.name] |= {int(c) for c in code[code != before]}
+            before = code
+    assert decided == {stage.name: set(stage.reasons) for stage in STAGES}
 
 
 def test_little_endian_checksum_update_is_eqn_3_for_every_value():

@@ -174,7 +174,7 @@ def trace(count: int, port: str | None, timeout: float | None, as_json: bool,
     the rewrite and the verdict (like VPP's `show trace`)."""
     import time
 
-    from engine.observe.trace import format_trace
+    from engine.cli.trace_format import format_trace
 
     msg: dict[str, Any] = {"cmd": "trace.start", "count": count}
     if port is not None:

@@ -6,53 +6,31 @@ word it loads per batch, and `Tracer` does the rest, for that batch only:
 
 - before the fast path, it picks the first packets of the batch still wanted (on the
   port asked for) and copies their header rows as received;
-- after the batch is handed on, it runs the stages again on those copies alone
-  (`ip_rcv`, `ip_route_input`, `ip_forward`: pure functions of the header and the
-  tables, so they decide what they decided in the batch) and keeps what each one
-  found: the parsed header, the verdict code and tier after every stage, the next
-  hop, the neighbour, then the rewritten header and the final verdict of the batch
-  itself (a full ring is decided after the stages);
+- after the batch is handed on, it runs the fast path's stages (`STAGES`) again on
+  those copies alone (pure functions of the header and the tables, so they decide
+  what they decided in the batch) and each stage records what it found (its
+  `Stage.record`: the parsed header, the next hop, the neighbour), with the verdict
+  code and tier after it; then the rewritten header and the final verdict of the
+  batch itself (a full ring is decided after the stages);
 - it writes one fixed-size record per packet into its own rows of `trace.rec` and
   publishes the count.
 
 The control process collects every agent's records (`collect`), oldest first, and
-disarms once N are in. `format_trace` prints them like VPP's `show trace`: one block
-per packet, one line per stage. Off, it costs nothing but that word's load.
+disarms once N are in; `fwd trace` prints them (engine/cli/trace_format.py). Off, it
+costs nothing but that word's load.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from typing import Any
 
 import numpy as np
 
-from engine.counters import Drop, Slow
-from engine.pipeline.forward import ip_forward, next_hop_addr
-from engine.pipeline.rcv import ip_rcv
-from engine.pipeline.route import ip_route_input
+from engine.pipeline.fastpath import run_stages
+from engine.pipeline.stage import Batch, Stage
 from engine.pipeline.tables import Tables
-from engine.pipeline.verdict import (
-    FORWARD,
-    PACKET_BROADCAST,
-    PACKET_HOST,
-    PACKET_MULTICAST,
-    PACKET_OTHERHOST,
-    SLOW,
-)
-from engine.shm.memory import (
-    NH_BLACKHOLE,
-    NH_BROADCAST,
-    NH_LOCAL,
-    NH_NOROUTE,
-    NH_PROHIBIT,
-    NH_UNICAST,
-    NH_UNREACHABLE,
-    NHF_GATEWAY,
-    NHF_RESOLVED,
-    EngineMemory,
-)
+from engine.shm.memory import EngineMemory
 from engine.shm.trace_capture import (
     OBS_ACTIVE,
     OBS_TRACE,
@@ -116,25 +94,14 @@ class Tracer:
         rec["ts"], rec["seq"], rec["agent"] = ts, seq, self.agent
         rec["in_port"], rec["length"] = in_port, length
         rec["hdr_in"] = hdr_in
-        work = hdr_in.copy()
-        stage = np.zeros(n, dtype=np.uint8)
-        h = ip_rcv(work, length, in_port, t.port_mac48, stage)
-        rec["rcv_code"], rec["rcv_plain"] = stage, h.plain
-        rec["pkt_type"], rec["ihl"], rec["tot_len"] = h.pkt_type, h.ihl, h.tot_len
-        rec["frag_off"], rec["ttl"], rec["protocol"] = h.frag_off, h.ttl, hdr_in[:, 23]
-        rec["saddr"], rec["daddr"] = h.saddr, h.daddr
-        nh = ip_route_input(h, t, stage)
-        rec["route_code"], rec["route_plain"] = stage, h.plain
-        group = t.lookup(h.daddr)
-        rec["ecmp_members"] = np.where(t.nh_group_n[group] > 1, t.nh_group_n[group], 0)
-        egress, mac = ip_forward(h, nh, in_port, t, stage)
-        rec["forward_code"], rec["forward_plain"] = stage, h.plain
-        rec["nh"], rec["nh_type"], rec["nh_flags"] = nh, t.nh_type[nh], t.nh_flags[nh]
-        rec["nh_mtu"], rec["egress"] = t.nh_mtu[nh], egress
-        if t.nh_gw is not None:
-            rec["gateway"] = t.nh_gw[nh]
-            rec["neighbour"] = next_hop_addr(h.daddr, nh, t.nh_flags[nh], t)
-        rec["mac"] = mac
+
+        def record(stage: Stage, b: Batch) -> None:
+            rec[stage.code_field], rec[stage.plain_field] = b.code, b.h.plain
+            for name, value in stage.record(b, t).items():
+                rec[name] = value
+
+        b = Batch(hdr_in.copy(), length, in_port, np.zeros(n, dtype=np.uint8))
+        run_stages(b, t, after=record)
         rec["final_code"] = code[rows]
         rec["frame_len"] = frame_len[rows]
         rec["hdr_out"] = hdr_out[rows, :OUT_BYTES]
@@ -195,117 +162,3 @@ def to_dicts(rec: np.ndarray) -> list[dict[str, Any]]:
             d[name] = v.tobytes() if isinstance(v, np.ndarray) else int(v)
         out.append(d)
     return out
-
-
-# --------------------------------------------------------------------------- printing
-
-
-def code_name(code: int) -> str:
-    """A verdict code as a person reads it."""
-    if code == FORWARD:
-        return "forward"
-    if code >= SLOW:
-        return f"slow path ({Slow(code - SLOW).name})"
-    return f"drop ({Drop(code).name})"
-
-
-_PKT_TYPE = {PACKET_HOST: "host", PACKET_BROADCAST: "broadcast",
-             PACKET_MULTICAST: "multicast", PACKET_OTHERHOST: "otherhost"}
-_NH_TYPE = {NH_NOROUTE: "no route", NH_UNICAST: "unicast", NH_LOCAL: "local",
-            NH_BROADCAST: "broadcast", NH_BLACKHOLE: "blackhole",
-            NH_UNREACHABLE: "unreachable", NH_PROHIBIT: "prohibit"}
-_PROTO = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp"}
-
-
-def _ip(v: int) -> str:
-    return str(ipaddress.IPv4Address(v))
-
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
-
-
-def _mac48(v: int) -> str:
-    return _mac(int(v).to_bytes(8, "little")[:6])
-
-
-def _port(names: list[str], p: int) -> str:
-    return names[p] if 0 <= p < len(names) else f"#{p}"
-
-
-def format_record(r: dict[str, Any], number: int, port_names: list[str]) -> str:
-    """One packet's block: a header line, then one line per stage it went through."""
-    hdr = r["hdr_in"]
-    agent = r["agent"]
-    lines = [f"Packet {number}: worker{agent - 1} port {_port(port_names, r['in_port'])}, "
-             f"{r['length']} bytes" + (f", seq {r['seq']}" if r["seq"] else "")]
-    ether = int.from_bytes(hdr[12:14], "big")
-    lines.append(f"  ethernet: {_mac(hdr[6:12])} > {_mac(hdr[0:6])} type 0x{ether:04x} "
-                 f"({_PKT_TYPE.get(r['pkt_type'], r['pkt_type'])})")
-    ihl = r["ihl"]
-    rcv = r["rcv_code"]
-    if ether == 0x0800 and len(hdr) >= 34:
-        ident = int.from_bytes(hdr[18:20], "big")
-        csum = int.from_bytes(hdr[24:26], "big")
-        frag = r["frag_off"]
-        flags = "".join(f for f, bit in (("DF", 0x4000), ("MF", 0x2000)) if frag & bit)
-        proto = _PROTO.get(r["protocol"], str(r["protocol"]))
-        lines.append(
-            f"  ipv4: {_ip(r['saddr'])} > {_ip(r['daddr'])} {proto} version {hdr[14] >> 4} "
-            f"ihl {ihl} tos 0x{hdr[15]:02x} tot_len {r['tot_len']} id 0x{ident:04x} "
-            f"frag_off 0x{frag:04x}{' ' + flags if flags else ''} ttl {r['ttl']} "
-            f"checksum 0x{csum:04x}")
-    if rcv:
-        lines.append(f"  ip_rcv: {code_name(rcv)}")
-        return _finish(lines, r, port_names)
-    tier = "whole-batch test" if r["rcv_plain"] else "checks one by one"
-    lines.append(f"  ip_rcv: passed ({tier}): for us at L2, IPv4, version 4, ihl {ihl}, "
-                 f"checksum ok, tot_len {r['tot_len']} within {r['length'] - 14} bytes of IP")
-    route = r["route_code"]
-    nh_line = (f"next hop {r['nh']} {_NH_TYPE.get(r['nh_type'], r['nh_type'])}")
-    if r["nh_type"] == NH_UNICAST:
-        if r["nh_flags"] & NHF_GATEWAY:
-            nh_line += f" via {_ip(r['gateway'])}"
-        nh_line += f" dev {_port(port_names, r['egress'])}"
-        if r["nh_mtu"]:
-            nh_line += f" mtu {r['nh_mtu']}"
-    if r["ecmp_members"]:
-        nh_line += f" (ECMP: one of {r['ecmp_members']}, by flow hash)"
-    lines.append(f"  ip_route_input: fib lookup {_ip(r['daddr'])}: {nh_line}")
-    if route:
-        lines.append(f"  ip_route_input: {code_name(route)}")
-        return _finish(lines, r, port_names)
-    lines.append("  ip_route_input: passed: no martian source or destination, "
-                 + ("not a fragment to reassemble, unicast route"
-                    if r["route_plain"] else "unicast route (checks one by one)"))
-    fwd = r["forward_code"]
-    if fwd:
-        lines.append(f"  ip_forward: ttl {r['ttl']}, tot_len {r['tot_len']}: {code_name(fwd)}")
-        return _finish(lines, r, port_names)
-    lines.append(f"  ip_forward: passed: ttl {r['ttl']} > 1, tot_len {r['tot_len']} fits the "
-                 f"mtu, egress {_port(port_names, r['egress'])} is not the ingress port")
-    how = "static neighbour" if r["nh_flags"] & NHF_RESOLVED else "neighbour table"
-    lines.append(f"  neigh_output: {_ip(r['neighbour'])} is at {_mac48(r['mac'])} ({how})")
-    out = r["hdr_out"]
-    if r["final_code"] == FORWARD and len(out) >= 26:
-        csum = int.from_bytes(out[24:26], "big")
-        lines.append(f"  rewrite: {_mac(out[6:12])} > {_mac(out[0:6])} ttl {out[22]} "
-                     f"checksum 0x{csum:04x} (RFC 1624)")
-    return _finish(lines, r, port_names)
-
-
-def _finish(lines: list[str], r: dict[str, Any], port_names: list[str]) -> str:
-    final = r["final_code"]
-    if final == FORWARD:
-        verdict = f"forward on {_port(port_names, r['egress'])}, {r['frame_len']} bytes"
-    else:
-        verdict = code_name(final)
-        decided = r["forward_code"] or r["route_code"] or r["rcv_code"]
-        if final != decided:
-            verdict += " when handed on"
-    lines.append(f"  verdict: {verdict}")
-    return "\n".join(lines)
-
-
-def format_trace(records: list[dict[str, Any]], port_names: list[str]) -> str:
-    return "\n\n".join(format_record(r, i + 1, port_names) for i, r in enumerate(records))

@@ -1,4 +1,4 @@
-"""The fast path: rcv → route → forward over one batch, and its counters.
+"""The fast path: its stages in order (`STAGES`), run over one batch, and its counters.
 
 `fast_path` is a pure function of arrays: header rows in, verdict codes out, the
 rows of forwarded packets rewritten in place. Workers gather the rows from the
@@ -7,14 +7,15 @@ shared buffer pool and scatter them back; tests and benchmarks call it directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
-from engine.pipeline.forward import ip_forward, rewrite
-from engine.pipeline.rcv import ip_rcv
-from engine.pipeline.route import ip_route_input
+from engine.pipeline import forward, rcv, route
+from engine.pipeline.forward import rewrite
+from engine.pipeline.stage import Batch, Stage
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, NCODES, SLOW, drop, slow
 from engine.proto import ETH_HLEN
@@ -28,23 +29,42 @@ class BatchResult:
     forwarded: np.ndarray  # row numbers of forwarded packets, in batch order
 
 
+# The kernel's order: ip_rcv_core, then ip_route_input_noref, then ip_forward (which
+# ends in neigh_output). `fwd trace` runs this same list on the packets it traces.
+STAGES: tuple[Stage, ...] = (rcv.STAGE, route.STAGE, forward.STAGE)
+
+
+def run_stages(b: Batch, t: Tables,
+               after: Callable[[Stage, Batch], None] | None = None) -> None:
+    """Run every stage over the batch, in order; `after(stage, b)` (the tracer's) sees
+    the batch state after each one."""
+    for stage in STAGES:
+        stage.run(b, t)
+        if after is not None:
+            after(stage, b)
+
+
+def rewrite_forwarded(b: Batch, t: Tables) -> np.ndarray:
+    """Rewrite the rows of the packets the stages forward; return their row numbers."""
+    hdr, code = b.hdr, b.code
+    if np.count_nonzero(b.h.plain) == len(code):  # (a third of the cost of .all())
+        rewrite(hdr, b.mac, b.egress, t)
+        return np.arange(len(code))
+    rows = np.flatnonzero(code == FORWARD)
+    part = hdr[rows]
+    rewrite(part, b.mac[rows], b.egress[rows], t)
+    hdr[rows] = part
+    return rows
+
+
 def fast_path(hdr: np.ndarray, length: np.ndarray, in_port: np.ndarray,
               t: Tables) -> BatchResult:
-    code = np.zeros(len(hdr), dtype=np.uint8)
-    h = ip_rcv(hdr, length, in_port, t.port_mac48, code)
-    nh = ip_route_input(h, t, code)
-    egress, mac = ip_forward(h, nh, in_port, t, code)
-    if np.count_nonzero(h.plain) == len(code):  # (a third of the cost of .all())
-        rows = np.arange(len(code))
-        rewrite(hdr, mac, egress, t)
-    else:
-        rows = np.flatnonzero(code == FORWARD)
-        part = hdr[rows]
-        rewrite(part, mac[rows], egress[rows], t)
-        hdr[rows] = part
+    b = Batch(hdr, length, in_port, np.zeros(len(hdr), dtype=np.uint8))
+    run_stages(b, t)
+    rows = rewrite_forwarded(b, t)
     # ip_rcv_core's pskb_trim_rcsum: the frame ends where the IP datagram ends
-    frame_len = np.minimum(length, ETH_HLEN + h.tot_len)
-    return BatchResult(code, egress, frame_len, rows)
+    frame_len = np.minimum(length, ETH_HLEN + b.h.tot_len)
+    return BatchResult(b.code, b.egress, frame_len, rows)
 
 
 def _code_to_counters() -> np.ndarray:

@@ -19,13 +19,17 @@ known (in the row, or found by a whole-batch lookup).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from engine.counters import Drop, Slow
 from engine.pipeline import checksum
 from engine.pipeline.rcv import IpHeaders
+from engine.pipeline.stage import Batch, Stage, TraceLine, TraceText
 from engine.pipeline.tables import Tables
-from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
+from engine.pipeline.verdict import FORWARD, PACKET_HOST, drop, first_match, slow
 from engine.proto import IP_DF
 from engine.shm.memory import NH_UNICAST, NHF_GATEWAY, NHF_RESOLVED
 
@@ -143,3 +147,46 @@ def set_ethernet(hdr: np.ndarray, mac: np.ndarray, egress: np.ndarray, t: Tables
     src = t.port_mac48[egress]
     hdr[:, 0:8].view("<u8")[:, 0] = mac | (src << np.uint64(48))
     hdr[:, 8:12].view("<u4")[:, 0] = src >> np.uint64(16)
+
+
+def forward_stage(b: Batch, t: Tables) -> None:
+    b.egress, b.mac = ip_forward(b.h, b.nh, b.in_port, t, b.code)
+
+
+def forward_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
+    out = {"egress": b.egress, "mac": b.mac}
+    if t.nh_gw is not None:  # neigh_output's key (without nh_gw nothing is looked up)
+        out["neighbour"] = next_hop_addr(b.h.daddr, b.nh, t.nh_flags[b.nh], t)
+    return out
+
+
+def forward_lines(r: Mapping[str, Any], text: TraceText) -> list[TraceLine]:
+    """What ip_forward decided; for a forwarded packet the neighbour and the rewritten
+    header as it was sent."""
+    if r["forward_code"]:
+        return [(None, f"ttl {r['ttl']}, tot_len {r['tot_len']}: "
+                       f"{text.code(r['forward_code'])}")]
+    how = "static neighbour" if r["nh_flags"] & NHF_RESOLVED else "neighbour table"
+    lines: list[TraceLine] = [
+        (None, f"passed: ttl {r['ttl']} > 1, tot_len {r['tot_len']} fits the mtu, "
+               f"egress {text.port(r['egress'])} is not the ingress port"),
+        ("neigh_output", f"{text.ip(r['neighbour'])} is at {text.mac48(r['mac'])} ({how})")]
+    out = r["hdr_out"]
+    if r["final_code"] == FORWARD and len(out) >= 26:
+        csum = int.from_bytes(out[24:26], "big")
+        lines.append(("rewrite", f"{text.mac(out[6:12])} > {text.mac(out[0:6])} "
+                                 f"ttl {out[22]} checksum 0x{csum:04x} (RFC 1624)"))
+    return lines
+
+
+STAGE = Stage(
+    name="ip_forward",
+    key="forward",
+    run=forward_stage,
+    reasons=frozenset({
+        drop(Drop.l2_not_host), slow(Slow.ttl_exceeded), drop(Drop.port_down),
+        slow(Slow.frag_needed), slow(Slow.fragment), slow(Slow.redirect),
+        slow(Slow.neigh_unresolved)}),
+    record=forward_record,
+    lines=forward_lines,
+)

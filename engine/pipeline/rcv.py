@@ -17,12 +17,16 @@ verifies over 20 bytes and a `tot_len` between 20 and the frame's IP length.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.counters import Drop, Slow
 from engine.pipeline import checksum
+from engine.pipeline.stage import Batch, Stage, TraceLine, TraceText
+from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import (
     PACKET_BROADCAST,
     PACKET_HOST,
@@ -32,7 +36,7 @@ from engine.pipeline.verdict import (
     first_match,
     slow,
 )
-from engine.proto import ETH_HLEN, ETH_P_ARP_LE, ETH_P_IP_LE, MAC48
+from engine.proto import ETH_HLEN, ETH_P_ARP_LE, ETH_P_IP, ETH_P_IP_LE, IP_DF, IP_MF, MAC48
 
 
 @dataclass
@@ -126,3 +130,56 @@ def rcv_checks(hdr: np.ndarray, ip_len: np.ndarray, pkt: np.ndarray) -> np.ndarr
         (ip_len < tot_len, drop(Drop.truncated)),
         (tot_len < ihl * 4, drop(Drop.bad_tot_len)),
     ], len(hdr))
+
+
+def rcv_stage(b: Batch, t: Tables) -> None:
+    b.h = ip_rcv(b.hdr, b.length, b.in_port, t.port_mac48, b.code)
+
+
+def rcv_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
+    h = b.h
+    return {"pkt_type": h.pkt_type, "ihl": h.ihl, "tot_len": h.tot_len,
+            "frag_off": h.frag_off, "ttl": h.ttl, "protocol": b.hdr[:, 23],
+            "saddr": h.saddr, "daddr": h.daddr}
+
+
+def rcv_lines(r: Mapping[str, Any], text: TraceText) -> list[TraceLine]:
+    """The frame's Ethernet and IPv4 headers as received, then what ip_rcv decided."""
+    hdr = r["hdr_in"]
+    ether = int.from_bytes(hdr[12:14], "big")
+    lines: list[TraceLine] = [
+        ("ethernet", f"{text.mac(hdr[6:12])} > {text.mac(hdr[0:6])} type 0x{ether:04x} "
+                     f"({text.pkt_type(r['pkt_type'])})")]
+    ihl = r["ihl"]
+    if ether == ETH_P_IP and len(hdr) >= 34:
+        ident = int.from_bytes(hdr[18:20], "big")
+        csum = int.from_bytes(hdr[24:26], "big")
+        frag = r["frag_off"]
+        flags = "".join(f for f, bit in (("DF", IP_DF), ("MF", IP_MF)) if frag & bit)
+        lines.append((
+            "ipv4",
+            f"{text.ip(r['saddr'])} > {text.ip(r['daddr'])} {text.proto(r['protocol'])} "
+            f"version {hdr[14] >> 4} ihl {ihl} tos 0x{hdr[15]:02x} tot_len {r['tot_len']} "
+            f"id 0x{ident:04x} frag_off 0x{frag:04x}{' ' + flags if flags else ''} "
+            f"ttl {r['ttl']} checksum 0x{csum:04x}"))
+    if r["rcv_code"]:
+        lines.append((None, text.code(r["rcv_code"])))
+        return lines
+    tier = "whole-batch test" if r["rcv_plain"] else "checks one by one"
+    lines.append((None, f"passed ({tier}): for us at L2, IPv4, version 4, ihl {ihl}, "
+                        f"checksum ok, tot_len {r['tot_len']} within "
+                        f"{r['length'] - ETH_HLEN} bytes of IP"))
+    return lines
+
+
+STAGE = Stage(
+    name="ip_rcv",
+    key="rcv",
+    run=rcv_stage,
+    reasons=frozenset({
+        drop(Drop.runt), drop(Drop.otherhost), slow(Slow.arp), drop(Drop.not_ipv4),
+        drop(Drop.hdr_too_short), drop(Drop.bad_version), drop(Drop.bad_ihl),
+        drop(Drop.csum_error), drop(Drop.truncated), drop(Drop.bad_tot_len)}),
+    record=rcv_record,
+    lines=rcv_lines,
+)

@@ -20,10 +20,14 @@ last, in forward.py's `neigh_output`, as the kernel resolves the neighbour last.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from engine.counters import Drop, Slow
 from engine.pipeline.rcv import IpHeaders
+from engine.pipeline.stage import Batch, Stage, TraceLine, TraceText
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import PACKET_HOST, drop, first_match, slow
 from engine.proto import IP_MF, IP_OFFSET
@@ -33,7 +37,9 @@ from engine.shm.memory import (
     NH_LOCAL,
     NH_NOROUTE,
     NH_PROHIBIT,
+    NH_UNICAST,
     NH_UNREACHABLE,
+    NHF_GATEWAY,
 )
 
 LBCAST = 0xFFFF_FFFF
@@ -137,3 +143,53 @@ def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment
         (source_local, drop(Drop.martian_source)),
         ((nh_type == NH_LOCAL) | (nh_type == NH_BROADCAST), slow(Slow.local)),
     ], len(saddr))
+
+
+def route_stage(b: Batch, t: Tables) -> None:
+    b.nh = ip_route_input(b.h, t, b.code)
+
+
+def route_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
+    nh = b.nh
+    group = t.lookup(b.h.daddr)  # the route's own row: an ECMP group, or not
+    out = {"nh": nh, "nh_type": t.nh_type[nh], "nh_flags": t.nh_flags[nh],
+           "nh_mtu": t.nh_mtu[nh],
+           "ecmp_members": np.where(t.nh_group_n[group] > 1, t.nh_group_n[group], 0)}
+    if t.nh_gw is not None:
+        out["gateway"] = t.nh_gw[nh]
+    return out
+
+
+def route_lines(r: Mapping[str, Any], text: TraceText) -> list[TraceLine]:
+    """The FIB's answer, then what ip_route_input decided."""
+    nh_line = f"next hop {r['nh']} {text.nh_type(r['nh_type'])}"
+    if r["nh_type"] == NH_UNICAST:
+        if r["nh_flags"] & NHF_GATEWAY:
+            nh_line += f" via {text.ip(r['gateway'])}"
+        nh_line += f" dev {text.port(r['egress'])}"
+        if r["nh_mtu"]:
+            nh_line += f" mtu {r['nh_mtu']}"
+    if r["ecmp_members"]:
+        nh_line += f" (ECMP: one of {r['ecmp_members']}, by flow hash)"
+    lines: list[TraceLine] = [(None, f"fib lookup {text.ip(r['daddr'])}: {nh_line}")]
+    if r["route_code"]:
+        lines.append((None, text.code(r["route_code"])))
+    else:
+        lines.append((None, "passed: no martian source or destination, "
+                            + ("not a fragment to reassemble, unicast route"
+                               if r["route_plain"] else "unicast route (checks one by one)")))
+    return lines
+
+
+STAGE = Stage(
+    name="ip_route_input",
+    key="route",
+    run=route_stage,
+    reasons=frozenset({
+        slow(Slow.reassemble), drop(Drop.multicast), drop(Drop.martian_source),
+        slow(Slow.local), drop(Drop.martian_destination), slow(Slow.options),
+        drop(Drop.l2_not_host), slow(Slow.no_route), slow(Slow.unreachable),
+        slow(Slow.prohibit), drop(Drop.blackhole)}),
+    record=route_record,
+    lines=route_lines,
+)
