@@ -30,7 +30,6 @@ from scapy.layers.l2 import Ether
 
 from engine.control.routing import build_routing, make_tables
 from engine.control.server import (
-    MAX_REQUEST,
     Commands,
     ControlError,
     ControlServer,
@@ -38,6 +37,7 @@ from engine.control.server import (
     NoEngine,
     request,
 )
+from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
 from engine.shm.fib import Fib
 from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry

@@ -12,7 +12,7 @@ import click
 
 from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
-from engine.control.server import DEFAULT_SOCKET
+from engine.control.wire import DEFAULT_SOCKET, MAX_REQUEST
 
 EXIT_CONFIG = 2
 
@@ -318,8 +318,6 @@ def route_load(file: str, socket_path: str | None) -> None:
     """Add every route in FILE: one `prefix [via GW] [port P] [type T]` per line
     (blank lines and # comments skipped). All of them are added, or none: a bad line
     is reported with its number."""
-    from engine.control.server import MAX_REQUEST
-
     data = Path(file).read_bytes()
     if len(data) <= MAX_REQUEST - 1024:
         try:

@@ -16,17 +16,12 @@ $FWD_SOCKET, else the default. The socket is created with mode 0600 (under umask
 0177; a parent directory it creates gets 0700), only peers with the engine's uid or
 root are served (SO_PEERCRED), and the file is removed when the engine exits.
 
-Framing: every message, both ways, is a 4-byte big-endian length, then that many
-bytes of msgpack. Requests are at most `MAX_REQUEST` bytes: a larger length prefix
-gets an error reply, then the connection is closed (the stream cannot be resynced).
-
-Requests are maps `{"cmd": NAME, ...arguments}`; replies are maps
-`{"ok": true, ...results}` or `{"ok": false, "error": MESSAGE}`. Malformed msgpack,
-a request that is not a map, an unknown command, an unknown or missing argument or
-one of the wrong type all get an error reply and the connection stays usable.
-Requests are decoded with `raw=False, strict_map_key=True`, extension types are
-refused, and nothing in a request is ever evaluated: it is only compared, parsed as
-an address or prefix, or looked up.
+The wire format (framing, request and reply maps, decoding) is engine/control/wire.py.
+A request longer than `MAX_REQUEST` gets an error reply, then the connection is closed
+(the stream cannot be resynced). Malformed msgpack, a request that is not a map, an
+unknown command, an unknown or missing argument or one of the wrong type all get an
+error reply and the connection stays usable. Nothing in a request is ever evaluated:
+it is only compared, parsed as an address or prefix, or looked up.
 
 Commands (arguments; reply fields):
     ping                                   pid, version, socket, segments
@@ -71,16 +66,22 @@ import msgpack
 
 from engine import __version__
 from engine.config import type_name
+from engine.control.wire import (
+    DEFAULT_SOCKET,
+    HEADER,
+    MAX_REQUEST,
+    RECV_CHUNK,
+    RequestError,
+    decode,
+    encode,
+    error,
+)
 
-DEFAULT_SOCKET = "/run/fwd/fwd.sock"
 SOCKET_ENV = "FWD_SOCKET"
-MAX_REQUEST = 1 << 20  # bytes of msgpack in one request
 MAX_REPLY = 1 << 30  # what a client accepts (route.show of a full table is large)
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_S = 60.0  # a connection silent this long is closed
-RECV_CHUNK = 1 << 18
 LOAD_TEXT_MAX = 1 << 30  # route.load path: bytes read at most
-HEADER = struct.Struct(">I")
 
 
 class ControlError(Exception):
@@ -99,37 +100,9 @@ class ControlSetupError(Exception):
     """The server could not listen on its path."""
 
 
-class RequestError(ValueError):
-    """A request the server refuses; the message goes back in the error reply."""
-
-
 def default_socket() -> str:
     """The socket a client talks to when no --socket is given."""
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-
-
-# --------------------------------------------------------------------------- codec
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise RequestError(f"msgpack extension type {code} is not accepted")
-
-
-def encode(msg: Any) -> bytes:
-    """A framed message: length prefix, then msgpack."""
-    body = msgpack.packb(msg, use_bin_type=True)
-    return HEADER.pack(len(body)) + body
-
-
-def decode(body: bytes) -> Any:
-    """msgpack to plain Python objects: str for strings, no extension types, map
-    keys only str/bytes; never evaluates anything."""
-    return msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
-                           use_list=True)
-
-
-def error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
 
 
 # --------------------------------------------------------------------------- client
