@@ -28,15 +28,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from engine.cli.client import ControlError, NoEngine, request
 from engine.control.routing import build_routing, make_tables
-from engine.control.server import (
-    Commands,
-    ControlError,
-    ControlServer,
-    ControlSetupError,
-    NoEngine,
-    request,
-)
+from engine.control.server import Commands, ControlServer, ControlSetupError
 from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
 from engine.shm.fib import Fib

@@ -88,7 +88,7 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
         sys.exit(1)
 
 
-# --- commands against a running engine (engine/control/server.py) ---------------------------
+# --- commands against a running engine (engine/cli/client.py) ------------------------------
 
 SOCKET_HELP = (f"The engine's control socket (default: $FWD_SOCKET, else {DEFAULT_SOCKET}; "
                "`fwd run --socket` or [engine] control_socket chose it).")
@@ -101,7 +101,7 @@ def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     """The engine's reply to `msg`; a message and exit 1 if there is none or it is an
     error."""
-    from engine.control.server import ControlError, default_socket, request
+    from engine.cli.client import ControlError, default_socket, request
 
     try:
         reply = request(socket_path or default_socket(), msg, timeout=timeout)
