@@ -29,8 +29,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from engine.cli.client import ControlError, NoEngine, request
+from engine.control.commands import Commands
 from engine.control.routing import build_routing, make_tables
-from engine.control.server import Commands, ControlServer, ControlSetupError
+from engine.control.server import ControlServer, ControlSetupError
 from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
 from engine.shm.fib import Fib

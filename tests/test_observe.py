@@ -29,8 +29,8 @@ from scapy.layers.l2 import Ether
 
 from engine.cli.client import ControlError, request
 from engine.cli.watch import agent_rates, port_rates
+from engine.control.commands import Commands
 from engine.control.routing import build_routing, make_tables
-from engine.control.server import Commands
 from engine.counters import Drop, Slow
 from engine.io.pcap import read_pcap
 from engine.observe.capture import drain

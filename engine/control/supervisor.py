@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
+from engine.control.commands import Commands
 from engine.control.netns import NetnsError, netns
 from engine.control.recovery import (
     RestartPolicy,
@@ -40,7 +41,7 @@ from engine.control.recovery import (
     started,
 )
 from engine.control.routing import build_routing
-from engine.control.server import Commands, ControlServer, ControlSetupError
+from engine.control.server import ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
 from engine.io.live import SenderPorts
