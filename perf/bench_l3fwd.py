@@ -510,7 +510,7 @@ class Engine(Forwarder):
             seg.unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any] | None:
-        from engine.control.server import ControlError, request
+        from engine.cli.client import ControlError, request
 
         try:
             reply = request(self.socket, {"cmd": "stats"})

@@ -340,7 +340,7 @@ class EngineRouter:
         self.err = workdir / f"engine-{workers}w.err"
 
     def request_stats(self) -> dict[str, Any]:
-        from engine.control.server import request
+        from engine.cli.client import request
 
         reply = request(str(self.sock), {"cmd": "stats"}, timeout=5.0)
         if not reply.get("ok"):

@@ -28,16 +28,11 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from engine.cli.client import ControlError, NoEngine, request
+from engine.control.commands import Commands
 from engine.control.routing import build_routing, make_tables
-from engine.control.server import (
-    MAX_REQUEST,
-    Commands,
-    ControlError,
-    ControlServer,
-    ControlSetupError,
-    NoEngine,
-    request,
-)
+from engine.control.server import ControlServer, ControlSetupError
+from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
 from engine.shm.fib import Fib
 from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry

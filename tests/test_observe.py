@@ -27,10 +27,11 @@ import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 
+from engine.cli.client import ControlError, request
 from engine.cli.trace_format import format_trace
 from engine.cli.watch import agent_rates, port_rates
+from engine.control.commands import Commands
 from engine.control.routing import build_routing, make_tables
-from engine.control.server import Commands, ControlError, request
 from engine.counters import Drop, Slow
 from engine.io.pcap import read_pcap
 from engine.observe.capture import drain

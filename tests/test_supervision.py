@@ -102,7 +102,7 @@ def routed_flood(n: int) -> np.ndarray:
 
 def worker_pids(sock: Path) -> dict[str, tuple[int, int]]:
     """worker name: (pid, frames received) from the running engine."""
-    from engine.control.server import request
+    from engine.cli.client import request
 
     rows = request(str(sock), {"cmd": "stats"})["stats"]["workers"]
     return {r["agent"]: (r["pid"], r["rx_frames"]) for r in rows

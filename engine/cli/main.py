@@ -12,7 +12,7 @@ import click
 
 from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
-from engine.control.server import DEFAULT_SOCKET
+from engine.control.wire import DEFAULT_SOCKET, MAX_REQUEST
 
 EXIT_CONFIG = 2
 
@@ -91,7 +91,7 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
         sys.exit(1)
 
 
-# --- commands against a running engine (engine/control/server.py) ---------------------------
+# --- commands against a running engine (engine/cli/client.py) ------------------------------
 
 SOCKET_HELP = (f"The engine's control socket (default: $FWD_SOCKET, else {DEFAULT_SOCKET}; "
                "`fwd run --socket` or [engine] control_socket chose it).")
@@ -104,7 +104,7 @@ def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     """The engine's reply to `msg`; a message and exit 1 if there is none or it is an
     error."""
-    from engine.control.server import ControlError, default_socket, request
+    from engine.cli.client import ControlError, default_socket, request
 
     try:
         reply = request(socket_path or default_socket(), msg, timeout=timeout)
@@ -321,8 +321,6 @@ def route_load(file: str, socket_path: str | None) -> None:
     """Add every route in FILE: one `prefix [via GW] [port P] [type T]` per line
     (blank lines and # comments skipped). All of them are added, or none: a bad line
     is reported with its number."""
-    from engine.control.server import MAX_REQUEST
-
     data = Path(file).read_bytes()
     if len(data) <= MAX_REQUEST - 1024:
         try:

@@ -58,7 +58,7 @@ class EngineCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        from engine.control.server import ring_levels
+        from engine.control.commands import ring_levels
         from engine.control.stats import agent_rows, snapshot
 
         mem = self.mem

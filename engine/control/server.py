@@ -11,43 +11,17 @@ forwarding what their rings hold.
 Where it listens: `[engine] control_socket` in the config, overridden by
 `fwd run --socket PATH`; otherwise `DEFAULT_SOCKET` (/run/fwd/fwd.sock), which is
 skipped with a warning when it cannot be used (no permission to create /run/fwd,
-or another engine already listening there). Clients: `--socket PATH`, else
-$FWD_SOCKET, else the default. The socket is created with mode 0600 (under umask
-0177; a parent directory it creates gets 0700), only peers with the engine's uid or
-root are served (SO_PEERCRED), and the file is removed when the engine exits.
+or another engine already listening there). The socket is created with mode 0600
+(under umask 0177; a parent directory it creates gets 0700), only peers with the
+engine's uid or root are served (SO_PEERCRED), and the file is removed when the
+engine exits. The client is engine/cli/client.py.
 
-Framing: every message, both ways, is a 4-byte big-endian length, then that many
-bytes of msgpack. Requests are at most `MAX_REQUEST` bytes: a larger length prefix
+The wire format is engine/control/wire.py, the commands engine/control/commands.py
+(the server calls whatever handler it is given). A request longer than `MAX_REQUEST`
 gets an error reply, then the connection is closed (the stream cannot be resynced).
-
-Requests are maps `{"cmd": NAME, ...arguments}`; replies are maps
-`{"ok": true, ...results}` or `{"ok": false, "error": MESSAGE}`. Malformed msgpack,
-a request that is not a map, an unknown command, an unknown or missing argument or
-one of the wrong type all get an error reply and the connection stays usable.
-Requests are decoded with `raw=False, strict_map_key=True`, extension types are
-refused, and nothing in a request is ever evaluated: it is only compared, parsed as
-an address or prefix, or looked up.
-
-Commands (arguments; reply fields):
-    ping                                   pid, version, socket, segments
-    stats                                  stats: Snapshot.as_dict() + workers (one row
-                                           per agent), fib (tbl8 usage), port_state,
-                                           rings ({name: [used, size]}), pool
-                                           (buffers, free), batch
-    route.add    prefix, [via], [port], [type]    route (the row route.show gives)
-    route.del    prefix                           route (the deleted one)
-    route.show   [all: bool]                      routes: rows (internal entries with all)
-    route.load   text | path                      added: count (all lines or none)
-    route.lookup addr                             addr, route, nexthop (a debug aid)
-    port.up      name                             port, up, changed
-    port.down    name                             port, up, changed
-    trace.start  count, [port]                    gen, count (engine/observe/trace.py)
-    trace.read   gen                              records (oldest first), done
-    trace.stop                                    -
-    capture.start [port], [at: rx|tx|drop]        gen (engine/observe/capture.py)
-    capture.read gen, [max]                       frames: [ts, seq, port, reason, bytes],
-                                                  lost (refused by full rings)
-    capture.stop                                  -
+Malformed msgpack, a request that is not a map, an unknown command, an unknown or
+missing argument or one of the wrong type all get an error reply and the connection
+stays usable.
 """
 
 from __future__ import annotations
@@ -69,346 +43,22 @@ from typing import Any
 
 import msgpack
 
-from engine import __version__
-from engine.config import type_name
+from engine.control.wire import (
+    HEADER,
+    MAX_REQUEST,
+    RECV_CHUNK,
+    RequestError,
+    decode,
+    encode,
+    error,
+)
 
-DEFAULT_SOCKET = "/run/fwd/fwd.sock"
-SOCKET_ENV = "FWD_SOCKET"
-MAX_REQUEST = 1 << 20  # bytes of msgpack in one request
-MAX_REPLY = 1 << 30  # what a client accepts (route.show of a full table is large)
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_S = 60.0  # a connection silent this long is closed
-RECV_CHUNK = 1 << 18
-LOAD_TEXT_MAX = 1 << 30  # route.load path: bytes read at most
-HEADER = struct.Struct(">I")
-
-
-class ControlError(Exception):
-    """The client could not get a reply (the message says why, for a person)."""
-
-
-class NoEngine(ControlError):
-    """Nothing listens on the socket path."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(f"no engine listening on {os.fspath(path)}: is `fwd run` running?")
-        self.path = os.fspath(path)
 
 
 class ControlSetupError(Exception):
     """The server could not listen on its path."""
-
-
-class RequestError(ValueError):
-    """A request the server refuses; the message goes back in the error reply."""
-
-
-def default_socket() -> str:
-    """The socket a client talks to when no --socket is given."""
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-
-
-# --------------------------------------------------------------------------- codec
-
-
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise RequestError(f"msgpack extension type {code} is not accepted")
-
-
-def encode(msg: Any) -> bytes:
-    """A framed message: length prefix, then msgpack."""
-    body = msgpack.packb(msg, use_bin_type=True)
-    return HEADER.pack(len(body)) + body
-
-
-def decode(body: bytes) -> Any:
-    """msgpack to plain Python objects: str for strings, no extension types, map
-    keys only str/bytes; never evaluates anything."""
-    return msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_refuse_ext,
-                           use_list=True)
-
-
-def error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
-
-
-# --------------------------------------------------------------------------- client
-
-
-def request(socket_path: str | os.PathLike[str], msg: dict[str, Any],
-            timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request and return the reply map (`ok` false is returned, not raised).
-
-    Raises NoEngine when nothing listens at the path, ControlError when the socket
-    refuses us, the engine does not answer within `timeout` seconds, or the reply is
-    not a framed msgpack map."""
-    path = os.fspath(socket_path)
-    data = encode(msg)
-    if len(data) - HEADER.size > MAX_REQUEST:
-        raise ControlError(f"request is {len(data) - HEADER.size} bytes; the control socket "
-                           f"takes at most {MAX_REQUEST}")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            _connect(s, path, timeout)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
-            raise NoEngine(path) from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}: the control socket is mode "
-                               "0600, run this as the engine's user") from None
-        except TimeoutError:
-            raise ControlError(f"engine on {path} did not accept within {timeout} s") from None
-        except OSError as err:
-            raise ControlError(f"cannot connect to {path}: {err.strerror or err}") from None
-        try:
-            s.sendall(data)
-            (n,) = HEADER.unpack(_recv_exact(s, HEADER.size, path))
-            if n > MAX_REPLY:
-                raise ControlError(f"reply of {n} bytes from {path} is too large")
-            body = _recv_exact(s, n, path)
-        except TimeoutError:
-            raise ControlError(f"no reply from the engine on {path} within {timeout} s") \
-                from None
-        except (BrokenPipeError, ConnectionResetError):
-            raise ControlError(f"the engine on {path} closed the connection") from None
-    try:
-        reply = decode(body)
-    except Exception as err:
-        raise ControlError(f"malformed reply from {path}: {err}") from None
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise ControlError(f"malformed reply from {path}: not a reply map")
-    return reply
-
-
-def _connect(s: socket.socket, path: str, timeout: float) -> None:
-    # a Unix socket whose accept backlog is full fails at once with EAGAIN (it does
-    # not wait like TCP): retry until the server's loop comes round to accept
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            s.connect(path)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError from None
-            time.sleep(0.005)
-
-
-def _recv_exact(s: socket.socket, n: int, path: str) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(min(n - len(buf), RECV_CHUNK))
-        if not chunk:
-            raise ControlError(f"the engine on {path} closed the connection")
-        buf += chunk
-    return bytes(buf)
-
-
-# --------------------------------------------------------------------------- commands
-
-# cmd -> {argument: (type, required)}; bool is checked exactly (not as an int)
-COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
-    "ping": {},
-    "stats": {},
-    "route.add": {"prefix": (str, True), "via": (str, False), "port": (str, False),
-                  "type": (str, False)},
-    "route.del": {"prefix": (str, True)},
-    "route.show": {"all": (bool, False)},
-    "route.load": {"text": (str, False), "path": (str, False)},
-    "route.lookup": {"addr": (str, True)},
-    "port.up": {"name": (str, True)},
-    "port.down": {"name": (str, True)},
-    "trace.start": {"count": (int, True), "port": (str, False)},
-    "trace.read": {"gen": (int, True)},
-    "trace.stop": {},
-    "capture.start": {"port": (str, False), "at": (str, False)},
-    "capture.read": {"gen": (int, True), "max": (int, False)},
-    "capture.stop": {},
-}
-
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
-
-
-def _kind(value: object) -> str:
-    return type_name(value, table="a map")
-
-
-def check_request(msg: object) -> tuple[str, dict[str, Any]]:
-    """(cmd, arguments) of a well-formed request; RequestError otherwise."""
-    if not isinstance(msg, dict):
-        raise RequestError(f"a request is a map {{'cmd': ...}}, got {_kind(msg)}")
-    cmd = msg.get("cmd")
-    if cmd is None:
-        raise RequestError("request has no 'cmd'")
-    if not isinstance(cmd, str):
-        raise RequestError(f"'cmd' must be a string, got {_kind(cmd)}")
-    spec = COMMANDS.get(cmd)
-    if spec is None:
-        raise RequestError(f"unknown command {cmd[:64]!r} (commands: {', '.join(COMMANDS)})")
-    args: dict[str, Any] = {}
-    for k, v in msg.items():
-        if k == "cmd":
-            continue
-        if not isinstance(k, str) or k not in spec:
-            known = ", ".join(spec) or "none"
-            raise RequestError(f"{cmd}: unknown argument {str(k)[:64]!r} (arguments: {known})")
-        kind = spec[k][0]
-        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
-            raise RequestError(f"{cmd}: {k} must be {_TYPE_NAMES[kind]}, got {_kind(v)}")
-        args[k] = v
-    for k, (_, required) in spec.items():
-        if required and k not in args:
-            raise RequestError(f"{cmd}: {k} is required")
-    return cmd, args
-
-
-class Commands:
-    """What each command does, over the control plane's objects. The server calls
-    `handle` with each decoded request; tests may call it directly."""
-
-    def __init__(self, routing: Any, mem: Any, info: dict[str, Any] | None = None) -> None:
-        self.routing = routing
-        self.mem = mem
-        self.info = dict(info or {})
-
-    def handle(self, msg: object) -> dict[str, Any]:
-        """A reply map for any request; never raises."""
-        from engine.control.routing import RouteError
-        from engine.observe.capture import CaptureError
-        from engine.observe.trace import TraceError
-
-        try:
-            cmd, args = check_request(msg)
-            reply = getattr(self, "cmd_" + cmd.replace(".", "_"))(**args)
-            return {"ok": True, **reply}
-        except (RequestError, RouteError, TraceError, CaptureError) as err:
-            return error(str(err))
-        except Exception as err:  # a bug must not take the engine down: say it, go on
-            traceback.print_exc(file=sys.stderr)
-            return error(f"internal error: {type(err).__name__}: {err}")
-
-    def cmd_ping(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": __version__, **self.info}
-
-    def cmd_stats(self) -> dict[str, Any]:
-        from engine.control.stats import agent_rows, snapshot
-
-        s = snapshot(self.mem, self.routing.port_names).as_dict()
-        s["workers"] = agent_rows(self.mem)
-        s["fib"] = self.routing.fib.stats()
-        s["port_state"] = self.routing.ports()
-        s["rings"] = ring_levels(self.mem)
-        s["pool"] = pool_level(self.mem)
-        if "batch" in self.info:
-            s["batch"] = self.info["batch"]
-        return {"stats": s}
-
-    def cmd_route_add(self, prefix: str, **rest: str) -> dict[str, Any]:
-        return {"route": self.routing.add({"prefix": prefix, **rest}).as_dict()}
-
-    def cmd_route_del(self, prefix: str) -> dict[str, Any]:
-        return {"route": self.routing.delete(prefix).as_dict()}
-
-    def cmd_route_show(self, **args: bool) -> dict[str, Any]:  # "all" is the wire name
-        return {"routes": self.routing.show(internal=args.get("all", False))}
-
-    def cmd_route_load(self, text: str | None = None, path: str | None = None) -> dict[str, Any]:
-        if (text is None) == (path is None):
-            raise RequestError("route.load: give exactly one of text, path")
-        if path is not None:
-            # a file the engine's own user can read (only that user, or root, can
-            # reach this socket): for tables larger than one request
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read(LOAD_TEXT_MAX + 1)
-            except OSError as err:
-                raise RequestError(f"route.load: {path}: {err.strerror or err}") from None
-            if len(raw) > LOAD_TEXT_MAX:
-                raise RequestError(f"route.load: {path} is larger than {LOAD_TEXT_MAX} bytes")
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError as err:
-                raise RequestError(f"route.load: {path} is not UTF-8 text "
-                                   f"(byte {err.start})") from None
-        assert text is not None
-        return {"added": len(self.routing.load(text))}
-
-    def cmd_route_lookup(self, addr: str) -> dict[str, Any]:
-        return self.routing.lookup(addr)
-
-    def _port(self, name: str, up: bool) -> dict[str, Any]:
-        changed = self.routing.set_port(name, up)
-        return {"port": name, "up": up, "changed": changed}
-
-    def cmd_port_up(self, name: str) -> dict[str, Any]:
-        return self._port(name, True)
-
-    def cmd_port_down(self, name: str) -> dict[str, Any]:
-        return self._port(name, False)
-
-    def _port_index(self, cmd: str, name: str | None) -> int | None:
-        if name is None:
-            return None
-        names = list(self.routing.port_names)
-        if name not in names:
-            raise RequestError(f"{cmd}: no port {name[:64]!r} (ports: {', '.join(names)})")
-        return names.index(name)
-
-    def cmd_trace_start(self, count: int, port: str | None = None) -> dict[str, Any]:
-        from engine.observe import trace
-
-        gen = trace.arm(self.mem, count, self._port_index("trace.start", port))
-        return {"gen": gen, "count": count}
-
-    def cmd_trace_read(self, gen: int) -> dict[str, Any]:
-        from engine.observe import trace
-
-        rec = trace.collect(self.mem, gen)
-        return {"records": trace.to_dicts(rec), "ports": list(self.routing.port_names),
-                "done": len(rec) >= int(self.mem.obs_ctl[trace.TRACE_WANT])}
-
-    def cmd_trace_stop(self) -> dict[str, Any]:
-        from engine.observe import trace
-
-        trace.disarm(self.mem)
-        return {}
-
-    def cmd_capture_start(self, port: str | None = None, at: str = "rx") -> dict[str, Any]:
-        from engine.observe import capture
-
-        return {"gen": capture.arm(self.mem, self._port_index("capture.start", port), at)}
-
-    def cmd_capture_read(self, gen: int, **args: int) -> dict[str, Any]:  # "max": wire name
-        from engine.observe import capture
-
-        most = args.get("max", 4096)
-        if not 1 <= most <= 65536:
-            raise RequestError(f"capture.read: max must be between 1 and 65536, got {most}")
-        frames, lost = capture.drain(self.mem, gen, max_frames=most)
-        return {"frames": [list(f) for f in frames], "lost": lost}
-
-    def cmd_capture_stop(self) -> dict[str, Any]:
-        from engine.observe import capture
-
-        capture.disarm(self.mem)
-        return {}
-
-
-def ring_levels(mem: Any) -> dict[str, list[int]]:
-    """[descriptors held, size] of every ring but the return rings."""
-    return {name: [r.count(), r.size] for name, r in mem.rings.items()
-            if not name.startswith("ret.")}
-
-
-def pool_level(mem: Any) -> dict[str, int]:
-    """The buffer pool: its size and the free buffers its owners hold."""
-    from engine.shm.memory import ST_FREE
-
-    g = mem.geometry
-    return {"buffers": int(g.nbufs), "free": int(mem.state[:, ST_FREE].sum())}
-
-
-# --------------------------------------------------------------------------- server
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
+from engine.control.commands import Commands
 from engine.control.netns import NetnsError, netns
 from engine.control.recovery import (
     RestartPolicy,
@@ -39,11 +40,11 @@ from engine.control.recovery import (
     recover_worker,
     started,
 )
-from engine.control.routing import build_routing
-from engine.control.server import Commands, ControlServer, ControlSetupError
+from engine.control.routing import Routing, build_routing
+from engine.control.server import ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
-from engine.io.registry import DriverError, driver_for
+from engine.io.registry import Driver, DriverError, driver_for
 from engine.shm.fib import DEFAULT_READERS, Fib
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.workers.forwarder import WorkerSpec, worker_main
@@ -101,7 +102,6 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     stay up (control socket included) until SIGINT/SIGTERM.
     """
     driver = driver_for(cfg)
-    live = driver.live
     say = log or (lambda msg: None)
     if control_socket is None:
         control_socket = cfg.engine.control_socket
@@ -110,126 +110,171 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     except DriverError as err:
         raise EngineError(str(err)) from None
     geometry = geometry_for(cfg, driver.workers_receive(plan))
-    stop = {"requested": False}
-    old_handlers = {}
-
-    def on_signal(signum, frame):
-        stop["requested"] = True
-
+    r = _Run(cfg, geometry, driver, plan, say)
     # before anything exists that a default-action SIGTERM would leak (the socket file)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        old_handlers[sig] = signal.signal(sig, on_signal)
-    mem: EngineMemory | None = None
-    fib: Fib | None = None
-    server: ControlServer | None = None
-    metrics: Any = None  # engine.control.metrics.MetricsServer
-    io: Any = None  # PcapPorts, SenderPorts, or engine.io.dpdk.engine.DpdkControl
-    procs: list[tuple[mp.process.BaseProcess, int | None]] = []  # (process, FIB reader id)
-    scope = ExitStack()
+    r.catch_signals()
     try:
+        r.enter_netns()
+        r.build_memory_and_fib()
+        r.open_control_socket(control_socket, control_required)
+        r.open_metrics()
+        end_clock = r.open_ports()
+        r.start_agents(end_clock)
+        r.forward(keep_running)
+        r.stop_and_drain()
+        return r.result()
+    finally:
+        r.close()
+
+
+class _Run:
+    """One run's resources, in the order `run` creates them; `close` releases whatever
+    exists, whatever step failed."""
+
+    def __init__(self, cfg: Config, geometry: Geometry, driver: Driver, plan: Any,
+                 say: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.geometry = geometry
+        self.driver = driver  # engine/io/registry.py
+        self.live = driver.live
+        self.plan = plan  # what the driver decided before memory existed (DPDK's mode)
+        self.say = say
+        self.stop_requested = False
+        self.old_handlers: dict[int, Any] = {}
+        self.mem: EngineMemory | None = None
+        self.fib: Fib | None = None
+        self.routing: Routing | None = None
+        self.commands: Commands | None = None
+        self.server: ControlServer | None = None
+        self.metrics: Any = None  # engine.control.metrics.MetricsServer
+        self.io: Any = None  # the driver's control_io: PcapPorts, SenderPorts, DpdkControl
+        # (process, FIB reader id): the workers, then the slow path
+        self.procs: list[tuple[mp.process.BaseProcess, int | None]] = []
+        self.specs: dict[int, WorkerSpec] = {}
+        self.slowpath: mp.process.BaseProcess | None = None
+        self.policy = RestartPolicy()
+        self.restarting: dict[int, tuple[float, int, int]] = {}  # agent: (t0, pid, loops)
+        self.drained = False  # keep_running: input consumed, drained and written
+        self.scope = ExitStack()
+
+    def catch_signals(self) -> None:
+        """SIGINT/SIGTERM ask the main loop to stop (and drain) instead of killing us."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop_requested = True
+
+    def enter_netns(self) -> None:
         # the workers inherit the namespace: their sockets open on its interfaces
         try:
-            scope.enter_context(netns(cfg.engine.netns))
+            self.scope.enter_context(netns(self.cfg.engine.netns))
         except NetnsError as err:
             raise EngineError(str(err)) from None
-        mem = EngineMemory.create(geometry)
-        # one prefix per run (see no_shm_leak); reader ids: the workers, then the slow path
-        fib = Fib.create(f"{geometry.name}-fib",
-                         max_readers=max(DEFAULT_READERS, cfg.engine.workers + 1))
-        routing = build_routing(cfg, mem, fib)
-        if control_socket is not None:
-            commands = Commands(routing, mem, {
-                "socket": os.path.abspath(control_socket),
-                "segments": [geometry.name, fib.name],
-                "workers": cfg.engine.workers,
-                "batch": cfg.engine.batch,
-            })
-            try:
-                server = ControlServer(control_socket, commands.handle)
-                say(f"fwd: control socket {server.path}")
-            except ControlSetupError as err:
-                if control_required:
-                    raise EngineError(f"control socket: {err}") from None
-                say(f"fwd: running without a control socket: {err}")
-        if cfg.metrics.listen is not None:
-            from engine.control.metrics import MetricsError, MetricsServer
 
-            try:  # a thread that only reads shared memory (engine/control/metrics.py)
-                metrics = MetricsServer(mem, [p.name for p in cfg.ports], cfg.metrics.listen)
-            except MetricsError as err:
-                raise EngineError(str(err)) from None
-            if control_socket is not None and server is not None:
-                commands.info["metrics"] = metrics.address
-            say(f"fwd: metrics on http://{metrics.address}/metrics")
+    def build_memory_and_fib(self) -> None:
+        """The shared segments (rings, pool, counters; the FIB) and the routing over them."""
+        cfg, geometry = self.cfg, self.geometry
+        self.mem = EngineMemory.create(geometry)
+        # one prefix per run (see no_shm_leak); reader ids: the workers, then the slow path
+        self.fib = Fib.create(f"{geometry.name}-fib",
+                              max_readers=max(DEFAULT_READERS, cfg.engine.workers + 1))
+        self.routing = build_routing(cfg, self.mem, self.fib)
+
+    def open_control_socket(self, control_socket: str | os.PathLike[str] | None,
+                            control_required: bool) -> None:
+        if control_socket is None:
+            return
+        cfg = self.cfg
+        self.commands = Commands(self.routing, self.mem, {
+            "socket": os.path.abspath(control_socket),
+            "segments": [self.geometry.name, self.fib.name],
+            "workers": cfg.engine.workers,
+            "batch": cfg.engine.batch,
+        })
         try:
-            io = driver.control_io(cfg, plan, mem, cfg.engine.batch)
+            self.server = ControlServer(control_socket, self.commands.handle)
+            self.say(f"fwd: control socket {self.server.path}")
+        except ControlSetupError as err:
+            if control_required:
+                raise EngineError(f"control socket: {err}") from None
+            self.say(f"fwd: running without a control socket: {err}")
+
+    def open_metrics(self) -> None:
+        cfg = self.cfg
+        if cfg.metrics.listen is None:
+            return
+        from engine.control.metrics import MetricsError, MetricsServer
+
+        try:  # a thread that only reads shared memory (engine/control/metrics.py)
+            self.metrics = MetricsServer(self.mem, [p.name for p in cfg.ports],
+                                         cfg.metrics.listen)
+        except MetricsError as err:
+            raise EngineError(str(err)) from None
+        if self.server is not None:
+            self.commands.info["metrics"] = self.metrics.address
+        self.say(f"fwd: metrics on http://{self.metrics.address}/metrics")
+
+    def open_ports(self) -> int | None:
+        """The control process's side of the ports, opened before any worker starts;
+        returns where a replay's clock stops (None: live ports)."""
+        cfg, mem = self.cfg, self.mem
+        try:
+            self.io = io = self.driver.control_io(cfg, self.plan, mem, cfg.engine.batch)
         except DriverError as err:
             raise EngineError(str(err)) from None
         if hasattr(io, "device_stats"):  # DPDK: the devices' own counters, in the stats
             from engine.control.stats import register_device_stats
 
-            scope.callback(register_device_stats(mem, io.device_stats))
+            self.scope.callback(register_device_stats(mem, io.device_stats))
         if hasattr(io, "describe"):
-            say(f"fwd: {io.describe()}")
-        end_clock = None if live else last_input_ts(io)
+            self.say(f"fwd: {io.describe()}")
+        end_clock = None if self.live else last_input_ts(io)
+        return end_clock
+
+    def start_agents(self, end_clock: int | None) -> None:
+        """Start the forwarding workers and the slow path; return once each has made
+        its first pass."""
+        cfg, geometry, mem, procs = self.cfg, self.geometry, self.mem, self.procs
         ctx = mp.get_context("spawn")
-        specs = {}
-        policy = RestartPolicy()
-        restarting: dict[int, tuple[float, int, int]] = {}  # agent: (t0, pid, loops)
         for w in range(cfg.engine.workers):
-            specs[w] = spec = WorkerSpec(geometry, fib.name, cfg, w, cfg.engine.batch, cpu_for(w))
+            self.specs[w] = spec = WorkerSpec(geometry, self.fib.name, cfg, w, cfg.engine.batch,
+                                              cpu_for(w))
             procs.append((ctx.Process(target=worker_main, args=(spec,),
                                       name=f"fwd-worker-{w}"), w))
-        slow_spec = SlowPathSpec(geometry, fib.name, cfg, cfg.engine.batch,
+        slow_spec = SlowPathSpec(geometry, self.fib.name, cfg, cfg.engine.batch,
                                  cpu_for(cfg.engine.workers), end_clock_ns=end_clock)
-        slowpath = ctx.Process(target=slowpath_main, name="fwd-slowpath", args=(slow_spec,))
-        procs.append((slowpath, cfg.engine.workers))
+        self.slowpath = ctx.Process(target=slowpath_main, name="fwd-slowpath",
+                                    args=(slow_spec,))
+        procs.append((self.slowpath, cfg.engine.workers))
         mem.state[AGENT_IO, ST_PID] = os.getpid()  # workers watch it (workers/loop.py)
         for proc, _ in procs:
             proc.start()
         wait_started(mem, procs)
-        if live:
+        if self.live:
             where = ", ".join(p.iface or p.device or p.name for p in cfg.ports)
-            say(f"fwd: forwarding on {where}"
-                + (f" (network namespace {cfg.engine.netns})" if cfg.engine.netns else "")
-                + "; SIGINT/SIGTERM stops")
+            self.say(f"fwd: forwarding on {where}"
+                     + (f" (network namespace {cfg.engine.netns})" if cfg.engine.netns else "")
+                     + "; SIGINT/SIGTERM stops")
 
+    def forward(self, keep_running: bool) -> None:
+        """The main loop: move frames for the ports, watch the agents, serve the control
+        socket in the idle sleep; until the input is drained (pcap) or a signal."""
+        mem, io, live, server = self.mem, self.io, self.live, self.server
         idle = 0.0
-        drained = False  # keep_running: input consumed, drained and written
         while True:
             if live:
                 moved = io.drain()
             else:
-                moved = 0 if stop["requested"] else io.feed()
+                moved = 0 if self.stop_requested else io.feed()
                 moved += io.drain()
             mem.state[AGENT_IO, ST_LOOPS] += 1
-            for i, (proc, reader) in enumerate(procs):
-                if proc.exitcode is not None:
-                    if reader is not None:
-                        # a dead reader never passes another quiescent state: free its
-                        # slot, or tbl8 groups released from now on are never reused
-                        fib.unregister_reader(reader)
-                    if proc is slowpath or not driver.restartable or reader is None:
-                        raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
-                    # a forwarding worker: recover what it left and start it again
-                    procs[i] = (restart_worker(mem, procs, i, specs[reader], policy, io, say,
-                                               restarting), reader)
-            announce_restarted(mem, restarting, say)
-            if live:
-                if stop["requested"]:
-                    break
-            elif (io.fed_all() or stop["requested"]) and settled(mem, io.frames_fed()):
-                if stop["requested"] or not keep_running:
-                    break
-                if not drained:
-                    io.write()
-                    drained = True
-                    where = f" (control socket {server.path})" if server else ""
-                    say(f"fwd: input consumed and drained, outputs written; running{where} "
-                        "until SIGINT/SIGTERM")
+            self.watch_agents()
+            if self.finished(keep_running):
+                return
             if moved:
                 idle = 0.0
-            elif drained:
+            elif self.drained:
                 idle = KEPT_IDLE_S  # nothing more can arrive on a pcap port
             else:
                 idle = min(MAX_IDLE_S, idle * 2 or 0.0001)
@@ -237,45 +282,91 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
                 server.poll(idle)  # the idle sleep, cut short by a control request
             elif idle:
                 time.sleep(idle)
-        mem.ctl[CTL_STOP] = 1
-        for proc, _ in procs:
-            if proc is slowpath:
-                join_draining(proc, io)
+
+    def watch_agents(self) -> None:
+        """A dead forwarding worker is recovered and restarted; any other dead agent
+        ends the run (EngineError)."""
+        procs = self.procs
+        for i, (proc, reader) in enumerate(procs):
+            if proc.exitcode is not None:
+                if reader is not None:
+                    # a dead reader never passes another quiescent state: free its
+                    # slot, or tbl8 groups released from now on are never reused
+                    self.fib.unregister_reader(reader)
+                if proc is self.slowpath or not self.driver.restartable or reader is None:
+                    raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
+                # a forwarding worker: recover what it left and start it again
+                procs[i] = (restart_worker(self.mem, procs, i, self.specs[reader], self.policy,
+                                           self.io, self.say, self.restarting), reader)
+        announce_restarted(self.mem, self.restarting, self.say)
+
+    def finished(self, keep_running: bool) -> bool:
+        """Whether the main loop ends now; with keep_running, the pcap outputs are
+        written once the input is consumed and drained, and the loop goes on."""
+        io = self.io
+        if self.live:
+            return self.stop_requested
+        if (io.fed_all() or self.stop_requested) and settled(self.mem, io.frames_fed()):
+            if self.stop_requested or not keep_running:
+                return True
+            if not self.drained:
+                io.write()
+                self.drained = True
+                where = f" (control socket {self.server.path})" if self.server else ""
+                self.say(f"fwd: input consumed and drained, outputs written; running{where} "
+                         "until SIGINT/SIGTERM")
+        return False
+
+    def stop_and_drain(self) -> None:
+        """Tell every agent to stop, collect what the slow path sends on its way out,
+        then flush (live) or write (pcap) the ports."""
+        self.mem.ctl[CTL_STOP] = 1
+        for proc, _ in self.procs:
+            if proc is self.slowpath:
+                join_draining(proc, self.io)
             else:
                 proc.join(JOIN_TIMEOUT_S)
-        io.drain()
-        if live:
-            io.close()  # what could not be sent now is dropped and counted
+        self.io.drain()
+        if self.live:
+            self.io.close()  # what could not be sent now is dropped and counted
         else:
-            io.write()
-        if all(not proc.is_alive() for proc, _ in procs):
+            self.io.write()
+
+    def result(self) -> RunResult:
+        """The pool's audit (when every agent is gone) and the final counters."""
+        mem = self.mem
+        if all(not proc.is_alive() for proc, _ in self.procs):
             # every agent gone: the pool must be whole again (engine/control/recovery.py)
-            audit = audit_pool(mem, held_by(io))
-            say(f"fwd: pool: {audit.free} of {audit.size} buffers free"
-                + (f", {audit.queued} queued" if audit.queued else "")
-                + (f", {audit.nlost} lost" if audit.nlost else ""))
-        return RunResult(snapshot(mem, [p.name for p in cfg.ports]), stop["requested"])
-    finally:
-        if server is not None:
-            server.close()
-        if metrics is not None:  # before the memory it reads goes
-            metrics.close()
-        for proc, _ in procs:
+            audit = audit_pool(mem, held_by(self.io))
+            self.say(f"fwd: pool: {audit.free} of {audit.size} buffers free"
+                     + (f", {audit.queued} queued" if audit.queued else "")
+                     + (f", {audit.nlost} lost" if audit.nlost else ""))
+        return RunResult(snapshot(mem, [p.name for p in self.cfg.ports]), self.stop_requested)
+
+    def close(self) -> None:
+        """Release everything that exists, in this order: the control socket and the
+        metrics thread (before the memory they read), the agents, the ports, the
+        segments (unlinked), the namespace, the signal handlers."""
+        if self.server is not None:
+            self.server.close()
+        if self.metrics is not None:  # before the memory it reads goes
+            self.metrics.close()
+        for proc, _ in self.procs:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(JOIN_TIMEOUT_S)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        if io is not None and live:  # a replay has nothing to close
-            io.close()
-        if fib is not None:
-            fib.close()
-            fib.unlink()
-        if mem is not None:
-            mem.close()
-        scope.close()
-        for sig, handler in old_handlers.items():
+        if self.io is not None and self.live:  # a replay has nothing to close
+            self.io.close()
+        if self.fib is not None:
+            self.fib.close()
+            self.fib.unlink()
+        if self.mem is not None:
+            self.mem.close()
+        self.scope.close()
+        for sig, handler in self.old_handlers.items():
             signal.signal(sig, handler)
 
 
@@ -377,4 +468,4 @@ def settled(mem: EngineMemory, fed: int) -> bool:
     return all(r.count() == 0 for name, r in mem.rings.items() if not name.startswith("ret."))
 
 
-__all__ = ["EngineError", "RunResult", "run", "np"]
+__all__ = ["EngineError", "RunResult", "run"]

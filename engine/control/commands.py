@@ -1,0 +1,242 @@
+"""The control socket's commands: what each request may carry (`COMMANDS`), its check
+(`check_request`), and what it does over the control plane's objects (`Commands`).
+Served by engine/control/server.py; the wire format is engine/control/wire.py.
+
+Nothing in a request is ever evaluated: it is only compared, parsed as an address or
+prefix, or looked up.
+
+Commands (arguments; reply fields):
+    ping                                   pid, version, socket, segments
+    stats                                  stats: Snapshot.as_dict() + workers (one row
+                                           per agent), fib (tbl8 usage), port_state,
+                                           rings ({name: [used, size]}), pool
+                                           (buffers, free), batch
+    route.add    prefix, [via], [port], [type]    route (the row route.show gives)
+    route.del    prefix                           route (the deleted one)
+    route.show   [all: bool]                      routes: rows (internal entries with all)
+    route.load   text | path                      added: count (all lines or none)
+    route.lookup addr                             addr, route, nexthop (a debug aid)
+    port.up      name                             port, up, changed
+    port.down    name                             port, up, changed
+    trace.start  count, [port]                    gen, count (engine/observe/trace.py)
+    trace.read   gen                              records (oldest first), done
+    trace.stop                                    -
+    capture.start [port], [at: rx|tx|drop]        gen (engine/observe/capture.py)
+    capture.read gen, [max]                       frames: [ts, seq, port, reason, bytes],
+                                                  lost (refused by full rings)
+    capture.stop                                  -
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+from engine import __version__
+from engine.config import type_name
+from engine.control.wire import RequestError, error
+
+LOAD_TEXT_MAX = 1 << 30  # route.load path: bytes read at most
+
+# cmd -> {argument: (type, required)}; bool is checked exactly (not as an int)
+COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "ping": {},
+    "stats": {},
+    "route.add": {"prefix": (str, True), "via": (str, False), "port": (str, False),
+                  "type": (str, False)},
+    "route.del": {"prefix": (str, True)},
+    "route.show": {"all": (bool, False)},
+    "route.load": {"text": (str, False), "path": (str, False)},
+    "route.lookup": {"addr": (str, True)},
+    "port.up": {"name": (str, True)},
+    "port.down": {"name": (str, True)},
+    "trace.start": {"count": (int, True), "port": (str, False)},
+    "trace.read": {"gen": (int, True)},
+    "trace.stop": {},
+    "capture.start": {"port": (str, False), "at": (str, False)},
+    "capture.read": {"gen": (int, True), "max": (int, False)},
+    "capture.stop": {},
+}
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
+
+
+def _kind(value: object) -> str:
+    return type_name(value, table="a map")
+
+
+def check_request(msg: object) -> tuple[str, dict[str, Any]]:
+    """(cmd, arguments) of a well-formed request; RequestError otherwise."""
+    if not isinstance(msg, dict):
+        raise RequestError(f"a request is a map {{'cmd': ...}}, got {_kind(msg)}")
+    cmd = msg.get("cmd")
+    if cmd is None:
+        raise RequestError("request has no 'cmd'")
+    if not isinstance(cmd, str):
+        raise RequestError(f"'cmd' must be a string, got {_kind(cmd)}")
+    spec = COMMANDS.get(cmd)
+    if spec is None:
+        raise RequestError(f"unknown command {cmd[:64]!r} (commands: {', '.join(COMMANDS)})")
+    args: dict[str, Any] = {}
+    for k, v in msg.items():
+        if k == "cmd":
+            continue
+        if not isinstance(k, str) or k not in spec:
+            known = ", ".join(spec) or "none"
+            raise RequestError(f"{cmd}: unknown argument {str(k)[:64]!r} (arguments: {known})")
+        kind = spec[k][0]
+        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+            raise RequestError(f"{cmd}: {k} must be {_TYPE_NAMES[kind]}, got {_kind(v)}")
+        args[k] = v
+    for k, (_, required) in spec.items():
+        if required and k not in args:
+            raise RequestError(f"{cmd}: {k} is required")
+    return cmd, args
+
+
+class Commands:
+    """What each command does, over the control plane's objects. The server calls
+    `handle` with each decoded request; tests may call it directly."""
+
+    def __init__(self, routing: Any, mem: Any, info: dict[str, Any] | None = None) -> None:
+        self.routing = routing
+        self.mem = mem
+        self.info = dict(info or {})
+
+    def handle(self, msg: object) -> dict[str, Any]:
+        """A reply map for any request; never raises."""
+        from engine.control.routing import RouteError
+        from engine.observe.capture import CaptureError
+        from engine.observe.trace import TraceError
+
+        try:
+            cmd, args = check_request(msg)
+            reply = getattr(self, "cmd_" + cmd.replace(".", "_"))(**args)
+            return {"ok": True, **reply}
+        except (RequestError, RouteError, TraceError, CaptureError) as err:
+            return error(str(err))
+        except Exception as err:  # a bug must not take the engine down: say it, go on
+            traceback.print_exc(file=sys.stderr)
+            return error(f"internal error: {type(err).__name__}: {err}")
+
+    def cmd_ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, **self.info}
+
+    def cmd_stats(self) -> dict[str, Any]:
+        from engine.control.stats import agent_rows, snapshot
+
+        s = snapshot(self.mem, self.routing.port_names).as_dict()
+        s["workers"] = agent_rows(self.mem)
+        s["fib"] = self.routing.fib.stats()
+        s["port_state"] = self.routing.ports()
+        s["rings"] = ring_levels(self.mem)
+        s["pool"] = pool_level(self.mem)
+        if "batch" in self.info:
+            s["batch"] = self.info["batch"]
+        return {"stats": s}
+
+    def cmd_route_add(self, prefix: str, **rest: str) -> dict[str, Any]:
+        return {"route": self.routing.add({"prefix": prefix, **rest}).as_dict()}
+
+    def cmd_route_del(self, prefix: str) -> dict[str, Any]:
+        return {"route": self.routing.delete(prefix).as_dict()}
+
+    def cmd_route_show(self, **args: bool) -> dict[str, Any]:  # "all" is the wire name
+        return {"routes": self.routing.show(internal=args.get("all", False))}
+
+    def cmd_route_load(self, text: str | None = None, path: str | None = None) -> dict[str, Any]:
+        if (text is None) == (path is None):
+            raise RequestError("route.load: give exactly one of text, path")
+        if path is not None:
+            # a file the engine's own user can read (only that user, or root, can
+            # reach this socket): for tables larger than one request
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(LOAD_TEXT_MAX + 1)
+            except OSError as err:
+                raise RequestError(f"route.load: {path}: {err.strerror or err}") from None
+            if len(raw) > LOAD_TEXT_MAX:
+                raise RequestError(f"route.load: {path} is larger than {LOAD_TEXT_MAX} bytes")
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError as err:
+                raise RequestError(f"route.load: {path} is not UTF-8 text "
+                                   f"(byte {err.start})") from None
+        assert text is not None
+        return {"added": len(self.routing.load(text))}
+
+    def cmd_route_lookup(self, addr: str) -> dict[str, Any]:
+        return self.routing.lookup(addr)
+
+    def _port(self, name: str, up: bool) -> dict[str, Any]:
+        changed = self.routing.set_port(name, up)
+        return {"port": name, "up": up, "changed": changed}
+
+    def cmd_port_up(self, name: str) -> dict[str, Any]:
+        return self._port(name, True)
+
+    def cmd_port_down(self, name: str) -> dict[str, Any]:
+        return self._port(name, False)
+
+    def _port_index(self, cmd: str, name: str | None) -> int | None:
+        if name is None:
+            return None
+        names = list(self.routing.port_names)
+        if name not in names:
+            raise RequestError(f"{cmd}: no port {name[:64]!r} (ports: {', '.join(names)})")
+        return names.index(name)
+
+    def cmd_trace_start(self, count: int, port: str | None = None) -> dict[str, Any]:
+        from engine.observe import trace
+
+        gen = trace.arm(self.mem, count, self._port_index("trace.start", port))
+        return {"gen": gen, "count": count}
+
+    def cmd_trace_read(self, gen: int) -> dict[str, Any]:
+        from engine.observe import trace
+
+        rec = trace.collect(self.mem, gen)
+        return {"records": trace.to_dicts(rec), "ports": list(self.routing.port_names),
+                "done": len(rec) >= int(self.mem.obs_ctl[trace.TRACE_WANT])}
+
+    def cmd_trace_stop(self) -> dict[str, Any]:
+        from engine.observe import trace
+
+        trace.disarm(self.mem)
+        return {}
+
+    def cmd_capture_start(self, port: str | None = None, at: str = "rx") -> dict[str, Any]:
+        from engine.observe import capture
+
+        return {"gen": capture.arm(self.mem, self._port_index("capture.start", port), at)}
+
+    def cmd_capture_read(self, gen: int, **args: int) -> dict[str, Any]:  # "max": wire name
+        from engine.observe import capture
+
+        most = args.get("max", 4096)
+        if not 1 <= most <= 65536:
+            raise RequestError(f"capture.read: max must be between 1 and 65536, got {most}")
+        frames, lost = capture.drain(self.mem, gen, max_frames=most)
+        return {"frames": [list(f) for f in frames], "lost": lost}
+
+    def cmd_capture_stop(self) -> dict[str, Any]:
+        from engine.observe import capture
+
+        capture.disarm(self.mem)
+        return {}
+
+
+def ring_levels(mem: Any) -> dict[str, list[int]]:
+    """[descriptors held, size] of every ring but the return rings."""
+    return {name: [r.count(), r.size] for name, r in mem.rings.items()
+            if not name.startswith("ret.")}
+
+
+def pool_level(mem: Any) -> dict[str, int]:
+    """The buffer pool: its size and the free buffers its owners hold."""
+    from engine.shm.memory import ST_FREE
+
+    g = mem.geometry
+    return {"buffers": int(g.nbufs), "free": int(mem.state[:, ST_FREE].sum())}
