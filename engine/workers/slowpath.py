@@ -98,7 +98,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -229,15 +229,9 @@ FORESEEN_REASONS = FORWARD_REASONS | ANSWERED_REASONS
 NEIGH_UNRESOLVED = SLOW + Slow.neigh_unresolved
 SLOW_REASONS = {int(r): r for r in Slow}  # Slow(n) without the enum call
 FORWARDED = (Snmp.ForwDatagrams, Misc.forwarded)  # counted once a forward is sent
-# A routing question `route_input` asks: (saddr, daddr, ihl in words, is a fragment,
-# pkt_type, options done, ttl, size for the MTU, frag_off, ingress port), every input of
-# route_checks and forward_checks besides the tables; and the dtypes they take
-RouteKey = tuple[int, int, int, bool, int, bool, int, int, int, int]
 ROUTE_FIELDS = struct.Struct("!B5xHB3xII")  # ver_ihl, frag_off, ttl, saddr, daddr
 ADDRESSES = struct.Struct("!II")  # saddr, daddr at offset 12
 U32 = struct.Struct("!I")
-ROUTE_KEY_DTYPES = (np.uint32, np.uint32, np.uint8, bool, np.uint8, bool, np.uint8, np.uint32,
-                    np.uint16, np.uint16)
 # counters.index of every counter, by identity (members are singletons; two IntEnum
 # members of different sections with one value are equal, and so one dict key)
 COLUMNS = {id(m): index(m) for section in SECTIONS for m in section}
@@ -248,6 +242,27 @@ OPTIONS_DROPS = {"source_route": SlowDrop.source_route, "srr_not_host": SlowDrop
 # icmp_rcv: what a broadcast/multicast destination may still carry (RFC 1122 3.2.2.6)
 ICMP_BROADCAST_OK = frozenset({8, 13, 17, 18})
 ICMP_ECHO_LIKE = frozenset({8, 13})  # ignored from broadcasts: icmp_echo_ignore_broadcasts=1
+
+
+class RouteKey(NamedTuple):
+    """A routing question `route_input` asks: every input of route_checks and
+    forward_checks besides the tables. A tuple, so it keys the burst's answers."""
+
+    saddr: int
+    daddr: int
+    ihl: int  # in 32-bit words
+    fragment: bool
+    pkt_type: int
+    options_done: bool
+    ttl: int
+    size: int  # for the MTU: frag_max_size of a reassembled datagram
+    frag_off: int
+    in_port: int
+
+
+# the dtypes route_checks and forward_checks take RouteKey's fields in, in its order
+ROUTE_KEY_DTYPES = (np.uint32, np.uint32, np.uint8, bool, np.uint8, bool, np.uint8, np.uint32,
+                    np.uint16, np.uint16)
 
 
 @dataclass
@@ -876,15 +891,15 @@ class SlowPath:
                 head = pkt if not pkt.frag_off & IP_OFFSET else self._held_head(pkt)
                 if transit and head is not None:
                     first = route_key(head, None, False)
-                    key = first[:3] + (False,) + first[4:8] + (first[8] & IP_DF, first[9])
+                    key = first._replace(fragment=False, frag_off=first.frag_off & IP_DF)
                     inputs[key] = None
-                    if key[2] > 5:  # then ip_rcv_options routes it once more
-                        inputs[key[:5] + (True,) + key[6:]] = None
+                    if key.ihl > 5:  # then ip_rcv_options routes it once more
+                        inputs[key._replace(options_done=True)] = None
                 continue
             if reason == Slow.options:
                 key = route_key(pkt, None, True)
                 inputs[key] = None
-                addrs[key[0]] = None  # pref_src: the route back to the source
+                addrs[key.saddr] = None  # pref_src: the route back to the source
                 continue
             if reason not in FORESEEN_REASONS:
                 continue
@@ -921,13 +936,13 @@ class SlowPath:
                                        in zip(columns, ROUTE_KEY_DTYPES, strict=True)))
         answers = list(zip(nh.tolist(), code.tolist(), strict=True))
         for key, answer in zip(keys, answers, strict=True):
-            self._nexthops[(key[0], key[1])] = answer[0]
+            self._nexthops[(key.saddr, key.daddr)] = answer[0]
             if answer[1] != NEIGH_UNRESOLVED:
                 self._in_routes[key] = answer
         return answers
 
     def route_arrays(self, saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray,
-                     fragment: np.ndarray, ptype: np.ndarray, options_done: np.ndarray,
+                     fragment: np.ndarray, pkt_type: np.ndarray, options_done: np.ndarray,
                      ttl: np.ndarray, size: np.ndarray, frag_off: np.ndarray,
                      in_port: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`route_inputs` over its columns (the fields of `RouteKey`, as arrays):
@@ -940,7 +955,7 @@ class SlowPath:
         # option left to compile, not a fragment, a plain route, TTL, another port,
         # a frame for us, a next hop with its MAC), the checks have nothing to say
         plain = (self._plain(saddr, daddr, size, nh, source_local, ttl, in_port,
-                             ptype == PACKET_HOST)
+                             pkt_type == PACKET_HOST)
                  & ~fragment & ((ihl == 5) | options_done)
                  & ((t.nh_flags[nh] & NHF_RESOLVED) != 0))
         if np.count_nonzero(plain) == len(plain):
@@ -949,11 +964,11 @@ class SlowPath:
             rows = np.flatnonzero(options_done == done)
             if len(rows):
                 code[rows] = route_checks(saddr[rows], daddr[rows], ihl[rows], fragment[rows],
-                                          ptype[rows], t.nh_type[nh[rows]], source_local[rows],
+                                          pkt_type[rows], t.nh_type[nh[rows]], source_local[rows],
                                           t.reassemble_transit, done)
         fwd = np.flatnonzero(code == FORWARD)
         if len(fwd):
-            code[fwd] = forward_checks(ptype[fwd], ttl[fwd], size[fwd], frag_off[fwd],
+            code[fwd] = forward_checks(pkt_type[fwd], ttl[fwd], size[fwd], frag_off[fwd],
                                        saddr[fwd], nh[fwd], in_port[fwd], t)
         return nh, code
 
@@ -1646,9 +1661,9 @@ def route_key(pkt: Packet, daddr: int | None, options_done: bool) -> RouteKey:
     """What `route_input` asks about `pkt` (to `daddr` if given): one unpack of the
     header rather than ten properties."""
     ver_ihl, frag_off, ttl, saddr, dst = ROUTE_FIELDS.unpack_from(pkt.ip)
-    return (saddr, dst if daddr is None else daddr, ver_ihl & 0xF,
-            bool(frag_off & (IP_MF | IP_OFFSET)), pkt.pkt_type, options_done, ttl,
-            pkt.frag_max or len(pkt.ip), frag_off, pkt.in_port)
+    return RouteKey(saddr, dst if daddr is None else daddr, ver_ihl & 0xF,
+                    bool(frag_off & (IP_MF | IP_OFFSET)), pkt.pkt_type, options_done, ttl,
+                    pkt.frag_max or len(pkt.ip), frag_off, pkt.in_port)
 
 
 def decrease_ttl(ip: bytes) -> bytes:
