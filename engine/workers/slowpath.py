@@ -354,6 +354,43 @@ class WholeBurst:
     sent: int = 0  # datagrams taken so far
 
 
+@dataclass
+class Candidates:
+    """A burst as arrays (its packets in arrival order) and the datagrams it completes
+    on its own (`reasm.whole_datagrams`)."""
+
+    idx: np.ndarray  # the burst's pool buffers
+    hdr: np.ndarray  # each packet's Ethernet header and first 20 bytes of IP header
+    ip: np.ndarray  # the IP part of `hdr`
+    tot_len: np.ndarray
+    frag_off: np.ndarray
+    is_frag: np.ndarray
+    stamps: np.ndarray  # capture times
+    clock: np.ndarray  # the worker's clock when each packet is taken
+    whole: R.Whole
+
+
+@dataclass
+class Kept:
+    """The datagrams of `Candidates` that are plainly forwarded, in the order they
+    completed: their fragments and, per datagram, what forwarding them takes."""
+
+    kept: np.ndarray  # their numbers among the candidates' datagrams
+    rows: np.ndarray  # their fragments' rows in the burst, datagram after datagram
+    bounds: np.ndarray  # datagram d: rows[bounds[d] : bounds[d + 1]]
+    datagram: np.ndarray  # each fragment's datagram
+    head: np.ndarray  # the row of each one's first fragment
+    last: np.ndarray  # the row of the fragment that completed it
+    heads: np.ndarray  # its first fragment's IP header as it came (to rebuild it late)
+    egress: np.ndarray
+    mac: np.ndarray  # the next hop's MAC (mac48)
+    in_port: np.ndarray  # the port of the fragment that completed it
+    ts: np.ndarray  # the time and number of the fragment that completed it
+    seq: np.ndarray
+    ecn: np.ndarray  # ECN bits of the reassembly (ip_frag_ecn_table)
+    learned: dict[int, tuple[Any, bytes, int]]  # as WholeBurst.learned
+
+
 @dataclass(frozen=True)
 class OutRoute:
     """The output route of a packet the router originates: port, next hop MAC (None:
@@ -546,9 +583,20 @@ class SlowPath:
     def take_whole(self, idx: np.ndarray) -> WholeBurst | None:
         """Find the datagrams a burst completes on its own and that are plainly
         forwarded; rewrite their fragments in place; None when there are none."""
+        found = self._candidates(idx)
+        if found is None:
+            return None
+        kept = self._route(found)
+        if kept is None:
+            return None
+        buffers, ports = self._rewrite(found, kept)
+        return self._burst(found, kept, buffers, ports)
+
+    def _candidates(self, idx: np.ndarray) -> Candidates | None:
+        """The burst's datagrams that `whole_datagrams` finds complete, when there are
+        some and holding every fragment of the burst at once evicts nothing."""
         mem = self.mem
         reasm = self.reasm
-        t = self.t
         codes = mem.code[idx]
         for_reasm = codes == SLOW + Slow.reassemble
         if np.count_nonzero(for_reasm) < 2:
@@ -571,6 +619,14 @@ class SlowPath:
                  + int(np.count_nonzero(is_frag)) * (R.SKB_OVERHEAD + R.IPQ_SIZE))
         if worst > reasm.high_thresh:
             return None
+        return Candidates(idx=idx, hdr=hdr, ip=ip, tot_len=tot_len, frag_off=frag_off,
+                          is_frag=is_frag, stamps=stamps, clock=clock, whole=w)
+
+    def _route(self, found: Candidates) -> Kept | None:
+        """The candidates that are plainly forwarded and not of a queue held from an
+        earlier burst; None when there are none."""
+        t = self.t
+        w, ip, hdr = found.whole, found.ip, found.hdr
         head, last = w.head, w.last
         addrs = ip[head, 12:20].view(">u4")
         saddr, daddr = addrs[:, 0].astype(np.uint32), addrs[:, 1].astype(np.uint32)
@@ -579,12 +635,12 @@ class SlowPath:
         # passes it: the fast path's plain forward, with the largest fragment for the
         # MTU (ip_exceeds_mtu on frag_max_size)
         nh = select_multipath(t.lookup(daddr), saddr, daddr, t)
-        in_port = mem.port[idx[last]]
+        in_port = self.mem.port[found.idx[last]]
         egress = t.nh_port[nh]
         host = mac48(hdr[last, :6]) == t.port_mac48[in_port]
         keep = self._plain(saddr, daddr, w.largest, nh, is_local(saddr, t.local_addrs),
                            ip[head, 8], in_port, host)
-        if len(reasm) and np.count_nonzero(keep):
+        if len(self.reasm) and np.count_nonzero(keep):
             keep &= ~self._held_keys(ip, head)
         # neigh_output: the next hop's MAC in its row (static), else ARP's entry when
         # it sends at once until the burst's last datagram is done
@@ -593,58 +649,78 @@ class SlowPath:
         unresolved = np.flatnonzero(keep & (mac == 0))
         if len(unresolved):
             learned = self._learned(unresolved, daddr, nh, egress, mac, keep,
-                                    int(clock[last].max()))
+                                    int(found.clock[last].max()))
         kept = np.flatnonzero(keep)
         if not len(kept):
             return None
+        return self._kept(found, kept, egress, mac, in_port, learned)
+
+    def _kept(self, found: Candidates, kept: np.ndarray, egress: np.ndarray, mac: np.ndarray,
+              in_port: np.ndarray, learned: dict[int, tuple[Any, bytes, int]]) -> Kept:
+        """Datagrams `kept` of the candidates, their fragments and what they leave with."""
+        w = found.whole
         counts = np.diff(w.bounds)[kept]
         bounds = np.zeros(len(kept) + 1, dtype=np.intp)
         np.cumsum(counts, out=bounds[1:])
+        head, last = w.head, w.last
         if len(kept) < len(w):
             rows = w.rows[np.repeat(w.bounds[kept], counts)
                           + (np.arange(bounds[-1]) - np.repeat(bounds[:-1], counts))]
-            head, last, nh, egress, mac = head[kept], last[kept], nh[kept], egress[kept], mac[kept]
+            head, last, egress, mac = head[kept], last[kept], egress[kept], mac[kept]
         else:
             rows = w.rows
-        ndatagrams, nfrags = len(kept), len(rows)
-        datagram = np.repeat(np.arange(ndatagrams), counts)
-        # ip_forward on each datagram, then the frag_list: each fragment gets the
-        # datagram's header (TTL - 1, ECN of the reassembly) with its own length
-        # and offset, and the next hop's Ethernet header
-        heads = ip[head]  # as they came: a datagram rebuilt late (`send_whole`) needs them
-        dgram = heads.copy()
-        ecn = w.ecn[kept]
-        dgram[:, 1] |= ecn
-        dgram[:, 8] -= 1  # ip_decrease_ttl; the checksum is recomputed per fragment
-        out = np.empty((nfrags, ETH_HLEN + 20), dtype=np.uint8)
-        out[:, ETH_HLEN:] = fraglist_headers(dgram, datagram, tot_len[rows], frag_off[rows])
-        out[:, 12:14] = hdr[rows, 12:14]
-        set_ethernet(out, mac[datagram], egress[datagram], t)
-        buffers = idx[rows]
-        mem.data[buffers, : ETH_HLEN + 20] = out
-        ports = egress[datagram]
-        mem.port[buffers] = ports
+        number = {k: d for d, k in enumerate(kept.tolist())} if learned else {}
         # they leave with the time and number of the fragment that completed them
-        ts, seq = stamps[last], mem.seq[idx[last]]
-        mem.ts[buffers] = ts[datagram]
-        mem.seq[buffers] = seq[datagram]
-        reasm.took_whole(nfrags, ndatagrams)
-        # where each datagram is taken among the packets taken one at a time
-        alone = np.ones(len(idx), dtype=bool)
-        alone[rows] = False
+        return Kept(kept=kept, rows=rows, bounds=bounds,
+                    datagram=np.repeat(np.arange(len(kept)), counts), head=head, last=last,
+                    heads=found.ip[head], egress=egress, mac=mac, in_port=in_port[kept],
+                    ts=found.stamps[last], seq=self.mem.seq[found.idx[last]],
+                    ecn=w.ecn[kept], learned={number[k]: entry for k, entry in learned.items()})
+
+    def _rewrite(self, found: Candidates, kept: Kept) -> tuple[np.ndarray, np.ndarray]:
+        """`ip_forward` on each datagram, then the frag_list: each fragment gets the
+        datagram's header (TTL - 1, ECN of the reassembly) with its own length and
+        offset, the next hop's Ethernet header, its egress port, and the datagram's
+        time and number, in its own buffer. Returns the buffers and their ports."""
+        mem = self.mem
+        rows, datagram = kept.rows, kept.datagram
+        dgram = kept.heads.copy()
+        dgram[:, 1] |= kept.ecn
+        dgram[:, 8] -= 1  # ip_decrease_ttl; the checksum is recomputed per fragment
+        out = np.empty((len(rows), ETH_HLEN + 20), dtype=np.uint8)
+        out[:, ETH_HLEN:] = fraglist_headers(dgram, datagram, found.tot_len[rows],
+                                             found.frag_off[rows])
+        out[:, 12:14] = found.hdr[rows, 12:14]
+        set_ethernet(out, kept.mac[datagram], kept.egress[datagram], self.t)
+        buffers = found.idx[rows]
+        mem.data[buffers, : ETH_HLEN + 20] = out
+        ports = kept.egress[datagram]
+        mem.port[buffers] = ports
+        mem.ts[buffers] = kept.ts[datagram]
+        mem.seq[buffers] = kept.seq[datagram]
+        self.reasm.took_whole(len(rows), len(kept.kept))
+        return buffers, ports
+
+    def _burst(self, found: Candidates, kept: Kept, buffers: np.ndarray,
+               ports: np.ndarray) -> WholeBurst:
+        """The burst's whole datagrams, placed among the packets taken one at a time."""
+        reasm = self.reasm
+        w = found.whole
+        alone = np.ones(len(found.idx), dtype=bool)
+        alone[kept.rows] = False
         rest = np.flatnonzero(alone)
-        before = np.searchsorted(rest, last)  # packets taken alone before it completes
+        before = np.searchsorted(rest, kept.last)  # packets taken alone before it completes
         upto = np.searchsorted(before, np.arange(len(rest) + 1), side="right")
         saw = {}
-        if reasm.max_dist and (reasm.sources or np.count_nonzero(is_frag[rest])):
-            saw = self._saw_where(ip, rows, rest, is_frag)
-        number = {k: d for d, k in enumerate(kept.tolist())} if learned else {}
-        return WholeBurst(rest, buffers, ports, bounds.tolist(), clock[last].tolist(),
-                          upto.tolist(), saw, mem.ctl.tobytes(), heads,
-                          (tot_len[rows] - 20).tolist(), in_port[kept].tolist(),
-                          ts.tolist(), seq.tolist(), w.largest[kept].tolist(),
-                          w.df[kept].tolist(), ecn.tolist(),
-                          {number[k]: entry for k, entry in learned.items()})
+        if reasm.max_dist and (reasm.sources or np.count_nonzero(found.is_frag[rest])):
+            saw = self._saw_where(found.ip, kept.rows, rest, found.is_frag)
+        return WholeBurst(
+            rest=rest, buffers=buffers, ports=ports, bounds=kept.bounds.tolist(),
+            clock=found.clock[kept.last].tolist(), upto=upto.tolist(), saw=saw,
+            ctl=self.mem.ctl.tobytes(), heads=kept.heads,
+            sizes=(found.tot_len[kept.rows] - 20).tolist(), in_port=kept.in_port.tolist(),
+            ts=kept.ts.tolist(), seq=kept.seq.tolist(), largest=w.largest[kept.kept].tolist(),
+            df=w.df[kept.kept].tolist(), ecn=kept.ecn.tolist(), learned=kept.learned)
 
     def _learned(self, rows: np.ndarray, daddr: np.ndarray, nh: np.ndarray,
                  egress: np.ndarray, mac: np.ndarray, keep: np.ndarray,
