@@ -19,7 +19,7 @@ pool buffers, in bursts of `--batch`, as a forwarding worker hands packets over
 - transit fragments, mode "full" (reassemble, route, refragment along the original
   boundaries, transmit): 4,000-byte datagrams in 3 fragments, 1,500-byte datagrams
   in 4 (cut at MTU 500 upstream), each datagram's fragments back to back (a burst
-  holding all of a datagram takes it whole: `SlowPath.take_whole`); 4,000-byte ones
+  holding all of a datagram takes it whole: `WholeDatagrams.take`); 4,000-byte ones
   16 at a time with their fragments shuffled together (those cut by a burst's edge
   go through `Reassembler.add` one fragment at a time); and the first stream again
   with whole datagrams off (`whole_bursts = False`: every fragment through `add`,
@@ -451,8 +451,8 @@ def check_counters(rig: WorkerRig, case: WorkerCase) -> None:
 
     row = rig.mem.counters[rig.sp.agent]
     errors = int(row[index(SlowDrop.internal_error)])
-    if errors or rig.sp.reasm.held:
-        raise SystemExit(f"{case.name}: {errors} internal errors, {rig.sp.reasm.held} held")
+    if errors or rig.sp.kernel.reasm.held:
+        raise SystemExit(f"{case.name}: {errors} internal errors, {rig.sp.kernel.reasm.held} held")
     if case.reason in (Slow.reassemble, Slow.fragment, Slow.options) and int(
             row[index(Misc.dropped)]):
         raise SystemExit(f"{case.name}: packets dropped")

@@ -204,7 +204,7 @@ class Pipeline:
         self.sent: list[list[int]] = [[] for _ in cfg.ports]  # lengths, by port
         self.keep_frames = False
         self.out: list[list[bytes]] = [[] for _ in cfg.ports]
-        reasm = self.sp.reasm
+        reasm = self.sp.kernel.reasm
         add = reasm.add
 
         def add_and_watch(*a, **k):  # the reassembly memory after every queued fragment
@@ -277,7 +277,7 @@ class Pipeline:
             slow_dropped=s.slow_dropped,
             internal_errors=int(self.mem.counters[self.sp.agent,
                                                   index(SlowDrop.internal_error)]),
-            reasm_high_water=self.high_water, high_thresh=self.sp.reasm.high_thresh,
+            reasm_high_water=self.high_water, high_thresh=self.sp.kernel.reasm.high_thresh,
             balanced=s.balanced and s.received == self.fed, pool_free=audit.free,
             pool_size=audit.size)
 

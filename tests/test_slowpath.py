@@ -742,7 +742,7 @@ def test_random_fragment_streams_never_raise_and_balance(tmp_path_factory, strea
             ts.append(T0 * 10**9 + k * 10**8)
         for k in range(0, len(frames), 7):
             h.give(frames[k : k + 7], Slow.reassemble, ts[k : k + 7])
-            assert h.sp.reasm.mem <= 20000 and h.sp.reasm.consistent()
+            assert h.sp.kernel.reasm.mem <= 20000 and h.sp.kernel.reasm.consistent()
         h.sp.finish()
         s = snapshot(h.mem, ["p0", "p1", "p2"])
         assert s.slow_taken == len(frames) and s.slow_balanced and s.slow_held == 0

@@ -1,5 +1,5 @@
 """The slow-path worker takes its input a burst at a time: the routing questions of a
-burst are answered together (`SlowPath.prefetch`), what it sends goes to the rings
+burst are answered together (`RouteCache.prefetch`), what it sends goes to the rings
 at the burst's end (`transmit`/`flush_tx`) and its counts to the shared row then.
 None of that may change what it does: the same packets give the same frames, in
 the same order, and the same counters whether they come in one burst or one by one;
@@ -207,13 +207,13 @@ def test_routing_answers_do_not_outlive_the_burst(tmp_path, shape):
 def test_a_port_that_goes_down_during_a_burst_is_seen_at_the_next_packet(tmp_path):
     rig = Rig(config(tmp_path))
     try:
-        prefetch = rig.sp.prefetch
+        prefetch = rig.sp.kernel.routes.prefetch
 
         def prefetch_then_port_down(burst):  # the control process, just after
             prefetch(burst)
             rig.routing.set_port("p1", False)
 
-        rig.sp.prefetch = prefetch_then_port_down
+        rig.sp.kernel.routes.prefetch = prefetch_then_port_down
         frags = fragments("10.0.2.2", 1, 2800, 1480)
         ttl_1 = h1("10.0.2.2", ttl=1, id=5) / UDP()  # its answer goes back out of p0
         sent = rig.give([(f, Slow.reassemble, 0) for f in frags]
@@ -232,7 +232,7 @@ def test_no_room_for_the_burst_refuses_packet_by_packet(tmp_path, reason):
     does not is refused whole and counted once; every buffer comes back."""
     rig = Rig(config(tmp_path), ring_size=8)
     try:
-        rig.sp.lossless = False
+        rig.sp.out.lossless = False
         kept = rig.sp.buffers.count - 5 if reason == "pool" else 0
         rig.sp.buffers.alloc(kept)  # leaves the worker 5 buffers of its partition
         big = [h1("10.0.3.2", id=k) / Raw(b"z" * 1450) for k in range(5)]  # 2 frames each
@@ -265,7 +265,7 @@ def test_no_room_for_the_burst_refuses_packet_by_packet(tmp_path, reason):
 
 def test_the_scalar_ttl_decrement_is_the_fast_paths():
     from engine.pipeline import checksum
-    from engine.workers.slowpath import decrease_ttl
+    from engine.slowpath.kernel import decrease_ttl
 
     every = np.arange(1 << 16, dtype=np.uint32)
     vector = checksum.ttl_decrement(every).tolist()

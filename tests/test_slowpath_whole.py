@@ -1,7 +1,7 @@
 """Whole datagrams of a burst: the slow path forwards a datagram whose fragments all
 came in one burst as the kernel's frag_list fast path does (the fragments again, as
 they came, with the datagram's header), over arrays and in the buffers they came in
-(`reasm.whole_datagrams`, `SlowPath.take_whole`). It must change nothing but the
+(`reasm.whole_datagrams`, `WholeDatagrams.take`). It must change nothing but the
 cost: the same frames, times, arrival numbers and order on every ring, the same
 counters and the same reassembler state as when every fragment goes through
 `Reassembler.add` one at a time (`whole_bursts = False`).
@@ -206,7 +206,7 @@ def test_a_whole_datagram_leaves_as_it_came_in_its_own_buffers(tmp_path):
     assert counts["Snmp.ForwDatagrams"] == 1 and counts["Misc.forwarded"] == 1
     assert counts["Misc.merged"] == 3 and counts["Misc.reassembled"] == 1
     assert counts["Misc.tx_frames"] == 3 and "Misc.dropped" not in counts
-    assert rig.sp.reasm.held == 0
+    assert rig.sp.kernel.reasm.held == 0
 
 
 # -- the worker: the same with and without whole datagrams ------------------------------
@@ -338,15 +338,15 @@ def run_rig(cfg, bursts, whole_bursts: bool, table_change: bool, max_dist: int,
     rig = RecordingRig(cfg, ring_size=1024)
     try:
         rig.sp.whole_bursts = whole_bursts
-        rig.sp.reasm.max_dist = max_dist
+        rig.sp.kernel.reasm.max_dist = max_dist
         if tight:  # a live port's rings with room for 3 frames each: refusals
-            rig.sp.lossless = False
-            rig.sp.tx = [Tight(ring) for ring in rig.sp.tx]
+            rig.sp.out.lossless = False
+            rig.sp.out.tx = [Tight(ring) for ring in rig.sp.out.tx]
             # a live port's clock is also the wall clock's: held at 0 here, so that
             # both runs see the same times (the frames' own)
             monkeypatch.setattr(slowpath, "time", FrozenWallClock())
         if table_change:
-            prefetch = rig.sp.prefetch
+            prefetch = rig.sp.kernel.routes.prefetch
             done = []
 
             def prefetch_then_change(burst):  # the control process, just after
@@ -355,11 +355,11 @@ def run_rig(cfg, bursts, whole_bursts: bool, table_change: bool, max_dist: int,
                     rig.routing.set_port("p2", False)
                     done.append(1)
 
-            rig.sp.prefetch = prefetch_then_change
+            rig.sp.kernel.routes.prefetch = prefetch_then_change
         for burst in bursts:
             rig.give(burst)
-        state = reasm_state(rig.sp.reasm)
-        neighbours = neigh_state(rig.sp.neigh)
+        state = reasm_state(rig.sp.kernel.reasm)
+        neighbours = neigh_state(rig.sp.kernel.neigh)
         rig.sp.finish()
         rig.collect()
         return rig.sent, rig.counters(), state, neighbours
@@ -408,8 +408,8 @@ def test_whole_datagrams_are_taken_in_the_common_case(tmp_path):
     rig = Rig(config(tmp_path))
     try:
         adds = []
-        add = rig.sp.reasm.add
-        rig.sp.reasm.add = lambda *a, **k: adds.append(1) or add(*a, **k)
+        add = rig.sp.kernel.reasm.add
+        rig.sp.kernel.reasm.add = lambda *a, **k: adds.append(1) or add(*a, **k)
         sent = rig.give(items)
     finally:
         rig.close()
@@ -429,23 +429,23 @@ def both(tmp_path, bursts, extra: str = "", max_dist: int = 64, table_change: bo
         monkeypatch = pytest.MonkeyPatch()
         try:
             if tight:  # as in run_rig
-                rig.sp.lossless = False
-                rig.sp.tx = [Tight(ring) for ring in rig.sp.tx]
+                rig.sp.out.lossless = False
+                rig.sp.out.tx = [Tight(ring) for ring in rig.sp.out.tx]
                 monkeypatch.setattr(slowpath, "time", FrozenWallClock())
             rig.sp.whole_bursts = whole_bursts
-            rig.sp.reasm.max_dist = max_dist
+            rig.sp.kernel.reasm.max_dist = max_dist
             if table_change:
-                prefetch = rig.sp.prefetch
+                prefetch = rig.sp.kernel.routes.prefetch
 
                 def prefetch_then_change(burst, prefetch=prefetch, rig=rig):
                     prefetch(burst)  # then the control process takes p2 down
                     rig.routing.set_port("p2", False)
 
-                rig.sp.prefetch = prefetch_then_change
+                rig.sp.kernel.routes.prefetch = prefetch_then_change
             for burst in bursts:
                 rig.give(burst)
-            drops = dict(rig.sp.reasm.drops)
-            neighbours = neigh_state(rig.sp.neigh)
+            drops = dict(rig.sp.kernel.reasm.drops)
+            neighbours = neigh_state(rig.sp.kernel.neigh)
             rig.sp.finish()
             rig.collect()
             runs.append((rig.sent, rig.counters(), drops, neighbours))
@@ -564,8 +564,8 @@ def test_whole_datagrams_through_a_learned_neighbour_are_taken_whole(tmp_path):
     try:
         rig.give(from_h1(first) + [(arp_reply("02:00:00:00:69:01"), Slow.arp, 1)])
         adds = []
-        add = rig.sp.reasm.add
-        rig.sp.reasm.add = lambda *a, **k: adds.append(1) or add(*a, **k)
+        add = rig.sp.kernel.reasm.add
+        rig.sp.kernel.reasm.add = lambda *a, **k: adds.append(1) or add(*a, **k)
         sent = rig.give(from_h1(after))
     finally:
         rig.close()

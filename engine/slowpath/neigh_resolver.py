@@ -448,7 +448,7 @@ class Resolver:
     def sends_at_once(self, ip: int, port: int, until: int) -> Neighbour | None:
         """The entry `output` would send through at once, with nothing else to do,
         for next hop `ip` on `port` at any time up to `until` (the slow path's whole
-        datagrams, `SlowPath.take_whole`): one in the port's table, VALID but not
+        datagrams, `WholeDatagrams.take`): one in the port's table, VALID but not
         STALE (STALE goes DELAY when used), with no timer due by then. None
         otherwise (then the packet goes through `output`)."""
         n = self.neigh.get(ip)
