@@ -45,7 +45,7 @@ from engine.pipeline.rcv import ip_rcv  # noqa: E402
 from engine.pipeline.route import ip_route_input  # noqa: E402
 from engine.pipeline.verdict import FORWARD  # noqa: E402
 from engine.proto import HDR_BYTES  # noqa: E402
-from engine.shm.fib import Fib  # noqa: E402
+from engine.shm.fib import FibReader, FibWriter  # noqa: E402
 from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
 from engine.shm.neigh_table import NeighbourTable, Nud  # noqa: E402
 from engine.workers.forwarder import REWRITE_BYTES, Forwarder  # noqa: E402
@@ -117,7 +117,7 @@ class Setup:
         self.cfg = load_config(CONFIG)
         self.geometry = Geometry.new(len(self.cfg.ports), workers, nbufs=nbufs, ring_size=4096)
         self.mem = EngineMemory.create(self.geometry)
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         build_routing(self.cfg, self.mem, self.fib)
         learn(self.mem)
         self.tables = make_tables(self.cfg, self.mem, self.fib.lookup)
@@ -267,7 +267,7 @@ def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="w
     pin(cpu)
     cfg = load_config(CONFIG)
     mem = EngineMemory.attach(geometry)
-    fib = Fib.attach(fib_name)
+    fib = FibReader.attach(fib_name)
     tables = make_tables(cfg, mem, fib.lookup)
     fw = Forwarder(mem, tables, w, batch)
     n = geometry.nbufs // geometry.nworkers

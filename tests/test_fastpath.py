@@ -25,7 +25,7 @@ from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.verdict import FORWARD, SLOW, slow
 from engine.proto import HDR_BYTES
-from engine.shm.fib import Fib
+from engine.shm.fib import FibWriter
 from engine.shm.memory import EngineMemory, Geometry
 from engine.shm.neigh_table import NeighbourTable, Nud
 
@@ -35,7 +35,7 @@ from conftest import BCAST, MAC, PORTS, Lab, routed
 class Router:
     def __init__(self, cfg):
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=64, ring_size=64))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         self.routing = build_routing(cfg, self.mem, self.fib)
         self.tables = make_tables(cfg, self.mem, self.fib.lookup)
 

@@ -35,7 +35,7 @@ from engine.io.pcap import read_pcap
 from engine.observe.capture import drain
 from engine.observe.trace import format_trace
 from engine.pipeline.verdict import FORWARD, SLOW
-from engine.shm.fib import Fib
+from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.shm.trace_capture import CAPTURE_SLOTS, OBS_ACTIVE
@@ -51,7 +51,7 @@ PORTS = ["p0", "p1", "p2"]
 def router(tmp_path):
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=2048, ring_size=1024))
-    fib = Fib.create()
+    fib = FibWriter.create()
     routing = build_routing(cfg, mem, fib)
     fw = Forwarder(mem, make_tables(cfg, mem, fib.lookup), 0, 64)
     io = Buffers(mem, AGENT_IO)

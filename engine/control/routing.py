@@ -52,7 +52,7 @@ from engine.config import (
     _Parser,
 )
 from engine.pipeline.tables import Tables
-from engine.shm.fib import FibError
+from engine.shm.fib import FibError, FibWriter
 from engine.shm.memory import (
     CTL_NH_GEN,
     CTL_PORT_UP,
@@ -82,7 +82,7 @@ ORIGIN_CONNECTED, ORIGIN_BROADCAST, ORIGIN_NEIGHBOUR, ORIGIN_LOCAL = (
 
 # route.load keywords after the prefix (the [[route]] keys a line can carry)
 LINE_KEYS = ("via", "port", "type")
-# a load of at least this many routes is published with one Fib.bulk_load (a private
+# a load of at least this many routes is published with one FibWriter.bulk_load (a private
 # rebuild, then one store per changed entry) instead of one add per route
 BULK_LOAD_MIN = 4096
 
@@ -247,7 +247,7 @@ class Routing:
     """The control plane's routes and port state over the shared next-hop table and
     the FIB. One instance, in the control process (the FIB's only writer)."""
 
-    def __init__(self, cfg: Config, mem: EngineMemory, fib: Any) -> None:
+    def __init__(self, cfg: Config, mem: EngineMemory, fib: FibWriter) -> None:
         self.cfg = cfg
         self.mem = mem
         self.fib = fib
@@ -546,7 +546,7 @@ def parse_route_lines(text: str) -> list[tuple[int, dict[str, str]]]:
     return out
 
 
-def build_routing(cfg: Config, mem: EngineMemory, fib: Any) -> Routing:
+def build_routing(cfg: Config, mem: EngineMemory, fib: FibWriter) -> Routing:
     """Fill the next-hop table and the FIB from the config (all ports up)."""
     routing = Routing(cfg, mem, fib)
     routing.build()

@@ -45,7 +45,7 @@ from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
 from engine.io.live import SenderPorts
 from engine.io.pcap_port import PcapPorts
-from engine.shm.fib import DEFAULT_READERS, Fib
+from engine.shm.fib import DEFAULT_READERS, FibWriter
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.workers.forwarder import WorkerSpec, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
@@ -124,7 +124,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         old_handlers[sig] = signal.signal(sig, on_signal)
     mem: EngineMemory | None = None
-    fib: Fib | None = None
+    fib: FibWriter | None = None
     server: ControlServer | None = None
     metrics: Any = None  # engine.control.metrics.MetricsServer
     io: Any = None  # PcapPorts, SenderPorts, or engine.io.dpdk.engine.DpdkControl
@@ -138,7 +138,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
             raise EngineError(str(err)) from None
         mem = EngineMemory.create(geometry)
         # one prefix per run (see no_shm_leak); reader ids: the workers, then the slow path
-        fib = Fib.create(f"{geometry.name}-fib",
+        fib = FibWriter.create(f"{geometry.name}-fib",
                          max_readers=max(DEFAULT_READERS, cfg.engine.workers + 1))
         routing = build_routing(cfg, mem, fib)
         if control_socket is not None:

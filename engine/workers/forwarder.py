@@ -242,12 +242,12 @@ class Forwarder:
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
     from engine.control.routing import make_tables
-    from engine.shm.fib import Fib
+    from engine.shm.fib import FibReader
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
-    fib = Fib.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
+    fib = FibReader.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
     ports = None
     try:
         ports = worker_ports(spec.config, mem, spec.worker, spec.batch, spec.cpu)
