@@ -19,10 +19,6 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from engine.control.recovery import (
-    JOURNAL_COUNTED,
-    JOURNAL_COUNTING,
-    JOURNAL_IDLE,
-    JOURNAL_TAKEN,
     RestartPolicy,
     SupervisionError,
     audit_pool,
@@ -33,6 +29,7 @@ from engine.control.recovery import (
 from engine.control.routing import build_routing, make_tables
 from engine.counters import Drop, Misc, Slow, Snmp, index
 from engine.shm.fib import FibWriter
+from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_PAUSED, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers import forwarder as F

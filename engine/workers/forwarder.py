@@ -19,12 +19,6 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
-from engine.control.recovery import (
-    JOURNAL_COUNTED,
-    JOURNAL_COUNTING,
-    JOURNAL_IDLE,
-    JOURNAL_TAKEN,
-)
 from engine.counters import MISC_BASE, Drop, Misc
 from engine.io.live import WorkerPorts, worker_ports
 from engine.observe.hooks import Observer
@@ -33,6 +27,7 @@ from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.tables import Tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.proto import HDR_BYTES
+from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
 from engine.shm.neigh_table import NeighbourTable
 from engine.shm.pool import Buffers
@@ -115,7 +110,7 @@ class Forwarder:
         hand-off is decided (room on every ring checked: a full ring is a `ring_full`
         drop) before its counters are added, and the buffers move only then, so that
         the control process can finish the accounting of a killed worker's batch
-        (engine/control/recovery.py: JOURNAL_* states)."""
+        (JOURNAL_* states: engine/shm/journal.py; recovery: engine/control/recovery.py)."""
         w, journal = self.worker, self.journal
         n = len(idx)
         if n > journal.idx.shape[1]:  # larger than a ring (tests): journal it in parts
