@@ -38,11 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
-from engine.control.routing import build_routing, make_tables  # noqa: E402
+from engine.control.routing import build_routing  # noqa: E402
 from engine.pipeline.fastpath import fast_path  # noqa: E402
 from engine.pipeline.forward import ip_forward, rewrite  # noqa: E402
 from engine.pipeline.rcv import ip_rcv  # noqa: E402
 from engine.pipeline.route import ip_route_input  # noqa: E402
+from engine.pipeline.tables import make_tables  # noqa: E402
 from engine.pipeline.verdict import FORWARD  # noqa: E402
 from engine.proto import HDR_BYTES  # noqa: E402
 from engine.shm.fib import FibReader, FibWriter  # noqa: E402

@@ -359,7 +359,8 @@ class WorkerRig:
 
     def __init__(self, folder: Path, batch: int) -> None:
         from engine.config import load_config
-        from engine.control.routing import build_routing, make_tables
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
         from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers

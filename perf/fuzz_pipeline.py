@@ -38,9 +38,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from engine.control.recovery import audit_pool  # noqa: E402
-from engine.control.routing import build_routing, make_tables  # noqa: E402
+from engine.control.routing import build_routing  # noqa: E402
 from engine.control.stats import snapshot  # noqa: E402
 from engine.counters import MISC_BASE, Misc  # noqa: E402
+from engine.pipeline.tables import make_tables  # noqa: E402
 from engine.shm.fib import FibWriter  # noqa: E402
 from engine.shm.memory import AGENT_IO, PORT_RX_PACKETS, EngineMemory, Geometry  # noqa: E402
 from engine.shm.pool import Buffers  # noqa: E402

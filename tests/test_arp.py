@@ -328,7 +328,8 @@ class Pipeline:
     frames go in on a port at a time, then the worker runs, then the slow path."""
 
     def __init__(self, tmp_path: Path, neigh_capacity: int = 4096) -> None:
-        from engine.control.routing import build_routing, make_tables
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
         from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers

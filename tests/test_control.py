@@ -28,7 +28,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.control.server import (
     MAX_REQUEST,
     Commands,
@@ -39,6 +39,7 @@ from engine.control.server import (
     request,
 )
 from engine.counters import Drop, Misc, index
+from engine.pipeline.tables import make_tables
 from engine.shm.fib import FibReader, FibWriter
 from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.pool import Buffers

@@ -17,12 +17,13 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
 from engine.pipeline import checksum
 from engine.pipeline import forward as forward_stage
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import FORWARD, SLOW, slow
 from engine.proto import HDR_BYTES
 from engine.shm.fib import FibWriter

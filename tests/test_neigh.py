@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Misc, Slow, index
 from engine.pipeline.neigh_cache import NeighCache
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import slow
 from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, CTL_NEIGH_GEN, CTL_NH_GEN, EngineMemory, Geometry

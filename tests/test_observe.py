@@ -28,12 +28,13 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 
 from engine.cli.watch import agent_rates, port_rates
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.control.server import Commands, ControlError, request
 from engine.counters import Drop, Slow
 from engine.io.pcap import read_pcap
 from engine.observe.capture import drain
 from engine.observe.trace import format_trace
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import FORWARD, SLOW
 from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry

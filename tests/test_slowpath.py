@@ -634,7 +634,8 @@ class Harness:
     written into pool buffers and handed over by index, as a worker would."""
 
     def __init__(self, cfg) -> None:
-        from engine.control.routing import build_routing, make_tables
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
         from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers

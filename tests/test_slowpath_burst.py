@@ -34,7 +34,8 @@ class Rig:
     waits)."""
 
     def __init__(self, cfg, ring_size: int = 256) -> None:
-        from engine.control.routing import build_routing, make_tables
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
         from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers

@@ -26,8 +26,9 @@ from engine.control.recovery import (
     recover_worker,
     ring_window,
 )
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Misc, Slow, Snmp, index
+from engine.pipeline.tables import make_tables
 from engine.shm.fib import FibWriter
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_PAUSED, EngineMemory, Geometry

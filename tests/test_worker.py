@@ -7,8 +7,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Misc, Slow, Snmp, index
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import slow
 from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry

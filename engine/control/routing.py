@@ -23,9 +23,10 @@ entries, derived from ports and neighbours). When both hold a prefix the interna
 entry is the one in the FIB, as the kernel's local table is looked up before main.
 
 Port state: a port-up bit mask in shared memory (`CTL_PORT_UP`), read live by the
-fast path through `PortMask`, plus `nh_mtu` kept 0 for every next hop on a down
-port so that the plain tier (one `tot_len <= nh_mtu` compare) never forwards through
-it; every change bumps `CTL_NH_GEN` so that workers flush what they cache.
+fast path through `PortMask` (engine/pipeline/tables.py), plus `nh_mtu` kept 0 for
+every next hop on a down port so that the plain tier (one `tot_len <= nh_mtu`
+compare) never forwards through it; every change bumps `CTL_NH_GEN` so that workers
+flush what they cache.
 
 An ECMP route points at a group row whose members are next-hop rows; the route
 stage picks one member per flow (`route.select_multipath`).
@@ -34,7 +35,6 @@ stage picks one member per flow (`route.select_multipath`).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,6 @@ from engine.config import (
     _parse_cidr,
     _Parser,
 )
-from engine.pipeline.tables import Tables
 from engine.shm.fib import FibError, FibWriter
 from engine.shm.memory import (
     CTL_NH_GEN,
@@ -206,41 +205,6 @@ class NextHops:
         rows = np.flatnonzero((m.nh_port[:n] == port) & (m.nh_type[:n] == NH_UNICAST)
                               & (m.nh_group_n[:n] <= 1))
         m.nh_mtu[rows] = m.port_mtu[port] if self.port_up(port) else 0
-
-
-class PortMask:
-    """A live, read-only per-port boolean view of the `CTL_PORT_UP` bit mask, for
-    `Tables.port_up`: `mask[ports]` reads the shared word at every call, so a port the
-    control process takes down is seen by the next batch without any refresh.
-
-    (numpy cannot view single bits as a bool array; the fast path only indexes
-    `port_up` with an array of egress ports, which this supports.)"""
-
-    def __init__(self, ctl: np.ndarray, nports: int) -> None:
-        self._ctl = ctl
-        self._n = nports
-
-    def __getitem__(self, ports: Any) -> Any:
-        if isinstance(ports, slice):
-            ports = np.arange(self._n)[ports]
-        idx = np.asarray(ports)
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
-            raise IndexError(f"port index out of range 0..{self._n - 1}")
-        bits = np.right_shift(self._ctl[CTL_PORT_UP], idx.astype(np.uint64)) & np.uint64(1)
-        return bits.astype(bool)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[bool]:
-        return iter(self[:].tolist())
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        a = self[:]
-        return a if dtype is None else a.astype(dtype)
-
-    def __repr__(self) -> str:
-        return f"PortMask({self[:].tolist()})"
 
 
 class Routing:
@@ -560,34 +524,3 @@ def _port_of(cfg: Config, gw: int) -> str:
             if ipaddress.IPv4Address(gw) in net:
                 return port.name
     raise ValueError(f"gateway {ipaddress.IPv4Address(gw)} is not on any port's subnet")
-
-
-def local_addresses(cfg: Config) -> np.ndarray:
-    return np.array(sorted({a.address for p in cfg.ports for a in p.addresses}),
-                    dtype=np.uint32)
-
-
-def make_tables(cfg: Config, mem: EngineMemory, lookup: Any) -> Tables:
-    """Tables over the shared arrays, for a worker (or a test) of this deployment."""
-    nports = len(cfg.ports)
-    return Tables(
-        lookup=lookup,
-        nh_type=mem.nh_type,
-        nh_flags=mem.nh_flags,
-        nh_port=mem.nh_port,
-        nh_mtu=mem.nh_mtu,
-        nh_group=mem.nh_group,
-        nh_group_n=mem.nh_group_n,
-        nhg_members=mem.nhg_members,
-        nh_gw=mem.nh_gw,
-        # the shared table; a forwarding worker puts its own cache in front of it
-        neigh=NeighbourTable(mem),
-        # live views: bytes 6 and 7 of each 8-byte MAC slot stay zero
-        nh_mac48=mem.nh_mac.view("<u8")[:, 0],
-        port_mac48=mem.port_mac[:nports].view("<u8")[:, 0],
-        port_mtu=mem.port_mtu[:nports],
-        port_up=PortMask(mem.ctl, nports),  # type: ignore[arg-type]  # duck-typed live view
-        local_addrs=local_addresses(cfg),
-        reassemble_transit=cfg.reassembly.mode == "full",
-        send_redirects=cfg.icmp.send_redirects,
-    )

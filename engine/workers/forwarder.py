@@ -24,9 +24,10 @@ from engine.io.live import WorkerPorts, worker_ports
 from engine.observe.hooks import Observer
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
-from engine.pipeline.tables import Tables
+from engine.pipeline.tables import Tables, make_tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.proto import HDR_BYTES
+from engine.shm.fib import FibReader
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
 from engine.shm.neigh_table import NeighbourTable
@@ -68,7 +69,7 @@ class Forwarder:
     ARP) moves: two loads of shared words per pass, no lock, no message."""
 
     def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int,
-                 fib: Any = None, ports: WorkerPorts | None = None):
+                 fib: FibReader | None = None, ports: WorkerPorts | None = None):
         g = mem.geometry
         self.mem = mem
         self.tables = tables
@@ -236,9 +237,6 @@ class Forwarder:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
-    from engine.control.routing import make_tables
-    from engine.shm.fib import FibReader
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)

@@ -1660,7 +1660,7 @@ def decrease_ttl(ip: bytes) -> bytes:
 
 def slowpath_main(spec: SlowPathSpec) -> None:
     """Entry point of the slow-path process."""
-    from engine.control.routing import make_tables
+    from engine.pipeline.tables import make_tables
     from engine.shm.fib import FibReader as Fib
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
