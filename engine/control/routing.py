@@ -40,16 +40,15 @@ from typing import Any
 
 import numpy as np
 
-# config.py validates a [[route]] table against the ports with its private parser;
-# reusing it keeps one set of rules for the config file and the control socket
+# config.py's RouteChecker validates a [[route]] table against the ports: one set of
+# rules for the config file and the control socket
 from engine.config import (
     Config,
     ConfigError,
     NextHopConfig,
+    RouteChecker,
     RouteConfig,
-    _Owner,
-    _parse_cidr,
-    _Parser,
+    parse_cidr,
 )
 from engine.shm.fib import FibError, FibWriter
 from engine.shm.memory import (
@@ -226,7 +225,7 @@ class Routing:
             mem.port_mtu[p] = port.mtu
         mem.ctl[CTL_PORT_UP] = (1 << len(cfg.ports)) - 1  # every port starts up
         self.nhs = NextHops(mem)
-        self._parser: _Parser | None = None
+        self._checker: RouteChecker | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -295,28 +294,12 @@ class Routing:
     def validate(self, table: dict[str, Any], where: str = "") -> RouteConfig:
         """A [[route]]-like table checked by the config loader's own rules; RouteError
         names the key (`where` is prepended, e.g. "line 3: ")."""
+        if self._checker is None:
+            self._checker = RouteChecker(self.cfg)
         try:
-            return self._route_parser().route(0, table)
+            return self._checker.route(table)
         except ConfigError as err:
-            msg = str(err)
-            key = err.key or ""
-            if key.startswith("route[0]") and msg.startswith(key + ": "):
-                sub = key[len("route[0]"):].lstrip(".")
-                msg = (f"{sub}: " if sub else "") + msg[len(key) + 2:]
-            raise RouteError(where + msg) from None
-
-    def _route_parser(self) -> _Parser:
-        if self._parser is None:
-            parser = _Parser(self.cfg.path)
-            # the parser state route() reads: port names, subnets, own addresses
-            for i, port in enumerate(self.cfg.ports):
-                parser.port_names[port.name] = i
-                for a in port.addresses:
-                    iface = ipaddress.IPv4Interface((a.address, a.prefix_len))
-                    parser.subnets.append(_Owner(port.name, iface))
-                    parser.local[iface.ip] = port.name
-            self._parser = parser
-        return self._parser
+            raise RouteError(where + str(err)) from None
 
     def _check_new(self, key: tuple[int, int], where: str = "") -> None:
         name = fmt_prefix(*key)
@@ -361,7 +344,7 @@ class Routing:
 
     def _parse_prefix(self, value: str) -> tuple[int, int]:
         try:
-            iface = _parse_cidr(value, "prefix")
+            iface = parse_cidr(value, "prefix")
         except ConfigError as err:
             raise RouteError(str(err)) from None
         net = iface.network
