@@ -124,7 +124,9 @@ def _fmt(prefix: int, prefix_len: int) -> str:
 class FibReader:
     """A mapping of a FIB segment: lookups, the generation, and reader slots (QSBR).
 
-    `attach` maps an existing segment read-only; `FibWriter` is this plus writing."""
+    `attach` maps an existing segment read-only; `FibWriter` is this plus writing. A
+    reader must be registered (`register_reader`, or `attach(name, reader_id)`) to
+    look up while the writer changes the table, and call `quiescent` between batches."""
 
     _writable: ClassVar[bool] = False  # a FibWriter maps the tables writable
 
