@@ -22,6 +22,10 @@ What is checked, beyond types and unknown keys (which get a "did you mean"):
   given port, if any), not our own address nor a subnet's network/broadcast address;
   the egress port of a gateway route is resolved and stored;
 - neighbours: on their port's subnet, unique IPs, unicast MACs that are not ours.
+
+Routes given at run time (the control socket) are checked by the same rules against
+a loaded config's ports with `RouteChecker`; `parse_cidr` reads a prefix as the file
+does.
 """
 
 from __future__ import annotations
@@ -365,7 +369,7 @@ def _parse_ip(value: object, key: str) -> ipaddress.IPv4Address:
         raise _fail(key, f"{value!r} is not an IPv4 address") from None
 
 
-def _parse_cidr(value: object, key: str, min_len: int = 0) -> ipaddress.IPv4Interface:
+def parse_cidr(value: object, key: str, min_len: int = 0) -> ipaddress.IPv4Interface:
     """An "a.b.c.d/len" string (dotted netmasks and missing lengths refused)."""
     _expect(value, key, str, "a string")
     m = _CIDR.fullmatch(value)
@@ -571,7 +575,7 @@ class _Parser:
         out = []
         for j, value in enumerate(values):
             key = _key(_key(p, "addresses"), j)
-            iface = _parse_cidr(value, key, min_len=1)
+            iface = parse_cidr(value, key, min_len=1)
             net, ip, length = iface.network, iface.ip, iface.network.prefixlen
             what = _martian(ipaddress.IPv4Network(ip))
             if what is not None:
@@ -638,7 +642,7 @@ class _Parser:
 
     def prefix(self, p: str, value: str) -> ipaddress.IPv4Network:
         key = _key(p, "prefix")
-        iface = _parse_cidr(value, key)
+        iface = parse_cidr(value, key)
         net = iface.network
         if iface.ip != net.network_address:
             raise _fail(key, f"{value!r} has host bits set (the network is {net})")
@@ -828,3 +832,36 @@ class _Parser:
         # it through engine/io/registry.py
         return DpdkConfig(eal_args=tuple(args), hugepages=hugepages, mode=mode,
                           memory_mb=memory)
+
+
+# --- routes given at run time ----------------------------------------------------------
+
+
+class RouteChecker:
+    """Checks [[route]]-like tables given at run time (the control socket's routes)
+    against a loaded config's ports, by the config file's own rules. Its ConfigError
+    names keys relative to the table ("via: ..."; key None: the table as a whole)."""
+
+    def __init__(self, cfg: Config) -> None:
+        parser = _Parser(cfg.path)
+        # the parser state route() reads: port names, subnets, own addresses
+        for i, port in enumerate(cfg.ports):
+            parser.port_names[port.name] = i
+            for a in port.addresses:
+                iface = ipaddress.IPv4Interface((a.address, a.prefix_len))
+                parser.subnets.append(_Owner(port.name, iface))
+                parser.local[iface.ip] = port.name
+        self._parser = parser
+
+    def route(self, table: dict[str, Any]) -> RouteConfig:
+        """The table as a validated RouteConfig, or ConfigError."""
+        try:
+            return self._parser.route(0, table)
+        except ConfigError as err:
+            msg = str(err)
+            key = err.key or ""
+            if not (key.startswith("route[0]") and msg.startswith(key + ": ")):
+                raise
+            sub = key[len("route[0]"):].lstrip(".")
+            raise ConfigError((f"{sub}: " if sub else "") + msg[len(key) + 2:],
+                              sub or None) from None

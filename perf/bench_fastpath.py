@@ -38,11 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import load_config  # noqa: E402
-from engine.control.routing import build_routing, make_tables  # noqa: E402
+from engine.control.routing import build_routing  # noqa: E402
 from engine.pipeline.fastpath import STAGES, fast_path, rewrite_forwarded  # noqa: E402
 from engine.pipeline.stage import Batch  # noqa: E402
+from engine.pipeline.tables import make_tables  # noqa: E402
 from engine.proto import HDR_BYTES  # noqa: E402
-from engine.shm.fib import Fib  # noqa: E402
+from engine.shm.fib import FibReader, FibWriter  # noqa: E402
 from engine.shm.memory import EngineMemory, Geometry  # noqa: E402
 from engine.shm.neigh_table import NeighbourTable, Nud  # noqa: E402
 from engine.workers.forwarder import REWRITE_BYTES, Forwarder  # noqa: E402
@@ -114,7 +115,7 @@ class Setup:
         self.cfg = load_config(CONFIG)
         self.geometry = Geometry.new(len(self.cfg.ports), workers, nbufs=nbufs, ring_size=4096)
         self.mem = EngineMemory.create(self.geometry)
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         build_routing(self.cfg, self.mem, self.fib)
         learn(self.mem)
         self.tables = make_tables(self.cfg, self.mem, self.fib.lookup)
@@ -253,7 +254,7 @@ def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="w
     pin(cpu)
     cfg = load_config(CONFIG)
     mem = EngineMemory.attach(geometry)
-    fib = Fib.attach(fib_name)
+    fib = FibReader.attach(fib_name)
     tables = make_tables(cfg, mem, fib.lookup)
     fw = Forwarder(mem, tables, w, batch)
     n = geometry.nbufs // geometry.nworkers

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from engine.shm.fib import Fib
+from engine.shm.fib import FibReader, FibWriter
 
 # Length mix of today's public IPv4 table (order of magnitude of the CIDR report /
 # potaroo counts, ~1M prefixes): most are /24, then /22, /23, /21, /20, /19, /18, /16,
@@ -137,7 +137,7 @@ def _pin(cpu: int) -> None:
 
 def _reader(name: str, addrs: np.ndarray, stop, out) -> None:
     _pin((os.cpu_count() or 1) - 1)
-    f = Fib.attach(name, reader_id=0)
+    f = FibReader.attach(name, reader_id=0)
     n = 0
     try:
         while not stop.is_set():
@@ -200,7 +200,7 @@ class Churn:
         return out
 
 
-def update_rate(fib: Fib, churn: Churn, n_updates: int) -> float:
+def update_rate(fib: FibWriter, churn: Churn, n_updates: int) -> float:
     """add/delete calls per second over n_updates churn operations."""
     ops = churn.ops(n_updates)
     add, delete = fib.add, fib.delete
@@ -249,7 +249,7 @@ def main() -> None:
     res["prefixes"] = int(p.size)
     res["longer_than_24"] = int((plen > 24).sum())
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fib = Fib.create(tbl8_groups=16384)
+    fib = FibWriter.create(tbl8_groups=16384)
     try:
         t0 = time.perf_counter()
         fib.bulk_load((p, plen, nh))

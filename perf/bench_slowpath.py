@@ -359,8 +359,9 @@ class WorkerRig:
 
     def __init__(self, folder: Path, batch: int) -> None:
         from engine.config import load_config
-        from engine.control.routing import build_routing, make_tables
-        from engine.shm.fib import Fib
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
+        from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers
         from engine.workers.slowpath import SlowPath
@@ -373,7 +374,7 @@ class WorkerRig:
         self.batch = batch
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=16384,
                                                     ring_size=4096))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         build_routing(cfg, self.mem, self.fib)
         self.io = Buffers(self.mem, AGENT_IO)
         self.sp = SlowPath(self.mem, make_tables(cfg, self.mem, self.fib.lookup), cfg, batch)

@@ -38,10 +38,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from engine.control.recovery import audit_pool  # noqa: E402
-from engine.control.routing import build_routing, make_tables  # noqa: E402
+from engine.control.routing import build_routing  # noqa: E402
 from engine.control.stats import snapshot  # noqa: E402
 from engine.counters import MISC_BASE, Misc  # noqa: E402
-from engine.shm.fib import Fib  # noqa: E402
+from engine.pipeline.tables import make_tables  # noqa: E402
+from engine.shm.fib import FibWriter  # noqa: E402
 from engine.shm.memory import AGENT_IO, PORT_RX_PACKETS, EngineMemory, Geometry  # noqa: E402
 from engine.shm.pool import Buffers  # noqa: E402
 from engine.workers.forwarder import Forwarder  # noqa: E402
@@ -193,7 +194,7 @@ class Pipeline:
         self.batch = batch
         self.mem = mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=nbufs,
                                                           ring_size=4096))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         build_routing(cfg, mem, self.fib)
         tables = make_tables(cfg, mem, self.fib.lookup)
         self.fw = Forwarder(mem, tables, 0, batch)

@@ -328,8 +328,9 @@ class Pipeline:
     frames go in on a port at a time, then the worker runs, then the slow path."""
 
     def __init__(self, tmp_path: Path, neigh_capacity: int = 4096) -> None:
-        from engine.control.routing import build_routing, make_tables
-        from engine.shm.fib import Fib
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
+        from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers
         from engine.workers.forwarder import Forwarder
@@ -339,7 +340,7 @@ class Pipeline:
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=512,
                                                     ring_size=64,
                                                     neigh_capacity=neigh_capacity))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         build_routing(cfg, self.mem, self.fib)
         self.io = Buffers(self.mem, AGENT_IO)
         self.fw = Forwarder(self.mem, make_tables(cfg, self.mem, self.fib.lookup), 0, 32)

@@ -30,11 +30,12 @@ from scapy.layers.l2 import Ether
 
 from engine.cli.client import ControlError, NoEngine, request
 from engine.control.commands import Commands
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.control.server import ControlServer, ControlSetupError
 from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
-from engine.shm.fib import Fib
+from engine.pipeline.tables import make_tables
+from engine.shm.fib import FibReader, FibWriter
 from engine.shm.memory import AGENT_IO, CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.forwarder import Forwarder
@@ -647,9 +648,9 @@ def router(tmp_path):
     """The Lab router's memory and FIB, its control commands, and a worker over them."""
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=256, ring_size=64))
-    fib = Fib.create()
+    fib = FibWriter.create()
     routing = build_routing(cfg, mem, fib)
-    reader = Fib.attach(fib.name, reader_id=0)  # what worker_main does
+    reader = FibReader.attach(fib.name, reader_id=0)  # what worker_main does
     fw = Forwarder(mem, make_tables(cfg, mem, reader.lookup), 0, 32, fib=reader)
     io = Buffers(mem, AGENT_IO)
     yield mem, fib, Commands(routing, mem), fw, io
@@ -820,7 +821,7 @@ def test_routes_and_ports_change_while_traffic_flows(tmp_path):
 def test_route_load_large_and_all_or_nothing(tmp_path):
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=256, ring_size=64))
-    fib = Fib.create(tbl8_groups=8)  # the Lab's own /25 and neighbours take 4
+    fib = FibWriter.create(tbl8_groups=8)  # the Lab's own /25 and neighbours take 4
     try:
         commands = Commands(build_routing(cfg, mem, fib), mem)
         before = len(fib)

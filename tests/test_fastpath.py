@@ -18,16 +18,17 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
 from engine.pipeline import checksum
 from engine.pipeline import forward as forward_stage
 from engine.pipeline.fastpath import STAGES, count, fast_path, run_stages
 from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.stage import Batch, Stage
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import FORWARD, SLOW, slow
 from engine.proto import HDR_BYTES
-from engine.shm.fib import Fib
+from engine.shm.fib import FibWriter
 from engine.shm.memory import EngineMemory, Geometry
 from engine.shm.neigh_table import NeighbourTable, Nud
 
@@ -37,7 +38,7 @@ from conftest import BCAST, MAC, PORTS, Lab, routed
 class Router:
     def __init__(self, cfg):
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=64, ring_size=64))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         self.routing = build_routing(cfg, self.mem, self.fib)
         self.tables = make_tables(cfg, self.mem, self.fib.lookup)
 

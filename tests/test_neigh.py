@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Misc, Slow, index
 from engine.pipeline.neigh_cache import NeighCache
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import slow
-from engine.shm.fib import Fib
+from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, CTL_NEIGH_GEN, CTL_NH_GEN, EngineMemory, Geometry
 from engine.shm.neigh_table import (
     NUD_VALID,
@@ -406,7 +407,7 @@ def engine(tmp_path):
     """The Lab router with a worker; its control-plane `Routing` takes ports down."""
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=512, ring_size=256))
-    fib = Fib.create()
+    fib = FibWriter.create()
     routing = build_routing(cfg, mem, fib)
     fw = Forwarder(mem, make_tables(cfg, mem, fib.lookup), 0, 64)
     io = Buffers(mem, AGENT_IO)

@@ -31,12 +31,13 @@ from engine.cli.client import ControlError, request
 from engine.cli.trace_format import format_trace
 from engine.cli.watch import agent_rates, port_rates
 from engine.control.commands import Commands
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Slow
 from engine.io.pcap import read_pcap
 from engine.observe.capture import drain
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import FORWARD, SLOW
-from engine.shm.fib import Fib
+from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.shm.trace_capture import CAPTURE_SLOTS, OBS_ACTIVE
@@ -52,7 +53,7 @@ PORTS = ["p0", "p1", "p2"]
 def router(tmp_path):
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=2048, ring_size=1024))
-    fib = Fib.create()
+    fib = FibWriter.create()
     routing = build_routing(cfg, mem, fib)
     fw = Forwarder(mem, make_tables(cfg, mem, fib.lookup), 0, 64)
     io = Buffers(mem, AGENT_IO)

@@ -634,15 +634,16 @@ class Harness:
     written into pool buffers and handed over by index, as a worker would."""
 
     def __init__(self, cfg) -> None:
-        from engine.control.routing import build_routing, make_tables
-        from engine.shm.fib import Fib
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
+        from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers
         from engine.workers.slowpath import SlowPath
 
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=1024,
                                                     ring_size=256))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         build_routing(cfg, self.mem, self.fib)
         self.io = Buffers(self.mem, AGENT_IO)
         self.sp = SlowPath(self.mem, make_tables(cfg, self.mem, self.fib.lookup), cfg, 64)

@@ -34,15 +34,16 @@ class Rig:
     waits)."""
 
     def __init__(self, cfg, ring_size: int = 256) -> None:
-        from engine.control.routing import build_routing, make_tables
-        from engine.shm.fib import Fib
+        from engine.control.routing import build_routing
+        from engine.pipeline.tables import make_tables
+        from engine.shm.fib import FibWriter
         from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
         from engine.shm.pool import Buffers
         from engine.workers.slowpath import SlowPath
 
         self.mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=1024,
                                                     ring_size=ring_size))
-        self.fib = Fib.create()
+        self.fib = FibWriter.create()
         self.routing = build_routing(cfg, self.mem, self.fib)
         self.io = Buffers(self.mem, AGENT_IO)
         self.sp = SlowPath(self.mem, make_tables(cfg, self.mem, self.fib.lookup), cfg, 256)

@@ -19,10 +19,6 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from engine.control.recovery import (
-    JOURNAL_COUNTED,
-    JOURNAL_COUNTING,
-    JOURNAL_IDLE,
-    JOURNAL_TAKEN,
     RestartPolicy,
     SupervisionError,
     audit_pool,
@@ -30,9 +26,11 @@ from engine.control.recovery import (
     recover_worker,
     ring_window,
 )
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Misc, Slow, Snmp, index
-from engine.shm.fib import Fib
+from engine.pipeline.tables import make_tables
+from engine.shm.fib import FibWriter
+from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_PAUSED, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers import forwarder as F
@@ -48,7 +46,7 @@ def engine(request, tmp_path):
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=512, ring_size=64,
                                            workers_receive=request.param))
-    fib = Fib.create()
+    fib = FibWriter.create()
     build_routing(cfg, mem, fib)
     tables = make_tables(cfg, mem, fib.lookup)
     feeder = Buffers(mem, mem.geometry.worker_agent(0) if request.param else AGENT_IO)

@@ -7,10 +7,11 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from engine.control.routing import build_routing, make_tables
+from engine.control.routing import build_routing
 from engine.counters import Drop, Misc, Slow, Snmp, index
+from engine.pipeline.tables import make_tables
 from engine.pipeline.verdict import slow
-from engine.shm.fib import Fib
+from engine.shm.fib import FibWriter
 from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers.forwarder import Forwarder
@@ -22,7 +23,7 @@ from conftest import MAC, Lab, load_frames, routed
 def engine(tmp_path):
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=256, ring_size=16))
-    fib = Fib.create()
+    fib = FibWriter.create()
     build_routing(cfg, mem, fib)
     fw = Forwarder(mem, make_tables(cfg, mem, fib.lookup), 0, 32)
     io = Buffers(mem, AGENT_IO)

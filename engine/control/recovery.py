@@ -19,9 +19,9 @@ after that store, never torn:
   ring; dequeue: `head` advanced: the buffers are in the killer's hand;
 - a free-stack push (pool.py): slots written, depth not published: not free; an
   allocation: depth published, buffers not yet placed: not free, in no ring;
-- the batch being forwarded (workers/forwarder.py): its journal row says how far it
-  got. `JOURNAL_TAKEN`: indices recorded, nothing counted, nothing handed on.
-  `JOURNAL_COUNTING`: final verdicts recorded, the counters row saved in
+- the batch being forwarded (workers/forwarder.py): its journal row (shm/journal.py)
+  says how far it got. `JOURNAL_TAKEN`: indices recorded, nothing counted, nothing
+  handed on. `JOURNAL_COUNTING`: final verdicts recorded, the counters row saved in
   `journal.before`, the row being added to (a kill can tear that vector add).
   `JOURNAL_COUNTED`: counters include the batch, buffers being moved to their rings.
 
@@ -63,13 +63,9 @@ import numpy as np
 from engine.counters import Drop
 from engine.pipeline.fastpath import CODE_TO_COUNTERS
 from engine.pipeline.verdict import FORWARD, NCODES, SLOW, drop
+from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_FREE, ST_PAUSED, ST_PID, EngineMemory
 from engine.shm.ring import Ring
-
-JOURNAL_IDLE = 0
-JOURNAL_TAKEN = 1
-JOURNAL_COUNTING = 2
-JOURNAL_COUNTED = 3
 
 RESTART_LIMIT = 5  # restarts of one worker ...
 RESTART_WINDOW_S = 60.0  # ... within this window; one more stops the engine

@@ -23,9 +23,10 @@ entries, derived from ports and neighbours). When both hold a prefix the interna
 entry is the one in the FIB, as the kernel's local table is looked up before main.
 
 Port state: a port-up bit mask in shared memory (`CTL_PORT_UP`), read live by the
-fast path through `PortMask`, plus `nh_mtu` kept 0 for every next hop on a down
-port so that the plain tier (one `tot_len <= nh_mtu` compare) never forwards through
-it; every change bumps `CTL_NH_GEN` so that workers flush what they cache.
+fast path through `PortMask` (engine/pipeline/tables.py), plus `nh_mtu` kept 0 for
+every next hop on a down port so that the plain tier (one `tot_len <= nh_mtu`
+compare) never forwards through it; every change bumps `CTL_NH_GEN` so that workers
+flush what they cache.
 
 An ECMP route points at a group row whose members are next-hop rows; the route
 stage picks one member per flow (`route.select_multipath`).
@@ -34,25 +35,22 @@ stage picks one member per flow (`route.select_multipath`).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-# config.py validates a [[route]] table against the ports with its private parser;
-# reusing it keeps one set of rules for the config file and the control socket
+# config.py's RouteChecker validates a [[route]] table against the ports: one set of
+# rules for the config file and the control socket
 from engine.config import (
     Config,
     ConfigError,
     NextHopConfig,
+    RouteChecker,
     RouteConfig,
-    _Owner,
-    _parse_cidr,
-    _Parser,
+    parse_cidr,
 )
-from engine.pipeline.tables import Tables
-from engine.shm.fib import FibError
+from engine.shm.fib import FibError, FibWriter
 from engine.shm.memory import (
     CTL_NH_GEN,
     CTL_PORT_UP,
@@ -82,7 +80,7 @@ ORIGIN_CONNECTED, ORIGIN_BROADCAST, ORIGIN_NEIGHBOUR, ORIGIN_LOCAL = (
 
 # route.load keywords after the prefix (the [[route]] keys a line can carry)
 LINE_KEYS = ("via", "port", "type")
-# a load of at least this many routes is published with one Fib.bulk_load (a private
+# a load of at least this many routes is published with one FibWriter.bulk_load (a private
 # rebuild, then one store per changed entry) instead of one add per route
 BULK_LOAD_MIN = 4096
 
@@ -208,46 +206,11 @@ class NextHops:
         m.nh_mtu[rows] = m.port_mtu[port] if self.port_up(port) else 0
 
 
-class PortMask:
-    """A live, read-only per-port boolean view of the `CTL_PORT_UP` bit mask, for
-    `Tables.port_up`: `mask[ports]` reads the shared word at every call, so a port the
-    control process takes down is seen by the next batch without any refresh.
-
-    (numpy cannot view single bits as a bool array; the fast path only indexes
-    `port_up` with an array of egress ports, which this supports.)"""
-
-    def __init__(self, ctl: np.ndarray, nports: int) -> None:
-        self._ctl = ctl
-        self._n = nports
-
-    def __getitem__(self, ports: Any) -> Any:
-        if isinstance(ports, slice):
-            ports = np.arange(self._n)[ports]
-        idx = np.asarray(ports)
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
-            raise IndexError(f"port index out of range 0..{self._n - 1}")
-        bits = np.right_shift(self._ctl[CTL_PORT_UP], idx.astype(np.uint64)) & np.uint64(1)
-        return bits.astype(bool)
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[bool]:
-        return iter(self[:].tolist())
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        a = self[:]
-        return a if dtype is None else a.astype(dtype)
-
-    def __repr__(self) -> str:
-        return f"PortMask({self[:].tolist()})"
-
-
 class Routing:
     """The control plane's routes and port state over the shared next-hop table and
     the FIB. One instance, in the control process (the FIB's only writer)."""
 
-    def __init__(self, cfg: Config, mem: EngineMemory, fib: Any) -> None:
+    def __init__(self, cfg: Config, mem: EngineMemory, fib: FibWriter) -> None:
         self.cfg = cfg
         self.mem = mem
         self.fib = fib
@@ -262,7 +225,7 @@ class Routing:
             mem.port_mtu[p] = port.mtu
         mem.ctl[CTL_PORT_UP] = (1 << len(cfg.ports)) - 1  # every port starts up
         self.nhs = NextHops(mem)
-        self._parser: _Parser | None = None
+        self._checker: RouteChecker | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -331,28 +294,12 @@ class Routing:
     def validate(self, table: dict[str, Any], where: str = "") -> RouteConfig:
         """A [[route]]-like table checked by the config loader's own rules; RouteError
         names the key (`where` is prepended, e.g. "line 3: ")."""
+        if self._checker is None:
+            self._checker = RouteChecker(self.cfg)
         try:
-            return self._route_parser().route(0, table)
+            return self._checker.route(table)
         except ConfigError as err:
-            msg = str(err)
-            key = err.key or ""
-            if key.startswith("route[0]") and msg.startswith(key + ": "):
-                sub = key[len("route[0]"):].lstrip(".")
-                msg = (f"{sub}: " if sub else "") + msg[len(key) + 2:]
-            raise RouteError(where + msg) from None
-
-    def _route_parser(self) -> _Parser:
-        if self._parser is None:
-            parser = _Parser(self.cfg.path)
-            # the parser state route() reads: port names, subnets, own addresses
-            for i, port in enumerate(self.cfg.ports):
-                parser.port_names[port.name] = i
-                for a in port.addresses:
-                    iface = ipaddress.IPv4Interface((a.address, a.prefix_len))
-                    parser.subnets.append(_Owner(port.name, iface))
-                    parser.local[iface.ip] = port.name
-            self._parser = parser
-        return self._parser
+            raise RouteError(where + str(err)) from None
 
     def _check_new(self, key: tuple[int, int], where: str = "") -> None:
         name = fmt_prefix(*key)
@@ -397,7 +344,7 @@ class Routing:
 
     def _parse_prefix(self, value: str) -> tuple[int, int]:
         try:
-            iface = _parse_cidr(value, "prefix")
+            iface = parse_cidr(value, "prefix")
         except ConfigError as err:
             raise RouteError(str(err)) from None
         net = iface.network
@@ -546,7 +493,7 @@ def parse_route_lines(text: str) -> list[tuple[int, dict[str, str]]]:
     return out
 
 
-def build_routing(cfg: Config, mem: EngineMemory, fib: Any) -> Routing:
+def build_routing(cfg: Config, mem: EngineMemory, fib: FibWriter) -> Routing:
     """Fill the next-hop table and the FIB from the config (all ports up)."""
     routing = Routing(cfg, mem, fib)
     routing.build()
@@ -560,34 +507,3 @@ def _port_of(cfg: Config, gw: int) -> str:
             if ipaddress.IPv4Address(gw) in net:
                 return port.name
     raise ValueError(f"gateway {ipaddress.IPv4Address(gw)} is not on any port's subnet")
-
-
-def local_addresses(cfg: Config) -> np.ndarray:
-    return np.array(sorted({a.address for p in cfg.ports for a in p.addresses}),
-                    dtype=np.uint32)
-
-
-def make_tables(cfg: Config, mem: EngineMemory, lookup: Any) -> Tables:
-    """Tables over the shared arrays, for a worker (or a test) of this deployment."""
-    nports = len(cfg.ports)
-    return Tables(
-        lookup=lookup,
-        nh_type=mem.nh_type,
-        nh_flags=mem.nh_flags,
-        nh_port=mem.nh_port,
-        nh_mtu=mem.nh_mtu,
-        nh_group=mem.nh_group,
-        nh_group_n=mem.nh_group_n,
-        nhg_members=mem.nhg_members,
-        nh_gw=mem.nh_gw,
-        # the shared table; a forwarding worker puts its own cache in front of it
-        neigh=NeighbourTable(mem),
-        # live views: bytes 6 and 7 of each 8-byte MAC slot stay zero
-        nh_mac48=mem.nh_mac.view("<u8")[:, 0],
-        port_mac48=mem.port_mac[:nports].view("<u8")[:, 0],
-        port_mtu=mem.port_mtu[:nports],
-        port_up=PortMask(mem.ctl, nports),  # type: ignore[arg-type]  # duck-typed live view
-        local_addrs=local_addresses(cfg),
-        reassemble_transit=cfg.reassembly.mode == "full",
-        send_redirects=cfg.icmp.send_redirects,
-    )

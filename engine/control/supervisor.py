@@ -45,7 +45,7 @@ from engine.control.server import ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
 from engine.io.registry import Driver, DriverError, driver_for
-from engine.shm.fib import DEFAULT_READERS, Fib
+from engine.shm.fib import DEFAULT_READERS, FibWriter
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
 from engine.workers.forwarder import WorkerSpec, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
@@ -142,7 +142,7 @@ class _Run:
         self.stop_requested = False
         self.old_handlers: dict[int, Any] = {}
         self.mem: EngineMemory | None = None
-        self.fib: Fib | None = None
+        self.fib: FibWriter | None = None
         self.routing: Routing | None = None
         self.commands: Commands | None = None
         self.server: ControlServer | None = None
@@ -177,7 +177,7 @@ class _Run:
         cfg, geometry = self.cfg, self.geometry
         self.mem = EngineMemory.create(geometry)
         # one prefix per run (see no_shm_leak); reader ids: the workers, then the slow path
-        self.fib = Fib.create(f"{geometry.name}-fib",
+        self.fib = FibWriter.create(f"{geometry.name}-fib",
                               max_readers=max(DEFAULT_READERS, cfg.engine.workers + 1))
         self.routing = build_routing(cfg, self.mem, self.fib)
 

@@ -1,16 +1,21 @@
 """What the fast path reads besides the packets: FIB, next hops, ports, local addresses.
 
-Workers build one `Tables` over the shared-memory arrays (so a control-process write
-is seen at once) and pass it to the stages; tests build one over plain arrays.
+Workers build one `Tables` over the shared-memory arrays with `make_tables` (so a
+control-process write is seen at once) and pass it to the stages; tests also build
+one over plain arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+
+from engine.config import Config
+from engine.shm.memory import CTL_PORT_UP, EngineMemory
+from engine.shm.neigh_table import NeighbourTable
 
 
 class Resolver(Protocol):
@@ -51,3 +56,71 @@ class Tables:
         if self.neigh is not None and self.nh_gw is None:
             raise ValueError("Tables.neigh needs Tables.nh_gw (gateway rows are resolved "
                              "by their gateway's address)")
+
+
+class PortMask:
+    """A live, read-only per-port boolean view of the `CTL_PORT_UP` bit mask, for
+    `Tables.port_up`: `mask[ports]` reads the shared word at every call, so a port the
+    control process takes down is seen by the next batch without any refresh.
+
+    (numpy cannot view single bits as a bool array; the fast path only indexes
+    `port_up` with an array of egress ports, which this supports.)"""
+
+    def __init__(self, ctl: np.ndarray, nports: int) -> None:
+        self._ctl = ctl
+        self._n = nports
+
+    def __getitem__(self, ports: Any) -> Any:
+        if isinstance(ports, slice):
+            ports = np.arange(self._n)[ports]
+        idx = np.asarray(ports)
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self._n):
+            raise IndexError(f"port index out of range 0..{self._n - 1}")
+        bits = np.right_shift(self._ctl[CTL_PORT_UP], idx.astype(np.uint64)) & np.uint64(1)
+        return bits.astype(bool)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(self[:].tolist())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"PortMask({self[:].tolist()})"
+
+
+def local_addresses(cfg: Config) -> np.ndarray:
+    """The router's own addresses (every port's), sorted, as uint32."""
+    return np.array(sorted({a.address for p in cfg.ports for a in p.addresses}),
+                    dtype=np.uint32)
+
+
+def make_tables(cfg: Config, mem: EngineMemory,
+                lookup: Callable[[np.ndarray], np.ndarray]) -> Tables:
+    """Tables over the shared arrays, for a worker (or a test) of this deployment."""
+    nports = len(cfg.ports)
+    return Tables(
+        lookup=lookup,
+        nh_type=mem.nh_type,
+        nh_flags=mem.nh_flags,
+        nh_port=mem.nh_port,
+        nh_mtu=mem.nh_mtu,
+        nh_group=mem.nh_group,
+        nh_group_n=mem.nh_group_n,
+        nhg_members=mem.nhg_members,
+        nh_gw=mem.nh_gw,
+        # the shared table; a forwarding worker puts its own cache in front of it
+        neigh=NeighbourTable(mem),
+        # live views: bytes 6 and 7 of each 8-byte MAC slot stay zero
+        nh_mac48=mem.nh_mac.view("<u8")[:, 0],
+        port_mac48=mem.port_mac[:nports].view("<u8")[:, 0],
+        port_mtu=mem.port_mtu[:nports],
+        port_up=PortMask(mem.ctl, nports),  # type: ignore[arg-type]  # duck-typed live view
+        local_addrs=local_addresses(cfg),
+        reassemble_transit=cfg.reassembly.mode == "full",
+        send_redirects=cfg.icmp.send_redirects,
+    )

@@ -1,94 +1,37 @@
 """DIR-24-8 longest-prefix-match FIB in shared memory (DPDK `rte_lpm` layout).
 
-The control process owns and writes the table (`Fib.create`); every forwarding
-worker maps it read-only (`Fib.attach`) and answers a whole batch of lookups with
-one or two numpy gathers.  Addresses and prefixes are host-order ints / uint32.
+The control process creates, owns and writes the table (`FibWriter`); every
+forwarding worker and the slow path map it read-only (`FibReader`) and answer a
+whole batch of lookups with one or two numpy gathers. Addresses and prefixes are
+host-order ints / uint32.
 
-Segment layout (one `multiprocessing.shared_memory` segment, see `engine.shm.layout`)
--------------------------------------------------------------------------------------
+Segment layout (one shared-memory segment, see `engine.shm.layout`)
     meta        uint64[8]        magic, layout version, tbl8 groups G, reader slots R
     generation  uint64           bumped after every published change (the kernel's rt_genid)
-    token       uint64           grace-period token of the reclamation scheme (below)
+    token       uint64           grace-period token of the reclamation scheme
     readers     uint64[R, 8]     one quiescent counter per reader, each on its own cache line
     tbl24       uint32[2^24]     indexed by addr >> 8
     tbl8        uint32[G * 256]  G groups of 256: group g's entry for low byte b is g * 256 + b
 
-Entry encoding (what readers see)
----------------------------------
-plain entry     the next-hop index itself, 1 .. 2^24-1; 0 means "no route"
-                (bit 31 clear)
-extended entry  tbl24 only: (g - G) * 256 as an int32, i.e. group g's offset from the
-                END of tbl8, so bit 31 is set and the low 8 bits are 0
+Entries: a plain entry (bit 31 clear) is the next-hop index itself, 1 .. 2^24-1, 0
+meaning "no route"; an extended entry (tbl24 only) is (g - G) * 256 as an int32,
+group g's offset from the END of tbl8, so int32(entry) + (addr & 0xff) is a negative
+index that numpy's take() wraps to g * 256 + (addr & 0xff). rte_lpm's per-entry
+depth (prefix length) only the writer needs: it lives in the writer's private shadow
+arrays, not in the shared entries.
 
-A plain entry *is* the answer: a lookup is one gather, one comparison to find the
-extended entries, and a second gather for those only, with no masking.  For an
-extended entry, int32(entry) + (addr & 0xff) is a negative index that numpy's take()
-wraps to g * 256 + (addr & 0xff): one addition, with the low byte read through a
-strided uint8 view of the addresses, instead of the unmask, shift, and, or of the
-textbook (group << 8) | low.  Numpy's per-call overhead, not memory, dominates on
-the handful of extended entries in a batch: this saves ~2 us per batch of 1024.
-rte_lpm also keeps in each entry the depth (prefix length) of the route that wrote it;
-only the writer needs it, so here it lives in private uint8 shadow arrays beside the
-shared ones (`_d24`, `_d8`), which takes a full-batch `& 0xffffff` off every reader
-batch (~8 % of the lookup at batch 1024).
+Publication: every entry goes from its old to its new value with one aligned 32-bit
+store and exactly one entry decides any address, so a reader sees the old or the new
+route, never a third; a new group is fully written before the tbl24 store that links
+it. x86-64's TSO keeps those stores, and a reader's dependent loads, in order; this
+module assumes x86-64 (weakly ordered CPUs would need barriers numpy cannot issue).
 
-Updates (rte_lpm's algorithm, on the shadow depths)
----------------------------------------------------
-add p/d:  every entry the prefix covers whose depth is <= d takes the new next hop
-          (deeper entries belong to more specific routes and stay).  d > 24 under a
-          plain tbl24 entry: take a group from the free list, fill all 256 entries
-          with the old tbl24 value, write the prefix's range, and only then point the
-          tbl24 entry at the group.
-delete:   the entries whose depth == d (exactly those the prefix wrote) take the next
-          less-specific route covering the prefix (found in the route dict) or 0.
-          d > 24: if no entry of the group is deeper than 24 any more, the group is
-          uniform: the tbl24 entry collapses back to that plain value and the group
-          is released (see Reclamation).
-bulk_load: rebuild the whole table privately from the route dict with numpy range
-          fills (shorter prefixes first, so longer ones overwrite them), then publish
-          it by rewriting only the entries that differ, under the same rules.
-The route dict `{(prefix, len): nh}` beside the arrays is the source of truth
-(`routes()`, the covering-route search, `bulk_load`).
-
-Concurrent readers: no torn state
----------------------------------
-Every entry goes from its old value to its new value with one aligned 32-bit store
-(numpy element / masked assignment into a uint32 array; wider SIMD stores of a slice
-fill are still element-atomic on x86), and for any one address exactly one entry
-decides the answer (a plain tbl24 entry, or the tbl8 entry its extended tbl24 entry
-leads to), so a reader sees the old or the new route, never a third.  New groups are
-fully written before the tbl24 store that publishes them; x86-64's TSO keeps the
-writer's stores in order and the reader's dependent loads in order, so no fences are
-needed on that path.  This module assumes x86-64 (weakly ordered CPUs would need
-release/acquire barriers numpy cannot issue).
-
-Reclamation (quiescent-state based, after DPDK's rte_rcu_qsbr)
--------------------------------------------------------------
-A released group may still be read by a reader that loaded the old tbl24 entry just
-before the collapse, so it is not reused until every registered reader has finished
-the batch it was in.  The writer keeps a shared `token`; releasing a group stores
-`token += 1` *after* the collapsing tbl24 store and parks the group on a deferred
-list with that token value t.  A reader calls `quiescent(reader_id)` between batches,
-which copies the current token into its counter.  When every registered counter is
->= t the group goes back to the free list.  Why a token rather than counters that
-readers bump and the writer snapshots: a reader that copied a token >= t has loaded
-the token store, which came after the collapse, so all its later loads see the
-collapsed tbl24 (TSO orders the writer's stores and the reader's loads), and its
-earlier batch loads precede its counter store (x86 never moves a store before an
-older load).  A bare bump has no such link: the reader could bump, then satisfy its
-next tbl24 load before the collapse store reaches it, while the writer's snapshot
-already counts it as moved on; closing that would take a full fence in every batch.
-A counter of 0 means offline (not registered): it holds no references.  Going online
-races with the writer's "nobody is online" check (a store-then-load on both sides,
-Dekker style), so both sides issue a full fence there (`_full_fence`).  With no
-reader registered a released group is free at once.  When the writer needs a group
-and none is free it waits up to `reclaim_timeout` seconds for readers to move on,
-then raises `Tbl8Exhausted` with the table unchanged.  Readers must call
-`quiescent` regularly, also when idle (a worker's poll loop), and a dead reader's
-slot must be cleared by the owner (`unregister_reader`) or reclamation stalls.
-
-Only the owner process writes, from one thread; readers must be registered
-(`register_reader`) to look up while the writer changes the table.
+Reclamation (quiescent-state based, after DPDK's rte_rcu_qsbr): a group the writer
+unlinks may still be read by a reader that loaded the old tbl24 entry, so it is
+reused only once every registered reader has passed a quiescent state
+(`FibReader.quiescent`, between batches) after the unlinking (`FibWriter._release`).
+Readers must call it regularly, also when idle, and a dead reader's slot must be
+cleared by the owner (`unregister_reader`), or reclamation stalls.
 """
 
 from __future__ import annotations
@@ -102,6 +45,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from multiprocessing import shared_memory
+from typing import ClassVar
 
 import numpy as np
 
@@ -130,10 +74,6 @@ class FibError(Exception):
 
 class Tbl8Exhausted(FibError):
     """No tbl8 group is free for a prefix longer than /24; the table is unchanged."""
-
-
-class FibReadOnly(FibError, PermissionError):
-    """A write was attempted through an attached (reader) handle."""
 
 
 def _full_fence() -> None:
@@ -181,17 +121,18 @@ def _fmt(prefix: int, prefix_len: int) -> str:
     )
 
 
-class Fib:
-    """A DIR-24-8 FIB in shared memory.  Owner (`create`) writes, readers (`attach`) look up."""
+class FibReader:
+    """A mapping of a FIB segment: lookups, the generation, and reader slots (QSBR).
 
-    #: seconds the writer waits for readers to pass a quiescent state when it needs a
-    #: tbl8 group and only deferred ones are left
-    reclaim_timeout: float = 0.1
+    `attach` maps an existing segment read-only; `FibWriter` is this plus writing. A
+    reader must be registered (`register_reader`, or `attach(name, reader_id)`) to
+    look up while the writer changes the table, and call `quiescent` between batches."""
 
-    def __init__(self, shm: shared_memory.SharedMemory | Mapping, owner: bool) -> None:
-        # use Fib.create / Fib.attach
+    _writable: ClassVar[bool] = False  # a FibWriter maps the tables writable
+
+    def __init__(self, shm: shared_memory.SharedMemory | Mapping) -> None:
+        # use FibReader.attach / FibWriter.create
         self._shm = shm
-        self._owner = owner
         meta = np.ndarray((8,), dtype=np.uint64, buffer=shm.buf)
         if int(meta[_META_MAGIC]) != _MAGIC or int(meta[_META_VERSION]) != _VERSION:
             del meta
@@ -212,53 +153,18 @@ class Fib:
         self._tbl8_2d = self._tbl8.reshape(self._groups, GROUP_SIZE)
         self._my_readers: set[int] = set()
         self._closed = False
-        if owner:
-            self._d24 = np.zeros(TBL24_SIZE, dtype=np.uint8)
-            self._d8 = np.zeros(self._groups * GROUP_SIZE, dtype=np.uint8)
-            self._d8_2d = self._d8.reshape(self._groups, GROUP_SIZE)
-            self._routes: dict[tuple[int, int], int] = {}
-            # routes per length, and per length d the present lengths < d, longest
-            # first: the covering-route search skips lengths nobody uses
-            self._len_count = [0] * 33
-            self._recount()
-            # LIFO: a just-freed group is likely still in cache
-            self._free: list[int] = list(range(self._groups - 1, -1, -1))
-            self._deferred: deque[tuple[int, list[int]]] = deque()
-        else:
+        if not self._writable:  # a reader stores only to its own `readers` slots
             for a in (self._meta, self._gen, self._token, self._tbl24, self._tbl8, self._tbl8_2d):
                 a.flags.writeable = False
 
     # ------------------------------------------------------------------ lifecycle
 
-    @classmethod
-    def create(
-        cls, name: str | None = None, tbl8_groups: int = 4096, max_readers: int = DEFAULT_READERS
-    ) -> Fib:
-        """Create an empty FIB segment; the caller owns it (writes, unlinks)."""
-        if not 1 <= tbl8_groups <= MAX_TBL8_GROUPS:
-            raise ValueError(f"tbl8_groups must be in 1..{MAX_TBL8_GROUPS}")
-        if not 1 <= max_readers <= 4096:
-            raise ValueError("max_readers must be in 1..4096")
-        name = name or f"fwd-fib-{secrets.token_hex(6)}"
-        layout = _layout(tbl8_groups, max_readers)
-        shm = create_segment(name, layout.size)  # fresh POSIX shm is zero-filled
-        meta = np.ndarray((8,), dtype=np.uint64, buffer=shm.buf)
-        meta[_META_GROUPS] = tbl8_groups
-        meta[_META_READERS] = max_readers
-        meta[_META_VERSION] = _VERSION
-        meta[_META_MAGIC] = _MAGIC  # last: an attacher that sees the magic sees the rest
-        del meta
-        v = layout.views(shm.buf)
-        v["token"][0] = 1  # online readers hold a token >= 1; 0 means offline
-        del v
-        return cls(shm, owner=True)
-
-    @classmethod
-    def attach(cls, name: str, reader_id: int | None = None) -> Fib:
+    @staticmethod
+    def attach(name: str, reader_id: int | None = None) -> FibReader:
         """Map an existing FIB read-only; with `reader_id`, also `register_reader` it."""
         shm = attach_segment(name)
         try:
-            fib = cls(shm, owner=False)
+            fib = FibReader(shm)
         except BaseException:
             shm.close()
             raise
@@ -269,10 +175,6 @@ class Fib:
     @property
     def name(self) -> str:
         return self._shm.name
-
-    @property
-    def owner(self) -> bool:
-        return self._owner
 
     @property
     def tbl8_groups(self) -> int:
@@ -299,28 +201,14 @@ class Fib:
             setattr(self, attr, None)
         self._shm.close()
 
-    def unlink(self) -> None:
-        """Remove the segment's name (owner only); mappings stay valid until closed."""
-        if not self._owner:
-            raise FibReadOnly("only the owner unlinks the FIB")
-        self._shm.unlink()
-
-    def __enter__(self) -> Fib:
+    def __enter__(self) -> FibReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # the owner's table dies with its context; a reader just unmaps
         self.close()
-        if self._owner:
-            try:
-                self.unlink()
-            except FileNotFoundError:
-                pass
 
     def __repr__(self) -> str:
-        role = "owner" if self._owner else "reader"
-        n = f", {len(self._routes)} routes" if self._owner and not self._closed else ""
-        return f"<Fib {self.name!r} {role}{n}>"
+        return f"<FibReader {self.name!r}>"
 
     # ------------------------------------------------------------------ lookups
 
@@ -353,15 +241,8 @@ class Fib:
             e = int(self._tbl8[(self._group_of(e) << 8) | (addr & 0xFF)])
         return e
 
-    def _ext_entry(self, group: int) -> int:
-        """The tbl24 entry that leads to `group`: (group - G) * 256 as a uint32."""
-        return ((group - self._groups) << 8) & 0xFFFF_FFFF
-
     def _group_of(self, entry: int) -> int:
         return self._groups - ((0x1_0000_0000 - entry) >> 8)
-
-    def _groups_of(self, entries: np.ndarray) -> np.ndarray:
-        return self._groups - ((0x1_0000_0000 - entries.astype(np.int64)) >> 8)
 
     # ------------------------------------------------------------------ readers (QSBR)
 
@@ -393,30 +274,130 @@ class Fib:
         if not 0 <= reader_id < self._nreaders:
             raise ValueError(f"reader id {reader_id} not in 0..{self._nreaders - 1}")
 
+
+class FibWriter(FibReader):
+    """The owner's handle (`create`): a `FibReader` that also adds, deletes, bulk-loads
+    and publishes routes, and unlinks the segment. Only the owner process writes,
+    from one thread.
+
+    Updates follow rte_lpm's algorithm, on the private shadow depths (`_d24`, `_d8`):
+
+    add p/d:  every entry the prefix covers whose depth is <= d takes the new next hop
+              (deeper entries belong to more specific routes and stay). d > 24 under a
+              plain tbl24 entry: take a group from the free list, fill all 256 entries
+              with the old tbl24 value, write the prefix's range, and only then point
+              the tbl24 entry at the group.
+    delete:   the entries whose depth == d (exactly those the prefix wrote) take the
+              next less-specific route covering the prefix (found in the route dict)
+              or 0. d > 24: if no entry of the group is deeper than 24 any more, the
+              group is uniform: the tbl24 entry collapses back to that plain value and
+              the group is released (`_release`).
+    bulk_load: rebuild the whole table privately from the route dict with numpy range
+              fills (shorter prefixes first, so longer ones overwrite them), then
+              publish it by rewriting only the entries that differ, under the same rules.
+
+    The route dict `{(prefix, len): nh}` beside the arrays is the source of truth
+    (`routes()`, the covering-route search, `bulk_load`). Each published change bumps
+    the generation. When a group is needed and none is free, the writer waits up to
+    `reclaim_timeout` seconds for readers to move on, then raises `Tbl8Exhausted` with
+    the table unchanged."""
+
+    #: seconds the writer waits for readers to pass a quiescent state when it needs a
+    #: tbl8 group and only deferred ones are left
+    reclaim_timeout: float = 0.1
+
+    _writable = True
+
+    def __init__(self, shm: shared_memory.SharedMemory | Mapping) -> None:
+        # use FibWriter.create
+        super().__init__(shm)
+        self._d24 = np.zeros(TBL24_SIZE, dtype=np.uint8)
+        self._d8 = np.zeros(self._groups * GROUP_SIZE, dtype=np.uint8)
+        self._d8_2d = self._d8.reshape(self._groups, GROUP_SIZE)
+        self._routes: dict[tuple[int, int], int] = {}
+        # routes per length, and per length d the present lengths < d, longest
+        # first: the covering-route search skips lengths nobody uses
+        self._len_count = [0] * 33
+        self._recount()
+        # LIFO: a just-freed group is likely still in cache
+        self._free: list[int] = list(range(self._groups - 1, -1, -1))
+        self._deferred: deque[tuple[int, list[int]]] = deque()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(
+        cls, name: str | None = None, tbl8_groups: int = 4096, max_readers: int = DEFAULT_READERS
+    ) -> FibWriter:
+        """Create an empty FIB segment; the caller owns it (writes, unlinks)."""
+        if not 1 <= tbl8_groups <= MAX_TBL8_GROUPS:
+            raise ValueError(f"tbl8_groups must be in 1..{MAX_TBL8_GROUPS}")
+        if not 1 <= max_readers <= 4096:
+            raise ValueError("max_readers must be in 1..4096")
+        name = name or f"fwd-fib-{secrets.token_hex(6)}"
+        layout = _layout(tbl8_groups, max_readers)
+        shm = create_segment(name, layout.size)  # fresh POSIX shm is zero-filled
+        meta = np.ndarray((8,), dtype=np.uint64, buffer=shm.buf)
+        meta[_META_GROUPS] = tbl8_groups
+        meta[_META_READERS] = max_readers
+        meta[_META_VERSION] = _VERSION
+        meta[_META_MAGIC] = _MAGIC  # last: an attacher that sees the magic sees the rest
+        del meta
+        v = layout.views(shm.buf)
+        v["token"][0] = 1  # online readers hold a token >= 1; 0 means offline
+        del v
+        return cls(shm)
+
+    def unlink(self) -> None:
+        """Remove the segment's name; mappings stay valid until closed."""
+        self._shm.unlink()
+
+    def __enter__(self) -> FibWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # the owner's table dies with its context
+        self.close()
+        try:
+            self.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __repr__(self) -> str:
+        n = "" if self._closed else f", {len(self._routes)} routes"
+        return f"<FibWriter {self.name!r}{n}>"
+
+    def _ext_entry(self, group: int) -> int:
+        """The tbl24 entry that leads to `group`: (group - G) * 256 as a uint32."""
+        return ((group - self._groups) << 8) & 0xFFFF_FFFF
+
+    def _groups_of(self, entries: np.ndarray) -> np.ndarray:
+        return self._groups - ((0x1_0000_0000 - entries.astype(np.int64)) >> 8)
+
     # ------------------------------------------------------------------ route table
 
     def routes(self) -> Iterator[tuple[int, int, int]]:
-        """(prefix, prefix_len, nh) of every route (owner only), in insertion order."""
-        self._check_owner()
+        """(prefix, prefix_len, nh) of every route in insertion order."""
+        self._check_open()
         for (p, plen), nh in list(self._routes.items()):
             yield p, plen, nh
 
     def get(self, prefix: int, prefix_len: int) -> int | None:
         """Next hop of exactly this route, or None."""
-        self._check_owner()
+        self._check_open()
         return self._routes.get((prefix, prefix_len))
 
     def __len__(self) -> int:
-        self._check_owner()
+        self._check_open()
         return len(self._routes)
 
     def __contains__(self, route: object) -> bool:
-        self._check_owner()
+        self._check_open()
         return route in self._routes
 
     def stats(self) -> dict[str, int]:
-        """tbl8 group usage (owner only); reclaims what readers have released first."""
-        self._check_owner()
+        """tbl8 group usage; reclaims what readers have released first."""
+        self._check_open()
         self._reclaim(0.0)
         deferred = sum(len(gs) for _, gs in self._deferred)
         return {
@@ -432,7 +413,7 @@ class Fib:
 
     def add(self, prefix: int, prefix_len: int, nh: int) -> None:
         """Add prefix/prefix_len → nh, replacing the route's next hop if present."""
-        self._check_owner()
+        self._check_open()
         prefix, prefix_len = _check_route(prefix, prefix_len)
         nh = operator.index(nh)
         if not 1 <= nh <= MAX_NH:
@@ -450,7 +431,7 @@ class Fib:
 
     def delete(self, prefix: int, prefix_len: int) -> None:
         """Delete a route (KeyError if absent); the next less-specific route takes over."""
-        self._check_owner()
+        self._check_open()
         prefix, prefix_len = _check_route(prefix, prefix_len)
         if (prefix, prefix_len) not in self._routes:
             raise KeyError(_fmt(prefix, prefix_len))
@@ -465,9 +446,7 @@ class Fib:
         self._count_length(prefix_len, -1)
         self._gen[0] += 1
 
-    def _check_owner(self) -> None:
-        if not self._owner:
-            raise FibReadOnly("this FIB handle is attached read-only; only the owner writes")
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError("FIB is closed")
 
@@ -602,7 +581,20 @@ class Fib:
         )
 
     def _release(self, groups: list[int]) -> None:
-        """Release groups the tbl24 no longer points at (call after that store)."""
+        """Release groups the tbl24 no longer points at (call after that store).
+
+        With no reader online they are free at once. Otherwise `token += 1` is stored
+        after the unlinking stores and the groups wait on the deferred list with that
+        value t until every online reader's counter is >= t (`_reclaim`). Why a token
+        rather than counters readers bump and the writer snapshots: a reader that
+        copied a token >= t has loaded the token store, which came after the unlinking,
+        so all its later loads see the new tbl24 (TSO orders the writer's stores and
+        the reader's loads), and its earlier batch loads precede its counter store (x86
+        never moves a store before an older load). A bare bump has no such link: the
+        reader could bump, then satisfy its next tbl24 load before the unlinking store
+        reaches it. A counter of 0 means offline; going online races with the "nobody
+        is online" check below (store-then-load on both sides, Dekker style), so both
+        sides issue a full fence there (`_full_fence`)."""
         if not groups:
             return
         # the tbl24 stores must be visible before we read the reader slots (Dekker
@@ -643,7 +635,7 @@ class Fib:
         rules as single updates (new groups filled before they are linked, released
         groups reclaimed after a grace period), so readers may run meanwhile.  On
         Tbl8Exhausted or ValueError nothing changes."""
-        self._check_owner()
+        self._check_open()
         p, plen, nh = _route_arrays(routes)
         new = dict(zip(zip(p.tolist(), plen.tolist(), strict=True), nh.tolist(), strict=True))
         if self._routes or len(new) != len(p):

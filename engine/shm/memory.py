@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.counters import NCOUNTERS
+from engine.shm.journal import Journal, journal_fields
 from engine.shm.layout import Field, Layout, attach_segment, create_segment
 from engine.shm.ring import Ring, ring_fields
 from engine.shm.trace_capture import observe_fields
@@ -150,9 +151,10 @@ def engine_layout(g: Geometry) -> Layout:
     ]
     # `fwd trace` and `fwd capture` (shm/observe.py): one word the workers check per batch
     fields += observe_fields(g.nagents, g.bufsize)
-    # each owner's free stack (shm/pool.py) and each worker's batch journal (supervise.py):
+    # each owner's free stack (shm/pool.py) and each worker's batch journal (shm/journal.py):
     # in shared memory so that a SIGKILLed worker's buffers and counts can be recovered
     fields += pool_fields(g)
+    fields += journal_fields(g.nworkers, g.ring_size)
     for name, size in ring_specs(g):
         fields += ring_fields(name, size)
     return Layout(fields)
@@ -160,31 +162,8 @@ def engine_layout(g: Geometry) -> Layout:
 
 def pool_fields(g: Geometry) -> list[Field]:
     """`pool.free`: owner a's free stack is `pool.free[start:end]` of its partition, its
-    depth `state[a, ST_FREE]`. `journal.*`: one row per forwarding worker, the batch it
-    has in hand (see engine/control/recovery.py); `journal.idx` holds a whole ring's worth."""
-    u1, u4, u8 = np.dtype(np.uint8), np.dtype(np.uint32), np.dtype(np.uint64)
-    w = max(1, g.nworkers)
-    return [
-        Field("pool.free", u4, (g.nbufs,)),
-        Field("journal.state", u8, (w,)),
-        Field("journal.n", u8, (w,)),
-        Field("journal.idx", u4, (w, g.ring_size)),
-        Field("journal.code", u1, (w, g.ring_size)),
-        Field("journal.before", u8, (w, NCOUNTERS)),
-    ]
-
-
-class Journal:
-    """Views of the forwarding workers' batch journals (rows indexed by worker)."""
-
-    __slots__ = ("state", "n", "idx", "code", "before")
-
-    def __init__(self, v: dict[str, np.ndarray], nworkers: int):
-        self.state = v["journal.state"]
-        self.n = v["journal.n"]
-        self.idx = v["journal.idx"]
-        self.code = v["journal.code"]
-        self.before = v["journal.before"]
+    depth `state[a, ST_FREE]`."""
+    return [Field("pool.free", np.dtype(np.uint32), (g.nbufs,))]
 
 
 def neigh_slots(g: Geometry) -> int:
@@ -258,7 +237,7 @@ class EngineMemory:
         self.cap_meta = v["cap.meta"]
         self.cap_data = v["cap.data"]
         self.free_stack = v["pool.free"]
-        self.journal = Journal(v, geometry.nworkers)
+        self.journal = Journal(v)
         self.rings = {name: Ring(name, v) for name, _ in ring_specs(geometry)}
         self._part_starts = np.array([s if e > s else np.iinfo(np.int64).max
                                       for s, e in geometry.partitions], dtype=np.int64)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.counters import Drop, Misc, Snmp
+from engine.shm.fib import FibReader
 from engine.shm.memory import EngineMemory
 from engine.shm.pool import Buffers
 from engine.slowpath.counts import Counts
@@ -36,7 +37,7 @@ class Output:
     """The slow TX rings of every port and the frames queued for them this burst."""
 
     def __init__(self, mem: EngineMemory, tx: list[Any], buffers: Buffers, counts: Counts, *,
-                 lossless: bool, fib: object | None = None, reader: int = 0) -> None:
+                 lossless: bool, fib: FibReader | None = None, reader: int = 0) -> None:
         self.mem = mem
         self.tx = tx  # slowtx.<port>, by port
         self.buffers = buffers  # the worker's pool partition
@@ -202,6 +203,6 @@ class Output:
 
     def _wait(self) -> None:
         if self.fib is not None:
-            self.fib.quiescent(self.reader)  # type: ignore[attr-defined]
+            self.fib.quiescent(self.reader)
         time.sleep(WAIT_S)
 

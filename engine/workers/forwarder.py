@@ -19,21 +19,17 @@ from typing import Any
 import numpy as np
 
 from engine.config import Config
-from engine.control.recovery import (
-    JOURNAL_COUNTED,
-    JOURNAL_COUNTING,
-    JOURNAL_IDLE,
-    JOURNAL_TAKEN,
-)
 from engine.counters import MISC_BASE, Drop, Misc
 from engine.io.ports import WorkerPorts
 from engine.io.registry import driver_for
 from engine.observe.hooks import Observer
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
-from engine.pipeline.tables import Tables
+from engine.pipeline.tables import Tables, make_tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.proto import HDR_BYTES
+from engine.shm.fib import FibReader
+from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
 from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
 from engine.shm.neigh_table import NeighbourTable
 from engine.shm.pool import Buffers
@@ -74,7 +70,7 @@ class Forwarder:
     ARP) moves: two loads of shared words per pass, no lock, no message."""
 
     def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int,
-                 fib: Any = None, ports: WorkerPorts | None = None):
+                 fib: FibReader | None = None, ports: WorkerPorts | None = None):
         g = mem.geometry
         self.mem = mem
         self.tables = tables
@@ -116,7 +112,7 @@ class Forwarder:
         hand-off is decided (room on every ring checked: a full ring is a `ring_full`
         drop) before its counters are added, and the buffers move only then, so that
         the control process can finish the accounting of a killed worker's batch
-        (engine/control/recovery.py: JOURNAL_* states)."""
+        (JOURNAL_* states: engine/shm/journal.py; recovery: engine/control/recovery.py)."""
         w, journal = self.worker, self.journal
         n = len(idx)
         if n > journal.idx.shape[1]:  # larger than a ring (tests): journal it in parts
@@ -242,13 +238,10 @@ class Forwarder:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
-    from engine.control.routing import make_tables
-    from engine.shm.fib import Fib
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
-    fib = Fib.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
+    fib = FibReader.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
     ports = None
     try:
         ports = driver_for(spec.config).worker_ports(spec.config, mem, spec.worker, spec.batch,

@@ -29,9 +29,10 @@ import numpy as np
 
 from engine.config import Config
 from engine.counters import Misc, index
-from engine.pipeline.tables import Tables
+from engine.pipeline.tables import Tables, make_tables
 from engine.pipeline.verdict import SLOW
 from engine.proto import ETH_HLEN
+from engine.shm.fib import FibReader
 from engine.shm.memory import EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.slowpath.counts import Counts
@@ -59,7 +60,7 @@ class SlowPath:
     process calls `run`; `poll` is one pass, `finish` the end of a replay."""
 
     def __init__(self, mem: EngineMemory, tables: Tables, cfg: Config, batch: int, *,
-                 end_clock_ns: int | None = None, fib: object | None = None) -> None:
+                 end_clock_ns: int | None = None, fib: FibReader | None = None) -> None:
         g = mem.geometry
         self.mem = mem
         self.agent = g.slowpath_agent
@@ -102,7 +103,7 @@ class SlowPath:
         self.out.flush_tx()
         self.counts.flush()
         if self.fib is not None:
-            self.fib.quiescent(self.reader)  # type: ignore[attr-defined]
+            self.fib.quiescent(self.reader)
         return handled
 
     def run(self) -> None:
@@ -170,13 +171,10 @@ class SlowPath:
 
 def slowpath_main(spec: SlowPathSpec) -> None:
     """Entry point of the slow-path process."""
-    from engine.control.routing import make_tables
-    from engine.shm.fib import Fib
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
-    fib = Fib.attach(spec.fib_name, reader_id=spec.geometry.nworkers)
+    fib = FibReader.attach(spec.fib_name, reader_id=spec.geometry.nworkers)
     try:
         SlowPath(mem, make_tables(spec.config, mem, fib.lookup), spec.config, spec.batch,
                  end_clock_ns=spec.end_clock_ns, fib=fib).run()
