@@ -26,7 +26,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.cli.bench import machine  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.control.routing import build_routing  # noqa: E402
 from engine.pipeline.fastpath import STAGES, fast_path, rewrite_forwarded  # noqa: E402
@@ -298,19 +298,6 @@ def scaling(workers: int, batch: int, seconds: float, clock: str = "wall") -> fl
         return float(sum(result[:]))
     finally:
         setup.close()
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "kernel": platform.release(),
-            "python": platform.python_version(), "numpy": np.__version__}
 
 
 def main() -> None:
