@@ -67,7 +67,7 @@ class Drop(IntEnum):
     ring_full = 16  # a descriptor ring was full
     port_down = 17
     tx_error = 18  # the driver could not send
-    worker_killed = 19  # in the hand of a forwarding worker that was killed (supervise.py)
+    worker_killed = 19  # in the hand of a forwarding worker that was killed (control/recovery.py)
     runt = 20  # frame shorter than an Ethernet header (a NIC's rx_length_errors)
 
 

@@ -9,7 +9,7 @@ What is left is forwarded here: TTL - 1 with the RFC 1624 checksum update
 (`ip_decrease_ttl`), then new Ethernet addresses from the next hop's neighbour
 entry (`neigh_output`, last, as in `ip_finish_output2`): the MAC in the next-hop row
 for a static neighbour, else the neighbour table through the worker's cache
-(`Tables.neigh`, see pipeline/neigh.py) keyed by the destination (connected route)
+(`Tables.neigh`, see pipeline/neigh_cache.py) keyed by the destination (connected route)
 or the gateway; a neighbour that is not resolved goes to the slow path for ARP.
 
 Plain packets: plain so far (which covers the next hop and MTU, see route.py), TTL

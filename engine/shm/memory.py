@@ -53,8 +53,9 @@ PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rx_dr
 CTL_STOP = 0  # 1: finish what is queued and exit
 CTL_PORT_UP = 1  # bit mask of ports that are up
 CTL_NH_GEN = 2  # bumped when next hops change or a port goes down (flush caches)
-CTL_NEIGH_GEN = 3  # bumped when a usable neighbour entry changes or goes (see shm/neigh.py)
-CTL_PAUSE = 4  # nonzero: a pause epoch; every agent acks it in ST_PAUSED and idles (supervise.py)
+CTL_NEIGH_GEN = 3  # bumped when a usable neighbour entry changes or goes (see shm/neigh_table.py)
+CTL_PAUSE = 4  # nonzero: a pause epoch; every agent acks it in ST_PAUSED and idles
+#               (control/recovery.py)
 
 # Per-agent state words
 ST_PID = 0
@@ -73,7 +74,7 @@ class Geometry:
     bufsize: int = 2048
     ring_size: int = 4096
     max_nexthops: int = 65536
-    # neighbour entries the shared table holds at most (see shm/neigh.py: the kernel's
+    # neighbour entries the shared table holds at most (see shm/neigh_table.py: the kernel's
     # default hard limit, gc_thresh3, is 1024 per table); it has twice as many slots
     neigh_capacity: int = 4096
     # pool partitions (start, end) per agent; agents with no allocations get (0, 0)
@@ -139,7 +140,7 @@ def engine_layout(g: Geometry) -> Layout:
         Field("nh.group_n", u1, (g.max_nexthops,)),
         Field("nhg.members", u4, (g.max_nexthops,)),
         Field("nh.mac", u1, (g.max_nexthops, 8)),
-        # the neighbour table (shm/neigh.py): open addressing keyed by IPv4 address,
+        # the neighbour table (shm/neigh_table.py): open addressing keyed by IPv4 address,
         # one seqlock sequence number per slot for lock-free readers
         Field("neigh.seq", u4, (neigh_slots(g),)),
         Field("neigh.ip", u4, (neigh_slots(g),)),
@@ -149,7 +150,7 @@ def engine_layout(g: Geometry) -> Layout:
         Field("neigh.mac", u8, (neigh_slots(g),)),  # mac48, byte 0 lowest
         Field("neigh.updated", i8, (neigh_slots(g),)),  # ns of the last state change
     ]
-    # `fwd trace` and `fwd capture` (shm/observe.py): one word the workers check per batch
+    # `fwd trace` and `fwd capture` (shm/trace_capture.py): one word the workers check per batch
     fields += observe_fields(g.nagents, g.bufsize)
     # each owner's free stack (shm/pool.py) and each worker's batch journal (shm/journal.py):
     # in shared memory so that a SIGKILLed worker's buffers and counts can be recovered

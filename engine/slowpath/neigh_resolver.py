@@ -215,7 +215,7 @@ class Resolver:
         self.next_gc: int | None = None
         self.neigh: dict[int, Neighbour] = {}
         # the static [[neighbor]] entries: the control process puts them before the
-        # workers start and nobody changes them after (shm/neigh.py), so they are read
+        # workers start and nobody changes them after (shm/neigh_table.py), so they are read
         # once here rather than looked up per packet
         self.static = {e.ip: e for e in table.entries() if e.state == Nud.PERMANENT}
         self.timers: list[tuple[int, int, int]] = []  # (due, order, ip), lazily pruned

@@ -62,7 +62,7 @@ class Forwarder:
 
     The worker keeps its own caches of resolved destinations that are not plain FIB
     entries, the kernel's per-CPU `rt_uncached_list`, in its own memory: `neigh`, the
-    neighbour cache the fast path resolves next-hop MACs through (pipeline/neigh.py,
+    neighbour cache the fast path resolves next-hop MACs through (pipeline/neigh_cache.py,
     put in front of the shared neighbour table of `tables.neigh`), and any others in
     `caches` (objects with clear()). All of them are cleared before the next batch
     once `CTL_NH_GEN` (a port went down or up, next hops changed: the control

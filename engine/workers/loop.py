@@ -42,7 +42,7 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
     while True:
         pause = int(mem.ctl[CTL_PAUSE])
         if pause:
-            # the control process is recovering a dead worker's buffers (supervise.py):
+            # the control process is recovering a dead worker's buffers (control/recovery.py):
             # between two passes we hold none of its buffers; say so and wait
             mem.state[agent, ST_PAUSED] = pause
             if parent and os.getppid() != parent:
