@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
 
 from engine.cli.client import ControlError, request
 from engine.cli.trace_format import format_trace
-from engine.cli.watch import agent_rates, port_rates
+from engine.cli.watch import accounting_line, agent_rates, port_rates, render
 from engine.control.commands import Commands
 from engine.control.routing import build_routing
 from engine.counters import Drop, Slow
@@ -279,6 +280,48 @@ def test_watch_rates_from_two_snapshots():
     assert a["busy"] == 0.25 and a["fill"] == 2000 / (16 * 256) and a["rx_fps"] == 1000
 
 
+def busy_engine_stats(in_flight: int) -> dict:
+    """A stats reply while traffic flows: big counters, 41 rings of which two hold
+    frames, `in_flight` frames handed to the slow path and not yet taken."""
+    acc = {"received": 123_456_789, "forwarded": 123_000_000, "delivered": 6,
+           "dropped": 456_000, "to_slowpath": 783, "slow_taken": 783 - in_flight,
+           "slow_forwarded": 700, "slow_delivered": 6, "slow_dropped": 77 - in_flight,
+           "slow_reassembled": 0, "slow_merged": 0, "slow_held": 0, "balanced": False}
+    rings = {f"rx.{p}.{w}": [0, 1024] for p in range(4) for w in range(10)}
+    rings["rx.0.0"], rings["slow.0"] = [512, 1024], [in_flight, 1024]
+    port = {"rx_packets": 61_728_394_123, "rx_bytes": 9_876_543_210_123,
+            "tx_packets": 61_728_394_000, "tx_bytes": 9_876_543_210_000,
+            "rx_drops": 1_234_567, "tx_drops": 7_654_321}
+    return {"ports": {"p0": port, "p1": dict(port)}, "batch": 256,
+            "workers": [{"agent": "worker0", "busy_ns": 0, "rx_frames": 0, "batches": 0,
+                         "free_buffers": 100}],
+            "rings": rings, "pool": {"free": 1000, "buffers": 32768},
+            "drop": {"csum_error": 1}, "accounting": acc}
+
+
+def test_watch_tells_frames_in_flight_from_a_loss():
+    assert accounting_line(busy_engine_stats(7)["accounting"]) == (
+        "accounting: balanced (7 on the slow path's rings)")
+    assert accounting_line(busy_engine_stats(0)["accounting"]) == "accounting: balanced"
+    acc = dict(busy_engine_stats(0)["accounting"], forwarded=122_999_999)
+    assert accounting_line(acc).startswith("accounting: off by 1 (fast path)")
+
+
+def test_watch_fits_an_80_column_terminal_with_what_matters_first():
+    stats = busy_engine_stats(7)
+    console = Console(width=80, height=24, record=True, color_system=None)
+    console.print(render(stats, stats, 1.0))
+    text = console.export_text()
+    assert "…" not in text  # no number cut short
+    assert "p0 totals: rx 61.73 G tx 61.73 G, drops rx 1.23 M tx 7.65 M" in text
+    lines = text.splitlines()
+    first_ring = next(i for i, line in enumerate(lines) if "rings holding frames" in line)
+    assert "39 empty" in lines[first_ring]
+    assert max(i for i, line in enumerate(lines) if line.startswith("accounting:")) < first_ring
+    assert [line for line in lines if "rx.0.1" in line] == []  # empty rings are not listed
+    assert any("rx.0.0" in line and "512" in line for line in lines)
+
+
 # ------------------------------------------------------------------ a running engine
 
 
@@ -385,11 +428,13 @@ def test_stats_watch_prints_count_views(engine):
     r = fwd("stats", "--watch", "--count", "2", "--interval", "0.1", "--socket", str(path))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("ports (over") == 2 and r.stdout.count("workers (batch 16)") == 2
-    assert "rx.0.0" in r.stdout and "slowtx.1" in r.stdout
+    assert "rings: all" in r.stdout and " empty" in r.stdout  # an idle engine's rings
     assert "drops: csum_error=1 (0/s) blackhole=1 (0/s)" in r.stdout
     assert "Ip: InReceives=38" in r.stdout and "accounting: balanced" in r.stdout
     p0 = [line for line in r.stdout.splitlines() if line.startswith("│ p0")]
-    assert len(p0) == 2 and "38" in p0[0] and " 0 " in p0[0]  # the input is consumed: 0/s
+    assert len(p0) == 2 and " 0 " in p0[0]  # the input is consumed: 0/s
+    assert "p0 totals: rx 38 tx 1, drops rx 0 tx 0" in r.stdout
+    assert "p1 totals: rx 0 tx 30, drops rx 0 tx 0" in r.stdout
 
 
 def test_trace_and_capture_commands_on_an_idle_engine(engine, tmp_path):
