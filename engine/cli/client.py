@@ -1,13 +1,15 @@
 """The control socket's client: one request, one reply (engine/control/wire.py), for
 the `fwd` commands that talk to a running engine.
 
-Which socket: `--socket PATH`, else $FWD_SOCKET, else `DEFAULT_SOCKET`.
+Which socket: `--socket PATH`, else $FWD_SOCKET, else `DEFAULT_SOCKET`, else the one
+engine socket beside it (`default_socket`).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 from typing import Any
 
@@ -29,9 +31,25 @@ class NoEngine(ControlError):
         self.path = os.fspath(path)
 
 
-def default_socket() -> str:
-    """The socket a client talks to when no --socket is given."""
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+def default_socket(default: str = DEFAULT_SOCKET) -> str:
+    """The socket a client talks to when no --socket is given: $FWD_SOCKET, else the
+    default path, else the one engine socket in the default path's directory (an
+    engine run with `control_socket = "/run/fwd/lab.sock"` is found without flags).
+    Several there and none at the default path: a ControlError naming them."""
+    if os.environ.get(SOCKET_ENV):
+        return os.environ[SOCKET_ENV]
+    if os.path.exists(default):
+        return default
+    folder = os.path.dirname(default)
+    try:
+        found = sorted(e.path for e in os.scandir(folder)
+                       if e.name.endswith(".sock") and stat.S_ISSOCK(e.stat().st_mode))
+    except OSError:  # no such directory, or not ours to read
+        return default
+    if len(found) > 1:
+        raise ControlError(f"several engines in {folder}: {', '.join(found)}; pick one "
+                           f"with --socket or ${SOCKET_ENV}")
+    return found[0] if found else default
 
 
 def request(socket_path: str | os.PathLike[str], msg: dict[str, Any],

@@ -93,8 +93,9 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
 
 # --- commands against a running engine (engine/cli/client.py) ------------------------------
 
-SOCKET_HELP = (f"The engine's control socket (default: $FWD_SOCKET, else {DEFAULT_SOCKET}; "
-               "`fwd run --socket` or [engine] control_socket chose it).")
+SOCKET_HELP = (f"The engine's control socket (default: $FWD_SOCKET, else {DEFAULT_SOCKET}, "
+               "else the only engine socket beside it; `fwd run --socket` or [engine] "
+               "control_socket chose it).")
 
 
 def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
