@@ -69,8 +69,10 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     from engine.control.supervisor import EngineError
     from engine.control.supervisor import run as run_engine
     from engine.io.pcap import PcapError
+    from engine.workers.loop import name_process
 
     cfg = _load_or_exit(config)
+    name_process("fwd")  # the control process, beside its fwd-worker-N and fwd-slowpath
     explicit = socket_path or cfg.engine.control_socket
     try:
         result = run_engine(cfg, control_socket=explicit or DEFAULT_SOCKET,

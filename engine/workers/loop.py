@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import multiprocessing
 import os
 import signal
 import time
@@ -24,6 +25,8 @@ from engine.shm.ring import Ring
 MAX_IDLE_SLEEP = 0.001
 PAUSE_SLEEP = 0.0002
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+TASK_COMM_LEN = 16  # the kernel keeps 15 characters and a NUL
 
 
 def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
@@ -38,6 +41,8 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
     # the control process writes its pid before it starts anyone (0: a test drives us)
     parent = int(mem.state[AGENT_IO, ST_PID])
     die_with_parent()  # from now on its death is a SIGTERM; before, getppid() tells
+    if parent:
+        name_process(multiprocessing.current_process().name)
     idle_sleep = 0.0
     while True:
         pause = int(mem.ctl[CTL_PAUSE])
@@ -67,13 +72,25 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
             wait(idle_sleep)
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def name_process(name: str) -> None:
+    """The name `ps -e`, top and pgrep show (PR_SET_NAME, the task's comm): a worker
+    is `fwd-worker-0`, not one more `python`."""
+    try:
+        _libc().prctl(PR_SET_NAME, name.encode()[: TASK_COMM_LEN - 1], 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the name stays
+        pass
+
+
 def die_with_parent() -> None:
     """Ask the kernel for SIGTERM when the control process dies (PR_SET_PDEATHSIG):
     a SIGKILLed control process cannot stop its workers, and a worker left polling
     a live port would go on taking frames (and a CPU) for nobody."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the getppid() check in poll_loop stays
         pass
 
