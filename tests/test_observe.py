@@ -16,6 +16,7 @@ import http.client
 import json
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -447,4 +448,11 @@ def test_trace_and_capture_commands_on_an_idle_engine(engine, tmp_path):
     assert len(read_pcap(out)) == 0
     r = fwd("capture", "p7", "-w", str(out), "--socket", str(path))
     assert r.returncode == 1 and "no port 'p7'" in r.stderr
+    # - is standard output (for tcpdump -r -, Wireshark -k -i -): a pcap header at once
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "capture", "any", "-w", "-",
+                        "--duration", "0.3", "--socket", str(path)], cwd=ROOT,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0 and b"0 frames written to standard output" in r.stderr
+    assert r.stdout == struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    assert not (ROOT / "-").exists()
     assert np.all(request(path, {"cmd": "stats"})["ok"])

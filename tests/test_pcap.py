@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 import subprocess
@@ -17,6 +18,7 @@ from scapy.packet import Raw
 from scapy.utils import PcapWriter, RawPcapReader, rdpcap, wrpcap, wrpcapng
 
 from engine.io.pcap import PcapError, PcapFrames, read_pcap, write_pcap
+from engine.io.pcap import PcapWriter as StreamWriter
 
 T0 = 1_700_000_000  # a fixed epoch second for reproducible timestamps
 
@@ -433,3 +435,17 @@ def test_the_agent_waits_for_room_on_the_slow_ring(tmp_path):
         assert io.feed() + io.feed() == len(frames) - 5  # (bursts of 4 x batch at most)
     finally:
         mem.close()
+
+
+def test_streamed_pcap_is_the_same_file(tmp_path: Path) -> None:
+    """PcapWriter (fwd capture -w -) writes what write_pcap writes, batch by batch."""
+    frames = [bytes(range(60)), b"\xaa" * 1514, b"\x01" * 64]
+    ts = [1_700_000_000_123_456_789, 1_700_000_001_000_000_000, 5]
+    whole = tmp_path / "whole.pcap"
+    write_pcap(whole, frames, ts_ns=ts)
+    streamed = io.BytesIO()
+    w = StreamWriter(streamed)
+    w.write(frames[:1], ts[:1])
+    w.write([], [])
+    w.write(frames[1:], ts[1:])
+    assert w.frames == 3 and streamed.getvalue() == whole.read_bytes()

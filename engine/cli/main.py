@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -211,8 +212,10 @@ def trace(count: int, port: str | None, timeout: float | None, as_json: bool,
               show_default=True,
               help="rx: as received (before any rewrite); tx: as the fast path sends them; "
                    "drop: what the fast path drops (reasons are printed at the end).")
-@click.option("-w", "--write", "path", required=True, type=click.Path(dir_okay=False),
-              help="The pcap file to write (classic pcap, as tcpdump -w).")
+@click.option("-w", "--write", "path", required=True, type=click.Path(dir_okay=False,
+                                                                     allow_dash=True),
+              help="The pcap file to write (classic pcap, as tcpdump -w); - for standard "
+                   "output, written as frames come (fwd capture p0 -w - | tcpdump -r -).")
 @click.option("--count", type=click.IntRange(1), default=None,
               help="Stop after this many frames (default: until Ctrl-C or --duration).")
 @click.option("--duration", type=click.FloatRange(0), default=None,
@@ -226,38 +229,51 @@ def capture(port_name: str, point: str, path: str, count: int | None, duration: 
     import time
 
     from engine.counters import Drop
-    from engine.io.pcap import write_pcap
+    from engine.io.pcap import PcapWriter
 
     msg: dict[str, Any] = {"cmd": "capture.start", "at": point}
     if port_name != "any":
         msg["port"] = port_name
+    to_stdout = path == "-"
+    try:
+        out = sys.stdout.buffer if to_stdout else open(path, "wb")  # noqa: SIM115
+    except OSError as err:
+        click.echo(f"fwd: {path}: {err.strerror}", err=True)
+        sys.exit(EXIT_CONFIG)
     gen = _call(socket_path, msg)["gen"]
     deadline = None if duration is None else time.monotonic() + duration
-    frames: list[list[Any]] = []
+    reasons: dict[str, int] = {}
     lost = 0
+    writer = None
     try:
-        while count is None or len(frames) < count:
-            want = 4096 if count is None else min(4096, count - len(frames))
+        writer = PcapWriter(out)
+        while count is None or writer.frames < count:
+            want = 4096 if count is None else min(4096, count - writer.frames)
             reply = _call(socket_path, {"cmd": "capture.read", "gen": gen, "max": want})
-            frames += reply["frames"]
+            frames = reply["frames"][:want]
+            writer.write([f[4] for f in frames], [f[0] for f in frames])
+            if point == "drop":
+                for f in frames:
+                    reasons[Drop(f[3]).name] = reasons.get(Drop(f[3]).name, 0) + 1
             lost = reply["lost"]
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            if not reply["frames"]:
+            if not frames:
                 time.sleep(0.02)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # the reader (tcpdump -c N, head) has had enough: nothing
+        # more goes to it, not even at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         _call(socket_path, {"cmd": "capture.stop"})
-    if count is not None:
-        frames = frames[:count]
-    write_pcap(path, [f[4] for f in frames], ts_ns=[f[0] for f in frames])
-    click.echo(f"{len(frames)} frame{'s' if len(frames) != 1 else ''} written to {path}"
+        if not to_stdout:
+            out.close()
+    written = writer.frames if writer is not None else 0
+    click.echo(f"{written} frame{'s' if written != 1 else ''} written to "
+               f"{'standard output' if to_stdout else path}"
                + (f" ({lost} lost to a full capture ring)" if lost else ""), err=True)
-    if point == "drop" and frames:
-        reasons: dict[str, int] = {}
-        for f in frames:
-            reasons[Drop(f[3]).name] = reasons.get(Drop(f[3]).name, 0) + 1
+    if reasons:
         click.echo("drop reasons: " + " ".join(f"{k}={v}" for k, v in reasons.items()),
                    err=True)
 
