@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,7 +14,11 @@ from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
 from engine.control.wire import DEFAULT_SOCKET, MAX_REQUEST
 
-EXIT_CONFIG = 2
+if TYPE_CHECKING:  # imported when a command needs it: `fwd --help` stays quick
+    from engine.control.supervisor import RunResult
+
+EXIT_FAULT = 1  # an internal fault: an agent died, counters that do not balance
+EXIT_CONFIG = 2  # bad input: the config, an input capture, an output that cannot be written
 
 
 def _load_or_exit(path: str) -> Config:
@@ -64,9 +68,20 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     With live ports (afpacket, dpdk; needs root): forward until SIGINT/SIGTERM, then
     drain, close the ports, print the counters and exit. While it runs, `fwd stats`,
     `fwd route ...` and `fwd port ...` talk to it through its control socket.
+
+    \b
+    Every stop once forwarding started prints the counters, the accounting line and
+    the pool check (stderr), and the outputs hold what was sent. Exit status:
+      0  the input was forwarded and written, or SIGINT/SIGTERM stopped it (drained)
+      1  an internal fault: a worker died past its restart limit or at start-up, the
+         slow path died, the counters do not balance; or the engine could not start
+         (control socket, namespace, driver)
+      2  bad input: the config, an input capture, an output that cannot be written
+         (refused before the first packet; if only the write fails, after the run,
+         with its counters)
+    A fatal stop ends with one line saying why.
     """
-    from engine.control.stats import format_snapshot
-    from engine.control.supervisor import EngineError
+    from engine.control.supervisor import EngineError, RunStopped
     from engine.control.supervisor import run as run_engine
     from engine.io.pcap import PcapError
 
@@ -76,19 +91,38 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
         result = run_engine(cfg, control_socket=explicit or DEFAULT_SOCKET,
                             control_required=bool(explicit), keep_running=keep_running,
                             log=lambda msg: click.echo(msg, err=True))
+    except RunStopped as stop:
+        status = EXIT_CONFIG if isinstance(stop.cause, PcapError) else EXIT_FAULT
+        _print_result(stop.result, as_json, {"error": str(stop), "status": status})
+        click.echo(f"fwd: {stop}", err=True)
+        sys.exit(status)
     except PcapError as err:
         click.echo(f"fwd: {err}", err=True)
         sys.exit(EXIT_CONFIG)
     except EngineError as err:
         click.echo(f"fwd: {err}", err=True)
-        sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(result.stats.as_dict(), indent=2))
-    else:
-        click.echo(format_snapshot(result.stats))
+        sys.exit(EXIT_FAULT)
+    _print_result(result, as_json)
     if not result.stats.balanced:
         click.echo("fwd: counters do not balance: a frame was lost or counted twice", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAULT)
+
+
+def _print_result(result: RunResult, as_json: bool, stop: dict[str, Any] | None = None) -> None:
+    """A run's counters on stdout: as text, or as JSON with the pool check (null when
+    it could not be made) and, after a fatal stop, `stop` (its error and exit status)."""
+    from engine.control.stats import format_snapshot
+
+    if not as_json:
+        click.echo(format_snapshot(result.stats))
+        return
+    doc = result.stats.as_dict()
+    pool = result.pool
+    doc["pool"] = None if pool is None else {"size": pool.size, "free": pool.free,
+                                             "queued": pool.queued, "lost": pool.nlost}
+    if stop is not None:
+        doc["stop"] = stop
+    click.echo(json.dumps(doc, indent=2))
 
 
 # --- commands against a running engine (engine/cli/client.py) ------------------------------
