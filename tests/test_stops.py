@@ -150,3 +150,11 @@ def test_a_worker_dead_at_start_stops_the_engine_with_the_counters(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env)
     assert_stopped(proc, 1, "fwd-worker-1 exited with status 3 before it started")
     assert "accounting: received 0 " in proc.stdout  # nothing was fed
+
+
+def test_run_help_tells_the_exit_statuses():
+    r = fwd("run", "--help")
+    assert r.returncode == 0
+    for line in ("0  the input was forwarded and written, or SIGINT/SIGTERM stopped it",
+                 "1  an internal fault", "2  bad input"):
+        assert line in r.stdout

@@ -14,6 +14,10 @@ entered before anything opens, so every process's sockets live in that namespace
 
 The control socket (engine/control/server.py) is served from the same loop, between two
 I/O passes: the FIB and next-hop table keep a single writer thread.
+
+A fault once the agents have started (an agent that dies for good, an output that
+cannot be written) ends the run the same way, stopped and drained, and is raised as
+RunStopped with the counters of what was done.
 """
 
 from __future__ import annotations
