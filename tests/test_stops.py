@@ -48,12 +48,13 @@ def assert_stopped(r: subprocess.CompletedProcess, status: int, why: str,
     document when `as_json`."""
     assert r.returncode == status, r.stderr
     assert "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == f"fwd: {why}"
     assert re.search(r"^fwd: pool: \d+ of \d+ buffers free", r.stderr, re.M), r.stderr
     if not as_json:
         assert "accounting: received " in r.stdout and "port" in r.stdout.splitlines()[0]
+        assert r.stderr.strip().splitlines()[-1] == f"fwd: {why}"
         return None
     doc = json.loads(r.stdout)
+    assert r.stderr.strip().splitlines()[-1] == f"fwd: {why}"
     assert doc["stop"] == {"error": why, "status": status}
     assert doc["pool"]["size"] == doc["pool"]["free"] + doc["pool"]["queued"] + doc["pool"]["lost"]
     assert "received" in doc["accounting"] and set(doc["ports"]) == {"p0", "p1", "p2"}

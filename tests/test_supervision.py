@@ -196,14 +196,14 @@ def test_a_worker_that_keeps_dying_stops_the_engine(tmp_path):
     assert proc.returncode == 1
     assert err.count("restarted as pid") == RESTART_LIMIT
     assert "Traceback" not in err
-    # one line says why, after the counters and the pool check of what was done: the
-    # last dead worker's buffers recovered as those of the restarted ones were
+    # the counters and the pool check of what was done (the last dead worker's buffers
+    # recovered as those of the restarted ones were), then one line says why
+    assert "accounting: received 10 = " in out and "(balanced)" in out
+    assert "fwd: pool: 32768 of 32768 buffers free\n" in err
     assert re.fullmatch(r"fwd: fwd-worker-0 killed by SIGKILL, its restart number "
                         rf"{RESTART_LIMIT + 1} within 60 s: giving up \(\d+ buffers "
                         r"reclaimed, \d+ packets dropped \(worker_killed\)\)",
                         err.strip().splitlines()[-1]), err
-    assert "fwd: pool: 32768 of 32768 buffers free\n" in err
-    assert "accounting: received 10 = " in out and "(balanced)" in out
     assert no_shm_leak(proc.pid) == []
 
 
