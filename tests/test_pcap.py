@@ -17,7 +17,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import PcapWriter, RawPcapReader, rdpcap, wrpcap, wrpcapng
 
-from engine.io.pcap import PcapError, PcapFrames, read_pcap, write_pcap
+from engine.io.pcap import PcapError, PcapFrames, check_writable, read_pcap, write_pcap
 from engine.io.pcap import PcapWriter as StreamWriter
 
 T0 = 1_700_000_000  # a fixed epoch second for reproducible timestamps
@@ -154,6 +154,41 @@ def test_directory_is_an_error(tmp_path):
 
 def test_pcap_error_is_a_value_error():
     assert issubclass(PcapError, ValueError)
+
+
+def test_check_writable_changes_nothing(tmp_path):
+    old = tmp_path / "old.pcap"
+    old.write_bytes(b"keep me")
+    check_writable(old)  # opened for writing, not truncated
+    check_writable(tmp_path / "a" / "b" / "new.pcap")  # the folders write_pcap would make
+    assert old.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pcap"]
+
+
+@pytest.mark.parametrize("where, reason", [
+    ("file/out.pcap", "Not a directory"),
+    ("file/more/out.pcap", "Not a directory"),
+    (".", "Is a directory"),
+])
+def test_check_writable_refuses_what_write_pcap_cannot_open(tmp_path, where, reason):
+    (tmp_path / "file").write_bytes(b"x")
+    target = tmp_path / where
+    with pytest.raises(PcapError, match=f"^{target}: cannot write: {reason}$"):
+        check_writable(target)
+    with pytest.raises(PcapError, match=f"^{target}: cannot write: {reason}$"):
+        write_pcap(target, [b"a"])  # the same words when it is only found at the end
+
+
+def test_check_writable_refuses_a_new_file_in_proc():
+    with pytest.raises(PcapError, match="^/proc/fwd-out.pcap: cannot write: "):
+        check_writable("/proc/fwd-out.pcap")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_failed_write_is_a_pcap_error_naming_the_file():
+    check_writable("/dev/full")  # opens: only writing tells
+    with pytest.raises(PcapError, match="^/dev/full: cannot write: No space left on device$"):
+        write_pcap("/dev/full", [b"a"])
 
 
 @pytest.mark.parametrize("content, problem", [

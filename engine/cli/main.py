@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,7 +15,11 @@ from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
 from engine.control.wire import DEFAULT_SOCKET, MAX_REQUEST
 
-EXIT_CONFIG = 2
+if TYPE_CHECKING:  # imported when a command needs it: `fwd --help` stays quick
+    from engine.control.supervisor import RunResult
+
+EXIT_FAULT = 1  # an internal fault: an agent died, counters that do not balance
+EXIT_CONFIG = 2  # bad input: the config, an input capture, an output that cannot be written
 
 
 def _load_or_exit(path: str) -> Config:
@@ -65,9 +69,20 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     With live ports (afpacket, dpdk; needs root): forward until SIGINT/SIGTERM, then
     drain, close the ports, print the counters and exit. While it runs, `fwd stats`,
     `fwd route ...` and `fwd port ...` talk to it through its control socket.
+
+    \b
+    Every stop once forwarding started prints the counters, the accounting line and
+    the pool check (stderr), and the outputs hold what was sent. Exit status:
+      0  the input was forwarded and written, or SIGINT/SIGTERM stopped it (drained)
+      1  an internal fault: a worker died past its restart limit or at start-up, the
+         slow path died, the counters do not balance; or the engine could not start
+         (control socket, namespace, driver)
+      2  bad input: the config, an input capture, an output that cannot be written
+         (refused before the first packet; if only the write fails, after the run,
+         with its counters)
+    A fatal stop ends with one line saying why.
     """
-    from engine.control.stats import format_snapshot
-    from engine.control.supervisor import EngineError
+    from engine.control.supervisor import EngineError, RunStopped
     from engine.control.supervisor import run as run_engine
     from engine.io.pcap import PcapError
     from engine.workers.loop import name_process
@@ -79,19 +94,38 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
         result = run_engine(cfg, control_socket=explicit or DEFAULT_SOCKET,
                             control_required=bool(explicit), keep_running=keep_running,
                             log=lambda msg: click.echo(msg, err=True))
+    except RunStopped as stop:
+        status = EXIT_CONFIG if isinstance(stop.cause, PcapError) else EXIT_FAULT
+        _print_result(stop.result, as_json, {"error": str(stop), "status": status})
+        click.echo(f"fwd: {stop}", err=True)
+        sys.exit(status)
     except PcapError as err:
         click.echo(f"fwd: {err}", err=True)
         sys.exit(EXIT_CONFIG)
     except EngineError as err:
         click.echo(f"fwd: {err}", err=True)
-        sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(result.stats.as_dict(), indent=2))
-    else:
-        click.echo(format_snapshot(result.stats))
+        sys.exit(EXIT_FAULT)
+    _print_result(result, as_json)
     if not result.stats.balanced:
         click.echo("fwd: counters do not balance: a frame was lost or counted twice", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAULT)
+
+
+def _print_result(result: RunResult, as_json: bool, stop: dict[str, Any] | None = None) -> None:
+    """A run's counters on stdout: as text, or as JSON with the pool check (null when
+    it could not be made) and, after a fatal stop, `stop` (its error and exit status)."""
+    from engine.control.stats import format_snapshot
+
+    if not as_json:
+        click.echo(format_snapshot(result.stats))
+        return
+    doc = result.stats.as_dict()
+    pool = result.pool
+    doc["pool"] = None if pool is None else {"size": pool.size, "free": pool.free,
+                                             "queued": pool.queued, "lost": pool.nlost}
+    if stop is not None:
+        doc["stop"] = stop
+    click.echo(json.dumps(doc, indent=2))
 
 
 # --- commands against a running engine (engine/cli/client.py) ------------------------------
@@ -229,7 +263,7 @@ def capture(port_name: str, point: str, path: str, count: int | None, duration: 
     import time
 
     from engine.counters import Drop
-    from engine.io.pcap import PcapWriter
+    from engine.io.pcap import PcapError, PcapWriter, cannot_write
 
     msg: dict[str, Any] = {"cmd": "capture.start", "at": point}
     if port_name != "any":
@@ -238,13 +272,14 @@ def capture(port_name: str, point: str, path: str, count: int | None, duration: 
     try:
         out = sys.stdout.buffer if to_stdout else open(path, "wb")  # noqa: SIM115
     except OSError as err:
-        click.echo(f"fwd: {path}: {err.strerror}", err=True)
+        click.echo(f"fwd: {cannot_write(path, err)}", err=True)
         sys.exit(EXIT_CONFIG)
     gen = _call(socket_path, msg)["gen"]
     deadline = None if duration is None else time.monotonic() + duration
     reasons: dict[str, int] = {}
     lost = 0
     writer = None
+    failed: PcapError | None = None
     try:
         writer = PcapWriter(out)
         while count is None or writer.frames < count:
@@ -265,10 +300,15 @@ def capture(port_name: str, point: str, path: str, count: int | None, duration: 
     except BrokenPipeError:  # the reader (tcpdump -c N, head) has had enough: nothing
         # more goes to it, not even at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as err:  # a full disk, /dev/full
+        failed = cannot_write(path, err)
     finally:
         _call(socket_path, {"cmd": "capture.stop"})
         if not to_stdout:
             out.close()
+    if failed is not None:
+        click.echo(f"fwd: {failed}", err=True)
+        sys.exit(EXIT_CONFIG)
     written = writer.frames if writer is not None else 0
     click.echo(f"{written} frame{'s' if written != 1 else ''} written to "
                f"{'standard output' if to_stdout else path}"

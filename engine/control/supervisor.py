@@ -14,6 +14,10 @@ entered before anything opens, so every process's sockets live in that namespace
 
 The control socket (engine/control/server.py) is served from the same loop, between two
 I/O passes: the FIB and next-hop table keep a single writer thread.
+
+A fault once the agents have started (an agent that dies for good, an output that
+cannot be written) ends the run the same way, stopped and drained, and is raised as
+RunStopped with the counters of what was done.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from engine.config import Config
 from engine.control.commands import Commands
 from engine.control.netns import NetnsError, netns
 from engine.control.recovery import (
+    PoolAudit,
     RestartPolicy,
     SupervisionError,
     audit_pool,
@@ -44,6 +49,7 @@ from engine.control.routing import Routing, build_routing
 from engine.control.server import ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
+from engine.io.pcap import PcapError
 from engine.io.registry import Driver, DriverError, driver_for
 from engine.shm.fib import DEFAULT_READERS, FibWriter
 from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
@@ -64,6 +70,19 @@ class EngineError(RuntimeError):
 class RunResult:
     stats: Snapshot
     interrupted: bool = False
+    pool: PoolAudit | None = None  # None: an agent outlived the stop, the pool was not checked
+
+
+class RunStopped(EngineError):
+    """A run that had started its agents ended on a fault; everything was still stopped
+    and drained. `cause`: an EngineError (an agent died: an internal fault) or a
+    PcapError (an output could not be written: bad input); `result`: the counters and
+    the pool check of what was done until then."""
+
+    def __init__(self, cause: EngineError | PcapError, result: RunResult) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.result = result
 
 
 def cpu_for(worker: int) -> int | None:
@@ -100,6 +119,10 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     it is an EngineError before any worker starts.
     keep_running: once the pcap input is consumed and drained, write the outputs and
     stay up (control socket included) until SIGINT/SIGTERM.
+
+    Once the agents start, a fault (an agent that dies, an output that cannot be
+    written) does not cut the run short: the rest is stopped and drained as on a
+    signal, the outputs are written, and RunStopped carries the counters.
     """
     driver = driver_for(cfg)
     say = log or (lambda msg: None)
@@ -119,10 +142,20 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         r.open_control_socket(control_socket, control_required)
         r.open_metrics()
         end_clock = r.open_ports()
-        r.start_agents(end_clock)
-        r.forward(keep_running)
-        r.stop_and_drain()
-        return r.result()
+        fault: EngineError | PcapError | None = None
+        try:
+            r.start_agents(end_clock)
+            r.forward(keep_running)
+        except (EngineError, PcapError) as err:
+            fault = err
+        try:
+            r.stop_and_drain()
+        except PcapError as err:  # the first fault is the one that stopped the run
+            fault = fault or err
+        result = r.result()
+        if fault is not None:
+            raise RunStopped(fault, result) from fault
+        return result
     finally:
         r.close()
 
@@ -294,7 +327,7 @@ class _Run:
                     # slot, or tbl8 groups released from now on are never reused
                     self.fib.unregister_reader(reader)
                 if proc is self.slowpath or not self.driver.restartable or reader is None:
-                    raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
+                    raise EngineError(f"{proc.name} {how_it_ended(proc)}")
                 # a forwarding worker: recover what it left and start it again
                 procs[i] = (restart_worker(self.mem, procs, i, self.specs[reader], self.policy,
                                            self.io, self.say, self.restarting), reader)
@@ -335,13 +368,18 @@ class _Run:
     def result(self) -> RunResult:
         """The pool's audit (when every agent is gone) and the final counters."""
         mem = self.mem
-        if all(not proc.is_alive() for proc, _ in self.procs):
+        alive = [proc.name for proc, _ in self.procs if proc.is_alive()]
+        audit = None
+        if alive:  # it may still move buffers: an audit now would be wrong
+            self.say(f"fwd: pool: not checked, {', '.join(alive)} still running")
+        else:
             # every agent gone: the pool must be whole again (engine/control/recovery.py)
             audit = audit_pool(mem, held_by(self.io))
             self.say(f"fwd: pool: {audit.free} of {audit.size} buffers free"
                      + (f", {audit.queued} queued" if audit.queued else "")
                      + (f", {audit.nlost} lost" if audit.nlost else ""))
-        return RunResult(snapshot(mem, [p.name for p in self.cfg.ports]), self.stop_requested)
+        return RunResult(snapshot(mem, [p.name for p in self.cfg.ports]), self.stop_requested,
+                         audit)
 
     def close(self) -> None:
         """Release everything that exists, in this order: the control socket and the
@@ -378,10 +416,18 @@ def wait_started(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, in
     while not all(mem.state[a, ST_LOOPS] for a in range(1, mem.geometry.nagents)):
         for proc, _ in procs:
             if proc.exitcode is not None:
-                raise EngineError(f"{proc.name} exited with status {proc.exitcode}")
+                raise EngineError(f"{proc.name} {how_it_ended(proc)} before it started")
         if time.monotonic() > deadline:
             raise EngineError(f"the workers did not start within {timeout:g} s")
         time.sleep(0.002)
+
+
+def how_it_ended(proc: mp.process.BaseProcess) -> str:
+    """'killed by SIGKILL' or 'exited with status 3', for a process that ended."""
+    status = proc.exitcode
+    if status is not None and status < 0:
+        return f"killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
 
 
 def held_by(io: Any) -> list[np.ndarray]:
@@ -400,12 +446,7 @@ def restart_worker(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, 
     ports' fanout groups again. EngineError when it keeps dying."""
     dead, _ = procs[i]
     t0 = time.monotonic()
-    status = dead.exitcode
-    how = (f"killed by {signal.Signals(-status).name}" if status is not None and status < 0
-           else f"exited with status {status}")
-    if not policy.allow(spec.worker, t0):
-        raise EngineError(f"{dead.name} {how}, its restart number {policy.limit + 1} "
-                          f"within {policy.window_s:g} s: giving up")
+    how = how_it_ended(dead)
     agent = mem.geometry.worker_agent(spec.worker)
     g = mem.geometry
     others: dict[int, Callable[[], bool]] = {}
@@ -419,6 +460,12 @@ def restart_worker(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, 
             recovery = recover_worker(mem, spec.worker, held_by(io))
     except SupervisionError as err:
         raise EngineError(f"{dead.name} {how}; recovery failed: {err}") from None
+    # recovered even when it is not started again: the counters and the pool check of
+    # the stop then account for what it held
+    if not policy.allow(spec.worker, t0):
+        raise EngineError(f"{dead.name} {how}, its restart number {policy.limit + 1} "
+                          f"within {policy.window_s:g} s: giving up "
+                          f"({recovery.describe()})")
     proc = mp.get_context("spawn").Process(target=worker_main, args=(spec,), name=dead.name)
     proc.start()
     restarting[agent] = (t0, proc.pid or 0, int(mem.state[agent, ST_LOOPS]))
@@ -468,4 +515,4 @@ def settled(mem: EngineMemory, fed: int) -> bool:
     return all(r.count() == 0 for name, r in mem.rings.items() if not name.startswith("ret."))
 
 
-__all__ = ["EngineError", "RunResult", "run"]
+__all__ = ["EngineError", "RunResult", "RunStopped", "run"]

@@ -14,7 +14,10 @@ approaches tried (see `_walk_serial`).
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -286,7 +289,8 @@ def write_pcap(path: PathArg, frames: Sequence[bytes] | PcapFrames | np.ndarray,
       write_pcap(path, [b"...", ...] or PcapFrames, ts_ns=None)
       write_pcap(path, data, offsets, lengths, ts_ns=None)   # uint8 array + int arrays
     `ts_ns` are nanoseconds since the epoch (zeros when omitted); the file keeps
-    microseconds unless `nanosecond` is true. Parent directories are created.
+    microseconds unless `nanosecond` is true. Parent directories are created. An OS
+    error (no room, no permission) is a PcapError naming the file.
     """
     name = str(path)
     if isinstance(frames, np.ndarray):
@@ -359,9 +363,49 @@ def write_pcap(path: PathArg, frames: Sequence[bytes] | PcapFrames | np.ndarray,
         body[header_bytes] = False
         out[body] = payload
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as f:
-        f.write(memoryview(out))
+    try:
+        if _nearest_folder(target) != target.parent:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(memoryview(out))
+    except OSError as e:  # a full disk, /dev/full, a path under a regular file
+        raise cannot_write(name, e) from None
+
+
+def cannot_write(name: str, err: OSError) -> PcapError:
+    """The error for an output that cannot be written: the file and the OS's reason."""
+    return PcapError(f"{name}: cannot write: {err.strerror or err}")
+
+
+def _nearest_folder(target: Path) -> Path:
+    """The nearest existing folder above `target`. NotADirectoryError when that is
+    something else: mkdir would only say "File exists"."""
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+    return folder
+
+
+def check_writable(path: PathArg) -> None:
+    """PcapError unless `write_pcap(path, ...)` can open its file, proved without
+    changing anything: an existing file is opened for writing (not truncated) and
+    closed; for a new one a temporary file is made and removed in the nearest
+    existing folder above it (write_pcap creates the folders that are missing).
+
+    What only the write can tell (a full disk, /dev/full) stays a write error."""
+    target = Path(path)
+    try:
+        if target.exists():
+            # O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of waiting for one
+            os.close(os.open(target, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            return
+        fd, probe = tempfile.mkstemp(prefix=".fwd-probe-", dir=_nearest_folder(target))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise cannot_write(str(path), e) from None
 
 
 class PcapWriter:

@@ -20,7 +20,7 @@ import numpy as np
 from engine.config import PortConfig
 from engine.counters import MISC_BASE, Drop, Misc, index
 from engine.io.afpacket import c_helper  # the drivers' C helper: copies in and out of the pool
-from engine.io.pcap import PcapFrames, read_pcap, write_pcap
+from engine.io.pcap import PcapError, PcapFrames, check_writable, read_pcap, write_pcap
 from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
 from engine.shm.memory import (
     AGENT_IO,
@@ -74,6 +74,8 @@ class PcapPorts:
         self.seq: dict[int, np.ndarray] = {}
         self.outputs = {p: _Output() for p, _ in self.ports}
         self._c = c_helper()  # None without a compiler: numpy copies then
+        for _, port in self.ports:  # before the first frame moves, not after the replay
+            check_writable(port.tx)
         for p, port in self.ports:
             frames = read_pcap(port.rx)
             self.frames[p] = frames
@@ -236,7 +238,10 @@ class PcapPorts:
         return sum(self.pos.values())
 
     def write(self) -> None:
-        """Write each port's `tx` capture in (time, arrival) order."""
+        """Write each port's `tx` capture in (time, arrival) order. One that cannot be
+        written does not keep the others from being written: PcapError, after, naming
+        every one that failed."""
+        failed: list[str] = []
         for p, port in self.ports:
             out = self.outputs[p]
             if out.lengths:
@@ -251,7 +256,12 @@ class PcapPorts:
                 seq = np.zeros(0, np.uint64)
             order = np.lexsort((seq, ts))
             data, offsets, lengths = reorder_frames(data, lengths, order)
-            write_pcap(port.tx, data, offsets, lengths, ts[order])
+            try:
+                write_pcap(port.tx, data, offsets, lengths, ts[order])
+            except PcapError as err:
+                failed.append(str(err))
+        if failed:
+            raise PcapError("; ".join(failed))
 
 
 def reorder_frames(data: np.ndarray, lengths: np.ndarray,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.io.ports import SenderPorts, WorkerPorts
 from engine.shm.memory import AGENT_IO, EngineMemory
 
@@ -56,6 +56,17 @@ class PcapDriver(Driver):
 
     name = "pcap"
     live = False
+
+    def check(self, cfg: Config) -> None:
+        """Every `tx` capture can be written (engine/io/pcap.py: check_writable), so a
+        replay is not refused only after it ran."""
+        from engine.io.pcap import PcapError, check_writable
+
+        for i, port in enumerate(cfg.ports):
+            try:
+                check_writable(port.tx)
+            except PcapError as err:
+                raise ConfigError(f"port[{i}].tx: {err}", f"port[{i}].tx") from None
 
     def control_io(self, cfg: Config, plan: Any, mem: EngineMemory, burst: int) -> Any:
         from engine.io.pcap_port import PcapPorts
