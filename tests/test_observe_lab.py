@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -50,6 +51,9 @@ batch = 64
 netns = "{router}"
 control_socket = "{sock}"
 
+[metrics]
+listen = "127.0.0.1:{metrics}"
+
 [[port]]
 name = "p0"
 driver = "afpacket"
@@ -77,6 +81,12 @@ SENDER = textwrap.dedent("""
         n += 1
         time.sleep(0.02)
 """)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sh(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -116,7 +126,9 @@ def live(tmp_path_factory):
     d = tmp_path_factory.mktemp("oblab")
     sock = d / "fwd.sock"
     cfg = d / "lab.toml"
-    cfg.write_text(CONFIG.format(router=lab.router, sock=sock, p0=P0_MAC, p1=P1_MAC))
+    metrics = free_port()
+    cfg.write_text(CONFIG.format(router=lab.router, sock=sock, p0=P0_MAC, p1=P1_MAC,
+                                 metrics=metrics))
     engine = subprocess.Popen([*FWD, "run", str(cfg)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     sender = None
@@ -137,7 +149,7 @@ def live(tmp_path_factory):
         sender = subprocess.Popen(["ip", "netns", "exec", lab.host("h1"), sys.executable, "-c",
                                    SENDER, h1, P0_MAC], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE)
-        yield sock, h1, h2
+        yield sock, h1, h2, metrics
     finally:
         if sender is not None:
             sender.kill()
@@ -148,7 +160,7 @@ def live(tmp_path_factory):
 
 
 def test_trace_follows_live_packets_stage_by_stage(live):
-    sock, h1, h2 = live
+    sock, h1, h2, _ = live
     r = subprocess.run([*FWD, "trace", "4", "--port", "p0", "--json", "--timeout", "30",
                         "--socket", str(sock)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -179,7 +191,7 @@ def test_trace_follows_live_packets_stage_by_stage(live):
 
 @pytest.mark.parametrize("point", ["rx", "tx"])
 def test_capture_writes_the_frames_as_received_or_sent(live, tmp_path, point):
-    sock, h1, h2 = live
+    sock, h1, h2, _ = live
     out = tmp_path / f"{point}.pcap"
     port = "p0" if point == "rx" else "p1"
     r = subprocess.run([*FWD, "capture", port, "--at", point, "-w", str(out), "--count", "5",
@@ -199,7 +211,7 @@ def test_capture_writes_the_frames_as_received_or_sent(live, tmp_path, point):
 
 
 def test_capture_drop_names_the_reason(live, tmp_path):
-    sock, h1, _ = live
+    sock, h1, _, _ = live
     out = tmp_path / "drop.pcap"
     # a blackhole route for h2's address: the sender's frames are now dropped
     subprocess.run([*FWD, "route", "add", "10.0.2.2/32", "--type", "blackhole",
@@ -228,3 +240,16 @@ def test_capture_path_is_a_pcap_tcpdump_reads(live, tmp_path):
     assert r.returncode == 0, r.stderr
     t = subprocess.run(["tcpdump", "-nn", "-e", "-r", str(out)], capture_output=True, text=True)
     assert t.returncode == 0 and len(t.stdout.splitlines()) == 2, t.stdout + t.stderr
+
+
+def test_metrics_are_scraped_from_the_host_namespace(live):
+    """[metrics] listens where `fwd run` was started, not in [engine] netns: this test
+    process, in the host namespace, scrapes it while the sender's frames flow."""
+    import urllib.request
+
+    *_, metrics = live
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    forwarded = [line for line in text.splitlines()
+                 if line.startswith('fwd_ip_total{counter="ForwDatagrams"}')]
+    assert forwarded and float(forwarded[0].split()[-1]) > 0, forwarded

@@ -137,10 +137,12 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     # before anything exists that a default-action SIGTERM would leak (the socket file)
     r.catch_signals()
     try:
-        r.enter_netns()
         r.build_memory_and_fib()
         r.open_control_socket(control_socket, control_required)
+        # metrics listen where `fwd run` was started: a Prometheus on the host scrapes an
+        # engine whose ports live in [engine] netns
         r.open_metrics()
+        r.enter_netns()
         end_clock = r.open_ports()
         fault: EngineError | PcapError | None = None
         try:
