@@ -47,6 +47,8 @@ from engine.shm.memory import MAX_PORTS
 ROUTE_TYPES = ("unicast", "blackhole", "unreachable", "prohibit")
 DRIVERS = ("pcap", "afpacket", "dpdk")
 REASSEMBLY_MODES = ("full", "forward")
+# [engine] datapath: the numba kernel (engine/pipeline/compiled.py) or the numpy stages
+DATAPATHS = ("compiled", "numpy")
 
 MAX_WORKERS = 64
 MAX_BATCH = 4096
@@ -124,6 +126,7 @@ class EngineConfig:
     batch: int = 256
     control_socket: Path | None = None
     netns: str | None = None  # run inside this network namespace (/run/netns/NAME)
+    datapath: str = "compiled"  # one of DATAPATHS: how the forwarding workers run the fast path
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ _TOP_KEYS = ("engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp"
              "metrics")
 _METRICS_KEYS = ("listen",)
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})")
-_ENGINE_KEYS = ("workers", "batch", "control_socket", "netns")
+_ENGINE_KEYS = ("workers", "batch", "control_socket", "netns", "datapath")
 _DRIVER_KEYS = {"pcap": ("rx", "tx"), "afpacket": ("iface",), "dpdk": ("device",)}
 _PORT_KEYS = ("name", "driver", "mac", "mtu", "addresses") + tuple(
     k for keys in _DRIVER_KEYS.values() for k in keys)
@@ -463,8 +466,9 @@ class _Parser:
         if netns is not None and (not _NETNS.fullmatch(netns) or netns in (".", "..")):
             raise _fail("engine.netns", f"{netns!r} is not a network namespace name "
                         "(as `ip netns add` takes: A-Z a-z 0-9 _ . -, no '/')")
+        datapath = _choice(t, "engine", "datapath", DATAPATHS, default=d.datapath)
         return EngineConfig(workers=workers, batch=batch, control_socket=sock_path,
-                            netns=netns)
+                            netns=netns, datapath=datapath)
 
     # [[port]] ---------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ Three measurements per batch size, each the median of several runs:
   (the cost of just touching the packets: the floor of any fast path here);
 - `stages`: `fast_path()` alone on already gathered rows;
 - `worker`: a worker's whole batch (`Forwarder.process`: gather, fast path, scatter,
-  TX enqueue, counters), the number that matters.
+  TX enqueue, counters), the number that matters;
+- `compiled_stages`, `compiled_worker`: the same with `[engine] datapath = "compiled"`
+  (pipeline/compiled.py: one kernel call per batch on the pool rows in place).
 Per stage, like VPP's `show runtime` (clocks per packet per node): ns per packet in
 each of fast_path's stages (`ip_rcv`, `ip_route_input`, `ip_forward`, `rewrite`),
 called one by one on prepared batches, each call timed alone.
@@ -151,7 +153,8 @@ def timed(fn, seconds: float, prepare=None) -> float:
 
 
 def single_core(setup: Setup, batch: int, seconds: float, runs: int,
-                names: tuple[str, ...] = ("noop", "stages", "worker")) -> dict[str, float]:
+                names: tuple[str, ...] = ("noop", "stages", "worker", "compiled_stages",
+                                          "compiled_worker")) -> dict[str, float]:
     mem = setup.mem
     mem.data[:, :FRAME] = setup.frames  # undo what earlier measurements rewrote
     mem.length[:] = FRAME
@@ -159,6 +162,8 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int,
     order = [np.arange(i * batch, (i + 1) * batch, dtype=np.uint32) for i in range(nbatches)]
     fw = Forwarder(mem, setup.tables, 0, batch)
     tables = fw.tables  # with the worker's neighbour cache in front of the shared table
+    jit = Forwarder(mem, setup.tables, 0, batch, datapath="compiled")
+    jit.warm_up()
     state = {"i": 0}
 
     def reset_row(idx):
@@ -192,9 +197,25 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int,
             ring.head[0] = ring.tail[0]
         return batch
 
+    def compiled_stages():
+        idx = order[state["i"] % nbatches]
+        state["i"] += 1
+        jit.compiled.run(mem.data, mem.length, mem.port, idx)
+        return batch
+
+    def compiled_worker():
+        idx = order[state["i"] % nbatches]
+        state["i"] += 1
+        jit.process(idx)
+        for ring in jit.tx:
+            ring.head[0] = ring.tail[0]
+        return batch
+
     out = {}
     for name, fn, prepare in (("noop", noop, None), ("stages", stages, None),
-                              ("worker", worker, restore)):
+                              ("worker", worker, restore),
+                              ("compiled_stages", compiled_stages, restore),
+                              ("compiled_worker", compiled_worker, restore)):
         if name not in names:
             continue
         rates = []
@@ -332,7 +353,8 @@ def main() -> None:
               f"{'spread':>7}")
         for batch in args.batches:
             r = single_core(setup, batch, args.seconds, args.runs)
-            d = single_core(learned, batch, args.seconds, args.runs, ("stages", "worker"))
+            d = single_core(learned, batch, args.seconds, args.runs,
+                            ("stages", "worker", "compiled_stages", "compiled_worker"))
             r.update({f"learned_{k}": v for k, v in d.items()})
             results["batch"][batch] = r
             print(f"{batch:>6} {r['noop'] / 1e6:>10.2f} {r['stages'] / 1e6:>12.2f} "
@@ -348,6 +370,14 @@ def main() -> None:
             results["stages_ns"][batch] = ns
             print(f"{batch:>6} " + " ".join(f"{ns[s]:>8.0f}" for s in STEPS)
                   + f" {sum(ns[s] for s in STEPS):>8.0f} {ns['worker']:>8.0f}")
+        print("\ncompiled datapath, Mpps (ratio to numpy in this run)")
+        print(f"{'batch':>6} {'stages':>16} {'worker':>16} {'learned stages':>16} "
+              f"{'learned worker':>16}")
+        for batch in args.batches:
+            r = results["batch"][batch]
+            cells = [(r[f"{p}compiled_{k}"], r[f"{p}compiled_{k}"] / r[f"{p}{k}"])
+                     for p in ("", "learned_") for k in ("stages", "worker")]
+            print(f"{batch:>6} " + " ".join(f"{v / 1e6:>8.2f} ({x:>4.1f}x)" for v, x in cells))
     finally:
         setup.close()
         learned.close()

@@ -115,6 +115,7 @@ def test_minimal_defaults() -> None:
     cfg = load_config(CONFIGS / "correct-minimal.toml")
     assert cfg.path == (CONFIGS / "correct-minimal.toml").absolute()
     assert cfg.engine == EngineConfig(workers=1, batch=256, control_socket=None)
+    assert cfg.engine.datapath == "compiled"
     assert cfg.ipv4 == Ipv4Config(accept_source_route=False)
     assert cfg.reassembly == ReassemblyConfig("full", 30.0, 4 * 1024 * 1024, 3 * 1024 * 1024)
     assert cfg.icmp == IcmpConfig(ratelimit_ms=1000, send_redirects=True)
@@ -129,6 +130,10 @@ def test_minimal_defaults() -> None:
     assert port.tx == CONFIGS / "out" / "p0.pcap"
     assert port.iface is None and port.device is None
     assert cfg.port_index("p0") == 0
+
+
+def test_datapath_numpy() -> None:
+    assert load_config(CONFIGS / "correct-datapath-numpy.toml").engine.datapath == "numpy"
 
 
 def test_two_ports_routes_values() -> None:

@@ -52,8 +52,16 @@ from engine.counters import MISC_BASE, Misc
 from engine.io.pcap import PcapError
 from engine.io.registry import Driver, DriverError, driver_for
 from engine.shm.fib import DEFAULT_READERS, FibWriter
-from engine.shm.memory import AGENT_IO, CTL_STOP, ST_LOOPS, ST_PID, EngineMemory, Geometry
-from engine.workers.forwarder import WorkerSpec, worker_main
+from engine.shm.memory import (
+    AGENT_IO,
+    CTL_STOP,
+    ST_LOOPS,
+    ST_PID,
+    ST_WARMUP_NS,
+    EngineMemory,
+    Geometry,
+)
+from engine.workers.forwarder import WorkerSpec, prepare_compiled, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
 JOIN_TIMEOUT_S = 5.0
@@ -272,6 +280,9 @@ class _Run:
         its first pass."""
         cfg, geometry, mem, procs = self.cfg, self.geometry, self.mem, self.procs
         ctx = mp.get_context("spawn")
+        compiled = cfg.engine.datapath == "compiled"
+        if compiled:  # compile once here; the workers load it from numba's cache
+            ready = prepare_compiled(cfg, mem, self.fib.name)
         for w in range(cfg.engine.workers):
             self.specs[w] = spec = WorkerSpec(geometry, self.fib.name, cfg, w, cfg.engine.batch,
                                               cpu_for(w))
@@ -286,6 +297,11 @@ class _Run:
         for proc, _ in procs:
             proc.start()
         wait_started(mem, procs)
+        if compiled:
+            loads = ", ".join(f"{mem.state[1 + w, ST_WARMUP_NS] / 1e9:.2f}"
+                              for w in range(cfg.engine.workers))
+            self.say(f"fwd: compiled datapath ready in {ready:.2f} s (compiled, or loaded from "
+                     f"numba's cache); workers loaded it in {loads} s")
         if self.live:
             where = ", ".join(p.iface or p.device or p.name for p in cfg.ports)
             self.say(f"fwd: forwarding on {where}"

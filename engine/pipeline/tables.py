@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.config import Config
+from engine.shm.fib import FibReader
 from engine.shm.memory import CTL_PORT_UP, EngineMemory
 from engine.shm.neigh_table import NeighbourTable
 
@@ -51,6 +52,8 @@ class Tables:
     # rows); with no resolver, they all go to the slow path as neigh_unresolved
     nh_gw: np.ndarray | None = None  # (NH,) uint32, the gateway of NHF_GATEWAY rows
     neigh: Resolver | None = None
+    # the FIB's (tbl24, tbl8) behind `lookup`, for the compiled datapath (pipeline/compiled.py)
+    dir24_8: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.neigh is not None and self.nh_gw is None:
@@ -82,6 +85,10 @@ class PortMask:
     def __len__(self) -> int:
         return self._n
 
+    def bits(self) -> int:
+        """The mask itself, read now: bit p set when port p is up."""
+        return int(self._ctl[CTL_PORT_UP]) & ((1 << self._n) - 1)
+
     def __iter__(self) -> Iterator[bool]:
         return iter(self[:].tolist())
 
@@ -103,6 +110,7 @@ def make_tables(cfg: Config, mem: EngineMemory,
                 lookup: Callable[[np.ndarray], np.ndarray]) -> Tables:
     """Tables over the shared arrays, for a worker (or a test) of this deployment."""
     nports = len(cfg.ports)
+    fib = getattr(lookup, "__self__", None)  # a FibReader's (or FibWriter's) bound lookup
     return Tables(
         lookup=lookup,
         nh_type=mem.nh_type,
@@ -123,4 +131,5 @@ def make_tables(cfg: Config, mem: EngineMemory,
         local_addrs=local_addresses(cfg),
         reassemble_transit=cfg.reassembly.mode == "full",
         send_redirects=cfg.icmp.send_redirects,
+        dir24_8=fib.dir24_8 if isinstance(fib, FibReader) else None,
     )

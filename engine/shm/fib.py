@@ -234,6 +234,12 @@ class FibReader:
             res[ext] = self._tbl8.take(j)
         return res
 
+    @property
+    def dir24_8(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tbl24, tbl8) as the readers' views: for a compiled lookup that walks them
+        as `lookup` does (engine/pipeline/compiled.py)."""
+        return self._tbl24, self._tbl8
+
     def lookup_one(self, addr: int) -> int:
         """Scalar convenience lookup (slow path, tests)."""
         e = int(self._tbl24[addr >> 8])

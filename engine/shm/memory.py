@@ -63,6 +63,7 @@ ST_LOOPS = 1  # loop iterations, bumped every pass (liveness)
 ST_FREE = 2  # free buffers held by this owner (locally)
 ST_IDLE = 3  # 1 when the agent's last pass found nothing to do
 ST_PAUSED = 4  # the CTL_PAUSE epoch this agent has acknowledged (holding no buffer)
+ST_WARMUP_NS = 5  # how long a forwarding worker took to get its compiled datapath ready
 
 
 @dataclass(frozen=True)

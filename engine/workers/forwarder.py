@@ -1,9 +1,11 @@
 """A forwarding worker: a thin loop around the fast path.
 
 Worker *w* owns RX queue *w* and TX queue *w* of every port. Each pass it takes a
-burst from each of its RX rings, gathers the header rows from the buffer pool, runs
-`fast_path`, scatters the rewritten bytes back, and hands buffers on by index: to
-the egress port's TX ring, to the slow-path ring, or back to their owner (drops).
+burst from each of its RX rings, runs the fast path over it (`[engine] datapath`:
+the compiled kernel on the pool rows in place, or the numpy stages on gathered
+header rows, scattered back), and hands buffers on by index: to the egress port's
+TX ring, to the slow-path ring, or back to their owner (drops). While a trace or
+capture is armed, batches take the numpy stages (the taps read the gathered rows).
 Next hops without a MAC are resolved through the worker's own neighbour cache in
 front of the shared neighbour table, flushed when a shared generation word moves
 (see `Forwarder`).
@@ -23,6 +25,7 @@ from engine.counters import MISC_BASE, Drop, Misc
 from engine.io.ports import WorkerPorts
 from engine.io.registry import driver_for
 from engine.observe.hooks import Observer
+from engine.pipeline.compiled import CompiledPath, count_histogram
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.tables import Tables, make_tables
@@ -30,7 +33,14 @@ from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.proto import HDR_BYTES
 from engine.shm.fib import FibReader
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
-from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, CTL_STOP, EngineMemory, Geometry
+from engine.shm.memory import (
+    CTL_NEIGH_GEN,
+    CTL_NH_GEN,
+    CTL_STOP,
+    ST_WARMUP_NS,
+    EngineMemory,
+    Geometry,
+)
 from engine.shm.neigh_table import NeighbourTable
 from engine.shm.pool import Buffers
 from engine.shm.ring import Ring
@@ -70,7 +80,8 @@ class Forwarder:
     ARP) moves: two loads of shared words per pass, no lock, no message."""
 
     def __init__(self, mem: EngineMemory, tables: Tables, worker: int, batch: int,
-                 fib: FibReader | None = None, ports: WorkerPorts | None = None):
+                 fib: FibReader | None = None, ports: WorkerPorts | None = None,
+                 datapath: str = "numpy"):
         g = mem.geometry
         self.mem = mem
         self.tables = tables
@@ -98,6 +109,20 @@ class Forwarder:
         # `fwd trace` / `fwd capture`: one shared word, loaded once per batch
         self.obs = mem.obs_ctl
         self.observer = Observer(mem, self.agent)
+        # [engine] datapath = "compiled": the kernel over this worker's tables and cache
+        self.compiled = CompiledPath(self.tables, batch) if datapath == "compiled" else None
+        self.rows = np.arange(max(batch, journal_rows(mem)))
+        self.slow_full = False  # the last plan_slow turned slow-path packets into drops
+
+    def warm_up(self) -> float:
+        """Compile the kernel, or load it from numba's cache, before the first packet
+        (never in the loop); the seconds it took go to this agent's ST_WARMUP_NS."""
+        if self.compiled is None:
+            return 0.0
+        mem = self.mem
+        seconds = self.compiled.warm_up(mem.data, mem.length, mem.port)
+        mem.state[self.agent, ST_WARMUP_NS] = int(seconds * 1e9)
+        return seconds
 
     def flush(self) -> None:
         """Forget every cached resolution (the kernel's rt_flush_dev / rt_genid bump)."""
@@ -124,31 +149,44 @@ class Forwarder:
         journal.idx[w, :n] = idx
         journal.n[w] = n
         journal.state[w] = JOURNAL_TAKEN  # published after the indices (x86 TSO)
-        hdr = mem.data[idx, :HDR_BYTES]
         watch = self.obs[OBS_ACTIVE]  # 0 unless a trace or capture is armed
-        if watch:
-            seen = self.observer.received(int(watch), idx, hdr)
-        r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
-        mem.length[idx] = r.frame_len
-        code = r.code
-        every = len(r.forwarded) == len(idx)
+        hist = None
         sends: list[tuple[Ring, np.ndarray]] = []
         refused = False
-        if watch:
-            self.observer.routed(seen, idx, hdr, code, r.egress)
-        if len(r.forwarded):
-            out = idx if every else idx[r.forwarded]
-            rewritten = hdr.view("<u8")[:, :REWRITE_WORDS]
-            mem.words[out, :REWRITE_WORDS] = rewritten if every else rewritten[r.forwarded]
-            sends, refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
-                                           r.forwarded, code)
+        if self.compiled is not None and not watch:
+            c = self.compiled.run(mem.data, mem.length, mem.port, idx)  # rows rewritten in place
+            code, hist = c.code, c.hist
+            every = c.forwarded == n
+            if c.forwarded:
+                rows = self.rows[:n] if every else np.flatnonzero(code == FORWARD)
+                sends, refused = self.transmit(idx if every else idx[rows],
+                                               c.egress if every else c.egress[rows], rows, code)
+        else:
+            hdr = mem.data[idx, :HDR_BYTES]
+            if watch:
+                seen = self.observer.received(int(watch), idx, hdr)
+            r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
+            mem.length[idx] = r.frame_len
+            code = r.code
+            every = len(r.forwarded) == len(idx)
+            if watch:
+                self.observer.routed(seen, idx, hdr, code, r.egress)
+            if len(r.forwarded):
+                out = idx if every else idx[r.forwarded]
+                rewritten = hdr.view("<u8")[:, :REWRITE_WORDS]
+                mem.words[out, :REWRITE_WORDS] = rewritten if every else rewritten[r.forwarded]
+                sends, refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
+                                               r.forwarded, code)
         slow_rows = self.plan_slow(code) if (refused or not every) else None
         if watch:
             self.observer.decided(seen, idx, code)
         journal.code[w, :n] = code
         journal.before[w] = self.counters
         journal.state[w] = JOURNAL_COUNTING
-        count(code, self.counters)
+        if hist is not None and not refused and not (slow_rows is not None and self.slow_full):
+            count_histogram(hist, self.counters)  # no verdict changed since the kernel's
+        else:
+            count(code, self.counters)
         self.counters[MISC_BASE + Misc.batches] += 1
         journal.state[w] = JOURNAL_COUNTED
         for ring, bufs in sends:
@@ -185,7 +223,8 @@ class Forwarder:
         """Rows for the slow ring; those beyond its free space become `ring_full` drops."""
         slow_rows = np.flatnonzero(code >= SLOW)
         room = self.slow.free_space()
-        if len(slow_rows) > room:
+        self.slow_full = len(slow_rows) > room
+        if self.slow_full:
             code[slow_rows[room:]] = drop(Drop.ring_full)
             slow_rows = slow_rows[:room]
         return slow_rows
@@ -236,6 +275,29 @@ class Forwarder:
             poll_loop(self.mem, self.agent, self.poll, self.tx, wait=self.ports.wait)
 
 
+def prepare_compiled(cfg: Config, mem: EngineMemory, fib_name: str) -> float:
+    """Compile the kernel for a worker's argument types (or load it from numba's cache)
+    in the calling process, so that workers starting next only load it; returns the
+    seconds it took."""
+    fib = FibReader.attach(fib_name)  # the same read-only views a worker has
+    try:
+        return _warm(cfg, mem, fib)
+    finally:
+        fib.close()
+
+
+def _warm(cfg: Config, mem: EngineMemory, fib: FibReader) -> float:
+    tables = make_tables(cfg, mem, fib.lookup)
+    cache = NeighCache(tables.neigh)  # type: ignore[arg-type]
+    path = CompiledPath(replace(tables, neigh=cache), cfg.engine.batch)
+    return path.warm_up(mem.data, mem.length, mem.port)
+
+
+def journal_rows(mem: EngineMemory) -> int:
+    """The most packets one `process` call handles at once (a journal's worth)."""
+    return int(mem.journal.idx.shape[1])
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
@@ -246,8 +308,10 @@ def worker_main(spec: WorkerSpec) -> None:
     try:
         ports = driver_for(spec.config).worker_ports(spec.config, mem, spec.worker, spec.batch,
                                                     spec.cpu)
-        Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker, spec.batch,
-                  fib=fib, ports=ports).run()
+        fw = Forwarder(mem, make_tables(spec.config, mem, fib.lookup), spec.worker,
+                       spec.batch, fib=fib, ports=ports, datapath=spec.config.engine.datapath)
+        fw.warm_up()
+        fw.run()
     finally:
         if ports is not None:
             ports.close()
