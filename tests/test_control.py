@@ -236,15 +236,25 @@ def test_route_load_bad_line_names_it_and_applies_nothing(engine):
     assert engine.prefixes() == before
 
 
-def test_route_load_from_a_path(engine, tmp_path):
-    f = tmp_path / "routes.txt"
-    f.write_text("10.70.0.0/16 port p2\n10.70.1.0/24 via 10.0.2.2\n")
-    assert engine.ok({"cmd": "route.load", "path": str(f)})["added"] == 2
-    assert engine.ok({"cmd": "route.lookup", "addr": "10.70.1.9"})["nexthop"]["port"] == "p1"
-    engine.ok({"cmd": "route.del", "prefix": "10.70.0.0/16"})
-    engine.ok({"cmd": "route.del", "prefix": "10.70.1.0/24"})
-    assert "No such file" in engine.fails({"cmd": "route.load", "path": str(tmp_path / "no")})
-    assert "exactly one" in engine.fails({"cmd": "route.load"})
+def test_route_load_never_opens_a_path(engine, tmp_path):
+    """The engine opens no file a request names: not a FIFO (it would hang the engine),
+    not /dev/zero (a 1 GiB read), not a root-only file (its first line came back in the
+    error). A request naming a path is refused, saying why."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = engine.prefixes()
+    for path in (str(fifo), "/dev/zero", "/proc/self/environ", "/etc/shadow"):
+        t = time.monotonic()
+        err = engine.fails({"cmd": "route.load", "path": path})
+        assert time.monotonic() - t < 2.0
+        assert err.startswith("route.load: path is refused: the engine does not open files"), err
+        assert "line" not in err and "=" not in err  # nothing of the file comes back
+        err = engine.fails({"cmd": "route.load", "text": "10.70.0.0/16 port p2\n",
+                            "path": path})
+        assert "path is refused" in err
+    assert "text is required" in engine.fails({"cmd": "route.load"})
+    assert engine.prefixes() == before
+    assert engine.ok({"cmd": "ping"})["pid"] == engine.proc.pid
 
 
 def test_a_route_added_live_changes_the_fib_the_workers_read(engine):
@@ -389,7 +399,9 @@ def test_no_request_makes_the_server_evaluate_anything(engine, tmp_path):
          "is not one of unicast"),
         (msgpack.packb({"cmd": "route.load", "text": code + "\n" + "exec(" + code + ")"}),
          "line 1: unknown word"),
-        (msgpack.packb({"cmd": "route.load", "path": str(pyfile)}), "line 1: unknown word"),
+        (msgpack.packb({"cmd": "route.load", "text": pyfile.read_text()}),
+         "line 1: unknown word"),
+        (msgpack.packb({"cmd": "route.load", "path": str(pyfile)}), "path is refused"),
         (msgpack.packb({"cmd": "route.lookup", "addr": code}), "not an IPv4 address"),
         (msgpack.packb({"cmd": "port.down", "name": code}), "no port named"),
         (msgpack.packb({"cmd": "trace.start", "count": 1, "port": code}), "no port"),
@@ -557,6 +569,30 @@ def test_cli_commands(engine, tmp_path):
                 ["port", "down", "x"]):
         r = fwd(*cmd, "--help")
         assert r.returncode == 0 and "--socket" in r.stdout and len(r.stdout) > 100
+
+
+def test_cli_route_load_reads_only_ordinary_files(engine, tmp_path):
+    """The client reads the file (the engine opens none) and refuses, in one line with
+    exit status 2 and without hanging, what is not an ordinary file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = engine.prefixes()
+    cases = [(str(fifo), "not a regular file (a FIFO)"),
+             ("/dev/zero", "not a regular file (a character device)"),
+             (str(tmp_path), "not a regular file (a directory)"),
+             ("/proc/self/environ", "a file of the kernel's proc file system, not a route table"),
+             (str(tmp_path / "missing"), "No such file or directory")]
+    for path, words in cases:
+        t = time.monotonic()
+        r = fwd("route", "load", path, "--socket", str(engine.path))
+        assert time.monotonic() - t < 20
+        assert r.returncode == 2 and r.stdout == "", (path, r)
+        assert r.stderr == f"fwd: {path}: {words}\n", (path, r.stderr)
+    f = tmp_path / "latin1.txt"
+    f.write_bytes(b"10.71.0.0/16 port p2 # caf\xe9\n")
+    r = fwd("route", "load", str(f), "--socket", str(engine.path))
+    assert r.returncode == 2 and r.stderr == f"fwd: {f}: not UTF-8 text (byte 26)\n"
+    assert engine.prefixes() == before
 
 
 def test_cli_without_an_engine(tmp_path):
@@ -850,3 +886,93 @@ def test_route_load_large_and_all_or_nothing(tmp_path):
         fib.close()
         fib.unlink()
         mem.close()
+
+
+# ------------------------------------------------------------------ route loads in parts
+
+
+@pytest.fixture
+def served(tmp_path):
+    """Commands over a fresh control plane behind a ControlServer that a thread polls
+    (the engine's main loop does it in the engine)."""
+    import threading
+
+    cfg = Lab(tmp_path).config()
+    mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=256, ring_size=64))
+    fib = FibWriter.create(tbl8_groups=8)
+    commands = Commands(build_routing(cfg, mem, fib), mem)
+    server = ControlServer(tmp_path / "fwd.sock", commands.handle)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [server.poll(0.01) for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        yield server, commands, fib
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        fib.close()
+        fib.unlink()
+        mem.close()
+
+
+def test_cli_route_load_larger_than_a_request_is_all_or_nothing(served):
+    """A file larger than MAX_REQUEST goes in parts; a bad line in the last part is
+    named with the file and its line number, and nothing of the earlier parts is
+    applied."""
+    server, commands, fib = served
+    lines = [f"172.{16 + i // 256}.{i % 256}.0/24 via 10.0.2.254" for i in range(45000)]
+    text = "\n".join(lines) + "\n"
+    assert len(text) > 1.2 * MAX_REQUEST  # two parts at least
+    f = Path(server.path).parent / "big.txt"
+    sock = ("--socket", server.path)
+    before = len(fib)
+    for bad, words in (
+            (lines[:44000] + ["172.99.0.0/16 via 10.0.1.1"] + lines[44000:],
+             "line 44001: via:"),
+            (lines + ["172.16.0.0/24 type blackhole"],
+             "line 45001: 172.16.0.0/24 is already on line 1")):
+        f.write_text("\n".join(bad) + "\n")
+        r = fwd("route", "load", str(f), *sock)
+        assert r.returncode == 1 and r.stderr.startswith(f"fwd: {f}: {words}"), r.stderr
+        assert len(fib) == before and commands._staged == {}
+    f.write_text(text)
+    r = fwd("route", "load", str(f), *sock)
+    assert r.returncode == 0 and r.stdout == f"loaded 45000 routes from {f}\n", r.stderr
+    assert len(fib) == before + 45000 and commands._staged == {}
+    assert server.served >= 2  # it did go in parts
+
+
+def test_route_load_in_parts_is_staged_then_applied(served):
+    _, commands, fib = served
+    before = len(fib)
+    first = commands.handle({"cmd": "route.load", "text": "10.72.0.0/16 port p2\n\n",
+                             "more": True})
+    assert first["ok"] and first["staged"] == 1, first
+    load = first["load"]
+    # lines are numbered on across parts; nothing is applied before the last part
+    reply = commands.handle({"cmd": "route.load", "text": "# c\n10.73.0.0/16 port p2\n",
+                             "load": load, "more": True})
+    assert reply == {"ok": True, "load": load, "staged": 2} and len(fib) == before
+    reply = commands.handle({"cmd": "route.load", "text": "10.74.0.0/16 via 10.99.0.1\n",
+                             "load": load})
+    assert reply["ok"] is False and reply["error"].startswith("line 5: via:"), reply
+    # a failed part ends the load: nothing of it is applied, and it cannot go on
+    assert len(fib) == before and commands._staged == {}
+    reply = commands.handle({"cmd": "route.load", "text": "10.74.0.0/16 port p2\n",
+                             "load": load})
+    assert reply["ok"] is False and f"no load {load} is being staged" in reply["error"]
+    # a route added between two parts: the last part finds it, nothing is applied
+    load = commands.handle({"cmd": "route.load", "text": "10.75.0.0/16 port p2\n",
+                            "more": True})["load"]
+    assert commands.handle({"cmd": "route.add", "prefix": "10.75.0.0/16", "port": "p1"})["ok"]
+    reply = commands.handle({"cmd": "route.load", "text": "10.76.0.0/16 port p2\n",
+                             "load": load})
+    assert reply["ok"] is False and reply["error"].startswith(
+        "line 1: 10.75.0.0/16 already exists"), reply
+    assert len(fib) == before + 1
+    load = commands.handle({"cmd": "route.load", "text": "10.87.0.0/16 port p2\n",
+                            "more": True})["load"]
+    assert commands.handle({"cmd": "route.load", "text": "10.88.0.0/16 port p2",
+                            "load": load}) == {"ok": True, "added": 2}
+    assert len(fib) == before + 3 and commands._staged == {}
