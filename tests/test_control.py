@@ -9,6 +9,7 @@ same shared memory the control commands write.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,13 @@ from scapy.layers.l2 import Ether
 from engine.cli.client import ControlError, NoEngine, request
 from engine.control.commands import Commands
 from engine.control.routing import build_routing
-from engine.control.server import ControlServer, ControlSetupError
+from engine.control.server import (
+    MAX_CONNECTIONS,
+    MAX_PER_PEER,
+    REQUEST_TIMEOUT_S,
+    ControlServer,
+    ControlSetupError,
+)
 from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
 from engine.pipeline.tables import make_tables
@@ -442,17 +449,145 @@ def test_oversized_request_gets_an_error_and_the_connection_closes(engine):
     assert engine.ok({"cmd": "ping"})["ok"]
 
 
+# A client process holding connections: one per kind in argv[2] (ping: asks once and
+# reads the reply; silent: says nothing; trickle: sends a byte of a 1000-byte request
+# every 0.2 s), until each is closed or answered, or argv[3] seconds. Prints "ready"
+# once connected, then per connection: kind, seconds from connect to the server's
+# close (or null), bytes received (hex).
+HOLDER = r"""
+import json, select, socket, struct, sys, time
+import msgpack
+path, kinds, duration = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3])
+conns = []
+for kind in kinds:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            s.connect(path)
+            break
+        except BlockingIOError:  # the accept backlog is full: the server catches up
+            time.sleep(0.005)
+    conns.append({"kind": kind, "sock": s, "t": time.monotonic(), "closed": None, "got": b""})
+trickle = struct.pack(">I", 1000) + b"\x80" * 1000
+ping = msgpack.packb({"cmd": "ping"})
+for c in conns:
+    if c["kind"] == "ping":
+        c["sock"].sendall(struct.pack(">I", len(ping)) + ping)
+print("ready", flush=True)
+end, sent, tick = time.monotonic() + duration, 0, 0.0
+def live(c):
+    return c["closed"] is None and not (c["kind"] == "ping" and len(c["got"]) > 4)
+while time.monotonic() < end and any(live(c) for c in conns):
+    if time.monotonic() >= tick:
+        tick = time.monotonic() + 0.2
+        for c in conns:
+            if c["kind"] == "trickle" and c["closed"] is None:
+                try:
+                    c["sock"].send(trickle[sent:sent + 1])
+                except OSError:
+                    pass
+        sent += 1
+    ready, _, _ = select.select([c["sock"] for c in conns if c["closed"] is None], [], [], 0.05)
+    for c in conns:
+        if c["sock"] in ready:
+            try:
+                data = c["sock"].recv(65536)
+            except ConnectionResetError:  # closed with our bytes unread: after its reply
+                data = b""
+            if data:
+                c["got"] += data
+            else:
+                c["closed"] = time.monotonic() - c["t"]
+print(json.dumps([[c["kind"], c["closed"], c["got"].hex()] for c in conns]), flush=True)
+"""
+
+
+def hold(path: Path, kinds: list[str], duration: float) -> subprocess.Popen:
+    """A HOLDER process, once it holds its connections."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), ",".join(kinds),
+                             str(duration)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line == "ready\n", line + proc.stdout.read()
+    return proc
+
+
+def held(proc: subprocess.Popen) -> list[tuple[str, float | None, list[dict]]]:
+    """(kind, seconds to the server's close or None, replies) per connection of a HOLDER."""
+    assert proc.stdout is not None
+    out = proc.stdout.read()  # not communicate(): readline() may have buffered it all
+    assert proc.wait(timeout=60) == 0, out
+    rows = []
+    for kind, closed, got in json.loads(out):
+        data, replies = bytes.fromhex(got), []
+        while len(data) >= 4:
+            (n,) = struct.unpack(">I", data[:4])
+            replies.append(msgpack.unpackb(data[4 : 4 + n], raw=False))
+            data = data[4 + n :]
+        rows.append((kind, closed, replies))
+    return rows
+
+
 def test_many_clients_at_once(engine):
-    socks = [connect(engine.path) for _ in range(40)]
+    # 40 at once, from 5 processes: one process may hold only MAX_PER_PEER
+    procs = [hold(engine.path, ["ping"] * MAX_PER_PEER, 30.0) for _ in range(5)]
+    rows = [row for p in procs for row in held(p)]
+    assert len(rows) == 40
+    assert all(replies == [{"ok": True, **replies[0]}] and replies[0]["pid"] == engine.proc.pid
+               for _, _, replies in rows), rows
+
+
+def test_slow_and_silent_clients_cannot_hold_the_socket(engine):
+    """64 clients trickling a byte every 0.2 s and 64 saying nothing, from 16
+    processes: requests are still answered at once (new clients evict the oldest
+    connections without a complete request), and each holder is closed by its request
+    deadline, however busy it keeps its connection."""
+    assert MAX_PER_PEER * 16 >= 2 * MAX_CONNECTIONS and REQUEST_TIMEOUT_S <= 10
+    kinds = ["trickle"] * (MAX_PER_PEER // 2) + ["silent"] * (MAX_PER_PEER // 2)
+    duration = REQUEST_TIMEOUT_S + 6
+    holders = [hold(engine.path, kinds, duration) for _ in range(16)]
+    t0 = time.monotonic()
+    slowest = 0.0
+    while time.monotonic() - t0 < 3.0:  # while the holders are at it
+        t = time.monotonic()
+        reply = request(engine.path, {"cmd": "stats"}, timeout=10.0)
+        slowest = max(slowest, time.monotonic() - t)
+        assert reply["ok"] is True and reply["stats"]["accounting"]["balanced"], reply
+        time.sleep(0.1)
+    assert slowest < 1.0
+    rows = [row for p in holders for row in held(p)]
+    assert len(rows) == 128
+    deadline = f"no complete request within {REQUEST_TIMEOUT_S:g} s; closing the connection"
+    evicted = (f"the control socket is full ({MAX_CONNECTIONS} connections); "
+               "this one is closed for a newer client")
+    why = {deadline: 0, evicted: 0}
+    for kind, closed, replies in rows:
+        # closed by the server, in time, with one error reply saying why
+        assert closed is not None and closed < REQUEST_TIMEOUT_S + 3, (kind, closed)
+        assert len(replies) == 1 and replies[0]["ok"] is False, (kind, replies)
+        why[replies[0]["error"]] += 1
+    # 128 holders in 64 places: at least 64 made room for a newer one; the others
+    # ran out of time (a trickle does not keep a connection alive)
+    assert why[evicted] >= 64 and why[deadline] >= 1 and sum(why.values()) == 128, why
+    assert engine.ok({"cmd": "ping"})["pid"] == engine.proc.pid
+
+
+def test_one_process_holds_a_few_connections_at_most(engine):
+    socks = [connect(engine.path) for _ in range(MAX_PER_PEER + 1)]
     try:
-        for s in socks:
-            s.sendall(frame(msgpack.packb({"cmd": "ping"})))
-        for s in socks:
-            (n,) = struct.unpack(">I", recv_exact(s, 4))
-            assert msgpack.unpackb(recv_exact(s, n))["ok"] is True
+        # the last one is told why and closed, before it says anything
+        (n,) = struct.unpack(">I", recv_exact(socks[-1], 4))
+        assert msgpack.unpackb(recv_exact(socks[-1], n)) == {
+            "ok": False, "error": f"too many connections from process {os.getpid()} "
+                                  f"(at most {MAX_PER_PEER} at once)"}
+        assert socks[-1].recv(100) == b""
+        for s in socks[:-1]:  # the first ones are served
+            assert exchange(s, frame(msgpack.packb({"cmd": "ping"})))["ok"] is True
     finally:
         for s in socks:
             s.close()
+    assert engine.ok({"cmd": "ping"})["ok"]
 
 
 # ------------------------------------------------------------------ permissions
@@ -529,8 +664,6 @@ def test_cli_commands(engine, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "(balanced)" in r.stdout and "worker1" in r.stdout and "p1=up" in r.stdout
     r = fwd("stats", "--json", *sock)
-    import json
-
     assert json.loads(r.stdout)["accounting"]["balanced"] is True
 
     r = fwd("route", "add", "10.80.0.0/16", "--via", "10.0.2.254", *sock)
