@@ -186,9 +186,7 @@ class Commands:
         now = time.monotonic()
         for key in [k for k, st in self._staged.items() if now - st.touched > STAGE_TIMEOUT_S]:
             del self._staged[key]
-        if load is None and not more:  # the whole load in one request
-            if len(text) > LOAD_MAX:
-                raise RequestError(f"route.load: more than {LOAD_MAX} characters")
+        if load is None and not more:  # the whole load in one request (MAX_REQUEST bounds it)
             return {"added": len(self.routing.load(text))}
         if load is None:
             if len(self._staged) >= MAX_STAGED:
