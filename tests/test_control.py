@@ -9,6 +9,7 @@ same shared memory the control commands write.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,13 @@ from scapy.layers.l2 import Ether
 from engine.cli.client import ControlError, NoEngine, request
 from engine.control.commands import Commands
 from engine.control.routing import build_routing
-from engine.control.server import ControlServer, ControlSetupError
+from engine.control.server import (
+    MAX_CONNECTIONS,
+    MAX_PER_PEER,
+    REQUEST_TIMEOUT_S,
+    ControlServer,
+    ControlSetupError,
+)
 from engine.control.wire import MAX_REQUEST
 from engine.counters import Drop, Misc, index
 from engine.pipeline.tables import make_tables
@@ -236,15 +243,25 @@ def test_route_load_bad_line_names_it_and_applies_nothing(engine):
     assert engine.prefixes() == before
 
 
-def test_route_load_from_a_path(engine, tmp_path):
-    f = tmp_path / "routes.txt"
-    f.write_text("10.70.0.0/16 port p2\n10.70.1.0/24 via 10.0.2.2\n")
-    assert engine.ok({"cmd": "route.load", "path": str(f)})["added"] == 2
-    assert engine.ok({"cmd": "route.lookup", "addr": "10.70.1.9"})["nexthop"]["port"] == "p1"
-    engine.ok({"cmd": "route.del", "prefix": "10.70.0.0/16"})
-    engine.ok({"cmd": "route.del", "prefix": "10.70.1.0/24"})
-    assert "No such file" in engine.fails({"cmd": "route.load", "path": str(tmp_path / "no")})
-    assert "exactly one" in engine.fails({"cmd": "route.load"})
+def test_route_load_never_opens_a_path(engine, tmp_path):
+    """The engine opens no file a request names: not a FIFO (it would hang the engine),
+    not /dev/zero (a 1 GiB read), not a root-only file (its first line came back in the
+    error). A request naming a path is refused, saying why."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = engine.prefixes()
+    for path in (str(fifo), "/dev/zero", "/proc/self/environ", "/etc/shadow"):
+        t = time.monotonic()
+        err = engine.fails({"cmd": "route.load", "path": path})
+        assert time.monotonic() - t < 2.0
+        assert err.startswith("route.load: path is refused: the engine does not open files"), err
+        assert "line" not in err and "=" not in err  # nothing of the file comes back
+        err = engine.fails({"cmd": "route.load", "text": "10.70.0.0/16 port p2\n",
+                            "path": path})
+        assert "path is refused" in err
+    assert "text is required" in engine.fails({"cmd": "route.load"})
+    assert engine.prefixes() == before
+    assert engine.ok({"cmd": "ping"})["pid"] == engine.proc.pid
 
 
 def test_a_route_added_live_changes_the_fib_the_workers_read(engine):
@@ -389,7 +406,9 @@ def test_no_request_makes_the_server_evaluate_anything(engine, tmp_path):
          "is not one of unicast"),
         (msgpack.packb({"cmd": "route.load", "text": code + "\n" + "exec(" + code + ")"}),
          "line 1: unknown word"),
-        (msgpack.packb({"cmd": "route.load", "path": str(pyfile)}), "line 1: unknown word"),
+        (msgpack.packb({"cmd": "route.load", "text": pyfile.read_text()}),
+         "line 1: unknown word"),
+        (msgpack.packb({"cmd": "route.load", "path": str(pyfile)}), "path is refused"),
         (msgpack.packb({"cmd": "route.lookup", "addr": code}), "not an IPv4 address"),
         (msgpack.packb({"cmd": "port.down", "name": code}), "no port named"),
         (msgpack.packb({"cmd": "trace.start", "count": 1, "port": code}), "no port"),
@@ -430,17 +449,145 @@ def test_oversized_request_gets_an_error_and_the_connection_closes(engine):
     assert engine.ok({"cmd": "ping"})["ok"]
 
 
+# A client process holding connections: one per kind in argv[2] (ping: asks once and
+# reads the reply; silent: says nothing; trickle: sends a byte of a 1000-byte request
+# every 0.2 s), until each is closed or answered, or argv[3] seconds. Prints "ready"
+# once connected, then per connection: kind, seconds from connect to the server's
+# close (or null), bytes received (hex).
+HOLDER = r"""
+import json, select, socket, struct, sys, time
+import msgpack
+path, kinds, duration = sys.argv[1], sys.argv[2].split(","), float(sys.argv[3])
+conns = []
+for kind in kinds:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    while True:
+        try:
+            s.connect(path)
+            break
+        except BlockingIOError:  # the accept backlog is full: the server catches up
+            time.sleep(0.005)
+    conns.append({"kind": kind, "sock": s, "t": time.monotonic(), "closed": None, "got": b""})
+trickle = struct.pack(">I", 1000) + b"\x80" * 1000
+ping = msgpack.packb({"cmd": "ping"})
+for c in conns:
+    if c["kind"] == "ping":
+        c["sock"].sendall(struct.pack(">I", len(ping)) + ping)
+print("ready", flush=True)
+end, sent, tick = time.monotonic() + duration, 0, 0.0
+def live(c):
+    return c["closed"] is None and not (c["kind"] == "ping" and len(c["got"]) > 4)
+while time.monotonic() < end and any(live(c) for c in conns):
+    if time.monotonic() >= tick:
+        tick = time.monotonic() + 0.2
+        for c in conns:
+            if c["kind"] == "trickle" and c["closed"] is None:
+                try:
+                    c["sock"].send(trickle[sent:sent + 1])
+                except OSError:
+                    pass
+        sent += 1
+    ready, _, _ = select.select([c["sock"] for c in conns if c["closed"] is None], [], [], 0.05)
+    for c in conns:
+        if c["sock"] in ready:
+            try:
+                data = c["sock"].recv(65536)
+            except ConnectionResetError:  # closed with our bytes unread: after its reply
+                data = b""
+            if data:
+                c["got"] += data
+            else:
+                c["closed"] = time.monotonic() - c["t"]
+print(json.dumps([[c["kind"], c["closed"], c["got"].hex()] for c in conns]), flush=True)
+"""
+
+
+def hold(path: Path, kinds: list[str], duration: float) -> subprocess.Popen:
+    """A HOLDER process, once it holds its connections."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), ",".join(kinds),
+                             str(duration)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line == "ready\n", line + proc.stdout.read()
+    return proc
+
+
+def held(proc: subprocess.Popen) -> list[tuple[str, float | None, list[dict]]]:
+    """(kind, seconds to the server's close or None, replies) per connection of a HOLDER."""
+    assert proc.stdout is not None
+    out = proc.stdout.read()  # not communicate(): readline() may have buffered it all
+    assert proc.wait(timeout=60) == 0, out
+    rows = []
+    for kind, closed, got in json.loads(out):
+        data, replies = bytes.fromhex(got), []
+        while len(data) >= 4:
+            (n,) = struct.unpack(">I", data[:4])
+            replies.append(msgpack.unpackb(data[4 : 4 + n], raw=False))
+            data = data[4 + n :]
+        rows.append((kind, closed, replies))
+    return rows
+
+
 def test_many_clients_at_once(engine):
-    socks = [connect(engine.path) for _ in range(40)]
+    # 40 at once, from 5 processes: one process may hold only MAX_PER_PEER
+    procs = [hold(engine.path, ["ping"] * MAX_PER_PEER, 30.0) for _ in range(5)]
+    rows = [row for p in procs for row in held(p)]
+    assert len(rows) == 40
+    assert all(replies == [{"ok": True, **replies[0]}] and replies[0]["pid"] == engine.proc.pid
+               for _, _, replies in rows), rows
+
+
+def test_slow_and_silent_clients_cannot_hold_the_socket(engine):
+    """64 clients trickling a byte every 0.2 s and 64 saying nothing, from 16
+    processes: requests are still answered at once (new clients evict the oldest
+    connections without a complete request), and each holder is closed by its request
+    deadline, however busy it keeps its connection."""
+    assert MAX_PER_PEER * 16 >= 2 * MAX_CONNECTIONS and REQUEST_TIMEOUT_S <= 10
+    kinds = ["trickle"] * (MAX_PER_PEER // 2) + ["silent"] * (MAX_PER_PEER // 2)
+    duration = REQUEST_TIMEOUT_S + 6
+    holders = [hold(engine.path, kinds, duration) for _ in range(16)]
+    t0 = time.monotonic()
+    slowest = 0.0
+    while time.monotonic() - t0 < 3.0:  # while the holders are at it
+        t = time.monotonic()
+        reply = request(engine.path, {"cmd": "stats"}, timeout=10.0)
+        slowest = max(slowest, time.monotonic() - t)
+        assert reply["ok"] is True and reply["stats"]["accounting"]["balanced"], reply
+        time.sleep(0.1)
+    assert slowest < 1.0
+    rows = [row for p in holders for row in held(p)]
+    assert len(rows) == 128
+    deadline = f"no complete request within {REQUEST_TIMEOUT_S:g} s; closing the connection"
+    evicted = (f"the control socket is full ({MAX_CONNECTIONS} connections); "
+               "this one is closed for a newer client")
+    why = {deadline: 0, evicted: 0}
+    for kind, closed, replies in rows:
+        # closed by the server, in time, with one error reply saying why
+        assert closed is not None and closed < REQUEST_TIMEOUT_S + 3, (kind, closed)
+        assert len(replies) == 1 and replies[0]["ok"] is False, (kind, replies)
+        why[replies[0]["error"]] += 1
+    # 128 holders in 64 places: at least 64 made room for a newer one; the others
+    # ran out of time (a trickle does not keep a connection alive)
+    assert why[evicted] >= 64 and why[deadline] >= 1 and sum(why.values()) == 128, why
+    assert engine.ok({"cmd": "ping"})["pid"] == engine.proc.pid
+
+
+def test_one_process_holds_a_few_connections_at_most(engine):
+    socks = [connect(engine.path) for _ in range(MAX_PER_PEER + 1)]
     try:
-        for s in socks:
-            s.sendall(frame(msgpack.packb({"cmd": "ping"})))
-        for s in socks:
-            (n,) = struct.unpack(">I", recv_exact(s, 4))
-            assert msgpack.unpackb(recv_exact(s, n))["ok"] is True
+        # the last one is told why and closed, before it says anything
+        (n,) = struct.unpack(">I", recv_exact(socks[-1], 4))
+        assert msgpack.unpackb(recv_exact(socks[-1], n)) == {
+            "ok": False, "error": f"too many connections from process {os.getpid()} "
+                                  f"(at most {MAX_PER_PEER} at once)"}
+        assert socks[-1].recv(100) == b""
+        for s in socks[:-1]:  # the first ones are served
+            assert exchange(s, frame(msgpack.packb({"cmd": "ping"})))["ok"] is True
     finally:
         for s in socks:
             s.close()
+    assert engine.ok({"cmd": "ping"})["ok"]
 
 
 # ------------------------------------------------------------------ permissions
@@ -517,8 +664,6 @@ def test_cli_commands(engine, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "(balanced)" in r.stdout and "worker1" in r.stdout and "p1=up" in r.stdout
     r = fwd("stats", "--json", *sock)
-    import json
-
     assert json.loads(r.stdout)["accounting"]["balanced"] is True
 
     r = fwd("route", "add", "10.80.0.0/16", "--via", "10.0.2.254", *sock)
@@ -557,6 +702,30 @@ def test_cli_commands(engine, tmp_path):
                 ["port", "down", "x"]):
         r = fwd(*cmd, "--help")
         assert r.returncode == 0 and "--socket" in r.stdout and len(r.stdout) > 100
+
+
+def test_cli_route_load_reads_only_ordinary_files(engine, tmp_path):
+    """The client reads the file (the engine opens none) and refuses, in one line with
+    exit status 2 and without hanging, what is not an ordinary file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    before = engine.prefixes()
+    cases = [(str(fifo), "not a regular file (a FIFO)"),
+             ("/dev/zero", "not a regular file (a character device)"),
+             (str(tmp_path), "not a regular file (a directory)"),
+             ("/proc/self/environ", "a file of the kernel's proc file system, not a route table"),
+             (str(tmp_path / "missing"), "No such file or directory")]
+    for path, words in cases:
+        t = time.monotonic()
+        r = fwd("route", "load", path, "--socket", str(engine.path))
+        assert time.monotonic() - t < 20
+        assert r.returncode == 2 and r.stdout == "", (path, r)
+        assert r.stderr == f"fwd: {path}: {words}\n", (path, r.stderr)
+    f = tmp_path / "latin1.txt"
+    f.write_bytes(b"10.71.0.0/16 port p2 # caf\xe9\n")
+    r = fwd("route", "load", str(f), "--socket", str(engine.path))
+    assert r.returncode == 2 and r.stderr == f"fwd: {f}: not UTF-8 text (byte 26)\n"
+    assert engine.prefixes() == before
 
 
 def test_cli_without_an_engine(tmp_path):
@@ -850,3 +1019,93 @@ def test_route_load_large_and_all_or_nothing(tmp_path):
         fib.close()
         fib.unlink()
         mem.close()
+
+
+# ------------------------------------------------------------------ route loads in parts
+
+
+@pytest.fixture
+def served(tmp_path):
+    """Commands over a fresh control plane behind a ControlServer that a thread polls
+    (the engine's main loop does it in the engine)."""
+    import threading
+
+    cfg = Lab(tmp_path).config()
+    mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=256, ring_size=64))
+    fib = FibWriter.create(tbl8_groups=8)
+    commands = Commands(build_routing(cfg, mem, fib), mem)
+    server = ControlServer(tmp_path / "fwd.sock", commands.handle)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [server.poll(0.01) for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        yield server, commands, fib
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        fib.close()
+        fib.unlink()
+        mem.close()
+
+
+def test_cli_route_load_larger_than_a_request_is_all_or_nothing(served):
+    """A file larger than MAX_REQUEST goes in parts; a bad line in the last part is
+    named with the file and its line number, and nothing of the earlier parts is
+    applied."""
+    server, commands, fib = served
+    lines = [f"172.{16 + i // 256}.{i % 256}.0/24 via 10.0.2.254" for i in range(45000)]
+    text = "\n".join(lines) + "\n"
+    assert len(text) > 1.2 * MAX_REQUEST  # two parts at least
+    f = Path(server.path).parent / "big.txt"
+    sock = ("--socket", server.path)
+    before = len(fib)
+    for bad, words in (
+            (lines[:44000] + ["172.99.0.0/16 via 10.0.1.1"] + lines[44000:],
+             "line 44001: via:"),
+            (lines + ["172.16.0.0/24 type blackhole"],
+             "line 45001: 172.16.0.0/24 is already on line 1")):
+        f.write_text("\n".join(bad) + "\n")
+        r = fwd("route", "load", str(f), *sock)
+        assert r.returncode == 1 and r.stderr.startswith(f"fwd: {f}: {words}"), r.stderr
+        assert len(fib) == before and commands._staged == {}
+    f.write_text(text)
+    r = fwd("route", "load", str(f), *sock)
+    assert r.returncode == 0 and r.stdout == f"loaded 45000 routes from {f}\n", r.stderr
+    assert len(fib) == before + 45000 and commands._staged == {}
+    assert server.served >= 2  # it did go in parts
+
+
+def test_route_load_in_parts_is_staged_then_applied(served):
+    _, commands, fib = served
+    before = len(fib)
+    first = commands.handle({"cmd": "route.load", "text": "10.72.0.0/16 port p2\n\n",
+                             "more": True})
+    assert first["ok"] and first["staged"] == 1, first
+    load = first["load"]
+    # lines are numbered on across parts; nothing is applied before the last part
+    reply = commands.handle({"cmd": "route.load", "text": "# c\n10.73.0.0/16 port p2\n",
+                             "load": load, "more": True})
+    assert reply == {"ok": True, "load": load, "staged": 2} and len(fib) == before
+    reply = commands.handle({"cmd": "route.load", "text": "10.74.0.0/16 via 10.99.0.1\n",
+                             "load": load})
+    assert reply["ok"] is False and reply["error"].startswith("line 5: via:"), reply
+    # a failed part ends the load: nothing of it is applied, and it cannot go on
+    assert len(fib) == before and commands._staged == {}
+    reply = commands.handle({"cmd": "route.load", "text": "10.74.0.0/16 port p2\n",
+                             "load": load})
+    assert reply["ok"] is False and f"no load {load} is being staged" in reply["error"]
+    # a route added between two parts: the last part finds it, nothing is applied
+    load = commands.handle({"cmd": "route.load", "text": "10.75.0.0/16 port p2\n",
+                            "more": True})["load"]
+    assert commands.handle({"cmd": "route.add", "prefix": "10.75.0.0/16", "port": "p1"})["ok"]
+    reply = commands.handle({"cmd": "route.load", "text": "10.76.0.0/16 port p2\n",
+                             "load": load})
+    assert reply["ok"] is False and reply["error"].startswith(
+        "line 1: 10.75.0.0/16 already exists"), reply
+    assert len(fib) == before + 1
+    load = commands.handle({"cmd": "route.load", "text": "10.87.0.0/16 port p2\n",
+                            "more": True})["load"]
+    assert commands.handle({"cmd": "route.load", "text": "10.88.0.0/16 port p2",
+                            "load": load}) == {"ok": True, "added": 2}
+    assert len(fib) == before + 3 and commands._staged == {}

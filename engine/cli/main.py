@@ -13,7 +13,7 @@ import click
 
 from engine import __version__
 from engine.config import Config, ConfigError, format_config_error, load_config
-from engine.control.wire import DEFAULT_SOCKET, MAX_REQUEST
+from engine.control.wire import DEFAULT_SOCKET
 
 if TYPE_CHECKING:  # imported when a command needs it: `fwd --help` stays quick
     from engine.control.supervisor import RunResult
@@ -139,9 +139,10 @@ def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--socket", "socket_path", metavar="PATH", help=SOCKET_HELP)(f)
 
 
-def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """The engine's reply to `msg`; a message and exit 1 if there is none or it is an
-    error."""
+def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0,
+          what: str = "") -> dict[str, Any]:
+    """The engine's reply to `msg`; a message (after `what`, when it is an error reply)
+    and exit 1 if there is none or it is an error."""
     from engine.cli.client import ControlError, default_socket, request
 
     try:
@@ -150,7 +151,8 @@ def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0) ->
         click.echo(f"fwd: {err}", err=True)
         sys.exit(1)
     if not reply.get("ok"):
-        click.echo(f"fwd: {reply.get('error', 'the engine refused the request')}", err=True)
+        click.echo(f"fwd: {what}{reply.get('error', 'the engine refused the request')}",
+                   err=True)
         sys.exit(1)
     return reply
 
@@ -374,22 +376,31 @@ def route_show(as_json: bool, show_all: bool, socket_path: str | None) -> None:
 
 
 @route.command("load")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.argument("file", metavar="FILE")
 @socket_option
 def route_load(file: str, socket_path: str | None) -> None:
     """Add every route in FILE: one `prefix [via GW] [port P] [type T]` per line
     (blank lines and # comments skipped). All of them are added, or none: a bad line
-    is reported with its number."""
-    data = Path(file).read_bytes()
-    if len(data) <= MAX_REQUEST - 1024:
-        try:
-            msg: dict[str, Any] = {"cmd": "route.load", "text": data.decode()}
-        except UnicodeDecodeError as err:
-            click.echo(f"fwd: {file} is not UTF-8 text (byte {err.start})", err=True)
-            sys.exit(1)
-    else:  # too big for one request: the engine reads it (it runs as our user or root)
-        msg = {"cmd": "route.load", "path": str(Path(file).resolve())}
-    n = _call(socket_path, msg, timeout=600.0)["added"]
+    is reported with its number (exit status 1).
+
+    FILE is read here, not by the engine, and must be an ordinary file (not a FIFO,
+    a device or a /proc file) of at most 256 MiB: else exit status 2. A file larger
+    than one request is sent in parts, applied together when the last one arrives."""
+    from engine.cli.routefile import RouteFileError, read_route_file, split_parts
+
+    try:
+        parts = split_parts(file, read_route_file(file))
+    except RouteFileError as err:
+        click.echo(f"fwd: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+    msg: dict[str, Any] = {"cmd": "route.load"}
+    for i, text in enumerate(parts):
+        msg["text"] = text
+        msg["more"] = i < len(parts) - 1
+        reply = _call(socket_path, msg, timeout=600.0, what=f"{file}: ")
+        if "load" in reply:  # the id of the staged load the next parts go to
+            msg["load"] = reply["load"]
+    n = reply["added"]
     click.echo(f"loaded {n} route{'s' if n != 1 else ''} from {file}")
 
 

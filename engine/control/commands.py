@@ -14,7 +14,8 @@ Commands (arguments; reply fields):
     route.add    prefix, [via], [port], [type]    route (the row route.show gives)
     route.del    prefix                           route (the deleted one)
     route.show   [all: bool]                      routes: rows (internal entries with all)
-    route.load   text | path                      added: count (all lines or none)
+    route.load   text, [load], [more: bool]       added: count (all lines or none);
+                                                  with more: load, staged (see below)
     route.lookup addr                             addr, route, nexthop (a debug aid)
     port.up      name                             port, up, changed
     port.down    name                             port, up, changed
@@ -25,20 +26,33 @@ Commands (arguments; reply fields):
     capture.read gen, [max]                       frames: [ts, seq, port, reason, bytes],
                                                   lost (refused by full rings)
     capture.stop                                  -
+
+route.load carries route text, never a file name: the engine opens no path a request
+names (`fwd route load FILE` reads the file). A load larger than one request
+(`MAX_REQUEST`) is sent in parts, split at line ends: the first part has `more` and
+gets a `load` id back, each further part names that `load`, the last has no `more`.
+Every part is checked when it arrives (lines numbered on across parts) and staged;
+the last one applies them all, or none. A part that fails discards the whole load.
+A staged load that gets no part for `STAGE_TIMEOUT_S` is dropped; at most
+`MAX_STAGED` are open at once and each carries at most `LOAD_MAX` characters.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine import __version__
-from engine.config import type_name
-from engine.control.wire import RequestError, error
+from engine.config import RouteConfig, type_name
+from engine.control.wire import LOAD_MAX, RequestError, error
 
-LOAD_TEXT_MAX = 1 << 30  # route.load path: bytes read at most
+MAX_STAGED = 4  # route loads sent in parts that may be open at once
+STAGE_TIMEOUT_S = 30.0  # a staged load with no part for this long is dropped
 
 # cmd -> {argument: (type, required)}; bool is checked exactly (not as an int)
 COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -48,7 +62,7 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
                   "type": (str, False)},
     "route.del": {"prefix": (str, True)},
     "route.show": {"all": (bool, False)},
-    "route.load": {"text": (str, False), "path": (str, False)},
+    "route.load": {"text": (str, True), "load": (int, False), "more": (bool, False)},
     "route.lookup": {"addr": (str, True)},
     "port.up": {"name": (str, True)},
     "port.down": {"name": (str, True)},
@@ -58,6 +72,13 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "capture.start": {"port": (str, False), "at": (str, False)},
     "capture.read": {"gen": (int, True), "max": (int, False)},
     "capture.stop": {},
+}
+
+# (cmd, argument) -> why it is refused: arguments that used to exist, so that an old
+# client gets a reason rather than "unknown argument"
+REMOVED: dict[tuple[str, str], str] = {
+    ("route.load", "path"): "the engine does not open files a request names; send the "
+                            "routes as text (`fwd route load FILE` reads the file itself)",
 }
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
@@ -83,6 +104,8 @@ def check_request(msg: object) -> tuple[str, dict[str, Any]]:
     for k, v in msg.items():
         if k == "cmd":
             continue
+        if isinstance(k, str) and (cmd, k) in REMOVED:
+            raise RequestError(f"{cmd}: {k} is refused: {REMOVED[cmd, k]}")
         if not isinstance(k, str) or k not in spec:
             known = ", ".join(spec) or "none"
             raise RequestError(f"{cmd}: unknown argument {str(k)[:64]!r} (arguments: {known})")
@@ -96,6 +119,17 @@ def check_request(msg: object) -> tuple[str, dict[str, Any]]:
     return cmd, args
 
 
+@dataclass
+class _Staged:
+    """A route load sent in parts: what its parts carried, checked, not yet applied."""
+
+    routes: list[tuple[int, RouteConfig]] = field(default_factory=list)
+    seen: dict[tuple[int, int], int] = field(default_factory=dict)  # prefix -> line
+    lines: int = 0  # lines so far: the next part's first line is lines + 1
+    chars: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+
 class Commands:
     """What each command does, over the control plane's objects. The server calls
     `handle` with each decoded request; tests may call it directly."""
@@ -104,6 +138,7 @@ class Commands:
         self.routing = routing
         self.mem = mem
         self.info = dict(info or {})
+        self._staged: dict[int, _Staged] = {}
 
     def handle(self, msg: object) -> dict[str, Any]:
         """A reply map for any request; never raises."""
@@ -146,26 +181,38 @@ class Commands:
     def cmd_route_show(self, **args: bool) -> dict[str, Any]:  # "all" is the wire name
         return {"routes": self.routing.show(internal=args.get("all", False))}
 
-    def cmd_route_load(self, text: str | None = None, path: str | None = None) -> dict[str, Any]:
-        if (text is None) == (path is None):
-            raise RequestError("route.load: give exactly one of text, path")
-        if path is not None:
-            # a file the engine's own user can read (only that user, or root, can
-            # reach this socket): for tables larger than one request
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read(LOAD_TEXT_MAX + 1)
-            except OSError as err:
-                raise RequestError(f"route.load: {path}: {err.strerror or err}") from None
-            if len(raw) > LOAD_TEXT_MAX:
-                raise RequestError(f"route.load: {path} is larger than {LOAD_TEXT_MAX} bytes")
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError as err:
-                raise RequestError(f"route.load: {path} is not UTF-8 text "
-                                   f"(byte {err.start})") from None
-        assert text is not None
-        return {"added": len(self.routing.load(text))}
+    def cmd_route_load(self, text: str, load: int | None = None,
+                       more: bool = False) -> dict[str, Any]:
+        now = time.monotonic()
+        for key in [k for k, st in self._staged.items() if now - st.touched > STAGE_TIMEOUT_S]:
+            del self._staged[key]
+        if load is None and not more:  # the whole load in one request (MAX_REQUEST bounds it)
+            return {"added": len(self.routing.load(text))}
+        if load is None:
+            if len(self._staged) >= MAX_STAGED:
+                raise RequestError(f"route.load: {MAX_STAGED} loads are already being sent "
+                                   f"in parts; try again when one is done (or in "
+                                   f"{STAGE_TIMEOUT_S:.0f} s)")
+            load = secrets.randbits(62)  # unguessable: one client cannot finish another's
+            self._staged[load] = _Staged()
+        staged = self._staged.get(load)
+        if staged is None:
+            raise RequestError(f"route.load: no load {load} is being staged (it failed, was "
+                               f"applied, or got no part for {STAGE_TIMEOUT_S:.0f} s)")
+        try:
+            staged.chars += len(text)
+            if staged.chars > LOAD_MAX:
+                raise RequestError(f"route.load: more than {LOAD_MAX} characters")
+            staged.routes += self.routing.check_load(text, staged.lines + 1, staged.seen)
+            staged.lines += len(text.splitlines())
+        except BaseException:
+            del self._staged[load]  # a bad part fails the whole load: nothing is applied
+            raise
+        if more:
+            staged.touched = time.monotonic()
+            return {"load": load, "staged": len(staged.routes)}
+        del self._staged[load]
+        return {"added": len(self.routing.apply_load(staged.routes))}
 
     def cmd_route_lookup(self, addr: str) -> dict[str, Any]:
         return self.routing.lookup(addr)

@@ -356,9 +356,17 @@ class Routing:
         """Add every route of `text`, one `prefix [via GW] [port P] [type T]` per line
         (blank lines and # comments skipped): all of them, or none (RouteError naming
         the first bad line)."""
-        plans: list[tuple[int, Route]] = []
-        seen: dict[tuple[int, int], int] = {}
-        for n, table in parse_route_lines(text):
+        return self.apply_load(self.check_load(text))
+
+    def check_load(self, text: str, first_line: int = 1,
+                   seen: dict[tuple[int, int], int] | None = None) -> list[tuple[int, RouteConfig]]:
+        """(line number, route) for every line of `text`, each validated, nothing applied
+        (RouteError naming the first bad line). Lines are numbered from `first_line`;
+        `seen` (prefix -> line) carries the earlier parts of a load sent in parts, so
+        that a prefix given twice is caught across parts too."""
+        seen = {} if seen is None else seen
+        checked: list[tuple[int, RouteConfig]] = []
+        for n, table in parse_route_lines(text, first_line):
             where = f"line {n}: "
             rc = self.validate(table, where)
             key = (rc.prefix, rc.prefix_len)
@@ -366,7 +374,15 @@ class Routing:
                 raise RouteError(f"{where}{fmt_prefix(*key)} is already on line {seen[key]}")
             self._check_new(key, where)
             seen[key] = n
-            plans.append((n, self._route(rc, ORIGIN_ADDED)))
+            checked.append((n, rc))
+        return checked
+
+    def apply_load(self, checked: list[tuple[int, RouteConfig]]) -> list[Route]:
+        """Add routes `check_load` passed: all of them, or none. Each is checked against
+        the table again: a load sent in parts may meet a route added between its parts."""
+        for n, rc in checked:
+            self._check_new((rc.prefix, rc.prefix_len), f"line {n}: ")
+        plans = [(n, self._route(rc, ORIGIN_ADDED)) for n, rc in checked]
         if len(plans) >= BULK_LOAD_MIN:
             try:  # all or nothing by bulk_load's contract
                 self.fib.bulk_load([(r.prefix, r.prefix_len, r.nh) for _, r in plans])
@@ -469,11 +485,12 @@ class Routing:
                 for p, name in enumerate(self.port_names)}
 
 
-def parse_route_lines(text: str) -> list[tuple[int, dict[str, str]]]:
+def parse_route_lines(text: str, first_line: int = 1) -> list[tuple[int, dict[str, str]]]:
     """(line number, [[route]]-like table) for every route line of `text`:
-    `prefix [via GW] [port P] [type T]`, keywords in any order, each at most once."""
+    `prefix [via GW] [port P] [type T]`, keywords in any order, each at most once.
+    Lines are `str.splitlines`' lines, numbered from `first_line`."""
     out = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(text.splitlines(), first_line):
         words = raw.split("#", 1)[0].split()
         if not words:
             continue

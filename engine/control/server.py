@@ -22,6 +22,24 @@ gets an error reply, then the connection is closed (the stream cannot be resynce
 Malformed msgpack, a request that is not a map, an unknown command, an unknown or
 missing argument or one of the wrong type all get an error reply and the connection
 stays usable.
+
+Holding the socket: a client must not keep others out by connecting and saying
+nothing, or by sending a byte now and then.
+- A request has a deadline, not an idle timer: the first one must be complete within
+  `REQUEST_TIMEOUT_S` of the accept, each later one within `REQUEST_TIMEOUT_S` of its
+  first byte. Time the server spends serving other requests (a large route.load) is
+  not counted against it. Between requests a connection may stay `IDLE_TIMEOUT_S`.
+- One process may hold `MAX_PER_PEER` connections; further ones are refused. The
+  peer is the process SO_PEERCRED names (its pid): the uid would not do, as only the
+  engine's own uid and root get in at all, so the uid of a runaway client is that of
+  every legitimate one. A cap per process stops one stuck or leaking client; many
+  processes are what eviction is for.
+- When `MAX_CONNECTIONS` are open, a new client is not refused: the connection that
+  has waited longest without completing a request is closed for it (then, if every
+  one has completed a request, the one idle longest, then the one whose reply has
+  been pending longest).
+Whoever is closed for these reasons gets an error reply saying why, if it fits in the
+socket's buffer; `timed_out`, `evicted` and `refused` count them.
 """
 
 from __future__ import annotations
@@ -54,7 +72,9 @@ from engine.control.wire import (
 )
 
 MAX_CONNECTIONS = 64
-IDLE_TIMEOUT_S = 60.0  # a connection silent this long is closed
+MAX_PER_PEER = 8  # connections one process (SO_PEERCRED pid) may hold at once
+REQUEST_TIMEOUT_S = 5.0  # accept (or a request's first byte) to the whole request
+IDLE_TIMEOUT_S = 60.0  # between requests, on a connection that has completed one
 
 
 class ControlSetupError(Exception):
@@ -64,20 +84,37 @@ class ControlSetupError(Exception):
 @dataclass
 class _Conn:
     sock: socket.socket
+    pid: int | None  # the peer process (None: SO_PEERCRED is not available)
+    since: float  # when the current request's clock started: accept, or its first byte
+    busy_since: float  # the server's `busy` then: serving others is not charged to it
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once wbuf is sent (after an oversized request)
-    last: float = field(default_factory=time.monotonic)
+    done: int = 0  # requests completed
+    last: float = field(default_factory=time.monotonic)  # last byte either way
+
+    def waiting(self) -> bool:
+        """A request is under way (or the first one is yet to come): the deadline runs."""
+        return not self.wbuf and (not self.done or bool(self.rbuf))
 
 
 class ControlServer:
     """Non-blocking msgpack server on a Unix socket; `poll` does one round of I/O."""
 
     def __init__(self, path: str | os.PathLike[str],
-                 handler: Callable[[object], dict[str, Any]]) -> None:
+                 handler: Callable[[object], dict[str, Any]],
+                 max_connections: int = MAX_CONNECTIONS, max_per_peer: int = MAX_PER_PEER,
+                 request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.handler = handler
+        self.max_connections = max_connections
+        self.max_per_peer = max_per_peer
+        self.request_timeout = request_timeout
         self.served = 0
+        self.timed_out = 0  # closed for a request not complete in time
+        self.evicted = 0  # closed to make room for a new client
+        self.refused = 0  # new connections refused: their process holds too many
+        self.busy = 0.0  # seconds spent in the handler, over the server's life
         self._conns: dict[int, _Conn] = {}
         self._sel = selectors.DefaultSelector()
         self._sock = _listen(self.path)
@@ -103,8 +140,13 @@ class ControlServer:
                 self._write(conn)
         if self._conns:
             now = time.monotonic()
-            for conn in [c for c in self._conns.values() if now - c.last > IDLE_TIMEOUT_S]:
-                self._close(conn)
+            for conn in list(self._conns.values()):
+                if conn.waiting() and self._age(conn, now) > self.request_timeout:
+                    self.timed_out += 1
+                    self._drop(conn, f"no complete request within {self.request_timeout:g} s; "
+                                     "closing the connection")
+                elif now - conn.last > IDLE_TIMEOUT_S:
+                    self._close(conn)
         return self.served - before
 
     def close(self) -> None:
@@ -141,19 +183,45 @@ class ControlServer:
                 print(f"fwd: control socket accept: {err}", file=sys.stderr)
                 return
             s.setblocking(False)
-            uid = _peer_uid(s)
+            pid, uid = _peer_cred(s)
             if uid is not None and uid not in (os.geteuid(), 0):
                 # mode 0600 already keeps other users out; this is the second lock
                 s.close()
                 continue
-            if len(self._conns) >= MAX_CONNECTIONS:
-                with contextlib.suppress(OSError):
-                    s.send(encode(error(f"too many connections (at most {MAX_CONNECTIONS})")))
+            if pid is not None and sum(c.pid == pid for c in self._conns.values()) \
+                    >= self.max_per_peer:
+                self.refused += 1
+                _say(s, f"too many connections from process {pid} "
+                        f"(at most {self.max_per_peer} at once)")
                 s.close()
                 continue
-            conn = _Conn(s)
+            if len(self._conns) >= self.max_connections:
+                self.evicted += 1
+                self._drop(min(self._conns.values(), key=self._eviction_order),
+                           f"the control socket is full ({self.max_connections} connections); "
+                           "this one is closed for a newer client")
+            now = time.monotonic()
+            conn = _Conn(s, pid, since=now, busy_since=self.busy, last=now)
             self._conns[s.fileno()] = conn
             self._sel.register(s, selectors.EVENT_READ, conn)
+
+    def _age(self, conn: _Conn, now: float) -> float:
+        """Seconds the current request has been under way, less the time the server
+        spent serving others meanwhile."""
+        return now - conn.since - (self.busy - conn.busy_since)
+
+    @staticmethod
+    def _eviction_order(conn: _Conn) -> tuple[int, float]:
+        # first a connection yet to complete its request (the oldest first), then one
+        # idle between requests, then one the server still owes a reply
+        if conn.waiting():
+            return (0, conn.since)
+        return (2 if conn.wbuf else 1, conn.last)
+
+    def _drop(self, conn: _Conn, why: str) -> None:
+        """Close `conn`, telling it why if that fits in its socket buffer now."""
+        _say(conn.sock, why)
+        self._close(conn)
 
     def _read(self, conn: _Conn) -> None:
         try:
@@ -167,6 +235,8 @@ class ControlServer:
             self._close(conn)
             return
         conn.last = time.monotonic()
+        if conn.done and not conn.rbuf:  # a later request's first byte: its clock starts
+            conn.since, conn.busy_since = conn.last, self.busy
         conn.rbuf += chunk
         while len(conn.rbuf) >= HEADER.size and not conn.closing:
             (n,) = HEADER.unpack_from(conn.rbuf)
@@ -182,8 +252,13 @@ class ControlServer:
                 break
             body = bytes(conn.rbuf[HEADER.size : HEADER.size + n])
             del conn.rbuf[: HEADER.size + n]
+            t = time.monotonic()
             conn.wbuf += encode(self._serve(body))
+            self.busy += time.monotonic() - t
             self.served += 1
+            conn.done += 1
+            # the next request (pipelined, if rbuf holds its start) runs from here
+            conn.since, conn.busy_since = time.monotonic(), self.busy
         if conn.wbuf:
             self._write(conn)
 
@@ -237,13 +312,20 @@ class ControlServer:
         conn.sock.close()
 
 
-def _peer_uid(s: socket.socket) -> int | None:
+def _peer_cred(s: socket.socket) -> tuple[int | None, int | None]:
+    """(pid, uid) of the peer process, as of its connect(); Nones when unknown."""
     try:
         creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (AttributeError, OSError):  # not Linux: rely on the file mode
-        return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+        return None, None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _say(s: socket.socket, why: str) -> None:
+    """An error reply on a non-blocking socket about to be closed, if it fits now."""
+    with contextlib.suppress(OSError):
+        s.send(encode(error(why)))
 
 
 def _listen(path: str) -> socket.socket:

@@ -18,6 +18,9 @@ import msgpack
 
 DEFAULT_SOCKET = "/run/fwd/fwd.sock"
 MAX_REQUEST = 1 << 20  # bytes of msgpack in one request
+# characters of route text one route.load carries over all its parts (256 MiB: some
+# 8M lines, far beyond a full Internet table); the client reads at most this many bytes
+LOAD_MAX = 1 << 28
 RECV_CHUNK = 1 << 18  # bytes asked of recv() at a time, on both ends
 HEADER = struct.Struct(">I")
 
