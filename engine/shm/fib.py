@@ -2,8 +2,9 @@
 
 The control process creates, owns and writes the table (`FibWriter`); every
 forwarding worker and the slow path map it read-only (`FibReader`) and answer a
-whole batch of lookups with one or two numpy gathers. Addresses and prefixes are
-host-order ints / uint32.
+whole batch of lookups in one call. Two implementations share the layout and the
+rules below: compiled kernels (`engine.shm.fib_kernels`, numba; the default) and
+numpy calls (`impl="numpy"`). Addresses and prefixes are host-order ints / uint32.
 
 Segment layout (one shared-memory segment, see `engine.shm.layout`)
     meta        uint64[8]        magic, layout version, tbl8 groups G, reader slots R
