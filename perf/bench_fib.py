@@ -3,11 +3,15 @@ lookups/s per core at batch 1024 (uniform over the address space, uniform over t
 table, Zipf-skewed), update rate while a reader process looks up, and pytricia (a C
 Patricia trie) on the same lookups as the peer when it is installed.
 
-    .venv/bin/python perf/bench_fib.py [--prefixes 1000000] [--repeat 5] [--json FILE]
+    .venv/bin/python perf/bench_fib.py [--prefixes 1000000] [--repeat 5] [--impl jit,numpy]
+                                       [--json FILE]
 
 Every rate is the median of `--repeat` runs, printed with its spread ((max - min) /
 median): on a shared machine a best-of-N hides how noisy the runs were, a median
-with its spread does not.
+with its spread does not. Each implementation of the FIB (`--impl`: the compiled
+kernels, numpy) is measured in the same run, their runs interleaved so that other
+work on the machine slows both alike; the JSON's top-level figures are the first
+one's, `by_impl` has each.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 
 import numpy as np
 
-from engine.shm.fib import FibReader, FibWriter
+from engine.shm.fib import IMPLS, FibReader, FibWriter
 
 # Length mix of today's public IPv4 table (order of magnitude of the CIDR report /
 # potaroo counts, ~1M prefixes): most are /24, then /22, /23, /21, /20, /19, /18, /16,
@@ -135,9 +139,10 @@ def _pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def _reader(name: str, addrs: np.ndarray, stop, out) -> None:
+def _reader(name: str, impl: str, addrs: np.ndarray, started, stop, out) -> None:
     _pin((os.cpu_count() or 1) - 1)
-    f = FibReader.attach(name, reader_id=0)
+    f = FibReader.attach(name, reader_id=0, impl=impl)
+    started.set()
     n = 0
     try:
         while not stop.is_set():
@@ -213,6 +218,28 @@ def update_rate(fib: FibWriter, churn: Churn, n_updates: int) -> float:
     return len(ops) / (CLOCK() - t0)
 
 
+def with_reader_rate(fib: FibWriter, churn: Churn, reader_addrs: np.ndarray,
+                     n_updates: int) -> tuple[float, int]:
+    """Updates/s (see `update_rate`) while a reader process (same impl, pinned to the
+    last CPU) looks up in batches of 1024 and calls quiescent() after each; and the
+    lookups it did meanwhile."""
+    ctx = mp.get_context("spawn")
+    started, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    rd = ctx.Process(target=_reader,
+                     args=(fib.name, fib.impl, reader_addrs, started, stop, out))
+    rd.start()
+    try:
+        if not started.wait(120):
+            raise RuntimeError("the reader process did not attach")
+        time.sleep(0.2)  # let it run
+        rate = update_rate(fib, churn, n_updates)
+    finally:
+        stop.set()
+    lookups = out.get(timeout=60)
+    rd.join(60)
+    return rate, lookups
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,6 +249,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5,
                     help="runs of each measurement; the median is reported")
     ap.add_argument("--updates", type=int, default=200_000)
+    ap.add_argument("--impl", default=",".join(IMPLS),
+                    help=f"FIB implementations to measure, comma-separated ({', '.join(IMPLS)});"
+                    " the first one's figures are the JSON's top-level ones")
     ap.add_argument("--json", default="perf/results/fib.json")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 100,000 prefixes, 2 runs of 0.1 s, 10,000 updates")
@@ -229,6 +259,9 @@ def main() -> None:
                     help="cpu: rates over this process's CPU time (lookups, updates), so "
                     "that waiting for a CPU other work holds does not count")
     args = ap.parse_args()
+    impls = args.impl.split(",")
+    if not impls or any(i not in IMPLS for i in impls):
+        ap.error(f"--impl: a comma-separated list of {IMPLS}")
     if args.quick:
         args.prefixes, args.repeat, args.seconds, args.updates = 100_000, 2, 0.1, 10_000
     global CLOCK
@@ -241,6 +274,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "prefixes_requested": args.prefixes,
         "batch": args.batch,
+        "impls": impls,
     }
 
     t0 = time.perf_counter()
@@ -248,22 +282,41 @@ def main() -> None:
     res["generate_s"] = time.perf_counter() - t0
     res["prefixes"] = int(p.size)
     res["longer_than_24"] = int((plen > 24).sum())
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fib = FibWriter.create(tbl8_groups=16384)
+    by: dict[str, dict] = {i: {"impl": i} for i in impls}
+    fibs: dict[str, FibWriter] = {}
     try:
-        t0 = time.perf_counter()
-        fib.bulk_load((p, plen, nh))
-        res["build_s"] = time.perf_counter() - t0
-        res["shm_bytes"] = fib._shm.size  # noqa: SLF001
-        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        res["peak_rss_growth_bytes"] = (rss1 - rss0) * 1024
-        res["tbl8_used"] = fib.stats()["tbl8_used"]
-        print(
-            f"table: {p.size:,} prefixes ({res['longer_than_24']} longer than /24), "
-            f"{res['tbl8_used']} tbl8 groups; bulk_load {res['build_s']:.2f} s; "
-            f"shm {res['shm_bytes'] / 2**20:.0f} MiB; "
-            f"writer peak RSS +{res['peak_rss_growth_bytes'] / 2**20:.0f} MiB"
-        )
+        for i in impls:  # kernels compiled or loaded from the cache here, not timed
+            fibs[i] = FibWriter.create(tbl8_groups=16384, impl=i)
+        # build: each run into a fresh table (the last one stays), impls interleaved
+        builds: dict[str, list[float]] = {i: [] for i in impls}
+        for r in range(args.repeat):
+            for i in impls:
+                if r:
+                    fibs[i].close()
+                    fibs[i].unlink()
+                    fibs[i] = FibWriter.create(tbl8_groups=16384, impl=i)
+                rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                t0 = time.perf_counter()
+                fibs[i].bulk_load((p, plen, nh))
+                builds[i].append(time.perf_counter() - t0)
+                rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                if r == 0:
+                    by[i]["peak_rss_growth_bytes"] = (rss1 - rss0) * 1024
+        first = fibs[impls[0]]
+        res["shm_bytes"] = first._shm.size  # noqa: SLF001
+        res["tbl8_used"] = first.stats()["tbl8_used"]
+        for i in impls:
+            by[i]["build_s"], spread = median_spread(builds[i])
+            by[i]["build"] = summary(builds[i])
+            print(
+                f"[{i}] table: {p.size:,} prefixes ({res['longer_than_24']} longer than /24), "
+                f"{res['tbl8_used']} tbl8 groups; bulk_load {by[i]['build_s']:.2f} s "
+                f"({spread:.0%}); shm {res['shm_bytes'] / 2**20:.0f} MiB; "
+                f"first build's peak RSS +{by[i]['peak_rss_growth_bytes'] / 2**20:.0f} MiB"
+            )
+        for i in impls[1:]:
+            sample = traffic(p, plen, 1 << 16, "space")
+            assert (fibs[i].lookup(sample) == first.lookup(sample)).all(), "impls disagree"
 
         pyt = None
         try:
@@ -282,69 +335,87 @@ def main() -> None:
             get = pyt.get
             return [get(a) for a in batch.tolist()]
 
-        def with_qs(batch: np.ndarray) -> np.ndarray:
-            out = fib.lookup(batch)
-            fib.quiescent(0)
-            return out
+        def with_qs(fib: FibWriter):
+            def lookup(batch: np.ndarray) -> np.ndarray:
+                out = fib.lookup(batch)
+                fib.quiescent(0)
+                return out
+            return lookup
 
-        res["lookup"] = {}
+        for i in impls:
+            by[i]["lookup"] = {}
         print(f"lookups, batch {args.batch}, median of {args.repeat} runs of {args.seconds} s "
               "(spread):")
         for kind in ("space", "table", "zipf"):
             addrs = traffic(p, plen, 1 << 22, kind)
-            runs = lookup_rates(fib.lookup, addrs, args.batch, args.seconds, args.repeat)
-            fib.register_reader(0)
-            runs_q = lookup_rates(with_qs, addrs, args.batch, args.seconds, args.repeat)
-            fib.unregister_reader(0)
-            (r, spread), (rq, spread_q) = median_spread(runs), median_spread(runs_q)
-            row = {"fib_per_s": r, "fib_spread": spread, "fib_runs": runs,
-                   "fib_with_quiescent_per_s": rq, "fib_with_quiescent_spread": spread_q,
-                   "fib_with_quiescent_runs": runs_q}
-            line = (f"lookup {kind:5s}: {r / 1e6:6.1f} M/s ({spread:.0%}) "
-                    f"(+quiescent() per batch {rq / 1e6:.1f} ({spread_q:.0%}))")
+            runs: dict[str, list[float]] = {i: [] for i in impls}
+            runs_q: dict[str, list[float]] = {i: [] for i in impls}
+            for _ in range(args.repeat):
+                for i in impls:
+                    f = fibs[i]
+                    runs[i] += lookup_rates(f.lookup, addrs, args.batch, args.seconds, 1)
+                    f.register_reader(0)
+                    runs_q[i] += lookup_rates(with_qs(f), addrs, args.batch, args.seconds, 1)
+                    f.unregister_reader(0)
+            peer = {}
             if pyt is not None:
                 sample = addrs[: 1 << 16]  # both must agree
                 want = np.array([x or 0 for x in pyt_lookup(sample)], dtype=np.uint32)
-                assert (fib.lookup(sample) == want).all(), "fib and pytricia disagree"
+                assert (first.lookup(sample) == want).all(), "fib and pytricia disagree"
                 runs_p = lookup_rates(pyt_lookup, addrs[: 1 << 18], args.batch, args.seconds,
                                       args.repeat)
                 rp, spread_p = median_spread(runs_p)
-                row.update({"pytricia_per_s": rp, "pytricia_spread": spread_p,
-                            "pytricia_runs": runs_p, "ratio_vs_pytricia": r / rp})
-                line += (f"; pytricia {rp / 1e6:.2f} M/s ({spread_p:.0%}); "
-                         f"fib/pytricia {r / rp:.0f}x")
-            res["lookup"][kind] = row
-            print(line)
+                peer = {"pytricia_per_s": rp, "pytricia_spread": spread_p,
+                        "pytricia_runs": runs_p}
+            for i in impls:
+                (r, spread), (rq, spread_q) = median_spread(runs[i]), median_spread(runs_q[i])
+                row = {"fib_per_s": r, "fib_spread": spread, "fib_runs": runs[i],
+                       "fib_with_quiescent_per_s": rq, "fib_with_quiescent_spread": spread_q,
+                       "fib_with_quiescent_runs": runs_q[i]}
+                line = (f"[{i}] lookup {kind:5s}: {r / 1e6:6.1f} M/s ({spread:.0%}) "
+                        f"(+quiescent() per batch {rq / 1e6:.1f} ({spread_q:.0%}))")
+                if peer:
+                    row.update(peer, ratio_vs_pytricia=r / peer["pytricia_per_s"])
+                    line += (f"; pytricia {peer['pytricia_per_s'] / 1e6:.2f} M/s "
+                             f"({peer['pytricia_spread']:.0%}); "
+                             f"fib/pytricia {row['ratio_vs_pytricia']:.0f}x")
+                by[i]["lookup"][kind] = row
+                print(line)
 
-        churn = Churn(p, plen, nh)
-        ctx = mp.get_context("spawn")
-        stop, out = ctx.Event(), ctx.Queue()
+        churns = {i: Churn(p, plen, nh) for i in impls}  # same seed: the same operations
         reader_addrs = traffic(p, plen, 1 << 20, "table")
-        rd = ctx.Process(target=_reader, args=(fib.name, reader_addrs, stop, out))
-        rd.start()
         affinity = os.sched_getaffinity(0)
         _pin(0)
-        time.sleep(1.0)  # let it attach and run
-        with_reader = [update_rate(fib, churn, args.updates) for _ in range(args.repeat)]
-        stop.set()
-        reader_lookups = out.get(timeout=60)
-        rd.join(60)
-        res["updates_per_s_with_reader"], spread = median_spread(with_reader)
-        res["updates_with_reader"] = summary(with_reader)
-        print(
-            f"updates with a reader process running: {res['updates_per_s_with_reader']:,.0f}/s"
-            f" ({spread:.0%}; the reader did {reader_lookups:,} lookups meanwhile)"
-        )
-        alone = [update_rate(fib, churn, args.updates) for _ in range(args.repeat)]
+        with_reader: dict[str, list[float]] = {i: [] for i in impls}
+        reader_lookups: dict[str, list[int]] = {i: [] for i in impls}
+        for _ in range(args.repeat):
+            for i in impls:
+                rate, n = with_reader_rate(fibs[i], churns[i], reader_addrs, args.updates)
+                with_reader[i].append(rate)
+                reader_lookups[i].append(n)
+        alone: dict[str, list[float]] = {i: [] for i in impls}
+        for _ in range(args.repeat):
+            for i in impls:
+                alone[i].append(update_rate(fibs[i], churns[i], args.updates))
         os.sched_setaffinity(0, affinity)
-        res["updates_per_s_alone"], spread = median_spread(alone)
-        res["updates_alone"] = summary(alone)
-        print(f"updates alone: {res['updates_per_s_alone']:,.0f}/s ({spread:.0%})")
+        for i in impls:
+            by[i]["updates_per_s_with_reader"], spread = median_spread(with_reader[i])
+            by[i]["updates_with_reader"] = summary(with_reader[i])
+            by[i]["reader_lookups"] = reader_lookups[i]
+            print(f"[{i}] updates with a reader process running: "
+                  f"{by[i]['updates_per_s_with_reader']:,.0f}/s ({spread:.0%}; the reader did "
+                  f"{statistics.median(reader_lookups[i]):,.0f} lookups meanwhile, median)")
+            by[i]["updates_per_s_alone"], spread = median_spread(alone[i])
+            by[i]["updates_alone"] = summary(alone[i])
+            print(f"[{i}] updates alone: {by[i]['updates_per_s_alone']:,.0f}/s ({spread:.0%})")
+            by[i]["tbl8_after_churn"] = fibs[i].stats()
         res["repeat"] = args.repeat
-        res["tbl8_after_churn"] = fib.stats()
+        res.update(by[impls[0]])  # the top-level figures: the first impl's
+        res["by_impl"] = by
     finally:
-        fib.close()
-        fib.unlink()
+        for f in fibs.values():
+            f.close()
+            f.unlink()
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as fh:

@@ -2,8 +2,9 @@
 
 The control process creates, owns and writes the table (`FibWriter`); every
 forwarding worker and the slow path map it read-only (`FibReader`) and answer a
-whole batch of lookups with one or two numpy gathers. Addresses and prefixes are
-host-order ints / uint32.
+whole batch of lookups in one call. Two implementations share the layout and the
+rules below: compiled kernels (`engine.shm.fib_kernels`, numba; the default) and
+numpy calls (`impl="numpy"`). Addresses and prefixes are host-order ints / uint32.
 
 Segment layout (one shared-memory segment, see `engine.shm.layout`)
     meta        uint64[8]        magic, layout version, tbl8 groups G, reader slots R
@@ -60,6 +61,8 @@ _EXT_U32 = np.uint32(EXT)
 _SHIFT8 = np.array(8, dtype=np.uint32)  # 0-d operands dispatch faster than Python ints
 _LOW_BYTE = 0 if sys.byteorder == "little" else 3  # where addr & 0xff sits in a uint32
 DEFAULT_READERS = 64
+IMPLS = ("jit", "numpy")  # compiled kernels (engine.shm.fib_kernels), or numpy calls only
+DEFAULT_IMPL = "jit"
 
 _MAGIC = 0x4657_445F_4649_4231  # "FWD_FIB1"
 _VERSION = 1
@@ -115,6 +118,30 @@ def _check_route(prefix: int, prefix_len: int) -> tuple[int, int]:
     return prefix, prefix_len
 
 
+def _kernels(impl: str):  # -> the fib_kernels module, or None
+    if impl not in IMPLS:
+        raise ValueError(f"impl {impl!r} not in {IMPLS}")
+    if impl == "numpy":
+        return None
+    # imported here, not at the top: numba costs ~0.5 s to import and the kernels are
+    # compiled or loaded from its cache on import, which must happen when a process
+    # maps the table, not when it looks up its first packet
+    from engine.shm import fib_kernels
+
+    return fib_kernels
+
+
+def _fits(out: object, shape: tuple[int, ...]) -> bool:
+    """`out` is an array the compiled lookup can write as it is."""
+    return (
+        isinstance(out, np.ndarray)
+        and out.dtype == np.uint32
+        and out.shape == shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+
+
 def _fmt(prefix: int, prefix_len: int) -> str:
     return (
         f"{prefix >> 24}.{(prefix >> 16) & 255}.{(prefix >> 8) & 255}.{prefix & 255}/{prefix_len}"
@@ -130,8 +157,12 @@ class FibReader:
 
     _writable: ClassVar[bool] = False  # a FibWriter maps the tables writable
 
-    def __init__(self, shm: shared_memory.SharedMemory | Mapping) -> None:
+    def __init__(
+        self, shm: shared_memory.SharedMemory | Mapping, impl: str = DEFAULT_IMPL
+    ) -> None:
         # use FibReader.attach / FibWriter.create
+        self._k = _kernels(impl)
+        self._impl = impl
         self._shm = shm
         meta = np.ndarray((8,), dtype=np.uint64, buffer=shm.buf)
         if int(meta[_META_MAGIC]) != _MAGIC or int(meta[_META_VERSION]) != _VERSION:
@@ -160,11 +191,14 @@ class FibReader:
     # ------------------------------------------------------------------ lifecycle
 
     @staticmethod
-    def attach(name: str, reader_id: int | None = None) -> FibReader:
-        """Map an existing FIB read-only; with `reader_id`, also `register_reader` it."""
+    def attach(
+        name: str, reader_id: int | None = None, impl: str = DEFAULT_IMPL
+    ) -> FibReader:
+        """Map an existing FIB read-only; with `reader_id`, also `register_reader` it.
+        `impl` "jit" looks up with the compiled kernels, "numpy" with numpy calls."""
         shm = attach_segment(name)
         try:
-            fib = FibReader(shm)
+            fib = FibReader(shm, impl)
         except BaseException:
             shm.close()
             raise
@@ -175,6 +209,10 @@ class FibReader:
     @property
     def name(self) -> str:
         return self._shm.name
+
+    @property
+    def impl(self) -> str:
+        return self._impl
 
     @property
     def tbl8_groups(self) -> int:
@@ -219,6 +257,12 @@ class FibReader:
         a = np.ascontiguousarray(addrs, dtype=np.uint32)  # no copy when it already is
         if a.ndim != 1:
             return self.lookup(a.reshape(-1)).reshape(a.shape)
+        if self._k is not None and (out is None or _fits(out, a.shape)):
+            res = np.empty(a.shape, dtype=np.uint32) if out is None else out
+            self._k.lookup(self._tbl24, self._tbl8, a, res)
+            return res
+        # numpy: also the compiled path's fallback for any other `out`, which take()
+        # casts or rejects as it always did
         # mode="clip" skips numpy's per-index bounds check (the indices are in range
         # by construction): ~20 % of the gather at batch 1024
         res = self._tbl24.take(np.right_shift(a, _SHIFT8), out=out, mode="clip")
@@ -314,9 +358,11 @@ class FibWriter(FibReader):
 
     _writable = True
 
-    def __init__(self, shm: shared_memory.SharedMemory | Mapping) -> None:
+    def __init__(
+        self, shm: shared_memory.SharedMemory | Mapping, impl: str = DEFAULT_IMPL
+    ) -> None:
         # use FibWriter.create
-        super().__init__(shm)
+        super().__init__(shm, impl)
         self._d24 = np.zeros(TBL24_SIZE, dtype=np.uint8)
         self._d8 = np.zeros(self._groups * GROUP_SIZE, dtype=np.uint8)
         self._d8_2d = self._d8.reshape(self._groups, GROUP_SIZE)
@@ -333,9 +379,15 @@ class FibWriter(FibReader):
 
     @classmethod
     def create(
-        cls, name: str | None = None, tbl8_groups: int = 4096, max_readers: int = DEFAULT_READERS
+        cls,
+        name: str | None = None,
+        tbl8_groups: int = 4096,
+        max_readers: int = DEFAULT_READERS,
+        impl: str = DEFAULT_IMPL,
     ) -> FibWriter:
-        """Create an empty FIB segment; the caller owns it (writes, unlinks)."""
+        """Create an empty FIB segment; the caller owns it (writes, unlinks). `impl`:
+        "jit" updates, builds and looks up with the compiled kernels, "numpy" without."""
+        _kernels(impl)  # an unknown impl fails before the segment exists
         if not 1 <= tbl8_groups <= MAX_TBL8_GROUPS:
             raise ValueError(f"tbl8_groups must be in 1..{MAX_TBL8_GROUPS}")
         if not 1 <= max_readers <= 4096:
@@ -352,7 +404,7 @@ class FibWriter(FibReader):
         v = layout.views(shm.buf)
         v["token"][0] = 1  # online readers hold a token >= 1; 0 means offline
         del v
-        return cls(shm)
+        return cls(shm, impl)
 
     def unlink(self) -> None:
         """Remove the segment's name; mappings stay valid until closed."""
@@ -424,7 +476,9 @@ class FibWriter(FibReader):
         nh = operator.index(nh)
         if not 1 <= nh <= MAX_NH:
             raise ValueError(f"next-hop index {nh} not in 1..{MAX_NH}")
-        if prefix_len <= 24:
+        if self._k is not None:
+            self._update_jit(prefix, prefix_len, nh, prefix_len, True)
+        elif prefix_len <= 24:
             lo = prefix >> 8
             self._update24(lo, lo + (1 << (24 - prefix_len)), prefix_len, nh, prefix_len, True)
         else:
@@ -442,7 +496,9 @@ class FibWriter(FibReader):
         if (prefix, prefix_len) not in self._routes:
             raise KeyError(_fmt(prefix, prefix_len))
         sub_nh, sub_len = self._covering(prefix, prefix_len)
-        if prefix_len <= 24:
+        if self._k is not None:
+            self._update_jit(prefix, prefix_len, sub_nh, sub_len, False)
+        elif prefix_len <= 24:
             lo = prefix >> 8
             hi = lo + (1 << (24 - prefix_len))
             self._update24(lo, hi, prefix_len, sub_nh, sub_len, False)
@@ -475,6 +531,19 @@ class FibWriter(FibReader):
     def _recount(self) -> None:
         present = [n for n in range(33) if self._len_count[n]]
         self._shorter = tuple(tuple(n for n in reversed(present) if n < d) for d in range(33))
+
+    def _update_jit(self, prefix: int, plen: int, nh: int, new_depth: int, add: bool) -> None:
+        """add/delete's table work in one compiled call (`fib_kernels.update`: the
+        same steps as _update24, _add_long and _delete_long below)."""
+        g = -1
+        if add and plen > 24 and not self._tbl24[prefix >> 8] & EXT:
+            g = self._alloc_group()  # may raise Tbl8Exhausted: nothing changed yet
+        freed = self._k.update(
+            self._tbl24, self._d24, self._tbl8, self._d8, self._groups,
+            prefix, plen, nh, new_depth, add, g,
+        )  # fmt: skip
+        if freed >= 0:
+            self._release([freed])
 
     def _update24(self, lo: int, hi: int, depth: int, nh: int, new_depth: int, add: bool) -> None:
         """Rewrite tbl24[lo:hi] (and the groups under it) for a route of length depth <= 24.
@@ -653,7 +722,8 @@ class FibWriter(FibReader):
             nh = np.fromiter(merged.values(), dtype=np.uint32, count=n)
         else:
             merged = new
-        v24, d24, keys, rows, drows = _build(p, plen, nh)
+        build = _build if self._k is None else self._k.build
+        v24, d24, keys, rows, drows = build(p, plen, nh)
         self._publish(v24, d24, keys, rows, drows)
         self._routes = merged
         self._len_count = np.bincount(plen, minlength=33).tolist()
@@ -668,12 +738,33 @@ class FibWriter(FibReader):
         rows: np.ndarray,
         drows: np.ndarray,
     ) -> None:
+        kept = self._tbl24[keys] >= _EXT_U32  # /24s that have a group keep it
+        self._reserve(int(np.count_nonzero(~kept)))
+        # nothing below can fail: from here on only stores
+        new_g = np.array([self._free.pop() for _ in range(len(keys) - int(kept.sum()))],
+                         dtype=np.int64)  # fmt: skip
+        if self._k is not None:
+            gone = self._k.publish(
+                self._tbl24, self._tbl8, self._d8, self._groups, v24, keys, rows, drows, new_g
+            )
+        else:
+            gone = self._publish_numpy(v24, keys, rows, drows, kept, new_g)
+        self._d24 = d24
+        self._release(gone.tolist())
+
+    def _publish_numpy(
+        self,
+        v24: np.ndarray,
+        keys: np.ndarray,
+        rows: np.ndarray,
+        drows: np.ndarray,
+        kept: np.ndarray,
+        new_g: np.ndarray,
+    ) -> np.ndarray:
+        """The stores of _publish; returns the groups nothing points at any more."""
         cur = self._tbl24
         old_keys = np.flatnonzero(cur >= _EXT_U32)
         old_groups = self._groups_of(cur[old_keys])
-        kept = np.isin(keys, old_keys, assume_unique=True)
-        self._reserve(int(np.count_nonzero(~kept)))
-        # nothing below can fail: from here on only stores
         # 1) groups that stay: rewrite the entries that differ, one store each
         kept_keys = keys[kept]
         kept_g = self._groups_of(cur[kept_keys])
@@ -682,7 +773,6 @@ class FibWriter(FibReader):
         self._d8_2d[kept_g] = drows[kept]
         # 2) new groups: filled completely before any tbl24 entry points at them
         new_keys = keys[~kept]
-        new_g = np.array([self._free.pop() for _ in range(len(new_keys))], dtype=np.intp)
         self._tbl8_2d[new_g] = rows[~kept]
         self._d8_2d[new_g] = drows[~kept]
         # 3) tbl24: one store per entry that changes
@@ -690,10 +780,8 @@ class FibWriter(FibReader):
         v24[new_keys] = ((new_g - self._groups) << 8).astype(np.int32).view(np.uint32)
         diff = np.flatnonzero(v24 != cur)
         cur[diff] = v24[diff]
-        self._d24 = d24
         # 4) groups nothing points at any more
-        gone = old_groups[~np.isin(old_keys, keys, assume_unique=True)]
-        self._release(gone.tolist())
+        return old_groups[~np.isin(old_keys, keys, assume_unique=True)]
 
 
 def _route_arrays(
