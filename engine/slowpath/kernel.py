@@ -495,7 +495,7 @@ class Kernel:
         if packet is None:
             self.unsent(Unsent.no_room)
             return
-        self.ip_local_out(packet, route, pkt, ICMP_OUT[icmp_type])
+        self.ip_local_out(packet, route, pkt, (ICMP_OUT[icmp_type],))
 
     def reply_route(self, pkt: Packet) -> tuple[EchoedOptions, OutRoute] | None:
         """`ip_options_echo`, then the output route to where an answer to `pkt` goes
@@ -512,27 +512,26 @@ class Kernel:
         return echoed, route
 
     def ip_local_out(self, ip: bytes, route: OutRoute, cause: Packet,
-                     counter: IntEnum) -> None:
-        """Send a packet the router built (an ICMP message of the type `counter` counts,
-        or a TCP reset), fragmented at the route's MTU when it is longer
-        (`ip_append_data` + `ip_fragment`), with `cause`'s time and number."""
+                     counters: tuple[IntEnum, ...]) -> None:
+        """Send a packet the router built (an ICMP message of the type `counters` says,
+        or a TCP reset: Tcp: OutSegs and OutRsts), fragmented at the route's MTU when it
+        is longer (`ip_append_data` + `ip_fragment`), with `cause`'s time and number."""
         mtu = int(self.t.port_mtu[route.port])
         frames = [ip]
         if len(ip) > mtu:
             frames = fragment(ip, mtu)
             self.count(Snmp.FragOKs)
             self.count(Snmp.FragCreates, len(frames))
+        if isinstance(counters[0], Icmp):
+            counters = (Icmp.OutMsgs, *counters)  # icmp_out_count
         if route.mac is None:  # sent through the neighbour table, or held for ARP
             self.neigh.output(frames, route.port, route.target, cause, self.clock,
                               originated=True)
-            self.count(Snmp.OutRequests)
-            if isinstance(counter, Icmp):
-                self.count(Icmp.OutMsgs)
-            self.count(counter)
+            for counter in (Snmp.OutRequests, *counters):
+                self.count(counter)
         else:
             eth = route.mac + self.port_mac[route.port] + ETH_TYPE_IP
-            sent = ((Misc.created, Snmp.OutRequests, Icmp.OutMsgs, counter)
-                    if isinstance(counter, Icmp) else (Misc.created, Snmp.OutRequests, counter))
+            sent = (Misc.created, Snmp.OutRequests, *counters)
             self.out.transmit([eth + f for f in frames], route.port, cause.ts, cause.seq, sent,
                           self._not_sent)
 
@@ -612,7 +611,7 @@ class Kernel:
         ip_id = self.ids.next_id(echoed.daddr, src, IPPROTO_ICMP, self.clock)
         reply = build_echo_reply(pkt.ip, src, ip_id, echoed.build(src, pkt.ts // 1_000_000),
                                  dst=echoed.daddr)
-        self.ip_local_out(reply, route, pkt, ICMP_OUT[ICMP_ECHOREPLY])
+        self.ip_local_out(reply, route, pkt, (ICMP_OUT[ICMP_ECHOREPLY],))
 
     def udp_rcv(self, pkt: Packet) -> None:
         """`__udp4_lib_rcv` with no socket bound: a well-formed datagram to a unicast
@@ -634,9 +633,12 @@ class Kernel:
 
     def tcp_v4_rcv(self, pkt: Packet) -> None:
         """`tcp_v4_rcv` with no socket: a well-formed segment in a frame for our MAC is
-        answered with a reset (`tcp_v4_send_reset`)."""
+        answered with a reset (`tcp_v4_send_reset`). Every segment in such a frame
+        counts in InSegs, a bad one or one to a broadcast too; no flag combination is
+        refused here (SYN+FIN, none at all: a reset all the same)."""
         if pkt.pkt_type != PACKET_HOST:
             return  # discard_it
+        self.count(Tcp.InSegs)  # "Count it even if it's bad"
         tcp = pkt.ip[pkt.ihl:]
         if len(tcp) < 20:
             return
@@ -681,7 +683,7 @@ class Kernel:
                                     pkt.ip[1] & ~INET_ECN_MASK & 0xFF, 40 + len(options), 0,
                                     IP_DF, TCP_TTL, IPPROTO_TCP, 0)) + addrs + options
         set_ip_checksum(hdr)
-        self.ip_local_out(bytes(hdr + rst), route, pkt, Tcp.OutRsts)
+        self.ip_local_out(bytes(hdr + rst), route, pkt, (Tcp.OutSegs, Tcp.OutRsts))
 
     # ------------------------------------------------------------------ reassembly
 
