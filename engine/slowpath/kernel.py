@@ -154,6 +154,7 @@ from engine.slowpath.packet import OutRoute, Packet
 from engine.slowpath.route_cache import RouteCache
 
 INET_ECN_MASK = 3
+CHECKSUM_BREAK = 76  # skbuff.h: a checksum this short is verified when first looked at
 TCP_TTL = 64  # the TCP control socket's TTL: sysctl ip_default_ttl
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -615,20 +616,33 @@ class Kernel:
 
     def udp_rcv(self, pkt: Packet) -> None:
         """`__udp4_lib_rcv` with no socket bound: a well-formed datagram to a unicast
-        address of ours gets a port unreachable (`UDP_MIB_NOPORTS`)."""
+        address of ours gets a port unreachable (`UDP_MIB_NOPORTS`), one to a broadcast
+        or multicast address is counted in IgnoredMulti (`__udp4_lib_mcast_deliver`).
+
+        The datagram ends where its length field says (`pskb_trim_rcsum`): the bytes
+        after it are neither summed nor quoted in the port unreachable. Its checksum
+        (0: none, RFC 768) is verified at once by `udp4_csum_init` only when it is at
+        most CHECKSUM_BREAK bytes long (a device without receive checksum offload,
+        as the veths the kernel is compared on), else by `udp_lib_checksum_complete`
+        just before NoPorts: a longer broadcast with a bad checksum is ignored, not
+        counted as an error."""
         udp = pkt.ip[pkt.ihl:]
         ulen = int.from_bytes(udp[4:6], "big") if len(udp) >= 8 else 0
         if len(udp) < 8 or ulen < 8 or ulen > len(udp):
             self.count(Udp.InErrors)  # short_packet
             return
-        if udp[6:8] != b"\0\0":  # 0: the sender computed no checksum (RFC 768)
+        broadcast = self._broadcast(pkt)
+        if udp[6:8] != b"\0\0" and (ulen <= CHECKSUM_BREAK or not broadcast):
             if inet_checksum(pseudo_header(pkt.ip[12:20], IPPROTO_UDP, ulen) + udp[:ulen]):
                 self.count(Udp.InCsumErrors)
                 self.count(Udp.InErrors)
                 return
-        if self._broadcast(pkt):
-            return  # __udp4_lib_mcast_deliver: no socket, nothing said
+        if broadcast:
+            self.count(Udp.IgnoredMulti)
+            return
         self.count(Udp.NoPorts)
+        if ulen < len(udp):  # the header still says the IP length it came with
+            pkt = pkt.evolve(ip=pkt.ip[: pkt.ihl + ulen])
         self.icmp_send(pkt, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH)
 
     def tcp_v4_rcv(self, pkt: Packet) -> None:
