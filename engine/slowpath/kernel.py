@@ -96,6 +96,7 @@ from engine.proto import (
     ETH_TYPE_IP,
     IP_DF,
     IP_OFFSET,
+    IPHDR_LEN,
     IPPROTO_ICMP,
     IPPROTO_IGMP,
     IPPROTO_TCP,
@@ -173,6 +174,9 @@ OPTIONS_DROPS = {"source_route": SlowDrop.source_route, "srr_not_host": SlowDrop
 # icmp_rcv: what a broadcast/multicast destination may still carry (RFC 1122 3.2.2.6)
 ICMP_BROADCAST_OK = frozenset({8, 13, 17, 18})
 ICMP_ECHO_LIKE = frozenset({8, 13})  # ignored from broadcasts: icmp_echo_ignore_broadcasts=1
+ICMP_UNREACH_LIKE = frozenset({3, 4, 5, 11, 12})  # icmp_pointers: icmp_unreach, icmp_redirect
+ICMP_EXT_ECHO = 42  # RFC 8335 PROBE, handled before the type check (icmp_rcv)
+NR_ICMP_UNREACH = 15  # highest destination unreachable code icmp_unreach passes on
 
 
 def pseudo_header(addrs: bytes, proto: int, length: int) -> bytes:
@@ -571,12 +575,17 @@ class Kernel:
         self.count(Misc.delivered)
 
     def _broadcast(self, pkt: Packet) -> bool:
-        """The input route is RTCF_BROADCAST (limited or a subnet's broadcast)."""
-        return pkt.daddr == LBCAST or self.routes.route_type(pkt.daddr) == NH_BROADCAST
+        """The input route is RTCF_BROADCAST (limited or a subnet's broadcast) or
+        RTCF_MULTICAST (224.0.0.1, the only group we are in)."""
+        return (pkt.daddr == LBCAST or pkt.daddr >> 28 == 0xE
+                or self.routes.route_type(pkt.daddr) == NH_BROADCAST)
 
     def icmp_rcv(self, pkt: Packet) -> None:
         """`icmp_rcv`: checksum, header, type; echo requests to a unicast address of
-        ours are answered, the rest is counted and dropped."""
+        ours are answered, errors go to `icmp_unreach`, the rest is counted and
+        dropped. An extended echo request (42, RFC 8335) is taken before the type
+        check: with icmp_echo_enable_probe=0 it is not answered and is no error (the
+        kernel counts it in IcmpMsg: InType42, which the engine does not keep)."""
         self.count(Icmp.InMsgs)
         icmp = pkt.ip[pkt.ihl:]
         if inet_checksum(icmp) != 0:
@@ -589,6 +598,8 @@ class Kernel:
         kind = icmp[0]
         if kind in ICMP_IN:
             self.count(ICMP_IN[kind])
+        if kind == ICMP_EXT_ECHO:
+            return  # icmp_echo → icmp_build_probe: probes are off
         if kind > NR_ICMP_TYPES:
             self.count(Icmp.InErrors)
             return
@@ -597,6 +608,27 @@ class Kernel:
             return
         if kind == ICMP_ECHO:
             self.icmp_echo(pkt)
+        elif kind in ICMP_UNREACH_LIKE:
+            self.icmp_unreach(kind, icmp[1], icmp[8:])
+
+    def icmp_unreach(self, kind: int, code: int, quote: bytes) -> None:
+        """`icmp_unreach` (3, 4, 11, 12) and `icmp_redirect` (5): an error about a
+        packet we sent. A quote shorter than an IP header (or, but for a redirect, one
+        with IHL < 5) is an InErrors; otherwise `icmp_socket_deliver` wants the header
+        and 8 bytes more (InErrors without them; `icmp_unreach` gives up silently
+        first), and UDP's and TCP's error handlers (`__udp4_lib_err`, `tcp_v4_err`)
+        find no socket: InErrors again. ICMP's (`ping_err`) says nothing."""
+        if len(quote) < IPHDR_LEN or (kind != ICMP_REDIRECT and quote[0] & 0xF < 5):
+            self.count(Icmp.InErrors)
+            return
+        if kind == ICMP_DEST_UNREACH and code > NR_ICMP_UNREACH:
+            return
+        if len(quote) < (quote[0] & 0xF) * 4 + 8:
+            if kind == ICMP_REDIRECT:
+                self.count(Icmp.InErrors)
+            return
+        if quote[9] in (IPPROTO_UDP, IPPROTO_TCP):
+            self.count(Icmp.InErrors)
 
     def icmp_echo(self, pkt: Packet) -> None:
         """`icmp_echo` + `icmp_reply`: from the address the request was sent to
