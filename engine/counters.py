@@ -187,6 +187,7 @@ class Udp(IntEnum):
     NoPorts = 0
     InErrors = 1
     InCsumErrors = 2
+    IgnoredMulti = 3  # to a broadcast or multicast address: no socket, nothing said
 
 
 class Tcp(IntEnum):
@@ -196,6 +197,8 @@ class Tcp(IntEnum):
     InErrs = 0
     InCsumErrors = 1
     OutRsts = 2
+    InSegs = 3  # every segment in a frame for our MAC, counted "even if it's bad"
+    OutSegs = 4  # the resets sent
 
 
 class Unsent(IntEnum):

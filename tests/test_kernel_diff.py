@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import time
 
@@ -31,8 +33,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption
 from scapy.layers.inet import fragment as scapy_fragment
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
+from scapy.utils import checksum
 
-from conftest import MAC, Lab
+from engine.counters import Icmp
+
+from conftest import BCAST, MAC, Lab
 from test_slowpath import norm, run_bounded
 
 CLONE_NEWNET = 0x40000000
@@ -108,6 +113,19 @@ class KernelRouter:
     def sysctl(ns: str, *settings: str) -> None:
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", *settings)
 
+    def snmp(self) -> dict[str, dict[str, int]]:
+        """The router's /proc/net/snmp: {section: {name: value}} (a section's lines
+        come in pairs, names then values; IcmpMsg has none until a type is counted)."""
+        text = subprocess.run(["ip", "netns", "exec", self.router, "cat", "/proc/net/snmp"],
+                              check=True, capture_output=True, text=True, timeout=30).stdout
+        lines: dict[str, list[list[str]]] = {}
+        for line in text.splitlines():
+            section, *fields = line.split()
+            lines.setdefault(section.rstrip(":"), []).append(fields)
+        return {section: {k: int(v) for names, values in zip(rows[::2], rows[1::2], strict=True)
+                          for k, v in zip(names, values, strict=True)}
+                for section, rows in lines.items()}
+
     def _packet_socket(self, ns: str, dev: str) -> socket.socket:
         """An AF_PACKET socket on `dev` inside namespace `ns` (a socket stays in the
         namespace it was made in, so this thread goes there and comes back)."""
@@ -180,7 +198,8 @@ def kernel():
         pytest.skip("needs root (network namespaces, AF_PACKET)")
     if shutil.which("ip") is None:
         pytest.skip("needs iproute2 (`ip`)")
-    k = KernelRouter(f"fwdk{os.getpid()}")
+    # the pid and a random part: no other session's namespaces share the name
+    k = KernelRouter(f"fwdk{os.getpid()}-{secrets.token_hex(3)}")
     try:
         try:
             k.setup()
@@ -195,9 +214,9 @@ def kernel():
 # ------------------------------------------------------------------ the cases
 
 
-def h1(dst: str, **ip) -> Ether:
+def h1(dst: str, eth_dst: str = MAC["p0"], **ip) -> Ether:
     ip.setdefault("src", "10.0.1.2")
-    return Ether(src=MAC["h1"], dst=MAC["p0"]) / IP(dst=dst, **ip)
+    return Ether(src=MAC["h1"], dst=eth_dst) / IP(dst=dst, **ip)
 
 
 def udp(n: int = 20) -> UDP:
@@ -393,3 +412,205 @@ def test_engine_does_arp_like_the_kernel(kernel_arp_outputs, tmp_path, name):
     kernel_out = {p: [norm(f) for f in frames] for p, frames in got.items()}
     assert any(kernel_out.values())  # the case made the kernel say something
     assert ours == kernel_out
+
+
+# ------------------------------------------------------------------ the router's own addresses
+
+# What the kernel counts for a packet to one of its own addresses, as /proc/net/snmp
+# names them; the engine's counters of the same names (a name it does not keep is 0
+# there: the kernel must not move it either, having no sockets).
+SNMP_COMPARED: dict[str, tuple[str, ...]] = {
+    "Ip": ("InDelivers", "InUnknownProtos", "ReasmReqds", "ReasmOKs", "ReasmFails"),
+    "Icmp": tuple(m.name for m in Icmp),
+    "Udp": ("InDatagrams", "NoPorts", "InErrors", "InCsumErrors", "IgnoredMulti"),
+    "Tcp": ("ActiveOpens", "PassiveOpens", "AttemptFails", "EstabResets", "InSegs", "OutSegs",
+            "InErrs", "OutRsts", "InCsumErrors"),
+}
+ENGINE_SECTION = {"Ip": "snmp", "Icmp": "icmp", "Udp": "udp", "Tcp": "tcp"}
+ALL_HOSTS_MAC = "01:00:5e:00:00:01"  # 224.0.0.1, which every interface joins
+GROUP_MAC = "01:00:5e:01:02:03"  # 239.1.2.3, which nobody here joined
+
+
+def udp_raw(dst: str, n: int = 20, *, ulen: int | None = None, csum: int | None = None,
+            spoil: bool = False, src: str = "10.0.1.2") -> Raw:
+    """A UDP header and `n` bytes whose length field says `ulen` (default: its size)
+    and whose checksum is `csum` (default: the right one over `ulen` bytes, or a
+    wrong one if `spoil`)."""
+    data = bytes((i * 7) & 0xFF for i in range(n))
+    ulen = 8 + n if ulen is None else ulen
+    seg = struct.pack("!HHHH", 4321, 9, ulen, 0) + data
+    if csum is None:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, ulen)
+        csum = checksum(pseudo + seg[:ulen]) or 0xFFFF
+        csum = wrong(csum) if spoil else csum
+    return Raw(seg[:6] + struct.pack("!H", csum) + seg[8:])
+
+
+def wrong(right: int) -> int:
+    """A checksum that is not `right` (nor its other zero, 0 for 0xFFFF)."""
+    return right ^ 0x5555
+
+
+def udp_to(dst: str, eth_dst: str = MAC["p0"], n: int = 20, **ip) -> Ether:
+    return h1(dst, eth_dst, proto=17, **ip) / udp_raw(dst, n)
+
+
+def tcp_to(dst: str = "10.0.1.1", eth_dst: str = MAC["p0"], flags: str = "S", data: bytes = b"",
+           **tcp) -> Ether:
+    return h1(dst, eth_dst) / TCP(sport=1234, dport=80, flags=flags, seq=1000, ack=4242,
+                                  **tcp) / Raw(data)
+
+
+def spoiled(frame: Ether, layer: type, value: int | None = None) -> Ether:
+    """`frame` with `layer`'s checksum set to `value`, by default a wrong one."""
+    f = Ether(bytes(frame))
+    f[layer].chksum = wrong(f[layer].chksum) if value is None else value
+    return f
+
+
+def icmp_to(dst: str = "10.0.1.1", eth_dst: str = MAC["p0"], data: bytes = b"hello",
+            **icmp) -> Ether:
+    icmp.setdefault("id", 5)
+    icmp.setdefault("seq", 9)
+    return h1(dst, eth_dst) / ICMP(**icmp) / Raw(data)
+
+
+def fragments(l4: IP, size: int = 1480) -> list[Ether]:
+    """A datagram from h1 to 10.0.1.1 in fragments of `size` bytes of payload."""
+    ip = IP(src="10.0.1.2", dst="10.0.1.1", id=4100) / l4
+    return [Ether(src=MAC["h1"], dst=MAC["p0"]) / q for q in scapy_fragment(ip, size)]
+
+
+# name: (seconds of quiet before, frames), all from h1 on p0
+LOCAL_CASES: dict[str, tuple[float, list[Ether]]] = {
+    # checksums: UDP's 0 is "none" (RFC 768), TCP's 0 is just wrong
+    "udp_bad_checksum": (ROUTE_ERROR_QUIET_S, [h1("10.0.1.1", proto=17)
+                                               / udp_raw("10.0.1.1", spoil=True)]),
+    "udp_bad_checksum_long": (QUIET_S, [h1("10.0.1.1", proto=17)
+                                        / udp_raw("10.0.1.1", 200, spoil=True)]),
+    "udp_zero_checksum": (QUIET_S, [h1("10.0.1.1", proto=17) / udp_raw("10.0.1.1", csum=0)]),
+    "tcp_bad_checksum": (QUIET_S, [spoiled(tcp_to(), TCP)]),
+    "tcp_bad_checksum_long": (QUIET_S, [spoiled(tcp_to(data=b"d" * 200), TCP)]),
+    "tcp_zero_checksum": (QUIET_S, [spoiled(tcp_to(), TCP, 0)]),
+    # TCP flags: a reset for anything but a reset (tcp_v4_send_reset)
+    "tcp_syn_fin": (QUIET_S, [tcp_to(flags="SF")]),
+    "tcp_fin": (QUIET_S, [tcp_to(flags="F")]),
+    "tcp_no_flags": (QUIET_S, [tcp_to(flags="", data=b"abc")]),
+    "tcp_rst": (QUIET_S, [tcp_to(flags="R")]),
+    "tcp_rst_ack": (QUIET_S, [tcp_to(flags="RA")]),
+    "tcp_syn_rst": (QUIET_S, [tcp_to(flags="SR")]),
+    "tcp_ack": (QUIET_S, [tcp_to(flags="A")]),
+    "tcp_syn_ack": (QUIET_S, [tcp_to(flags="SA")]),
+    "tcp_urg": (QUIET_S, [tcp_to(flags="U", urgptr=3, data=b"urgent")]),
+    "tcp_psh": (QUIET_S, [tcp_to(flags="P", data=b"push")]),
+    "tcp_fin_psh_urg": (QUIET_S, [tcp_to(flags="FPU", urgptr=1, data=b"xmas")]),
+    "tcp_all_flags": (QUIET_S, [tcp_to(flags="FSRPAUEC")]),
+    "tcp_data_offset_short": (QUIET_S, [tcp_to(dataofs=4)]),
+    "tcp_data_offset_past_the_end": (QUIET_S, [tcp_to(dataofs=15)]),
+    # UDP length against the IP payload
+    "udp_length_longer": (QUIET_S, [h1("10.0.1.1", proto=17) / udp_raw("10.0.1.1", ulen=32)]),
+    "udp_length_shorter": (QUIET_S, [h1("10.0.1.1", proto=17)
+                                     / udp_raw("10.0.1.1", ulen=18)]),
+    "udp_length_shorter_bad_checksum": (QUIET_S, [h1("10.0.1.1", proto=17)
+                                                  / udp_raw("10.0.1.1", ulen=18, spoil=True)]),
+    "udp_length_below_header": (QUIET_S, [h1("10.0.1.1", proto=17)
+                                          / udp_raw("10.0.1.1", ulen=4)]),
+    "udp_header_truncated": (QUIET_S, [h1("10.0.1.1", proto=17) / Raw(b"\x10\xe1\x00\x09")]),
+    # broadcasts and multicast to the router
+    "udp_subnet_broadcast": (QUIET_S, [udp_to("10.0.1.255")]),
+    "udp_subnet_broadcast_l2": (QUIET_S, [udp_to("10.0.1.255", BCAST)]),
+    "udp_other_subnet_broadcast": (QUIET_S, [udp_to("10.0.2.255")]),
+    "udp_limited_broadcast": (QUIET_S, [udp_to("255.255.255.255", BCAST)]),
+    "udp_broadcast_bad_checksum": (QUIET_S, [h1("10.0.1.255", BCAST, proto=17)
+                                             / udp_raw("10.0.1.255", spoil=True)]),
+    "udp_broadcast_bad_checksum_long": (QUIET_S, [h1("10.0.1.255", BCAST, proto=17)
+                                                  / udp_raw("10.0.1.255", 200, spoil=True)]),
+    "udp_all_hosts": (QUIET_S, [udp_to("224.0.0.1", ALL_HOSTS_MAC)]),
+    "udp_all_hosts_unicast_frame": (QUIET_S, [udp_to("224.0.0.1")]),
+    "udp_other_group": (QUIET_S, [udp_to("239.1.2.3", GROUP_MAC)]),
+    "tcp_subnet_broadcast": (QUIET_S, [tcp_to("10.0.1.255")]),
+    "tcp_subnet_broadcast_l2": (QUIET_S, [tcp_to("10.0.1.255", BCAST)]),
+    "tcp_limited_broadcast": (QUIET_S, [tcp_to("255.255.255.255", BCAST)]),
+    "tcp_all_hosts": (QUIET_S, [tcp_to("224.0.0.1", ALL_HOSTS_MAC)]),
+    "tcp_all_hosts_unicast_frame": (QUIET_S, [tcp_to("224.0.0.1")]),
+    "tcp_other_group": (QUIET_S, [tcp_to("239.1.2.3", GROUP_MAC)]),
+    "ping_subnet_broadcast_l2": (QUIET_S, [icmp_to("10.0.1.255", BCAST)]),
+    "ping_limited_broadcast": (QUIET_S, [icmp_to("255.255.255.255", BCAST)]),
+    "ping_all_hosts": (QUIET_S, [icmp_to("224.0.0.1", ALL_HOSTS_MAC)]),
+    "ping_other_group": (QUIET_S, [icmp_to("239.1.2.3", GROUP_MAC)]),
+    "address_mask_request_broadcast": (QUIET_S, [icmp_to("10.0.1.255", BCAST, type=17,
+                                                         data=b"\0" * 4)]),
+    "timestamp_request_broadcast": (QUIET_S, [icmp_to("10.0.1.255", BCAST, type=13,
+                                                      data=b"\0" * 12)]),
+    "info_request_broadcast": (QUIET_S, [icmp_to("10.0.1.255", BCAST, type=15, data=b"")]),
+    # ICMP the kernel takes in without answering
+    "echo_reply": (QUIET_S, [icmp_to(type=0)]),
+    "timestamp_reply": (QUIET_S, [icmp_to(type=14, data=b"\0" * 12)]),
+    "info_request": (QUIET_S, [icmp_to(type=15, data=b"")]),
+    "info_reply": (QUIET_S, [icmp_to(type=16, data=b"")]),
+    "address_mask_request": (QUIET_S, [icmp_to(type=17, data=b"\0" * 4)]),
+    "address_mask_reply": (QUIET_S, [icmp_to(type=18, data=b"\xff\xff\xff\0")]),
+    "icmp_type_19": (QUIET_S, [icmp_to(type=19)]),
+    "icmp_type_42": (QUIET_S, [icmp_to(type=42, code=0)]),
+    "icmp_type_200": (QUIET_S, [icmp_to(type=200)]),
+    "echo_code_1": (QUIET_S, [icmp_to(type=8, code=1)]),
+    "echo_bad_checksum": (QUIET_S, [spoiled(icmp_to(), ICMP)]),
+    "icmp_header_truncated": (QUIET_S, [h1("10.0.1.1", proto=1) / Raw(b"\x08\x00\xf7\xff")]),
+    "icmp_empty": (QUIET_S, [h1("10.0.1.1", proto=1)]),
+    "dest_unreach_about_udp": (QUIET_S, [icmp_to(type=3, code=3, data=bytes(
+        IP(src="10.0.1.1", dst="10.0.1.2") / UDP(sport=9, dport=4321)))]),
+    "time_exceeded_about_tcp": (QUIET_S, [icmp_to(type=11, data=bytes(
+        IP(src="10.0.1.1", dst="10.0.1.2") / TCP(sport=80, dport=1234))[:28])]),
+    "dest_unreach_short_quote": (QUIET_S, [icmp_to(type=3, code=1, data=b"\x45\0\0")]),
+    # reassembled, then delivered
+    "fragmented_udp": (QUIET_S, fragments(UDP(sport=4321, dport=9) / Raw(b"u" * 3000))),
+    "fragmented_udp_bad_checksum": (QUIET_S, fragments(UDP(sport=4321, dport=9, chksum=0x1234)
+                                                       / Raw(b"u" * 3000))),
+    "fragmented_tcp": (QUIET_S, fragments(TCP(sport=1234, dport=80, flags="S", seq=7)
+                                          / Raw(b"t" * 3000))),
+    "fragmented_echo": (QUIET_S, fragments(ICMP(id=5, seq=10) / Raw(b"e" * 3000))),
+    "fragmented_echo_bad_checksum": (QUIET_S, fragments(ICMP(id=5, seq=11, chksum=0x1234)
+                                                        / Raw(b"e" * 3000))),
+}
+
+
+def snmp_delta(before: dict[str, dict[str, int]],
+               after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The compared counters that moved (kernel: /proc/net/snmp)."""
+    return {s: {n: d for n in names if (d := after[s][n] - before[s][n])}
+            for s, names in SNMP_COMPARED.items()}
+
+
+def engine_snmp(stats) -> dict[str, dict[str, int]]:
+    """The same counters of an engine run, those that moved."""
+    return {s: {n: v for n in names if (v := getattr(stats, ENGINE_SECTION[s]).get(n, 0))}
+            for s, names in SNMP_COMPARED.items()}
+
+
+@pytest.fixture(scope="module")
+def kernel_local_outputs(kernel):
+    """Every local case through the kernel router: (send times, outputs, counters moved)."""
+    out = {}
+    for name, (quiet, frames) in LOCAL_CASES.items():
+        time.sleep(quiet)
+        before = kernel.snmp()
+        stamps, got = kernel.exchange([("p0", bytes(f)) for f in frames])
+        out[name] = (stamps, got, snmp_delta(before, kernel.snmp()))
+    return out
+
+
+@pytest.mark.parametrize("name", list(LOCAL_CASES))
+def test_own_addresses_answer_like_the_kernel(kernel_local_outputs, tmp_path, name):
+    """The case alone through `fwd run`: the same frames out, and the same Ip:, Icmp:,
+    Udp: and Tcp: counters moved."""
+    stamps, got, kernel_counters = kernel_local_outputs[name]
+    inputs = []
+    for frame, t in zip(LOCAL_CASES[name][1], stamps, strict=True):
+        e = Ether(bytes(frame))
+        e.time = t
+        inputs.append(e)
+    stats, outputs = run_bounded(Lab(tmp_path, workers=1, batch=8), {"p0": inputs})
+    assert stats.balanced
+    ours = {p: [norm(bytes(f)) for f in outputs[p]] for p in HOSTS}
+    kernel_out = {p: [norm(f) for f in frames] for p, frames in got.items()}
+    assert (ours, engine_snmp(stats)) == (kernel_out, kernel_counters)

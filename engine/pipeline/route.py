@@ -2,7 +2,8 @@
 
 Fragments are taken first when transit fragments are reassembled (netfilter's
 defrag runs at PRE_ROUTING, before routing). Then, as the kernel: a multicast
-destination is not forwarded (`ip_route_input_rcu`); martian sources and
+destination is not forwarded (`ip_route_input_rcu`), and delivered only for
+224.0.0.1, the one group we are in (`ip_route_input_mc`); martian sources and
 destinations (since Linux 5.3 only 0.0.0.0 itself is "zeronet"); limited broadcast
 is for us; the FIB says local, broadcast, unicast or an error route. Errors come
 before source validation, as in the kernel's `no_route` path; a source that is one
@@ -43,6 +44,7 @@ from engine.shm.memory import (
 )
 
 LBCAST = 0xFFFF_FFFF
+ALL_HOSTS = 0xE000_0001  # 224.0.0.1: every interface with an address joins it (ip_mc_up)
 
 
 def _ordinary_first_octets() -> np.ndarray:
@@ -126,7 +128,8 @@ def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment
     error_route = (nh_type == NH_NOROUTE) | (nh_type == NH_UNREACHABLE) | (nh_type == NH_PROHIBIT)
     return first_match([
         (fragment & reassemble_transit, slow(Slow.reassemble)),
-        ((daddr >> 28) == 0xE, drop(Drop.multicast)),
+        # ip_route_input_rcu: a group we are not in (`ip_check_mc_rcu`) is dropped
+        (((daddr >> 28) == 0xE) & (daddr != ALL_HOSTS), drop(Drop.multicast)),
         (((saddr >> 28) == 0xE) | (saddr == LBCAST), drop(Drop.martian_source)),
         ((daddr == LBCAST) | ((saddr == 0) & (daddr == 0)), slow(Slow.local)),
         (saddr == 0, drop(Drop.martian_source)),
@@ -134,6 +137,9 @@ def route_checks(saddr: np.ndarray, daddr: np.ndarray, ihl: np.ndarray, fragment
         ((daddr >> 24) == 127, drop(Drop.martian_destination)),
         ((saddr >> 24) == 127, drop(Drop.martian_source)),
         ((ihl > 5) & (not options_done), slow(Slow.options)),
+        # ip_route_input_mc: ours, from a source ip_mc_validate_source accepts
+        ((daddr == ALL_HOSTS) & source_local, drop(Drop.martian_source)),
+        (daddr == ALL_HOSTS, slow(Slow.local)),
         # icmp_send answers only PACKET_HOST frames: an error route is then silent
         (error_route & (pkt_type != PACKET_HOST), drop(Drop.l2_not_host)),
         (nh_type == NH_NOROUTE, slow(Slow.no_route)),

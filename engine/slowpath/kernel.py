@@ -96,6 +96,7 @@ from engine.proto import (
     ETH_TYPE_IP,
     IP_DF,
     IP_OFFSET,
+    IPHDR_LEN,
     IPPROTO_ICMP,
     IPPROTO_IGMP,
     IPPROTO_TCP,
@@ -154,6 +155,7 @@ from engine.slowpath.packet import OutRoute, Packet
 from engine.slowpath.route_cache import RouteCache
 
 INET_ECN_MASK = 3
+CHECKSUM_BREAK = 76  # skbuff.h: a checksum this short is verified when first looked at
 TCP_TTL = 64  # the TCP control socket's TTL: sysctl ip_default_ttl
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -172,6 +174,9 @@ OPTIONS_DROPS = {"source_route": SlowDrop.source_route, "srr_not_host": SlowDrop
 # icmp_rcv: what a broadcast/multicast destination may still carry (RFC 1122 3.2.2.6)
 ICMP_BROADCAST_OK = frozenset({8, 13, 17, 18})
 ICMP_ECHO_LIKE = frozenset({8, 13})  # ignored from broadcasts: icmp_echo_ignore_broadcasts=1
+ICMP_UNREACH_LIKE = frozenset({3, 4, 5, 11, 12})  # icmp_pointers: icmp_unreach, icmp_redirect
+ICMP_EXT_ECHO = 42  # RFC 8335 PROBE, handled before the type check (icmp_rcv)
+NR_ICMP_UNREACH = 15  # highest destination unreachable code icmp_unreach passes on
 
 
 def pseudo_header(addrs: bytes, proto: int, length: int) -> bytes:
@@ -495,7 +500,7 @@ class Kernel:
         if packet is None:
             self.unsent(Unsent.no_room)
             return
-        self.ip_local_out(packet, route, pkt, ICMP_OUT[icmp_type])
+        self.ip_local_out(packet, route, pkt, (ICMP_OUT[icmp_type],))
 
     def reply_route(self, pkt: Packet) -> tuple[EchoedOptions, OutRoute] | None:
         """`ip_options_echo`, then the output route to where an answer to `pkt` goes
@@ -512,27 +517,26 @@ class Kernel:
         return echoed, route
 
     def ip_local_out(self, ip: bytes, route: OutRoute, cause: Packet,
-                     counter: IntEnum) -> None:
-        """Send a packet the router built (an ICMP message of the type `counter` counts,
-        or a TCP reset), fragmented at the route's MTU when it is longer
-        (`ip_append_data` + `ip_fragment`), with `cause`'s time and number."""
+                     counters: tuple[IntEnum, ...]) -> None:
+        """Send a packet the router built (an ICMP message of the type `counters` says,
+        or a TCP reset: Tcp: OutSegs and OutRsts), fragmented at the route's MTU when it
+        is longer (`ip_append_data` + `ip_fragment`), with `cause`'s time and number."""
         mtu = int(self.t.port_mtu[route.port])
         frames = [ip]
         if len(ip) > mtu:
             frames = fragment(ip, mtu)
             self.count(Snmp.FragOKs)
             self.count(Snmp.FragCreates, len(frames))
+        if isinstance(counters[0], Icmp):
+            counters = (Icmp.OutMsgs, *counters)  # icmp_out_count
         if route.mac is None:  # sent through the neighbour table, or held for ARP
             self.neigh.output(frames, route.port, route.target, cause, self.clock,
                               originated=True)
-            self.count(Snmp.OutRequests)
-            if isinstance(counter, Icmp):
-                self.count(Icmp.OutMsgs)
-            self.count(counter)
+            for counter in (Snmp.OutRequests, *counters):
+                self.count(counter)
         else:
             eth = route.mac + self.port_mac[route.port] + ETH_TYPE_IP
-            sent = ((Misc.created, Snmp.OutRequests, Icmp.OutMsgs, counter)
-                    if isinstance(counter, Icmp) else (Misc.created, Snmp.OutRequests, counter))
+            sent = (Misc.created, Snmp.OutRequests, *counters)
             self.out.transmit([eth + f for f in frames], route.port, cause.ts, cause.seq, sent,
                           self._not_sent)
 
@@ -571,12 +575,17 @@ class Kernel:
         self.count(Misc.delivered)
 
     def _broadcast(self, pkt: Packet) -> bool:
-        """The input route is RTCF_BROADCAST (limited or a subnet's broadcast)."""
-        return pkt.daddr == LBCAST or self.routes.route_type(pkt.daddr) == NH_BROADCAST
+        """The input route is RTCF_BROADCAST (limited or a subnet's broadcast) or
+        RTCF_MULTICAST (224.0.0.1, the only group we are in)."""
+        return (pkt.daddr == LBCAST or pkt.daddr >> 28 == 0xE
+                or self.routes.route_type(pkt.daddr) == NH_BROADCAST)
 
     def icmp_rcv(self, pkt: Packet) -> None:
         """`icmp_rcv`: checksum, header, type; echo requests to a unicast address of
-        ours are answered, the rest is counted and dropped."""
+        ours are answered, errors go to `icmp_unreach`, the rest is counted and
+        dropped. An extended echo request (42, RFC 8335) is taken before the type
+        check: with icmp_echo_enable_probe=0 it is not answered and is no error (the
+        kernel counts it in IcmpMsg: InType42, which the engine does not keep)."""
         self.count(Icmp.InMsgs)
         icmp = pkt.ip[pkt.ihl:]
         if inet_checksum(icmp) != 0:
@@ -589,6 +598,8 @@ class Kernel:
         kind = icmp[0]
         if kind in ICMP_IN:
             self.count(ICMP_IN[kind])
+        if kind == ICMP_EXT_ECHO:
+            return  # icmp_echo → icmp_build_probe: probes are off
         if kind > NR_ICMP_TYPES:
             self.count(Icmp.InErrors)
             return
@@ -597,6 +608,27 @@ class Kernel:
             return
         if kind == ICMP_ECHO:
             self.icmp_echo(pkt)
+        elif kind in ICMP_UNREACH_LIKE:
+            self.icmp_unreach(kind, icmp[1], icmp[8:])
+
+    def icmp_unreach(self, kind: int, code: int, quote: bytes) -> None:
+        """`icmp_unreach` (3, 4, 11, 12) and `icmp_redirect` (5): an error about a
+        packet we sent. A quote shorter than an IP header (or, but for a redirect, one
+        with IHL < 5) is an InErrors; otherwise `icmp_socket_deliver` wants the header
+        and 8 bytes more (InErrors without them; `icmp_unreach` gives up silently
+        first), and UDP's and TCP's error handlers (`__udp4_lib_err`, `tcp_v4_err`)
+        find no socket: InErrors again. ICMP's (`ping_err`) says nothing."""
+        if len(quote) < IPHDR_LEN or (kind != ICMP_REDIRECT and quote[0] & 0xF < 5):
+            self.count(Icmp.InErrors)
+            return
+        if kind == ICMP_DEST_UNREACH and code > NR_ICMP_UNREACH:
+            return
+        if len(quote) < (quote[0] & 0xF) * 4 + 8:
+            if kind == ICMP_REDIRECT:
+                self.count(Icmp.InErrors)
+            return
+        if quote[9] in (IPPROTO_UDP, IPPROTO_TCP):
+            self.count(Icmp.InErrors)
 
     def icmp_echo(self, pkt: Packet) -> None:
         """`icmp_echo` + `icmp_reply`: from the address the request was sent to
@@ -612,31 +644,47 @@ class Kernel:
         ip_id = self.ids.next_id(echoed.daddr, src, IPPROTO_ICMP, self.clock)
         reply = build_echo_reply(pkt.ip, src, ip_id, echoed.build(src, pkt.ts // 1_000_000),
                                  dst=echoed.daddr)
-        self.ip_local_out(reply, route, pkt, ICMP_OUT[ICMP_ECHOREPLY])
+        self.ip_local_out(reply, route, pkt, (ICMP_OUT[ICMP_ECHOREPLY],))
 
     def udp_rcv(self, pkt: Packet) -> None:
         """`__udp4_lib_rcv` with no socket bound: a well-formed datagram to a unicast
-        address of ours gets a port unreachable (`UDP_MIB_NOPORTS`)."""
+        address of ours gets a port unreachable (`UDP_MIB_NOPORTS`), one to a broadcast
+        or multicast address is counted in IgnoredMulti (`__udp4_lib_mcast_deliver`).
+
+        The datagram ends where its length field says (`pskb_trim_rcsum`): the bytes
+        after it are neither summed nor quoted in the port unreachable. Its checksum
+        (0: none, RFC 768) is verified at once by `udp4_csum_init` only when it is at
+        most CHECKSUM_BREAK bytes long (a device without receive checksum offload,
+        as the veths the kernel is compared on), else by `udp_lib_checksum_complete`
+        just before NoPorts: a longer broadcast with a bad checksum is ignored, not
+        counted as an error."""
         udp = pkt.ip[pkt.ihl:]
         ulen = int.from_bytes(udp[4:6], "big") if len(udp) >= 8 else 0
         if len(udp) < 8 or ulen < 8 or ulen > len(udp):
             self.count(Udp.InErrors)  # short_packet
             return
-        if udp[6:8] != b"\0\0":  # 0: the sender computed no checksum (RFC 768)
+        broadcast = self._broadcast(pkt)
+        if udp[6:8] != b"\0\0" and (ulen <= CHECKSUM_BREAK or not broadcast):
             if inet_checksum(pseudo_header(pkt.ip[12:20], IPPROTO_UDP, ulen) + udp[:ulen]):
                 self.count(Udp.InCsumErrors)
                 self.count(Udp.InErrors)
                 return
-        if self._broadcast(pkt):
-            return  # __udp4_lib_mcast_deliver: no socket, nothing said
+        if broadcast:
+            self.count(Udp.IgnoredMulti)
+            return
         self.count(Udp.NoPorts)
+        if ulen < len(udp):  # the header still says the IP length it came with
+            pkt = pkt.evolve(ip=pkt.ip[: pkt.ihl + ulen])
         self.icmp_send(pkt, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH)
 
     def tcp_v4_rcv(self, pkt: Packet) -> None:
         """`tcp_v4_rcv` with no socket: a well-formed segment in a frame for our MAC is
-        answered with a reset (`tcp_v4_send_reset`)."""
+        answered with a reset (`tcp_v4_send_reset`). Every segment in such a frame
+        counts in InSegs, a bad one or one to a broadcast too; no flag combination is
+        refused here (SYN+FIN, none at all: a reset all the same)."""
         if pkt.pkt_type != PACKET_HOST:
             return  # discard_it
+        self.count(Tcp.InSegs)  # "Count it even if it's bad"
         tcp = pkt.ip[pkt.ihl:]
         if len(tcp) < 20:
             return
@@ -681,7 +729,7 @@ class Kernel:
                                     pkt.ip[1] & ~INET_ECN_MASK & 0xFF, 40 + len(options), 0,
                                     IP_DF, TCP_TTL, IPPROTO_TCP, 0)) + addrs + options
         set_ip_checksum(hdr)
-        self.ip_local_out(bytes(hdr + rst), route, pkt, Tcp.OutRsts)
+        self.ip_local_out(bytes(hdr + rst), route, pkt, (Tcp.OutSegs, Tcp.OutRsts))
 
     # ------------------------------------------------------------------ reassembly
 
