@@ -27,7 +27,10 @@ from conftest import Lab, flood, no_shm_leak
 
 FRAMES = 4_000_000  # 64-byte frames: seconds of replay, and outputs of 256 MB
 ANSWER_BOUND_S = 1.0  # every stats answer; the target is 100 ms at p99
-STOP_BOUND_S = 5.0  # SIGTERM to exit; the target is 2 s
+STOP_BOUND_S = 5.0  # SIGTERM to exit during the replay (what was sent is written then)
+# SIGTERM to exit of a kept engine, whose outputs are written already (measured about
+# 0.5 s; writing them again, as the stop once did, takes 3 s and more here); target 2 s
+KEPT_STOP_BOUND_S = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ class Kept:
     """`fwd run --keep-running --json` on the big capture, its stderr lines timed."""
 
     def __init__(self, root: Path, capture: Path) -> None:
-        self.lab = Lab(root)
+        # two workers: their outputs interleave, so that writing them means putting the
+        # frames back in capture order (one worker's come out in order already)
+        self.lab = Lab(root, workers=2)
         (root / "in" / "p0.pcap").unlink()
         (root / "in" / "p0.pcap").symlink_to(capture)
         self.sock = root / "ctl.sock"
@@ -142,7 +147,8 @@ def test_sigterm_stops_the_engine_promptly(tmp_path, capture, when):
     finally:
         engine.kill()
     print(f"\nSIGTERM ({when}) to exit: {took:.2f} s")
-    assert took < STOP_BOUND_S, f"SIGTERM took {took:.2f} s"
+    assert took < (KEPT_STOP_BOUND_S if when == "kept" else STOP_BOUND_S), \
+        f"SIGTERM took {took:.2f} s"
     books = doc["accounting"]
     assert books["balanced"] and books["received"] == books["forwarded"]
     assert books["received"] == FRAMES if when == "kept" else 0 < books["received"] < FRAMES
