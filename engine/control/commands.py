@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -73,6 +74,12 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "capture.read": {"gen": (int, True), "max": (int, False)},
     "capture.stop": {},
 }
+
+# what the FIB writer's thread must run (engine/control/server.py `on_main`): writes of
+# the FIB, next hops or port state, and reads of the routing's Python structures that
+# those writes change; everything else reads shared memory only
+ON_MAIN = frozenset({"route.add", "route.del", "route.show", "route.load", "route.lookup",
+                     "port.up", "port.down"})
 
 # (cmd, argument) -> why it is refused: arguments that used to exist, so that an old
 # client gets a reason rather than "unknown argument"
@@ -139,6 +146,14 @@ class Commands:
         self.mem = mem
         self.info = dict(info or {})
         self._staged: dict[int, _Staged] = {}
+        self._writer = threading.get_ident()  # the FIB writer's thread: the one building us
+
+    @staticmethod
+    def on_main(msg: object) -> bool:
+        """Whether the FIB writer's thread must run this request (a malformed one is
+        answered anywhere: it changes nothing)."""
+        cmd = msg.get("cmd") if isinstance(msg, dict) else None
+        return isinstance(cmd, str) and cmd in ON_MAIN
 
     def handle(self, msg: object) -> dict[str, Any]:
         """A reply map for any request; never raises."""
@@ -164,7 +179,8 @@ class Commands:
 
         s = snapshot(self.mem, self.routing.port_names).as_dict()
         s["workers"] = agent_rows(self.mem)
-        s["fib"] = self.routing.fib.stats()
+        # another thread only reads: the writer's thread reclaims (supervisor's loop)
+        s["fib"] = self.routing.fib.stats(reclaim=threading.get_ident() == self._writer)
         s["port_state"] = self.routing.ports()
         s["rings"] = ring_levels(self.mem)
         s["pool"] = pool_level(self.mem)

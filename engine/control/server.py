@@ -1,12 +1,14 @@
 """The control socket: msgpack requests over a Unix stream socket, mode 0600.
 
-Served by the control process from its main loop (`ControlServer.poll`, called
-every pass with the loop's idle sleep as its timeout), not from a thread: the FIB
-and the next-hop table have exactly one writer, the control process's main thread
-(`engine.shm.fib` assumes it), and the pcap I/O agent shares that thread, so a
-request is applied between two I/O passes with no lock anywhere. The price: a long
-request (a large `route.load`) pauses pcap feeding while it runs; workers go on
-forwarding what their rings hold.
+Served from a thread of its own (`ControlServer.start`), so that no work of the
+control process's main thread (feeding a replay, writing its outputs, starting the
+agents) delays an answer. What only reads shared memory (stats, ping, trace and
+capture) is answered in that thread. What writes the FIB, the next-hop table or the
+port state is not: the FIB and the next-hop table have exactly one writer, the main
+thread (`engine.shm.fib` assumes it), so such a request (`on_main` says which) is
+queued for it and answered once the main thread has run it (`serve_main`, called
+from its loop between two I/O passes); meanwhile the connection reads nothing more.
+Without `start`, `poll` serves every request in the calling thread.
 
 Where it listens: `[engine] control_socket` in the config, overridden by
 `fwd run --socket PATH`; otherwise `DEFAULT_SOCKET` (/run/fwd/fwd.sock), which is
@@ -47,11 +49,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import queue
 import selectors
 import socket
 import stat
 import struct
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -75,6 +79,7 @@ MAX_CONNECTIONS = 64
 MAX_PER_PEER = 8  # connections one process (SO_PEERCRED pid) may hold at once
 REQUEST_TIMEOUT_S = 5.0  # accept (or a request's first byte) to the whole request
 IDLE_TIMEOUT_S = 60.0  # between requests, on a connection that has completed one
+THREAD_POLL_S = 0.5  # longest select of the server thread (its sweep of deadlines)
 
 
 class ControlSetupError(Exception):
@@ -90,12 +95,13 @@ class _Conn:
     rbuf: bytearray = field(default_factory=bytearray)
     wbuf: bytearray = field(default_factory=bytearray)
     closing: bool = False  # close once wbuf is sent (after an oversized request)
+    on_main: bool = False  # a request waits for the main thread: nothing more is read
     done: int = 0  # requests completed
     last: float = field(default_factory=time.monotonic)  # last byte either way
 
     def waiting(self) -> bool:
         """A request is under way (or the first one is yet to come): the deadline runs."""
-        return not self.wbuf and (not self.done or bool(self.rbuf))
+        return not self.wbuf and not self.on_main and (not self.done or bool(self.rbuf))
 
 
 class ControlServer:
@@ -104,9 +110,12 @@ class ControlServer:
     def __init__(self, path: str | os.PathLike[str],
                  handler: Callable[[object], dict[str, Any]],
                  max_connections: int = MAX_CONNECTIONS, max_per_peer: int = MAX_PER_PEER,
-                 request_timeout: float = REQUEST_TIMEOUT_S) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT_S,
+                 on_main: Callable[[object], bool] | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.handler = handler
+        # which decoded requests the main thread must run, once the server has a thread
+        self.on_main = on_main
         self.max_connections = max_connections
         self.max_per_peer = max_per_peer
         self.request_timeout = request_timeout
@@ -121,9 +130,51 @@ class ControlServer:
         st = os.stat(self.path)
         self._ident = (st.st_dev, st.st_ino)  # so that close() unlinks only our socket
         self._sel.register(self._sock, selectors.EVENT_READ, None)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._calls: queue.Queue[tuple[_Conn, object]] = queue.Queue()  # for the main thread
+        self._replies: queue.Queue[tuple[_Conn, dict[str, Any]]] = queue.Queue()  # its answers
+        # the main thread wakes the server thread's select when it has answered
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def start(self) -> None:
+        """Serve from a thread of our own from now on: `poll` must not be called
+        again; requests that `on_main` names wait for `serve_main`."""
+        self._thread = threading.Thread(target=self._serve_forever, name="fwd-control",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve_forever(self) -> None:
+        while not self._stopping:
+            try:
+                self.poll(THREAD_POLL_S)
+            except Exception:  # a bug must not leave the socket unserved: say it, go on
+                traceback.print_exc(file=sys.stderr)
+                time.sleep(0.01)
+
+    def serve_main(self, timeout: float = 0.0) -> int:
+        """Run the requests queued for the main thread (call it from the main thread),
+        waiting up to `timeout` seconds for the first; returns how many ran."""
+        ran = 0
+        try:
+            conn, msg = self._calls.get(timeout=timeout) if timeout > 0 else \
+                self._calls.get_nowait()
+            while True:
+                self._replies.put((conn, self._handle(msg)))
+                ran += 1
+                conn, msg = self._calls.get_nowait()
+        except queue.Empty:
+            pass
+        if ran:
+            with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                self._wake_w.send(b"\0")
+        return ran
 
     def poll(self, timeout: float = 0.0) -> int:
         """Wait up to `timeout` seconds for socket activity and handle what is ready;
@@ -132,6 +183,9 @@ class ControlServer:
         for key, events in self._sel.select(timeout):
             if key.data is None:
                 self._accept()
+                continue
+            if key.data == "wake":
+                self._answered()
                 continue
             conn: _Conn = key.data
             if events & selectors.EVENT_READ:
@@ -145,19 +199,27 @@ class ControlServer:
                     self.timed_out += 1
                     self._drop(conn, f"no complete request within {self.request_timeout:g} s; "
                                      "closing the connection")
-                elif now - conn.last > IDLE_TIMEOUT_S:
+                elif now - conn.last > IDLE_TIMEOUT_S and not conn.on_main:
                     self._close(conn)
         return self.served - before
 
     def close(self) -> None:
-        """Close every connection and the listener; remove the socket file if it is
+        """Stop the thread (requests still queued for the main thread are not run),
+        close every connection and the listener; remove the socket file if it is
         still the one we created."""
+        if self._thread is not None:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
+            self._thread.join()
         for conn in list(self._conns.values()):
             self._close(conn)
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(self._sock)
         self._sock.close()
         self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
         try:
             st = os.stat(self.path)
             if (st.st_dev, st.st_ino) == self._ident:
@@ -216,7 +278,7 @@ class ControlServer:
         # idle between requests, then one the server still owes a reply
         if conn.waiting():
             return (0, conn.since)
-        return (2 if conn.wbuf else 1, conn.last)
+        return (2 if conn.wbuf or conn.on_main else 1, conn.last)
 
     def _drop(self, conn: _Conn, why: str) -> None:
         """Close `conn`, telling it why if that fits in its socket buffer now."""
@@ -238,7 +300,12 @@ class ControlServer:
         if conn.done and not conn.rbuf:  # a later request's first byte: its clock starts
             conn.since, conn.busy_since = conn.last, self.busy
         conn.rbuf += chunk
-        while len(conn.rbuf) >= HEADER.size and not conn.closing:
+        self._parse(conn)
+
+    def _parse(self, conn: _Conn) -> None:
+        """Serve the complete requests `conn.rbuf` holds, until one goes to the main
+        thread; then send what is ready."""
+        while len(conn.rbuf) >= HEADER.size and not conn.closing and not conn.on_main:
             (n,) = HEADER.unpack_from(conn.rbuf)
             if n > MAX_REQUEST:
                 conn.wbuf += encode(error(
@@ -253,28 +320,62 @@ class ControlServer:
             body = bytes(conn.rbuf[HEADER.size : HEADER.size + n])
             del conn.rbuf[: HEADER.size + n]
             t = time.monotonic()
-            conn.wbuf += encode(self._serve(body))
+            msg = self._decode(body)
+            if self._thread is not None and self.on_main is not None \
+                    and not isinstance(msg, _Reply) and self.on_main(msg):
+                # the main thread runs it; this connection reads nothing until it has
+                conn.on_main = True
+                self._calls.put((conn, msg))
+                break
+            reply = msg.reply if isinstance(msg, _Reply) else self._handle(msg)
+            conn.wbuf += encode(reply)
             self.busy += time.monotonic() - t
-            self.served += 1
-            conn.done += 1
-            # the next request (pipelined, if rbuf holds its start) runs from here
-            conn.since, conn.busy_since = time.monotonic(), self.busy
+            self._completed(conn)
         if conn.wbuf:
             self._write(conn)
+        else:
+            self._watch(conn)
 
-    def _serve(self, body: bytes) -> dict[str, Any]:
+    def _completed(self, conn: _Conn) -> None:
+        self.served += 1
+        conn.done += 1
+        # the next request (pipelined, if rbuf holds its start) runs from here
+        conn.since, conn.busy_since = time.monotonic(), self.busy
+
+    def _answered(self) -> None:
+        """Send the replies the main thread has made, and go on reading their
+        connections."""
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        while True:
+            try:
+                conn, reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            conn.on_main = False
+            if self._conns.get(conn.sock.fileno()) is not conn:
+                continue  # closed meanwhile
+            conn.wbuf += encode(reply)
+            self._completed(conn)
+            self._parse(conn)  # then pipelined requests
+
+    def _decode(self, body: bytes) -> object:
+        """The request, or a _Reply carrying the error of one that cannot be decoded."""
         try:
-            msg = decode(body)
+            return decode(body)
         except RequestError as err:
-            return error(str(err))
+            return _Reply(error(str(err)))
         except msgpack.ExtraData:
-            return error("malformed msgpack: extra bytes after the request")
+            return _Reply(error("malformed msgpack: extra bytes after the request"))
         except msgpack.StackError:
-            return error("malformed msgpack: nested too deeply")
+            return _Reply(error("malformed msgpack: nested too deeply"))
         except msgpack.FormatError:
-            return error("malformed msgpack: not a msgpack object")
+            return _Reply(error("malformed msgpack: not a msgpack object"))
         except Exception as err:  # ValueError for truncated input, bad map keys, ...
-            return error(f"malformed msgpack: {err or type(err).__name__}")
+            return _Reply(error(f"malformed msgpack: {err or type(err).__name__}"))
+
+    def _handle(self, msg: object) -> dict[str, Any]:
         try:
             reply = self.handler(msg)
             encode(reply)  # a reply that cannot be encoded is a bug; answer anyway
@@ -297,10 +398,23 @@ class ControlServer:
         if not conn.wbuf and conn.closing:
             self._close(conn)
             return
-        # read only when nothing is waiting to be sent: a client that pipelines
-        # requests without reading replies cannot make us buffer without bound
-        want = selectors.EVENT_WRITE if conn.wbuf else selectors.EVENT_READ
-        if self._sel.get_key(conn.sock).events != want:
+        self._watch(conn)
+
+    def _watch(self, conn: _Conn) -> None:
+        """Select what `conn` waits for. Read only when nothing is waiting to be sent:
+        a client that pipelines requests without reading replies cannot make us buffer
+        without bound; nor while a request waits for the main thread."""
+        want = selectors.EVENT_WRITE if conn.wbuf else 0 if conn.on_main \
+            else selectors.EVENT_READ
+        try:
+            key: selectors.SelectorKey | None = self._sel.get_key(conn.sock)
+        except KeyError:
+            key = None
+        if key is not None and not want:
+            self._sel.unregister(conn.sock)
+        elif key is None and want:
+            self._sel.register(conn.sock, want, conn)
+        elif key is not None and key.events != want:
             self._sel.modify(conn.sock, want, conn)
 
     def _close(self, conn: _Conn) -> None:
@@ -310,6 +424,13 @@ class ControlServer:
                 self._sel.unregister(conn.sock)
             self._conns.pop(fd, None)
         conn.sock.close()
+
+
+@dataclass
+class _Reply:
+    """The answer to a request that could not be decoded (no handler runs)."""
+
+    reply: dict[str, Any]
 
 
 def _peer_cred(s: socket.socket) -> tuple[int | None, int | None]:

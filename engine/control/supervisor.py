@@ -12,8 +12,10 @@ send-only sockets, until SIGINT/SIGTERM: then the workers stop receiving, send w
 they hold and exit, the slow path drains, the sockets close. `[engine] netns` is
 entered before anything opens, so every process's sockets live in that namespace.
 
-The control socket (engine/control/server.py) is served from the same loop, between two
-I/O passes: the FIB and next-hop table keep a single writer thread.
+The control socket (engine/control/server.py) is served from a thread of its own from
+the moment it opens, so that stats answer whatever this loop does; what writes the FIB,
+the next hops or the port state is handed to this loop and run between two I/O passes
+(`serve`): the FIB and next-hop table keep a single writer thread.
 
 A fault once the agents have started (an agent that dies for good, an output that
 cannot be written) ends the run the same way, stopped and drained, and is raised as
@@ -150,6 +152,8 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         # metrics listen where `fwd run` was started: a Prometheus on the host scrapes an
         # engine whose ports live in [engine] netns
         r.open_metrics()
+        if r.server is not None:  # answered from now on, start-up included
+            r.server.start()
         r.enter_netns()
         end_clock = r.open_ports()
         fault: EngineError | PcapError | None = None
@@ -236,7 +240,8 @@ class _Run:
             "batch": cfg.engine.batch,
         })
         try:
-            self.server = ControlServer(control_socket, self.commands.handle)
+            self.server = ControlServer(control_socket, self.commands.handle,
+                                        on_main=self.commands.on_main)
             self.say(f"fwd: control socket {self.server.path}")
         except ControlSetupError as err:
             if control_required:
@@ -296,7 +301,7 @@ class _Run:
         mem.state[AGENT_IO, ST_PID] = os.getpid()  # workers watch it (workers/loop.py)
         for proc, _ in procs:
             proc.start()
-        wait_started(mem, procs)
+        wait_started(mem, procs, self.serve)
         if compiled:
             loads = ", ".join(f"{mem.state[1 + w, ST_WARMUP_NS] / 1e9:.2f}"
                               for w in range(cfg.engine.workers))
@@ -311,7 +316,7 @@ class _Run:
     def forward(self, keep_running: bool) -> None:
         """The main loop: move frames for the ports, watch the agents, serve the control
         socket in the idle sleep; until the input is drained (pcap) or a signal."""
-        mem, io, live, server = self.mem, self.io, self.live, self.server
+        mem, io, live = self.mem, self.io, self.live
         idle = 0.0
         while True:
             if live:
@@ -321,6 +326,7 @@ class _Run:
                 moved += io.drain()
             mem.state[AGENT_IO, ST_LOOPS] += 1
             self.watch_agents()
+            self.fib.reclaim()  # tbl8 groups the readers released: what stats then shows
             if self.finished(keep_running):
                 return
             if moved:
@@ -329,10 +335,15 @@ class _Run:
                 idle = KEPT_IDLE_S  # nothing more can arrive on a pcap port
             else:
                 idle = min(MAX_IDLE_S, idle * 2 or 0.0001)
-            if server is not None:
-                server.poll(idle)  # the idle sleep, cut short by a control request
-            elif idle:
-                time.sleep(idle)
+            self.serve(idle)
+
+    def serve(self, timeout: float) -> None:
+        """Sleep up to `timeout` seconds, running the control requests that must run on
+        this thread (the FIB's writer) as they come: at most a pass's wait for them."""
+        if self.server is not None:
+            self.server.serve_main(timeout)
+        elif timeout:
+            time.sleep(timeout)
 
     def watch_agents(self) -> None:
         """A dead forwarding worker is recovered and restarted; any other dead agent
@@ -427,9 +438,11 @@ class _Run:
 
 
 def wait_started(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, int | None]],
+                 serve: Callable[[float], None] = time.sleep,
                  timeout: float = STARTUP_TIMEOUT_S) -> None:
     """Feed nothing before every worker and the slow path has made its first pass: a
-    replay starts with every agent ready, and no `fwd stats` sees one not started."""
+    replay starts with every agent ready. `serve(seconds)` waits between two looks
+    (and runs what the control socket hands this thread)."""
     deadline = time.monotonic() + timeout
     while not all(mem.state[a, ST_LOOPS] for a in range(1, mem.geometry.nagents)):
         for proc, _ in procs:
@@ -437,7 +450,7 @@ def wait_started(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, in
                 raise EngineError(f"{proc.name} {how_it_ended(proc)} before it started")
         if time.monotonic() > deadline:
             raise EngineError(f"the workers did not start within {timeout:g} s")
-        time.sleep(0.002)
+        serve(0.002)
 
 
 def how_it_ended(proc: mp.process.BaseProcess) -> str:

@@ -115,6 +115,8 @@ void fwd_copy_rows(const uint8_t *src, const int64_t *off, const uint32_t *len,
                    int64_t *pool_ts, uint16_t port);
 void fwd_pack_rows(const uint8_t *pool, uint64_t bufsize, const uint32_t *idx,
                    const uint32_t *len, uint32_t n, uint8_t *dst);
+void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len,
+                      const int64_t *ts, uint64_t n, int nanosecond, uint8_t *dst);
 int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
                 const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
                 const uint32_t *idx, uint32_t n, uint32_t *too_long);
@@ -186,6 +188,31 @@ void fwd_pack_rows(const uint8_t *pool, uint64_t bufsize, const uint32_t *idx,
     for (uint32_t i = 0; i < n; i++) {
         memcpy(dst, pool + (uint64_t)idx[i] * bufsize, len[i]);
         dst += len[i];
+    }
+}
+
+static inline void wr32le(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+/* Classic pcap records (16-byte little-endian header, then the bytes) of frames
+   src[off[i] : off[i] + len[i]], in the order given, back to back into dst: a capture
+   file's body without a byte-wise index array (engine/io/pcap.py write_pcap). */
+void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len,
+                      const int64_t *ts, uint64_t n, int nanosecond, uint8_t *dst)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t frac = (uint32_t)(ts[i] % 1000000000);
+        wr32le(dst, (uint32_t)(ts[i] / 1000000000));
+        wr32le(dst + 4, nanosecond ? frac : frac / 1000);
+        wr32le(dst + 8, (uint32_t)len[i]);
+        wr32le(dst + 12, (uint32_t)len[i]);
+        memcpy(dst + 16, src + off[i], (size_t)len[i]);
+        dst += 16 + len[i];
     }
 }
 

@@ -73,6 +73,7 @@ class PcapPorts:
         self.pos: dict[tuple[int, int], int] = {}
         self.seq: dict[int, np.ndarray] = {}
         self.outputs = {p: _Output() for p, _ in self.ports}
+        self.written: dict[int, int] = {}  # port: len(outputs[p].lengths) when last written
         self._c = c_helper()  # None without a compiler: numpy copies then
         for _, port in self.ports:  # before the first frame moves, not after the replay
             check_writable(port.tx)
@@ -240,10 +241,13 @@ class PcapPorts:
     def write(self) -> None:
         """Write each port's `tx` capture in (time, arrival) order. One that cannot be
         written does not keep the others from being written: PcapError, after, naming
-        every one that failed."""
+        every one that failed. A port whose capture was written with everything it has
+        collected is not written again (a kept engine's stop)."""
         failed: list[str] = []
         for p, port in self.ports:
             out = self.outputs[p]
+            if self.written.get(p) == len(out.lengths):
+                continue
             if out.lengths:
                 lengths = np.concatenate(out.lengths)
                 data = np.concatenate(out.data)
@@ -254,26 +258,15 @@ class PcapPorts:
                 data = np.zeros(0, np.uint8)
                 ts = np.zeros(0, np.int64)
                 seq = np.zeros(0, np.uint64)
+            # one array each from now on: a later write concatenates only what came since
+            out.lengths, out.data, out.ts, out.seq = [lengths], [data], [ts], [seq]
+            offsets = np.zeros(len(lengths), dtype=np.int64)
+            np.cumsum(lengths[:-1], out=offsets[1:])
             order = np.lexsort((seq, ts))
-            data, offsets, lengths = reorder_frames(data, lengths, order)
-            try:
-                write_pcap(port.tx, data, offsets, lengths, ts[order])
+            try:  # the frames stay where they are: the writer reads them in this order
+                write_pcap(port.tx, data, offsets[order], lengths[order], ts[order])
+                self.written[p] = len(out.lengths)
             except PcapError as err:
                 failed.append(str(err))
         if failed:
             raise PcapError("; ".join(failed))
-
-
-def reorder_frames(data: np.ndarray, lengths: np.ndarray,
-                   order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Back-to-back frames put in `order`: (data, offsets, lengths)."""
-    offsets = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=offsets[1:])
-    if len(order) == 0 or bool(np.all(order[1:] > order[:-1])):
-        return data, offsets, lengths
-    new_lengths = lengths[order]
-    new_offsets = np.zeros(len(order), dtype=np.int64)
-    np.cumsum(new_lengths[:-1], out=new_offsets[1:])
-    # each output byte reads its frame's old start plus its position in the frame
-    shift = np.repeat(offsets[order] - new_offsets, new_lengths)
-    return data[shift + np.arange(len(shift))], new_offsets, new_lengths

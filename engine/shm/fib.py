@@ -453,11 +453,13 @@ class FibWriter(FibReader):
         self._check_open()
         return route in self._routes
 
-    def stats(self) -> dict[str, int]:
-        """tbl8 group usage; reclaims what readers have released first."""
+    def stats(self, reclaim: bool = True) -> dict[str, int]:
+        """tbl8 group usage; reclaims what readers have released first (only the
+        writer's thread may: another thread passes reclaim=False and reads)."""
         self._check_open()
-        self._reclaim(0.0)
-        deferred = sum(len(gs) for _, gs in self._deferred)
+        if reclaim:
+            self._reclaim(0.0)
+        deferred = sum(len(gs) for _, gs in list(self._deferred))  # one C call: a snapshot
         return {
             "routes": len(self._routes),
             "tbl8_groups": self._groups,
@@ -681,6 +683,11 @@ class FibWriter(FibReader):
         t = int(self._token[0]) + 1
         self._token[0] = t  # after the unlinking stores (TSO): a reader holding t saw them
         self._deferred.append((t, groups))
+
+    def reclaim(self) -> None:
+        """Free the deferred groups whose grace period has ended, without waiting
+        (the writer's thread, now and then: what `stats` shows from another thread)."""
+        self._reclaim(0.0)
 
     def _reclaim(self, timeout: float, need: int = 1) -> None:
         """Move deferred groups whose grace period has ended to the free list, waiting
