@@ -3,7 +3,7 @@
 Each process (the I/O agent, every forwarding worker, the slow-path worker) owns one
 row of uint64 counters in shared memory and is its only writer; readers sum the rows.
 A row is laid out as [Snmp | Drop | Slow | Misc | SlowDrop | Icmp | Udp | Tcp | Unsent |
-Arp]: `index(enum_member)` gives the column.
+Arp | Reasm]: `index(enum_member)` gives the column.
 
 `Drop` reasons are also the fast path's verdict codes (1..31, see verdict.py), so the
 slow path's own endings have a section of their own, `SlowDrop`; where the slow path
@@ -238,8 +238,20 @@ class Arp(IntEnum):
     forced_gc_runs = 11  # a new entry found the table full: FAILED entries were collected
 
 
+class Reasm(IntEnum):
+    """Reassembly memory, as levels the slow path sets (`Kernel.sync_reasm`): the
+    kernel's `/proc/net/sockstat` FRAG: line (inuse, memory) and its ipfrag_*_thresh
+    sysctls, with the high-water mark the kernel does not keep."""
+
+    inuse = 0  # queues held now
+    memory = 1  # bytes charged now (fqdir->mem: fragments' truesize and queues)
+    memory_high = 2  # the most memory held since the start (Reassembler.mem_high)
+    high_thresh = 3  # [reassembly] high_thresh: memory never stays above it
+    low_thresh = 4  # [reassembly] low_thresh: where eviction stops
+
+
 SECTIONS: tuple[type[IntEnum], ...] = (Snmp, Drop, Slow, Misc, SlowDrop, Icmp, Udp, Tcp,
-                                       Unsent, Arp)
+                                       Unsent, Arp, Reasm)
 _BASE: dict[type[IntEnum], int] = {}
 _offset = 0
 for _section in SECTIONS:

@@ -17,8 +17,9 @@ engine; the pcap agent's part (feeding, draining TX rings, freeing) is done here
 At the end: no exception was raised, every frame is accounted for exactly once
 (`Snapshot.balanced`, the pcap agent's received count equal to what was fed), every
 buffer is back in the pool, and the reassembly memory never went past `high_thresh`
-(its high-water mark, sampled after every fragment the slow path queues, is
-reported). tests/test_fuzz.py runs this on a smaller volume and with hypothesis.
+(its high-water mark, kept by the reassembler and read from the counters as
+`fwd stats` shows it, is reported). tests/test_fuzz.py runs this on a smaller
+volume and with hypothesis.
 """
 
 from __future__ import annotations
@@ -201,18 +202,9 @@ class Pipeline:
         self.sp = SlowPath(mem, tables, cfg, batch)
         self.io = Buffers(mem, AGENT_IO)
         self.fed = 0
-        self.high_water = 0
         self.sent: list[list[int]] = [[] for _ in cfg.ports]  # lengths, by port
         self.keep_frames = False
         self.out: list[list[bytes]] = [[] for _ in cfg.ports]
-        reasm = self.sp.kernel.reasm
-        add = reasm.add
-
-        def add_and_watch(*a, **k):  # the reassembly memory after every queued fragment
-            r = add(*a, **k)
-            self.high_water = max(self.high_water, reasm.mem)
-            return r
-        reasm.add = add_and_watch
 
     def close(self) -> None:
         self.fib.close()
@@ -278,7 +270,8 @@ class Pipeline:
             slow_dropped=s.slow_dropped,
             internal_errors=int(self.mem.counters[self.sp.agent,
                                                   index(SlowDrop.internal_error)]),
-            reasm_high_water=self.high_water, high_thresh=self.sp.kernel.reasm.high_thresh,
+            reasm_high_water=s.reassembly["memory_high"],
+            high_thresh=s.reassembly["high_thresh"],
             balanced=s.balanced and s.received == self.fed, pool_free=audit.free,
             pool_size=audit.size)
 

@@ -33,6 +33,7 @@ from engine.cli.client import ControlError, request
 from engine.cli.trace_format import format_trace
 from engine.cli.watch import accounting_line, agent_rates, port_rates, render
 from engine.control.commands import Commands
+from engine.control.metrics import REASSEMBLY
 from engine.control.routing import build_routing
 from engine.counters import Drop, Slow
 from engine.io.pcap import read_pcap
@@ -417,6 +418,11 @@ def test_metrics_equal_stats_json(engine):
     assert m[("fwd_ring_size", (("ring", "rx.0.0"),))] == s["rings"]["rx.0.0"][1]
     assert m[("fwd_pool_free_buffers", ())] == s["pool"]["free"]
     assert s["accounting"]["forwarded"] == 35
+    # reassembly memory: levels, every one shown (no fragment came: the defaults' thresholds)
+    assert s["reassembly"] == {"inuse": 0, "memory": 0, "memory_high": 0,
+                               "high_thresh": 4194304, "low_thresh": 3145728}
+    for k, (name, _) in REASSEMBLY.items():
+        assert m[(f"fwd_reassembly_{name}", ())] == s["reassembly"][k], k
 
 
 def test_metrics_endpoint_is_in_ping(engine):

@@ -585,6 +585,50 @@ def test_eviction_oldest_first_down_to_low():
     assert len(r) == 2 and r.consistent()
 
 
+def test_high_water_mark_keeps_the_most_held():
+    """`mem_high` is the most memory held between calls: it stays when the datagram
+    completes and memory goes back to 0."""
+    f = frag(0, data(1480))
+    r = new()
+    assert r.mem_high == 0
+    r.add(f, 0)
+    assert r.mem_high == r.mem == truesize(f) + IPQ_SIZE
+    r.add(frag(1480, data(1480)), 0)
+    assert r.mem_high == r.mem == 2 * truesize(f) + IPQ_SIZE
+    assert r.add(frag(2960, data(8), mf=False), 0).status == COMPLETE
+    assert r.mem == 0 and r.mem_high == 2 * truesize(f) + IPQ_SIZE == 4344
+    assert r.consistent()
+
+
+def test_high_water_mark_is_taken_after_eviction():
+    """Memory reaches high_thresh exactly, then a fragment takes it over: eviction
+    brings it down to low_thresh before `add` returns, and the mark stays at the
+    threshold (the instant over it is no level anyone sees)."""
+    per = truesize(frag(0, data(1480))) + IPQ_SIZE  # 2268: one queue of one fragment
+    r = new(high_thresh=5 * per, low_thresh=3 * per)
+    for i in range(5):
+        assert r.add(frag(0, data(1480), ident=i), i).status == QUEUED
+    assert r.mem == r.mem_high == r.high_thresh == 11340
+    res = r.add(frag(0, data(1480), ident=5), 5)
+    assert res.status == QUEUED and len(res.side) == 3
+    assert r.mem == 3 * per and r.mem_high == 5 * per
+    assert r.consistent()
+
+
+def test_high_water_mark_ignores_what_is_not_held():
+    """Fragments that leave in the call that brought them (an empty fragment, one
+    larger than high_thresh, an overlap) never raise the mark."""
+    r = new(high_thresh=1000, low_thresh=500)
+    assert r.add(frag(0, data(1480)), 0).reason == "mem_limit"
+    assert r.add(frag(0, b"", ident=2), 0).reason == "bad_fragment"
+    assert r.mem_high == 0
+    r.add(frag(0, data(16), ident=3), 0)
+    held = truesize(frag(0, data(16))) + IPQ_SIZE  # 804
+    assert r.mem_high == held
+    assert r.add(frag(8, data(16), ident=3), 0).reason == "overlap"
+    assert r.mem == 0 and r.mem_high == held == 804 and r.consistent()
+
+
 def test_fragment_larger_than_high_thresh():
     r = new(high_thresh=1000, low_thresh=500)
     res = r.add(frag(0, data(1480)), 0, meta="x")
@@ -623,6 +667,8 @@ def test_flood_with_random_ids_keeps_memory_bounded_and_legit_completes():
     assert done == pkt
     assert r.counters()["ReasmFails"] > 0 and r.consistent()
     assert r.reasm_reqds == n
+    # the flood took memory up to the threshold: within one flood queue of it
+    assert high - (truesize(flood) + IPQ_SIZE) < r.mem_high <= high
 
 
 @settings(max_examples=40, deadline=None)
@@ -654,7 +700,7 @@ def test_flood_property(high, gap_frac, seed, order):
     done = None
     for k in range(gap * (len(legit) + 2)):
         r.add(with_id(flood, rng.randrange(1 << 16)), k)
-        assert r.mem <= high
+        assert r.mem <= r.mem_high <= high
         if k % gap == gap - 1 and legit:
             res = r.add(legit.pop(0), k)
             assert r.mem <= high

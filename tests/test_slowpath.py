@@ -25,6 +25,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import checksum
 
+from engine.control.stats import format_snapshot
+
 from conftest import BCAST, MAC, Lab, routed
 
 T0 = 1_700_000_000  # the capture clock of every test, seconds since the epoch
@@ -604,6 +606,12 @@ def test_reassembly_limits_come_from_the_config(tmp_path):
                    {"p0": frames})
     assert stats.slow_drop["reasm_mem_limit"] == 2 and stats.slow_held == 0
     assert stats.slow_drop["reasm_flush"] == 1
+    # one queue of one 1,020-byte fragment (truesize 1,020 + 576, the queue 192) was
+    # the most held: a second one went over 2,000 and eviction took both
+    assert stats.reassembly == {"inuse": 0, "memory": 0, "memory_high": 1788,
+                                "high_thresh": 2000, "low_thresh": 1000}
+    assert "reassembly: 0 queues, 0 bytes (high-water 1788; high_thresh 2000, " \
+           "low_thresh 1000)" in format_snapshot(stats)
 
 
 # ------------------------------------------------------------------ rate limits

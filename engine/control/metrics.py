@@ -12,6 +12,9 @@ never touched. Values are those of `fwd stats --json` at the time of the scrape
     fwd_ip_total{counter}      /proc/net/snmp Ip: (InReceives, ForwDatagrams, ...)
     fwd_icmp_total{counter}, fwd_udp_total{counter}, fwd_tcp_total{counter}
     fwd_arp_total{counter}     ARP and the neighbour table (levels are gauges: fwd_arp_queued)
+    fwd_reassembly_queues, fwd_reassembly_memory_bytes, fwd_reassembly_memory_high_bytes,
+    fwd_reassembly_high_thresh_bytes, fwd_reassembly_low_thresh_bytes
+                               reassembly memory now, its high-water mark, its thresholds
     fwd_drops_total{reason}    the fast path's drop reasons
     fwd_slowpath_total{reason} packets handed to the slow path, by reason
     fwd_slowpath_drops_total{reason}
@@ -39,6 +42,13 @@ ACCOUNTING = ("received", "forwarded", "delivered", "dropped", "to_slowpath", "s
 WORKER_COUNTERS = ("rx_frames", "forwarded", "delivered", "dropped", "to_slowpath",
                    "tx_frames", "batches")
 ARP_LEVELS = ("queued",)
+# counters.Reasm levels: gauge name and help
+REASSEMBLY = {"inuse": ("queues", "Reassembly queues held now"),
+              "memory": ("memory_bytes", "Bytes reassembly holds now (fragments and queues)"),
+              "memory_high": ("memory_high_bytes", "The most bytes reassembly held since "
+                              "the start"),
+              "high_thresh": ("high_thresh_bytes", "[reassembly] high_thresh"),
+              "low_thresh": ("low_thresh_bytes", "[reassembly] low_thresh")}
 
 
 class MetricsError(RuntimeError):
@@ -91,6 +101,8 @@ class EngineCollector:
             else:
                 arp.add_metric([k], v)
         yield arp
+        for k, (name, doc) in REASSEMBLY.items():
+            yield GaugeMetricFamily(f"fwd_reassembly_{name}", doc, value=s.reassembly[k])
         reasons = (("drops", "Frames the fast path dropped, by reason", s.drop),
                    ("slowpath", "Packets handed to the slow path, by reason", s.slow),
                    ("slowpath_drops", "Packets the slow path dropped, by reason", s.slow_drop),

@@ -18,6 +18,9 @@ reassembled datagram is a new packet that ends once in turn:
 delivered (or dropped with a reason), though not to IP (no InDelivers). ICMP
 messages and ARP frames the router originates are not received packets: they are
 counted apart (Icmp: Out*, Tcp: OutRsts, Ip: OutRequests, Arp:, `unsent`).
+
+`reassembly` is no count but levels (`counters.Reasm`): the queues and bytes the
+reassembler holds now, the most it ever held (memory_high) and its thresholds.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class Snapshot:
     tcp: dict[str, int] = field(default_factory=dict)
     unsent: dict[str, int] = field(default_factory=dict)  # originated, not sent
     arp: dict[str, int] = field(default_factory=dict)  # ARP and the neighbour table
+    reassembly: dict[str, int] = field(default_factory=dict)  # memory levels (Reasm)
     # per port, the device's own counters (DPDK: rte_eth_stats_get, xstats as "x.NAME")
     devices: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -94,6 +98,7 @@ class Snapshot:
             "tcp": {k: v for k, v in self.tcp.items() if v},
             "unsent": {k: v for k, v in self.unsent.items() if v},
             "arp": {k: v for k, v in self.arp.items() if v},
+            "reassembly": self.reassembly,  # levels: a 0 says something, all are kept
             **({"devices": self.devices} if self.devices else {}),
             "accounting": {
                 "received": self.received,
@@ -140,6 +145,7 @@ class Snapshot:
             tcp=dict(d.get("tcp", {})),
             unsent=dict(d.get("unsent", {})),
             arp=dict(d.get("arp", {})),
+            reassembly=dict(d.get("reassembly", {})),
             devices={k: dict(v) for k, v in d.get("devices", {}).items()},
         )
 
@@ -195,6 +201,7 @@ def snapshot(mem: EngineMemory, port_names: list[str], *, devices: bool = True) 
         tcp=total["tcp"],
         unsent=total["unsent"],
         arp=total["arp"],
+        reassembly=total["reasm"],
         devices=device_counters,
     )
 
@@ -216,6 +223,11 @@ def format_snapshot(s: Snapshot) -> str:
         lines.append("Tcp: " + _nonzero(s.tcp))
     if any(s.arp.values()):
         lines.append("Arp: " + _nonzero(s.arp))
+    if s.reassembly:
+        r = s.reassembly
+        lines.append(f"reassembly: {r['inuse']} queues, {r['memory']} bytes (high-water "
+                     f"{r['memory_high']}; high_thresh {r['high_thresh']}, low_thresh "
+                     f"{r['low_thresh']})")
     lines.append("drops: " + (_nonzero(s.drop) or "none"))
     lines.append("to slow path: " + (_nonzero(s.slow) or "none"))
     lines.append("slow path drops: " + (_nonzero(s.slow_drop) or "none"))

@@ -78,6 +78,7 @@ from engine.counters import (
     Drop,
     Icmp,
     Misc,
+    Reasm,
     Slow,
     SlowDrop,
     Snmp,
@@ -772,7 +773,8 @@ class Kernel:
 
     def sync_reasm(self) -> None:
         """Move the reassembler's counts into our counters row (its fragments' drops
-        by reason, the Ip: Reasm* counters, merged and held fragments)."""
+        by reason, the Ip: Reasm* counters, merged and held fragments) and its memory
+        levels (`Reasm`: queues, bytes now, the high-water mark, the thresholds)."""
         r = self.reasm
         values = {
             index(Snmp.ReasmReqds): r.reasm_reqds,
@@ -792,4 +794,11 @@ class Kernel:
             self._reasm_seen[col] = value
         self.row[index(Misc.dropped)] += dropped
         self.row[index(Misc.held)] = r.held + self.neigh.held
+        # levels, set (not added): what /proc/net/sockstat's FRAG: line and the
+        # ipfrag_*_thresh sysctls show, and the high-water mark
+        self.row[index(Reasm.inuse)] = len(r)
+        self.row[index(Reasm.memory)] = r.mem
+        self.row[index(Reasm.memory_high)] = r.mem_high
+        self.row[index(Reasm.high_thresh)] = r.high_thresh
+        self.row[index(Reasm.low_thresh)] = r.low_thresh
 

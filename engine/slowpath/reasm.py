@@ -54,6 +54,13 @@ after the fragment is queued, so memory is never above high_thresh when `add`
 returns (the kernel's check-before-add can overshoot by one fragment); the queue that
 just grew is the most recently used, so it is evicted last.
 
+High-water mark. `mem_high` is the most `mem` ever held between two calls (the
+level `fwd stats` shows as memory_high): it is taken where `add` returns with the
+fragment held, the only outcome that leaves more memory than the call found, after
+eviction, so it never exceeds high_thresh (the fragment's own charge, above the
+threshold for the instant before `_evict`, is not a level anything else sees). One
+compare per held fragment; nothing on the other paths.
+
 Accounting: every fragment given to `add` ends in exactly one place: still held
 (`held`), part of a completed datagram (`reassembled`), or dropped under a reason
 (`drops[reason]`, counted in fragments). `ReasmReqds == held + reassembled +
@@ -307,6 +314,7 @@ class Reassembler:
         self._lru: OrderedDict[Key, _Queue] = OrderedDict()
         self._peers: dict[bytes, list[int]] = {}
         self.mem = 0
+        self.mem_high = 0  # the most `mem` held between calls (see the module docstring)
         self.held = 0  # fragments queued now
         self.reassembled = 0  # fragments that went into completed datagrams
         self.drops: dict[str, int] = dict.fromkeys(REASONS, 0)
@@ -344,7 +352,7 @@ class Reassembler:
             and self._queues.keys() == self._lru.keys()
             and sum(p[1] for p in self._peers.values()) == len(self._queues)
             and self.reasm_reqds == self.held + self.reassembled + sum(self.drops.values())
-            and self.mem <= self.high_thresh
+            and self.mem <= self.mem_high <= self.high_thresh
         )
 
     # -- the fragment path -----------------------------------------------------
@@ -478,6 +486,8 @@ class Reassembler:
                 side = (side or []) + evicted
                 return Result(DROPPED, MEM_LIMIT, metas=own.metas, nfrags=own.nfrags, side=side)
             side = (side or []) + evicted
+        if self.mem > self.mem_high:  # held: the only way out that leaves more memory
+            self.mem_high = self.mem
         if side:
             return Result(QUEUED, side=side)
         return _QUEUED
