@@ -29,13 +29,14 @@ from engine.counters import MISC_BASE, Drop, Misc
 from engine.pipeline.compiled import forward_batch, load_fence, store_fence
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
+from engine.shm.trace_capture import OBS_ACTIVE
 
 RING_FULL = drop(Drop.ring_full)
 BATCHES = MISC_BASE + Misc.batches
 
 # where `stop` ends a batch (0: nowhere); the call then returns STOPPED
 STOP_TAKEN = 1  # the journal says TAKEN, the kernel has not run
-STOP_COUNTING = 2  # half the counters row added (a torn add)
+STOP_COUNTING = 2  # one counter of the batch added, the others not (a torn add)
 STOP_COUNTED = 3  # counted, nothing handed on
 STOP_ENQUEUED = 4  # the first TX ring published, the others not
 STOP_PUSH = 5  # every slot written, the drops' free stack depth not published
@@ -55,13 +56,26 @@ class Lane(structref.StructRefProxy):
 
 LANE_FIELDS = (
     "kernel", "data", "length", "port", "pool_code", "worker", "batch",
-    "j_state", "j_n", "j_idx", "j_code", "j_before", "counters", "code_to_counters",
+    "j_state", "j_n", "j_idx", "j_code", "j_before", "counters", "count_col", "count_val",
     "rx_head", "rx_tail", "rx_slots", "tx_head", "tx_tail", "tx_slots",
     "slow_head", "slow_tail", "slow_slots",
     "own", "owner_start", "owner_end", "ret_head", "ret_tail", "ret_slots",
-    "idx", "tx_room", "tx_put", "ret_room", "ret_put", "codes")
+    "idx", "tx_room", "tx_put", "ret_room", "ret_put", "obs", "resume")
 structref.define_constructor(Lane, LaneType, LANE_FIELDS)
 structref.define_boxing(LaneType, Lane)
+
+
+def sparse_counts(code_to_counters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each code's nonzero columns of `code_to_counters` and their values, rows padded
+    with column -1: a batch's counters are a few adds, not a pass over the row."""
+    cols = [np.flatnonzero(r) for r in code_to_counters]
+    width = max(map(len, cols))
+    col = np.full((len(cols), width), -1, dtype=np.int64)
+    val = np.zeros((len(cols), width), dtype=np.uint64)
+    for c, nz in enumerate(cols):
+        col[c, : len(nz)] = nz
+        val[c, : len(nz)] = code_to_counters[c, nz]
+    return col, val
 
 
 @njit(cache=True)
@@ -98,11 +112,11 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
         if n <= 0:
             return 0
         mask = slots.shape[0] - 1
+        idx = ln.idx[:n]
         for i in range(n):
-            ln.idx[i] = slots[(head + i) & mask]
+            idx[i] = slots[(head + i) & mask]
         store_fence()  # the slots read before the head that releases them
         ln.rx_head[rx][0] = head + n
-        idx = ln.idx[:n]
     else:
         idx = given
         n = idx.shape[0]
@@ -130,7 +144,7 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
         room[p] = ring_room(ln.tx_head[p], ln.tx_tail[p], ln.tx_slots[p])
         put[p] = 0
     slow_room = ring_room(ln.slow_head, ln.slow_tail, ln.slow_slots)
-    nslow = 0
+    nslow = ndrop = 0
     for i in range(n):
         c = code[i]
         if c == FORWARD:
@@ -143,7 +157,9 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
                 nslow += 1
                 continue
         else:
+            ndrop += 1
             continue
+        ndrop += 1
         code[i] = RING_FULL
         hist[c] -= 1
         hist[RING_FULL] += 1
@@ -152,27 +168,27 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
     j_code = ln.j_code
     for i in range(n):
         j_code[w, i] = code[i]
-    row = ln.counters
+    row, j_before = ln.counters, ln.j_before
     ncols = row.shape[0]
     for j in range(ncols):
-        ln.j_before[w, j] = row[j]
+        j_before[w, j] = row[j]
     store_fence()
     ln.j_state[w] = JOURNAL_COUNTING
     store_fence()
-    codes = ln.codes  # the codes of the batch, once each
-    m = 0
+    # CODE_TO_COUNTERS @ hist, over the few columns each code counts in (`sparse_counts`)
+    col, val = ln.count_col, ln.count_val
+    first = True
     for c in range(hist.shape[0]):
-        if hist[c]:
-            codes[m] = c
-            m += 1
-    c2c = ln.code_to_counters
-    for j in range(ncols):
-        if stop == STOP_COUNTING and j == ncols // 2:
-            return STOPPED
-        add = np.uint64(0)
-        for u in range(m):
-            add += c2c[codes[u], j] * np.uint64(hist[codes[u]])
-        row[j] += add
+        h = np.uint64(hist[c])
+        if h:
+            for t in range(col.shape[1]):
+                j = col[c, t]
+                if j < 0:
+                    break
+                row[j] += val[c, t] * h
+                if stop == STOP_COUNTING and first:
+                    return STOPPED
+                first = False
     row[BATCHES] += np.uint64(1)
     store_fence()
     ln.j_state[w] = JOURNAL_COUNTED
@@ -181,47 +197,55 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
         return STOPPED
 
     # -- the buffers moved: every slot written, then each structure published in turn ------
+    # (arrays taken out of the lane once: each access to a field costs a reference count)
+    tx_tail, tx_slots = ln.tx_tail, ln.tx_slots
+    for p in range(nports):  # port by port: a batch goes to few of them
+        if put[p]:
+            slots, tail, m = tx_slots[p], np.int64(tx_tail[p][0]), 0
+            mask = slots.shape[0] - 1
+            for i in range(n):
+                if code[i] == FORWARD and egress[i] == p:
+                    slots[(tail + m) & mask] = idx[i]
+                    m += 1
     # drops go back to their owner: through its return ring, or, for our own partition
     # (`own`), onto our free stack, which is ret_slots[own] with its depth as ret_tail[own]
-    own = ln.own
+    ret_head, ret_tail, ret_slots = ln.ret_head, ln.ret_tail, ln.ret_slots
     ret_room, ret = ln.ret_room, ln.ret_put
-    nown = ret.shape[0]
+    own, nown = ln.own, ln.ret_put.shape[0]
     for o in range(nown):
         ret[o] = 0
-        if o != own:
-            ret_room[o] = ring_room(ln.ret_head[o], ln.ret_tail[o], ln.ret_slots[o])
-    for p in range(nports):
-        put[p] = 0
-    slow_tail = np.int64(ln.slow_tail[0])
-    slow_mask = ln.slow_slots.shape[0] - 1
-    nslow = 0
-    for i in range(n):
-        c = code[i]
-        b = np.int64(idx[i])
-        if c == FORWARD:
-            p = np.int64(egress[i])
-            slots = ln.tx_slots[p]
-            slots[(np.int64(ln.tx_tail[p][0]) + put[p]) & (slots.shape[0] - 1)] = b
-            put[p] += 1
-        elif c >= SLOW:
-            ln.pool_code[b] = c  # tells the slow path why
-            ln.slow_slots[(slow_tail + nslow) & slow_mask] = b
-            nslow += 1
-        else:
-            o = owner_of(b, ln.owner_start, ln.owner_end)
-            slots = ln.ret_slots[o]
+    slow_slots, slow_tail = ln.slow_slots, np.int64(ln.slow_tail[0])
+    if nslow + ndrop:
+        for o in range(nown):
+            if o != own:
+                ret_room[o] = ring_room(ret_head[o], ret_tail[o], ret_slots[o])
+        pool_code, owner_start, owner_end = ln.pool_code, ln.owner_start, ln.owner_end
+        slow_mask = slow_slots.shape[0] - 1
+        nslow = 0
+        for i in range(n):
+            c = code[i]
+            if c == FORWARD:
+                continue
+            b = np.int64(idx[i])
+            if c >= SLOW:
+                pool_code[b] = c  # tells the slow path why
+                slow_slots[(slow_tail + nslow) & slow_mask] = b
+                nslow += 1
+                continue
+            o = owner_of(b, owner_start, owner_end)
+            slots = ret_slots[o]
             if o == own:  # Buffers._push: above the depth
-                slots[np.int64(ln.ret_tail[o][0]) + ret[o]] = b
+                slots[np.int64(ret_tail[o][0]) + ret[o]] = b
             else:
                 if ret[o] >= ret_room[o]:
                     return RET_OVERFLOW
-                slots[(np.int64(ln.ret_tail[o][0]) + ret[o]) & (slots.shape[0] - 1)] = b
+                slots[(np.int64(ret_tail[o][0]) + ret[o]) & (slots.shape[0] - 1)] = b
             ret[o] += 1
     store_fence()
     first = True
     for p in range(nports):  # Ring.enqueue's publishing store, port by port
         if put[p]:
-            ln.tx_tail[p][0] = np.int64(ln.tx_tail[p][0]) + put[p]
+            tx_tail[p][0] = np.int64(tx_tail[p][0]) + put[p]
             store_fence()
             if stop == STOP_ENQUEUED and first:
                 return STOPPED
@@ -233,7 +257,27 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
         return STOPPED
     for o in range(nown):  # Buffers.free: owner by owner
         if ret[o]:
-            ln.ret_tail[o][0] = np.int64(ln.ret_tail[o][0]) + ret[o]
+            ret_tail[o][0] = np.int64(ret_tail[o][0]) + ret[o]
             store_fence()
     ln.j_state[w] = JOURNAL_IDLE
     return n
+
+
+@njit(cache=True, nogil=True)
+def worker_pass(ln: Lane, stop: int) -> int:
+    """`worker_batch` from each RX ring in turn: one call a pass. Before each batch it
+    loads the observers' word, as the numpy worker does, and returns when a trace or
+    capture is armed (their taps read the numpy stages' rows), with the ring to go on
+    from in `resume`. Returns how many buffers it took (or STOPPED, RET_OVERFLOW)."""
+    handled = 0
+    nrx = len(ln.rx_slots)
+    for rx in range(nrx):
+        if ln.obs[OBS_ACTIVE]:
+            ln.resume[0] = rx
+            return handled
+        got = worker_batch(ln, rx, ln.idx[:0], stop)
+        if got < 0:
+            return got
+        handled += got
+    ln.resume[0] = nrx
+    return handled

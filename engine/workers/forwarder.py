@@ -32,7 +32,7 @@ from engine.pipeline.compiled import CompiledPath
 from engine.pipeline.fastpath import CODE_TO_COUNTERS, count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.tables import Tables, make_tables
-from engine.pipeline.verdict import FORWARD, NCODES, SLOW, drop
+from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.proto import HDR_BYTES
 from engine.shm.fib import FibReader
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
@@ -48,7 +48,13 @@ from engine.shm.neigh_table import NeighbourTable
 from engine.shm.pool import Buffers
 from engine.shm.ring import EMPTY, Ring
 from engine.shm.trace_capture import OBS_ACTIVE
-from engine.workers.batch import RET_OVERFLOW, new_lane, worker_batch
+from engine.workers.batch import (
+    RET_OVERFLOW,
+    new_lane,
+    sparse_counts,
+    worker_batch,
+    worker_pass,
+)
 from engine.workers.loop import pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
@@ -117,12 +123,14 @@ class Forwarder:
         # [engine] datapath = "compiled": the whole batch in one compiled call
         # (workers/batch.py) over this worker's tables, cache, rings and journal
         self.compiled: CompiledPath | None = None
-        self.busy_ns = 0  # compiled batches' busy time, added to the counters once a pass
+        self.busy_ns = 0  # compiled passes' busy time not yet in the counters (`end_pass`)
         self.stop_at = 0  # tests: end the compiled batches at this STOP_* point
         if datapath == "compiled":
             self.compiled = CompiledPath(self.tables, max(batch, journal_rows(mem)))
+            self.resume = np.zeros(1, dtype=np.int64)  # where worker_pass left the RX rings
             self.lane = self.bind_lane(self.compiled)
-            self.call = worker_batch  # the dispatcher until `compile` finds the entry point
+            # the dispatchers, until `compile` finds their entry points
+            self.call_batch, self.call_pass = worker_batch, worker_pass
 
     def bind_lane(self, compiled: CompiledPath) -> Any:
         """Every array `worker_batch` touches, bound once."""
@@ -139,7 +147,7 @@ class Forwarder:
         return new_lane(
             compiled.kernel, mem.data, mem.length, mem.port, mem.code, np.int64(self.worker),
             np.int64(self.batch), j.state, j.n, j.idx, j.code, j.before, self.counters,
-            CODE_TO_COUNTERS, *(tuple(getattr(r, a) for r in rings)
+            *sparse_counts(CODE_TO_COUNTERS), *(tuple(getattr(r, a) for r in rings)
                                 for rings in (self.rx, self.tx) for a in ("head", "tail", "slots")),
             self.slow.head, self.slow.tail, self.slow.slots,
             np.int64(owners.index(self.agent) if self.agent in owners else -1),
@@ -149,7 +157,7 @@ class Forwarder:
             np.zeros(self.compiled.capacity if self.compiled else 0, dtype=u4),
             np.zeros(len(self.tx), dtype=i8), np.zeros(len(self.tx), dtype=i8),
             np.zeros(len(owners), dtype=i8), np.zeros(len(owners), dtype=i8),
-            np.zeros(NCODES, dtype=i8))
+            self.obs, self.resume)
 
     def compile(self) -> float:
         """Compile the compiled datapath's functions, or load them from numba's cache,
@@ -159,11 +167,8 @@ class Forwarder:
         mem = self.mem
         t0 = time.perf_counter()
         self.compiled.warm_up(mem.data, mem.length, mem.port)
-        args = (self.lane, -1, EMPTY, 0)
-        worker_batch(*args)
-        # called directly, the compiled function skips the dispatcher's type checks of
-        # every argument: these are the only types it is ever called with
-        self.call = worker_batch.overloads[tuple(typeof(a) for a in args)].entry_point
+        self.call_batch = entry_point(worker_batch, self.lane, -1, EMPTY, 0)
+        self.call_pass = entry_point(worker_pass, self.lane, 0)
         return time.perf_counter() - t0
 
     def warm_up(self) -> float:
@@ -174,25 +179,21 @@ class Forwarder:
             self.mem.state[self.agent, ST_WARMUP_NS] = int(seconds * 1e9)
         return seconds
 
-    def batch_compiled(self, rx: int, idx: np.ndarray) -> int:
-        """One compiled batch from RX ring `rx` (rx < 0: the buffers `idx`); returns
-        how many buffers it took."""
-        t0 = time.perf_counter_ns()
-        got = self.call(self.lane, rx, idx, self.stop_at)
-        if got > 0:
-            self.busy_ns += time.perf_counter_ns() - t0
-        elif got == RET_OVERFLOW:  # cannot happen: a return ring holds a whole partition
+    def checked(self, got: int) -> int:
+        """A compiled call's buffers taken (0 when a test stopped it early)."""
+        if got == RET_OVERFLOW:  # cannot happen: a return ring holds a whole partition
             raise RuntimeError("a return ring overflowed")
-        return got
+        return max(got, 0)
 
-    def end_pass(self) -> None:
-        """What compiled batches leave to do once a pass: their busy time and the
-        neighbour cache's statistics."""
-        if self.busy_ns:
+    def end_pass(self, handled: int) -> None:
+        """What compiled batches leave to do, once in a while: their busy time (at an
+        idle pass, or once a millisecond of it: one numpy add, not one a batch) and
+        the neighbour cache's statistics."""
+        if self.busy_ns and (not handled or self.busy_ns >= 1_000_000):
             self.counters[MISC_BASE + Misc.busy_ns] += self.busy_ns
             self.busy_ns = 0
-        if self.compiled is not None:
-            self.compiled.sync_stats()
+            if self.compiled is not None:
+                self.compiled.sync_stats()
 
     def flush(self) -> None:
         """Forget every cached resolution (the kernel's rt_flush_dev / rt_genid bump)."""
@@ -217,7 +218,9 @@ class Forwarder:
         if self.compiled is not None and not self.obs[OBS_ACTIVE]:
             if idx.dtype != np.uint32 or not idx.flags.c_contiguous:  # the one type compiled
                 idx = np.ascontiguousarray(idx, dtype=np.uint32)
-            self.batch_compiled(-1, idx)  # its busy time is added at the end of the pass
+            t0 = time.perf_counter_ns()
+            if self.checked(self.call_batch(self.lane, -1, idx, self.stop_at)):
+                self.busy_ns += time.perf_counter_ns() - t0  # in the counters at `end_pass`
             return
         mem = self.mem
         t0 = time.perf_counter_ns()
@@ -312,10 +315,14 @@ class Forwarder:
             self.nh_gen, self.neigh_gen = nh_gen, neigh_gen
         handled = 0
         if self.ports is None:
-            for p, ring in enumerate(self.rx):
-                if self.compiled is not None and not self.obs[OBS_ACTIVE]:
-                    handled += max(0, self.batch_compiled(p, EMPTY))  # dequeued in there
-                    continue
+            first = 0
+            if self.compiled is not None:  # every RX ring in one call, unless observed
+                t0 = time.perf_counter_ns()
+                handled = self.checked(self.call_pass(self.lane, self.stop_at))
+                if handled:
+                    self.busy_ns += time.perf_counter_ns() - t0
+                first = int(self.resume[0]) if self.obs[OBS_ACTIVE] else len(self.rx)
+            for ring in self.rx[first:]:
                 idx = ring.dequeue(self.batch)
                 if len(idx):
                     self.process(idx)
@@ -328,7 +335,7 @@ class Forwarder:
                         self.process(idx)
                         handled += len(idx)
             handled += self.ports.send()
-        self.end_pass()
+        self.end_pass(handled)
         if self.fib is not None:
             # no table reference survives this point: tell the writer so
             self.fib.quiescent(self.worker)
@@ -355,6 +362,14 @@ def prepare_compiled(cfg: Config, mem: EngineMemory, fib_name: str) -> float:
 def _warm(cfg: Config, mem: EngineMemory, fib: FibReader) -> float:
     tables = make_tables(cfg, mem, fib.lookup)
     return Forwarder(mem, tables, 0, cfg.engine.batch, datapath="compiled").compile()
+
+
+def entry_point(dispatcher: Any, *args: Any) -> Any:
+    """The compiled function `dispatcher` runs for `args` (compiled or loaded now), to be
+    called directly: without the dispatcher's type check of every argument, which
+    costs more than a small batch. Only ever call it with arguments of these types."""
+    dispatcher(*args)
+    return dispatcher.overloads[tuple(typeof(a) for a in args)].entry_point
 
 
 def journal_rows(mem: EngineMemory) -> int:
