@@ -29,6 +29,7 @@ from engine.counters import MISC_BASE, Drop, Misc
 from engine.pipeline.compiled import forward_batch, load_fence, store_fence
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
+from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN
 from engine.shm.trace_capture import OBS_ACTIVE
 
 RING_FULL = drop(Drop.ring_full)
@@ -42,6 +43,8 @@ STOP_ENQUEUED = 4  # the first TX ring published, the others not
 STOP_PUSH = 5  # every slot written, the drops' free stack depth not published
 STOPPED = -1
 RET_OVERFLOW = -2  # a return ring had no room for the drops (cannot happen: see pool.py)
+MOVED = -3  # worker_pass: a generation word moved, the caches are to be flushed first
+OBSERVED = -4  # worker_pass: a trace or capture is armed; `resume` says where it stopped
 
 
 @structref.register
@@ -60,7 +63,8 @@ LANE_FIELDS = (
     "rx_head", "rx_tail", "rx_slots", "tx_head", "tx_tail", "tx_slots",
     "slow_head", "slow_tail", "slow_slots",
     "own", "owner_start", "owner_end", "ret_head", "ret_tail", "ret_slots",
-    "idx", "tx_room", "tx_put", "ret_room", "ret_put", "obs", "resume")
+    "idx", "tx_room", "tx_put", "ret_room", "ret_put", "obs", "resume", "ctl", "gens",
+    "quiescent", "token")
 structref.define_constructor(Lane, LaneType, LANE_FIELDS)
 structref.define_boxing(LaneType, Lane)
 
@@ -265,19 +269,26 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
 
 @njit(cache=True, nogil=True)
 def worker_pass(ln: Lane, stop: int) -> int:
-    """`worker_batch` from each RX ring in turn: one call a pass. Before each batch it
-    loads the observers' word, as the numpy worker does, and returns when a trace or
-    capture is armed (their taps read the numpy stages' rows), with the ring to go on
-    from in `resume`. Returns how many buffers it took (or STOPPED, RET_OVERFLOW)."""
+    """One pass of a worker without live ports: `worker_batch` from each RX ring in
+    turn, in one call. First the generation words (`Forwarder.generations`): when one
+    moved since `gens`, MOVED before anything is done. Before each batch the
+    observers' word, as the numpy worker loads it: when a trace or capture is armed,
+    OBSERVED, with the ring to go on from and the buffers taken so far in `resume`
+    (their taps read the numpy stages' rows). After the last batch, the FIB reader's
+    quiescent store (`FibReader.quiescent`). Returns how many buffers it took (or a
+    negative code)."""
+    if ln.ctl[CTL_NH_GEN] != ln.gens[0] or ln.ctl[CTL_NEIGH_GEN] != ln.gens[1]:
+        return MOVED
     handled = 0
-    nrx = len(ln.rx_slots)
-    for rx in range(nrx):
+    for rx in range(len(ln.rx_slots)):
         if ln.obs[OBS_ACTIVE]:
             ln.resume[0] = rx
-            return handled
+            ln.resume[1] = handled
+            return OBSERVED
         got = worker_batch(ln, rx, ln.idx[:0], stop)
         if got < 0:
             return got
         handled += got
-    ln.resume[0] = nrx
+    store_fence()  # no table reference survives this point: tell the writer so
+    ln.quiescent[0] = ln.token[0]
     return handled

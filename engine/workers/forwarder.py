@@ -49,6 +49,8 @@ from engine.shm.pool import Buffers
 from engine.shm.ring import EMPTY, Ring
 from engine.shm.trace_capture import OBS_ACTIVE
 from engine.workers.batch import (
+    MOVED,
+    OBSERVED,
     RET_OVERFLOW,
     new_lane,
     sparse_counts,
@@ -127,7 +129,8 @@ class Forwarder:
         self.stop_at = 0  # tests: end the compiled batches at this STOP_* point
         if datapath == "compiled":
             self.compiled = CompiledPath(self.tables, max(batch, journal_rows(mem)))
-            self.resume = np.zeros(1, dtype=np.int64)  # where worker_pass left the RX rings
+            self.resume = np.zeros(2, dtype=np.int64)  # where worker_pass left the RX rings
+            self.gens = np.array([self.nh_gen, self.neigh_gen], dtype=np.uint64)
             self.lane = self.bind_lane(self.compiled)
             # the dispatchers, until `compile` finds their entry points
             self.call_batch, self.call_pass = worker_batch, worker_pass
@@ -157,7 +160,9 @@ class Forwarder:
             np.zeros(self.compiled.capacity if self.compiled else 0, dtype=u4),
             np.zeros(len(self.tx), dtype=i8), np.zeros(len(self.tx), dtype=i8),
             np.zeros(len(owners), dtype=i8), np.zeros(len(owners), dtype=i8),
-            self.obs, self.resume)
+            self.obs, self.resume, mem.ctl, self.gens,
+            *(self.fib.quiescent_words(self.worker) if self.fib is not None
+              else (np.zeros(1, dtype=np.uint64), np.zeros(1, dtype=np.uint64))))
 
     def compile(self) -> float:
         """Compile the compiled datapath's functions, or load them from numba's cache,
@@ -306,27 +311,26 @@ class Forwarder:
         if dropped.any():
             self.buffers.free(idx[dropped])
 
-    def poll(self) -> int:
-        """One pass over this worker's RX rings; returns packets handled."""
+    def generations(self) -> None:
+        """Flush the caches when `CTL_NH_GEN` or `CTL_NEIGH_GEN` moved (no lock, no
+        message: two loads of shared words a pass)."""
         ctl = self.mem.ctl
         nh_gen, neigh_gen = int(ctl[CTL_NH_GEN]), int(ctl[CTL_NEIGH_GEN])
-        if nh_gen != self.nh_gen or neigh_gen != self.neigh_gen:  # no lock, no message
+        if nh_gen != self.nh_gen or neigh_gen != self.neigh_gen:
             self.flush()
             self.nh_gen, self.neigh_gen = nh_gen, neigh_gen
+            if self.compiled is not None:
+                self.gens[:] = nh_gen, neigh_gen
+
+    def poll(self) -> int:
+        """One pass over this worker's RX rings; returns packets handled."""
+        if self.ports is None and self.compiled is not None:
+            return self.poll_compiled()
+        self.generations()
         handled = 0
         if self.ports is None:
-            first = 0
-            if self.compiled is not None:  # every RX ring in one call, unless observed
-                t0 = time.perf_counter_ns()
-                handled = self.checked(self.call_pass(self.lane, self.stop_at))
-                if handled:
-                    self.busy_ns += time.perf_counter_ns() - t0
-                first = int(self.resume[0]) if self.obs[OBS_ACTIVE] else len(self.rx)
-            for ring in self.rx[first:]:
-                idx = ring.dequeue(self.batch)
-                if len(idx):
-                    self.process(idx)
-                    handled += len(idx)
+            for ring in self.rx:
+                handled += self.take(ring)
         else:
             if not self.mem.ctl[CTL_STOP]:  # stopping: take nothing more in, send the rest
                 for p in range(len(self.rx)):
@@ -339,6 +343,32 @@ class Forwarder:
         if self.fib is not None:
             # no table reference survives this point: tell the writer so
             self.fib.quiescent(self.worker)
+        return handled
+
+    def take(self, ring: Ring) -> int:
+        idx = ring.dequeue(self.batch)
+        if len(idx):
+            self.process(idx)
+        return len(idx)
+
+    def poll_compiled(self) -> int:
+        """`poll` as one compiled call (worker_pass), back here only to flush the
+        caches or for the numpy stages while a trace or capture is armed."""
+        t0 = time.perf_counter_ns()
+        got = self.call_pass(self.lane, self.stop_at)
+        while got == MOVED:
+            self.generations()
+            got = self.call_pass(self.lane, self.stop_at)
+        if got == OBSERVED:
+            got = int(self.resume[1])
+            for ring in self.rx[int(self.resume[0]):]:
+                got += self.take(ring)
+            if self.fib is not None:
+                self.fib.quiescent(self.worker)
+        handled = self.checked(got)
+        if handled:
+            self.busy_ns += time.perf_counter_ns() - t0
+        self.end_pass(handled)
         return handled
 
     def run(self) -> None:
@@ -365,11 +395,13 @@ def _warm(cfg: Config, mem: EngineMemory, fib: FibReader) -> float:
 
 
 def entry_point(dispatcher: Any, *args: Any) -> Any:
-    """The compiled function `dispatcher` runs for `args` (compiled or loaded now), to be
-    called directly: without the dispatcher's type check of every argument, which
-    costs more than a small batch. Only ever call it with arguments of these types."""
-    dispatcher(*args)
-    return dispatcher.overloads[tuple(typeof(a) for a in args)].entry_point
+    """The compiled function `dispatcher` runs for `args` (compiled or loaded from the
+    cache now, not run), to be called directly: without the dispatcher's type check of
+    every argument, which costs more than a small batch. Only ever call it with
+    arguments of these types."""
+    sig = tuple(typeof(a) for a in args)
+    dispatcher.compile(sig)
+    return dispatcher.overloads[sig].entry_point
 
 
 def journal_rows(mem: EngineMemory) -> int:
