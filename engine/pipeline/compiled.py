@@ -106,7 +106,8 @@ KERNEL_FIELDS = (
     "tbl24", "tbl8", "nh_type", "nh_flags", "nh_port", "nh_mtu", "nh_group", "nh_group_n",
     "nhg_members", "nh_mac48", "nh_gw", "port_mac48", "port_mtu", "port_up", "local_addrs",
     "flags", "c_addr", "c_port", "c_mac", "n_seq", "n_ip", "n_port", "n_state", "n_mac",
-    "n_bits", "code", "egress", "hist", "stats", "miss_addr", "miss_port", "miss_mac")
+    "n_bits", "code", "egress", "hist", "stats", "miss_addr", "miss_port", "miss_mac",
+    "miss_key", "fill_slot", "fill_take")
 structref.define_constructor(Kernel, KernelType, KERNEL_FIELDS)
 structref.define_boxing(KernelType, Kernel)
 
@@ -212,17 +213,34 @@ def forward_batch(k: Kernel, data: np.ndarray, length: np.ndarray, port: np.ndar
     `k.egress`, forwarded rows rewritten and every length trimmed to the IP datagram,
     in place; `k.hist` = the codes' histogram, `k.stats` += the neighbour cache's
     lookups, misses and fills. Returns how many packets are forwarded."""
-    tbl24, tbl8, local_addrs, flags = k.tbl24, k.tbl8, k.local_addrs, k.flags
-    nh_type, nh_flags, nh_port, nh_mtu = k.nh_type, k.nh_flags, k.nh_port, k.nh_mtu
-    nh_group, nh_group_n, nhg_members = k.nh_group, k.nh_group_n, k.nhg_members
-    nh_mac48, nh_gw, port_mac48, port_mtu = k.nh_mac48, k.nh_gw, k.port_mac48, k.port_mtu
-    c_addr, c_port, c_mac = k.c_addr, k.c_port, k.c_mac
-    n_seq, n_ip, n_port, n_state, n_mac = k.n_seq, k.n_ip, k.n_port, k.n_state, k.n_mac
-    n_bits, stats = k.n_bits, k.stats
-    code, egress, hist = k.code, k.egress, k.hist
-    # the cache misses the table answered, filled into the cache after the batch
-    miss_addr, miss_port, miss_mac = k.miss_addr, k.miss_port, k.miss_mac
-    port_up = k.port_up[0]  # read once a batch: a port going down is seen next batch
+    return kernel(data, length, port, idx, k.tbl24, k.tbl8, k.nh_type, k.nh_flags, k.nh_port,
+                  k.nh_mtu, k.nh_group, k.nh_group_n, k.nhg_members, k.nh_mac48, k.nh_gw,
+                  k.port_mac48, k.port_mtu, k.port_up[0], k.local_addrs, k.flags,
+                  k.c_addr, k.c_port, k.c_mac, k.n_seq, k.n_ip, k.n_port, k.n_state, k.n_mac,
+                  k.n_bits, k.code, k.egress, k.hist, k.stats, k.miss_addr, k.miss_port,
+                  k.miss_mac, k.miss_key, k.fill_slot, k.fill_take)
+
+
+# no reference counting (_nrt=False): numba counts references to the arrays passed
+# around in the loop with atomic adds, a few a packet, which cost more than the rest
+# of a plain forward; the loop allocates nothing, so it needs none
+@njit(nogil=True, _nrt=False)
+def kernel(data: np.ndarray, length: np.ndarray, port: np.ndarray, idx: np.ndarray,
+           tbl24: np.ndarray, tbl8: np.ndarray,
+           nh_type: np.ndarray, nh_flags: np.ndarray, nh_port: np.ndarray,
+           nh_mtu: np.ndarray, nh_group: np.ndarray, nh_group_n: np.ndarray,
+           nhg_members: np.ndarray, nh_mac48: np.ndarray, nh_gw: np.ndarray,
+           port_mac48: np.ndarray, port_mtu: np.ndarray, port_up: np.uint64,
+           local_addrs: np.ndarray, flags: int,
+           c_addr: np.ndarray, c_port: np.ndarray, c_mac: np.ndarray,
+           n_seq: np.ndarray, n_ip: np.ndarray, n_port: np.ndarray,
+           n_state: np.ndarray, n_mac: np.ndarray, n_bits: int,
+           code: np.ndarray, egress: np.ndarray, hist: np.ndarray, stats: np.ndarray,
+           miss_addr: np.ndarray, miss_port: np.ndarray, miss_mac: np.ndarray,
+           miss_key: np.ndarray, fill_slot: np.ndarray, fill_take: np.ndarray) -> int:
+    """`forward_batch`'s loop, on the arrays themselves (`port_up`: the mask, read once
+    a batch: a port going down is seen next batch); the cache misses the table
+    answered are kept in `miss_*` and filled into the cache after the batch."""
     hist[:] = 0
     n = idx.shape[0]
     reassemble_transit = (flags & F_REASSEMBLE_TRANSIT) != 0
@@ -423,23 +441,48 @@ def forward_batch(k: Kernel, data: np.ndarray, length: np.ndarray, port: np.ndar
         hist[c] += 1
 
     if nmiss:
-        fill_cache(miss_addr[:nmiss], miss_port[:nmiss], miss_mac[:nmiss], c_addr, c_port,
-                   c_mac, stats)
+        fill_cache(nmiss, miss_addr, miss_port, miss_mac, miss_key, fill_slot, fill_take,
+                   c_addr, c_port, c_mac, stats)
     return forwarded
 
 
+@njit(nogil=True)
+def heap_sort(a: np.ndarray, n: int) -> None:
+    """Sort a[:n] in place (numba's own sort allocates its stack)."""
+    for start in range(n // 2 - 1, -1, -1):
+        sift_down(a, start, n)
+    for end in range(n - 1, 0, -1):
+        a[0], a[end] = a[end], a[0]
+        sift_down(a, 0, end)
+
+
 @njit(inline="always")
-def fill_cache(addr: np.ndarray, port: np.ndarray, mac: np.ndarray, c_addr: np.ndarray,
-               c_port: np.ndarray, c_mac: np.ndarray, stats: np.ndarray) -> None:
-    """NeighCache.fill: each address once, in ascending order; its slot is the first
-    empty one of its window as the cache was before the fill, else its home; a slot
-    two addresses choose goes to the lower address."""
+def sift_down(a: np.ndarray, root: int, end: int) -> None:
+    while 2 * root + 1 < end:
+        child = 2 * root + 1
+        if child + 1 < end and a[child] < a[child + 1]:
+            child += 1
+        if a[root] >= a[child]:
+            return
+        a[root], a[child] = a[child], a[root]
+        root = child
+
+
+@njit(nogil=True)
+def fill_cache(n: int, addr: np.ndarray, port: np.ndarray, mac: np.ndarray, key: np.ndarray,
+               slot: np.ndarray, take: np.ndarray, c_addr: np.ndarray, c_port: np.ndarray,
+               c_mac: np.ndarray, stats: np.ndarray) -> None:
+    """NeighCache.fill for the first `n` misses: each address once, in ascending order
+    (the first of its misses); its slot is the first empty one of its window as the
+    cache was before the fill, else its home; a slot two addresses choose goes to the
+    lower address. `key`, `slot`, `take`: scratch (the kernel allocates nothing)."""
     mask = c_addr.shape[0] - 1
-    order = np.argsort(addr, kind="mergesort")
-    slot = np.empty(order.shape[0], dtype=np.int64)
-    take = np.empty(order.shape[0], dtype=np.int64)
+    for j in range(n):  # (address, position): sorted, the first miss of each address first
+        key[j] = (np.uint64(addr[j]) << _U64_32) | np.uint64(j)
+    heap_sort(key, n)
     m = 0
-    for j in order:
+    for t in range(n):
+        j = np.int64(key[t] & np.uint64(0xFFFF_FFFF))
         if m and addr[take[m - 1]] == addr[j]:
             continue
         home = addr[j] & mask
@@ -546,7 +589,8 @@ class CompiledPath:
             t.nhg_members, t.nh_mac48, t.nh_gw if t.nh_gw is not None else one, t.port_mac48,
             t.port_mtu, self.port_up_word, np.ascontiguousarray(t.local_addrs, dtype=u4),
             np.int64(flags), *c_arrays, *n_arrays, self.code, self.egress, self.hist,
-            self.stats, *(np.zeros(capacity, dtype=np.int64) for _ in range(3)))
+            self.stats, *(np.zeros(capacity, dtype=np.int64) for _ in range(3)),
+            np.zeros(capacity, dtype=u8), *(np.zeros(capacity, dtype=np.int64) for _ in range(2)))
 
     def refresh(self) -> None:
         """Before a batch: the port-up word, when it is not the shared one (tests' tables)."""
