@@ -37,6 +37,7 @@ from engine.workers import forwarder as F
 from engine.workers.batch import (
     STOP_COUNTED,
     STOP_COUNTING,
+    STOP_DEQUEUED,
     STOP_ENQUEUED,
     STOP_PUSH,
     STOP_TAKEN,
@@ -267,6 +268,32 @@ def test_frames_dequeued_but_not_journaled_are_counted(engine):
     ring = mem.rings["rx.0.0"]
     ring.enqueue(idx)
     ring.dequeue(64)  # what the dead worker did before it died
+    rec = recover_worker(mem, 0)
+    assert (rec.reclaimed, rec.killed, rec.journal_state) == (5, 5, JOURNAL_IDLE)
+    row = mem.counters[mem.geometry.worker_agent(0)]
+    assert row[index(Misc.rx_frames)] == 5 and row[index(Drop.worker_killed)] == 5
+    drain_and_audit(mem, feeder)
+
+
+def polled_child(mem, tables, stop):
+    fw = F.Forwarder(mem, tables, 0, 64, datapath="compiled")
+    fw.warm_up()
+    fw.stop_at = stop
+    fw.poll()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_compiled_pass_killed_after_its_dequeue_counts_the_frames(engine):
+    """The compiled pass killed between the RX dequeue and the journal: as above."""
+    mem, tables, feeder = engine
+    if mem.geometry.partitions[1][1] > 0:
+        pytest.skip("live ports: the worker receives into its own partition")
+    mem.rings["rx.0.0"].enqueue(load_frames(mem, feeder, frames()[:5]))
+    proc = fork.Process(target=polled_child, args=(mem, tables, STOP_DEQUEUED))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert mem.rings["rx.0.0"].count() == 0 and mem.journal.state[0] == JOURNAL_IDLE
     rec = recover_worker(mem, 0)
     assert (rec.reclaimed, rec.killed, rec.journal_state) == (5, 5, JOURNAL_IDLE)
     row = mem.counters[mem.geometry.worker_agent(0)]

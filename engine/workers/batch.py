@@ -1,16 +1,20 @@
 """A forwarding worker's batch as one compiled call: RX ring in, kernel, rings out.
 
 `worker_batch` does for one batch what `Forwarder.process` does around the numpy
-stages (forwarder.py), with the same outcome store for store: the batch's journal row
-(shm/journal.py) written before anything else, the kernel (pipeline/compiled.py) on
-the pool rows in place, the hand-off decided (room on every TX ring and on the slow
-ring checked, what does not fit a `ring_full` drop) before the counters are added,
-and only then the buffers moved: to their egress port's TX ring, to the slow ring
-(with their reason in the pool's `code`), back to their owner (drops). Every shared
-structure is published as its Python twin publishes it, with one aligned 8-byte
-store after the slots it covers (a ring's tail, a free stack's depth, a journal
-state), so that recovery (control/recovery.py) finds after a SIGKILL between any
-two of these stores exactly what it finds after one in the numpy worker.
+stages (forwarder.py), with the same outcome: the batch's journal row (shm/journal.py)
+written before anything else, the kernel (pipeline/compiled.py) on the pool rows in
+place, the hand-off decided (room on every TX ring and on the slow ring checked, what
+does not fit a `ring_full` drop) before the counters are added, and only then the
+buffers moved: to their egress port's TX ring, to the slow ring (with their reason in
+the pool's `code`), back to their owner (drops). Every shared structure is published
+as its Python twin publishes it, with one aligned 8-byte store after the slots it
+covers (a ring's tail, a free stack's depth, a journal state), and these publishing
+stores come in the numpy worker's order (the journal's states; the TX rings port by
+port, the slow ring, the owners of the drops). Only unpublished memory is written in
+another order (every ring's slots before the first tail; the pool's `code` of the
+slow path's buffers, still ours, before the TX tails), so that recovery
+(control/recovery.py) finds after a SIGKILL between any two publishing stores
+exactly what it finds after one in the numpy worker.
 
 The stores reach memory in program order: x86-64 keeps stores in order (TSO) and
 `store_fence` between the steps keeps the compiler from reordering or merging them.
@@ -41,6 +45,7 @@ STOP_COUNTING = 2  # one counter of the batch added, the others not (a torn add)
 STOP_COUNTED = 3  # counted, nothing handed on
 STOP_ENQUEUED = 4  # the first TX ring published, the others not
 STOP_PUSH = 5  # every slot written, the drops' free stack depth not published
+STOP_DEQUEUED = 6  # taken from the RX ring, not journaled yet
 STOPPED = -1
 RET_OVERFLOW = -2  # a return ring had no room for the drops (cannot happen: see pool.py)
 MOVED = -3  # worker_pass: a generation word moved, the caches are to be flushed first
@@ -121,6 +126,9 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
             idx[i] = slots[(head + i) & mask]
         store_fence()  # the slots read before the head that releases them
         ln.rx_head[rx][0] = head + n
+        store_fence()
+        if stop == STOP_DEQUEUED:
+            return STOPPED
     else:
         idx = given
         n = idx.shape[0]
