@@ -6,10 +6,12 @@ Three measurements per batch size, each the median of several runs:
 - `noop`: gather each batch's header rows from the shared pool and scatter them back
   (the cost of just touching the packets: the floor of any fast path here);
 - `stages`: `fast_path()` alone on already gathered rows;
-- `worker`: a worker's whole batch (`Forwarder.process`: gather, fast path, scatter,
-  TX enqueue, counters), the number that matters;
+- `worker`: a worker's whole pass (`Forwarder.poll`: its RX ring in, gather, fast
+  path, scatter, TX rings out, counters; the RX ring filled and the TX rings emptied
+  between passes, not timed), the number that matters;
 - `compiled_stages`, `compiled_worker`: the same with `[engine] datapath = "compiled"`
-  (pipeline/compiled.py: one kernel call per batch on the pool rows in place).
+  (`compiled_stages`: the kernel alone, pipeline/compiled.py, through its entry
+  point; `compiled_worker`: the whole batch in one compiled call, workers/batch.py).
 Per stage, like VPP's `show runtime` (clocks per packet per node): ns per packet in
 each of fast_path's stages (`ip_rcv`, `ip_route_input`, `ip_forward`, `rewrite`),
 called one by one on prepared batches, each call timed alone.
@@ -17,9 +19,9 @@ Destinations are static neighbours of the config (their MAC is in the next-hop r
 and hosts behind a gateway; `learned` repeats `stages` and `worker` with every
 destination a host on p1's subnet that is not in the config, learned by ARP into the
 neighbour table (64 of them, REACHABLE): the namespace lab's common case, resolved
-through the worker's neighbour cache. Then worker scaling: N processes, each a
-pinned `Forwarder` on its own RX ring, summed. Ratios are printed against `noop`
-measured in the same run.
+through the worker's neighbour cache. Then worker scaling, both datapaths, at each
+batch size: 1..N processes, each a pinned `Forwarder` polling its own RX ring,
+summed. Ratios are printed against `noop`, or numpy, measured in the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from numba import typeof
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from engine.cli.bench import machine  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.control.routing import build_routing  # noqa: E402
+from engine.pipeline.compiled import forward_batch  # noqa: E402
 from engine.pipeline.fastpath import STAGES, fast_path, rewrite_forwarded  # noqa: E402
 from engine.pipeline.stage import Batch  # noqa: E402
 from engine.pipeline.tables import make_tables  # noqa: E402
@@ -189,33 +193,36 @@ def single_core(setup: Setup, batch: int, seconds: float, runs: int,
     def restore():
         reset_row(order[state["i"] % nbatches])
 
-    def worker():
-        idx = order[state["i"] % nbatches]
-        state["i"] += 1
-        fw.process(idx)
-        for ring in fw.tx:  # play the TX side: take the descriptors back
-            ring.head[0] = ring.tail[0]
-        return batch
+    def feeder(w):
+        def feed():  # play the I/O side: a burst on the RX ring, the TX rings emptied
+            restore()
+            w.rx[0].enqueue(order[state["i"] % nbatches])
+            for ring in w.tx:
+                ring.head[0] = ring.tail[0]
+        return feed
+
+    def polled(w):
+        def one():  # the whole worker: RX ring in, rings out
+            state["i"] += 1
+            assert w.poll() == batch
+            return batch
+        return one
+
+    # the kernel alone, called as the worker calls its batch: through its entry point
+    kernel_args = (jit.compiled.kernel, mem.data, mem.length, mem.port, order[0])
+    kernel = forward_batch.overloads[tuple(map(typeof, kernel_args))].entry_point
 
     def compiled_stages():
         idx = order[state["i"] % nbatches]
         state["i"] += 1
-        jit.compiled.run(mem.data, mem.length, mem.port, idx)
-        return batch
-
-    def compiled_worker():
-        idx = order[state["i"] % nbatches]
-        state["i"] += 1
-        jit.process(idx)
-        for ring in jit.tx:
-            ring.head[0] = ring.tail[0]
+        kernel(jit.compiled.kernel, mem.data, mem.length, mem.port, idx)
         return batch
 
     out = {}
     for name, fn, prepare in (("noop", noop, None), ("stages", stages, None),
-                              ("worker", worker, restore),
+                              ("worker", polled(fw), feeder(fw)),
                               ("compiled_stages", compiled_stages, restore),
-                              ("compiled_worker", compiled_worker, restore)):
+                              ("compiled_worker", polled(jit), feeder(jit))):
         if name not in names:
             continue
         rates = []
@@ -268,7 +275,8 @@ def stage_ns(setup: Setup, batch: int, seconds: float, runs: int) -> dict[str, f
     return out
 
 
-def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="wall"):
+def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="wall",
+                    datapath="numpy"):
     global CLOCK
     if clock == "cpu":
         CLOCK = time.process_time
@@ -277,7 +285,8 @@ def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="w
     mem = EngineMemory.attach(geometry)
     fib = FibReader.attach(fib_name)
     tables = make_tables(cfg, mem, fib.lookup)
-    fw = Forwarder(mem, tables, w, batch)
+    fw = Forwarder(mem, tables, w, batch, datapath=datapath)
+    fw.warm_up()  # loads what the parent compiled
     n = geometry.nbufs // geometry.nworkers
     base = w * n
     order = [np.arange(base + i * batch, base + (i + 1) * batch, dtype=np.uint32)
@@ -285,32 +294,37 @@ def _scaling_worker(geometry, fib_name, w, batch, seconds, cpu, result, clock="w
     state = {"i": 0}
     frames = mem.data[base : base + n, :REWRITE_BYTES].copy()
 
-    def restore():
+    def feed():  # the I/O side, not timed: a burst on the RX ring, the TX rings emptied
         idx = order[state["i"] % len(order)]
         mem.data[idx, :REWRITE_BYTES] = frames[idx - base]
-
-    def one():
-        idx = order[state["i"] % len(order)]
-        state["i"] += 1
-        fw.process(idx)
+        fw.rx[0].enqueue(idx)
         for ring in fw.tx:
             ring.head[0] = ring.tail[0]
+
+    def one():
+        state["i"] += 1
+        fw.poll()
         return batch
 
-    result[w] = timed(one, seconds, restore)
+    result[w] = timed(one, seconds, feed)
     fib.close()
     mem.close()
 
 
-def scaling(workers: int, batch: int, seconds: float, clock: str = "wall") -> float:
+def scaling(workers: int, batch: int, seconds: float, clock: str = "wall",
+            datapath: str = "numpy") -> float:
+    """Packets/s of `workers` processes, each a pinned `Forwarder` polling its own RX
+    ring, summed."""
     setup = Setup(workers)
     try:
+        if datapath == "compiled":  # compile here once, as `fwd run` does
+            Forwarder(setup.mem, setup.tables, 0, batch, datapath=datapath).compile()
         ctx = mp.get_context("spawn")
         result = ctx.Array("d", workers)
         cpus = sorted(os.sched_getaffinity(0))
         procs = [ctx.Process(target=_scaling_worker,
                              args=(setup.geometry, setup.fib.name, w, batch, seconds,
-                                   cpus[w % len(cpus)], result, clock))
+                                   cpus[w % len(cpus)], result, clock, datapath))
                  for w in range(workers)]
         for p in procs:
             p.start()
@@ -344,7 +358,8 @@ def main() -> None:
 
     results = {"machine": machine(), "frame_bytes": FRAME, "clock": args.clock,
                "load_average": os.getloadavg(), "runs": args.runs, "seconds": args.seconds,
-               "batch": {}, "stages_ns": {}, "workers": {}, "workers_spread": {}}
+               "batch": {}, "stages_ns": {}, "workers": {}, "workers_spread": {},
+               "scaling": {}}
     setup, learned = Setup(1), Setup(1, learned=True)
     try:
         print(f"{'':>6} {'':>10} {'static neighbours':^33} {'':>7} {'learned neighbours':^25}")
@@ -381,13 +396,26 @@ def main() -> None:
     finally:
         setup.close()
         learned.close()
-    print(f"\n{'workers':>7} {'Mpps (batch 256)':>17}")
-    for n in range(1, args.workers + 1):
-        rates = [scaling(n, 256, args.seconds, args.clock)
-                 for _ in range(args.runs)]
-        results["workers"][n] = statistics.median(rates)
-        results["workers_spread"][n] = (max(rates) - min(rates)) / results["workers"][n]
-        print(f"{n:>7} {results['workers'][n] / 1e6:>17.2f}")
+    print(f"\nworker scaling, Mpps: median of {args.runs} (spread), ratio to 1 worker")
+    print(f"{'batch':>6} {'workers':>7} {'numpy':>22} {'compiled':>22}")
+    scale = results["scaling"]  # datapath -> batch -> workers -> {pps, spread}
+    for batch in args.batches:
+        for n in range(1, args.workers + 1):
+            cells = []
+            for datapath in ("numpy", "compiled"):
+                rates = [scaling(n, batch, args.seconds, args.clock, datapath)
+                         for _ in range(args.runs)]
+                mid = statistics.median(rates)
+                cell = {"pps": mid, "spread": (max(rates) - min(rates)) / mid}
+                by_n = scale.setdefault(datapath, {}).setdefault(batch, {})
+                by_n[n] = cell
+                cells.append(f"{mid / 1e6:>6.2f} ({cell['spread']:>4.0%}) "
+                             f"{mid / by_n[1]['pps']:>4.2f}x")
+            print(f"{batch:>6} {n:>7} " + " ".join(f"{c:>22}" for c in cells))
+    # `fwd bench` reads the numpy worker's scaling at batch 256 (or the largest batch)
+    ref = scale["numpy"][256 if 256 in args.batches else max(args.batches)]
+    results["workers"] = {n: c["pps"] for n, c in ref.items()}
+    results["workers_spread"] = {n: c["spread"] for n, c in ref.items()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

@@ -28,7 +28,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from engine.control.routing import build_routing
-from engine.counters import NCOUNTERS, Misc, index
+from engine.counters import NCOUNTERS, Drop, Misc, index
 from engine.pipeline.compiled import CompiledPath, count_histogram
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
@@ -347,9 +347,11 @@ def test_every_checksum_value_agrees(twins):
         twin.compare(rows, length, in_port)
 
 
-def test_a_compiled_worker_hands_on_what_a_numpy_worker_does(tmp_path):
+@pytest.mark.parametrize("ring_size", [1024, 16], ids=["room", "rings_full"])
+def test_a_compiled_worker_hands_on_what_a_numpy_worker_does(tmp_path, ring_size):
     """`Forwarder.process` both ways on the same random frames: the same buffers on
-    the same TX and slow rings, the same bytes in the pool, the same counters."""
+    the same TX and slow rings, the same bytes in the pool, the same counters, the
+    same free buffers (with small rings, never drained: `ring_full` drops too)."""
     from engine.workers.forwarder import Forwarder
 
     cfg = Lab(tmp_path).config()
@@ -357,7 +359,7 @@ def test_a_compiled_worker_hands_on_what_a_numpy_worker_does(tmp_path):
     rows, length, in_port = random_batch(512, rng)
     seen = []
     for datapath in ("numpy", "compiled"):
-        mem = EngineMemory.create(Geometry.new(3, 1, nbufs=1024, ring_size=1024))
+        mem = EngineMemory.create(Geometry.new(3, 1, nbufs=1024, ring_size=ring_size))
         fib = FibWriter.create()
         try:
             build_routing(cfg, mem, fib)
@@ -370,6 +372,7 @@ def test_a_compiled_worker_hands_on_what_a_numpy_worker_does(tmp_path):
             for start in range(0, 512, 64):
                 fw.process(np.arange(start, start + 64, dtype=np.uint32))
             rings = [r.dequeue(1024).tolist() for r in fw.tx] + [fw.slow.dequeue(1024).tolist()]
+            rings += [r.dequeue(1024).tolist() for r in fw.buffers.outgoing.values()]
             seen.append((rings, mem.data[:512].copy(), mem.length[:512].copy(),
                          mem.code[:512].copy(), fw.counters.copy()))
         finally:
@@ -377,11 +380,12 @@ def test_a_compiled_worker_hands_on_what_a_numpy_worker_does(tmp_path):
             fib.unlink()
             mem.close()
     (rings_a, data_a, len_a, code_a, cnt_a), (rings_b, data_b, len_b, code_b, cnt_b) = seen
-    assert rings_a == rings_b and any(rings_a[:3]) and rings_a[3]
+    assert rings_a == rings_b and any(rings_a[:3]) and rings_a[3] and any(rings_a[4:])
     assert np.array_equal(data_a, data_b) and np.array_equal(len_a, len_b)
     assert np.array_equal(code_a, code_b)
     cnt_a[index(Misc.busy_ns)] = cnt_b[index(Misc.busy_ns)] = 0  # a timing
     assert np.array_equal(cnt_a, cnt_b)
+    assert (cnt_a[index(Drop.ring_full)] > 0) == (ring_size == 16)
 
 
 def learn_table(table: NeighbourTable) -> None:

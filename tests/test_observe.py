@@ -35,7 +35,7 @@ from engine.cli.watch import accounting_line, agent_rates, port_rates, render
 from engine.control.commands import Commands
 from engine.control.metrics import REASSEMBLY
 from engine.control.routing import build_routing
-from engine.counters import Drop, Slow
+from engine.counters import Drop, Misc, Slow, index
 from engine.io.pcap import read_pcap
 from engine.observe.capture import drain
 from engine.pipeline.tables import make_tables
@@ -52,13 +52,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PORTS = ["p0", "p1", "p2"]
 
 
-@pytest.fixture
-def router(tmp_path):
+@pytest.fixture(params=["numpy", "compiled"])
+def router(tmp_path, request):
+    """A worker of either datapath: while observed, both run the numpy stages."""
     cfg = Lab(tmp_path).config()
     mem = EngineMemory.create(Geometry.new(len(cfg.ports), 1, nbufs=2048, ring_size=1024))
     fib = FibWriter.create()
     routing = build_routing(cfg, mem, fib)
-    fw = Forwarder(mem, make_tables(cfg, mem, fib.lookup), 0, 64)
+    fw = Forwarder(mem, make_tables(cfg, mem, fib.lookup), 0, 64, datapath=request.param)
+    fw.warm_up()
     io = Buffers(mem, AGENT_IO)
     yield mem, Commands(routing, mem), fw, io
     fib.close()
@@ -146,6 +148,29 @@ def test_trace_records_every_stage_as_scapy_sees_the_packets(router):
     assert fwd_gw["gateway"] == 0x0A0002FE and fwd_gw["neighbour"] == 0x0A0002FE
     assert fwd_gw["mac"].to_bytes(8, "little")[:6] == bytes.fromhex(MAC["gw"].replace(":", ""))
     assert fwd_h2["frame_len"] == len(bytes(frames[0]))
+
+
+def test_a_pass_while_armed_traces_the_batches_of_every_ring(router):
+    """`poll` loads the observers' word before each ring's batch; once armed, the
+    compiled pass hands the rest of the pass back to the numpy stages."""
+    mem, cmds, fw, io = router
+
+    def to_h1(port: int, seq: int) -> Ether:  # from a host behind port 1 or 2
+        return (Ether(src=MAC[f"h{port + 1}"], dst=MAC[f"p{port}"])
+                / IP(src=f"10.0.{port + 1}.2", dst="10.0.1.2", id=seq) / UDP())
+
+    mem.rings["rx.0.0"].enqueue(load_frames(mem, io, [udp("10.0.2.2", 1)], port=0))
+    mem.rings["rx.1.0"].enqueue(load_frames(mem, io, [to_h1(1, 2)], port=1))
+    assert fw.poll() == 2  # not armed: nothing traced
+    gen = ok(cmds, {"cmd": "trace.start", "count": 2})["gen"]
+    mem.rings["rx.0.0"].enqueue(load_frames(mem, io, [udp("10.0.2.2", 3)], port=0))
+    mem.rings["rx.2.0"].enqueue(load_frames(mem, io, [to_h1(2, 4)], port=2))
+    assert fw.poll() == 2
+    reply = ok(cmds, {"cmd": "trace.read", "gen": gen})
+    assert [(r["in_port"], r["final_code"]) for r in reply["records"]] == [(0, 0), (2, 0)]
+    assert len(mem.rings["tx.1.0"].dequeue(10)) == 2 and len(mem.rings["tx.0.0"].dequeue(10)) == 2
+    row = mem.counters[fw.agent]
+    assert row[index(Misc.forwarded)] == 4
 
 
 def test_trace_is_printed_one_block_per_packet_one_line_per_stage(router):

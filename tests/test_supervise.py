@@ -34,6 +34,14 @@ from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, 
 from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_PAUSED, EngineMemory, Geometry
 from engine.shm.pool import Buffers
 from engine.workers import forwarder as F
+from engine.workers.batch import (
+    STOP_COUNTED,
+    STOP_COUNTING,
+    STOP_DEQUEUED,
+    STOP_ENQUEUED,
+    STOP_PUSH,
+    STOP_TAKEN,
+)
 
 from conftest import MAC, Lab, load_frames, routed
 
@@ -207,6 +215,49 @@ def test_killed_inside_a_free_stack_push_loses_no_buffer(engine):
     assert len(sent) == 20 and to_slow == 2
 
 
+def stopped_child(mem, tables, idx, stop):
+    fw = F.Forwarder(mem, tables, 0, 64, datapath="compiled")
+    fw.warm_up()
+    fw.stop_at = stop
+    fw.process(idx)
+    os.kill(os.getpid(), signal.SIGKILL)  # memory as the batch left it at `stop`
+
+
+# the compiled batch (workers/batch.py) ended at each of its stops, then killed:
+# (journal state, buffers reclaimed, packets worker_killed, forwarded, sent, to the slow path)
+STOPS = {
+    "taken": (STOP_TAKEN, JOURNAL_TAKEN, 24, 24, 0, 0, 0),
+    "counting": (STOP_COUNTING, JOURNAL_COUNTING, 24, 24, 0, 0, 0),
+    "counted": (STOP_COUNTED, JOURNAL_COUNTED, 24, 22, 0, 0, 0),
+    "enqueued": (STOP_ENQUEUED, JOURNAL_COUNTED, 4, 2, 20, 20, 0),
+    "push": (STOP_PUSH, JOURNAL_COUNTED, 2, 0, 20, 20, 2),
+}
+
+
+@pytest.mark.parametrize("point", list(STOPS))
+def test_a_compiled_batch_killed_at_each_step_is_recovered(engine, point):
+    mem, tables, feeder = engine
+    stop, state, reclaimed, killed, forwarded, sent, slow = STOPS[point]
+    batch = frames()
+    idx = load_frames(mem, feeder, batch)
+    proc = fork.Process(target=stopped_child, args=(mem, tables, idx, stop))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert int(mem.journal.state[0]) == state
+    rec = recover_worker(mem, 0)
+    assert (rec.reclaimed, rec.killed) == (reclaimed, killed)
+    row = mem.counters[mem.geometry.worker_agent(0)]
+    assert row[index(Misc.rx_frames)] == 24 and row[index(Drop.worker_killed)] == killed
+    assert row[index(Misc.forwarded)] == forwarded
+    assert row[index(Drop.csum_error)] == (0 if state != JOURNAL_COUNTED else 2)
+    balance(row)
+    got, to_slow = drain_and_audit(mem, feeder)
+    forwarded_frames = [f for i, f in enumerate(batch) if i not in (5, 9, 17, 21)]
+    assert got == [routed(f, "p1", "h2") for f in forwarded_frames[:sent]]
+    assert to_slow == slow
+
+
 def test_frames_dequeued_but_not_journaled_are_counted(engine):
     """A kill between the ring dequeue and the journal: frames of another owner are
     packets the worker took; counted received and dropped."""
@@ -217,6 +268,32 @@ def test_frames_dequeued_but_not_journaled_are_counted(engine):
     ring = mem.rings["rx.0.0"]
     ring.enqueue(idx)
     ring.dequeue(64)  # what the dead worker did before it died
+    rec = recover_worker(mem, 0)
+    assert (rec.reclaimed, rec.killed, rec.journal_state) == (5, 5, JOURNAL_IDLE)
+    row = mem.counters[mem.geometry.worker_agent(0)]
+    assert row[index(Misc.rx_frames)] == 5 and row[index(Drop.worker_killed)] == 5
+    drain_and_audit(mem, feeder)
+
+
+def polled_child(mem, tables, stop):
+    fw = F.Forwarder(mem, tables, 0, 64, datapath="compiled")
+    fw.warm_up()
+    fw.stop_at = stop
+    fw.poll()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_compiled_pass_killed_after_its_dequeue_counts_the_frames(engine):
+    """The compiled pass killed between the RX dequeue and the journal: as above."""
+    mem, tables, feeder = engine
+    if mem.geometry.partitions[1][1] > 0:
+        pytest.skip("live ports: the worker receives into its own partition")
+    mem.rings["rx.0.0"].enqueue(load_frames(mem, feeder, frames()[:5]))
+    proc = fork.Process(target=polled_child, args=(mem, tables, STOP_DEQUEUED))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert mem.rings["rx.0.0"].count() == 0 and mem.journal.state[0] == JOURNAL_IDLE
     rec = recover_worker(mem, 0)
     assert (rec.reclaimed, rec.killed, rec.journal_state) == (5, 5, JOURNAL_IDLE)
     row = mem.counters[mem.geometry.worker_agent(0)]
@@ -281,11 +358,13 @@ def test_restart_policy_gives_up_past_its_limit():
     assert policy.allow(0, 30.0)  # the old deaths left the window
 
 
-def test_a_full_slow_ring_drops_with_a_reason_instead_of_blocking(engine):
+@pytest.mark.parametrize("datapath", ["numpy", "compiled"])
+def test_a_full_slow_ring_drops_with_a_reason_instead_of_blocking(engine, datapath):
     """The forwarder checks each ring's room before it counts a batch: what the slow
     ring cannot take is a `ring_full` drop, its buffer goes back, nothing waits."""
     mem, tables, feeder = engine
-    fw = F.Forwarder(mem, tables, 0, 64)
+    fw = F.Forwarder(mem, tables, 0, 64, datapath=datapath)
+    fw.warm_up()
     slow_ring = mem.rings["slow.0"]
     filler = feeder.alloc(slow_ring.size - 3)
     assert slow_ring.enqueue(filler) == len(filler)  # room for 3 more

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, types
+from numba.experimental import structref
 from numba.extending import intrinsic
 
 from engine.counters import Drop, Slow
@@ -87,6 +88,47 @@ F_NEIGH_CACHE = 8  # ... through the worker's cache in front of it
 ST_LOOKUPS, ST_MISSES, ST_FILLS = 0, 1, 2
 
 _U64_29, _U64_31, _U64_32, _U64_33 = (np.uint64(s) for s in (29, 31, 32, 33))
+
+
+@structref.register
+class KernelType(types.StructRef):
+    def preprocess_fields(self, fields):  # type: ignore[no-untyped-def]
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class Kernel(structref.StructRefProxy):
+    """The kernel's arrays, bound once per worker: one argument that numba unboxes as
+    one pointer, where passing them one by one costs a type check and an unboxing
+    each, per call."""
+
+
+KERNEL_FIELDS = (
+    "tbl24", "tbl8", "nh_type", "nh_flags", "nh_port", "nh_mtu", "nh_group", "nh_group_n",
+    "nhg_members", "nh_mac48", "nh_gw", "port_mac48", "port_mtu", "port_up", "local_addrs",
+    "flags", "c_addr", "c_port", "c_mac", "n_seq", "n_ip", "n_port", "n_state", "n_mac",
+    "n_bits", "code", "egress", "hist", "stats", "miss_addr", "miss_port", "miss_mac",
+    "miss_key", "fill_slot", "fill_take")
+structref.define_constructor(Kernel, KernelType, KERNEL_FIELDS)
+structref.define_boxing(KernelType, Kernel)
+
+
+@njit(cache=True)
+def new_kernel(*fields):  # type: ignore[no-untyped-def]
+    """A `Kernel` (built by a cached function: numba's own constructor compiles anew
+    in every process)."""
+    return Kernel(*fields)
+
+
+@intrinsic
+def store_fence(typingctx):  # type: ignore[no-untyped-def]
+    """A release fence: no store moves across it. x86-64 keeps stores in program order
+    by itself (TSO; no instruction is emitted); this keeps the compiler from merging or
+    reordering them, which is what makes a compiled function's stores reach memory in
+    the order it is written, as a crash-safety protocol needs."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        builder.fence("release")
+        return context.get_dummy_value()
+    return types.void(), codegen
 
 
 @intrinsic
@@ -164,33 +206,48 @@ def table_lookup(key: int, n_seq: np.ndarray, n_ip: np.ndarray, n_port: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def forward_batch(data: np.ndarray, length: np.ndarray, port: np.ndarray, idx: np.ndarray,
-                  tbl24: np.ndarray, tbl8: np.ndarray,
-                  nh_type: np.ndarray, nh_flags: np.ndarray, nh_port: np.ndarray,
-                  nh_mtu: np.ndarray, nh_group: np.ndarray, nh_group_n: np.ndarray,
-                  nhg_members: np.ndarray, nh_mac48: np.ndarray, nh_gw: np.ndarray,
-                  port_mac48: np.ndarray, port_mtu: np.ndarray, port_up: np.uint64,
-                  local_addrs: np.ndarray, flags: int,
-                  c_addr: np.ndarray, c_port: np.ndarray, c_mac: np.ndarray,
-                  n_seq: np.ndarray, n_ip: np.ndarray, n_port: np.ndarray,
-                  n_state: np.ndarray, n_mac: np.ndarray, n_bits: int,
-                  code: np.ndarray, egress: np.ndarray, hist: np.ndarray,
-                  stats: np.ndarray) -> int:
-    """The fast path over buffers `idx` of the pool (`data`, `length`, `port`): each
-    packet's verdict in `code` and egress port in `egress`, forwarded rows rewritten
-    and every length trimmed to the IP datagram, in place; `hist` += the codes'
-    histogram, `stats` += the neighbour cache's lookups, misses and fills. Returns how
-    many packets are forwarded."""
+def forward_batch(k: Kernel, data: np.ndarray, length: np.ndarray, port: np.ndarray,
+                  idx: np.ndarray) -> int:
+    """The fast path over buffers `idx` of the pool (`data`, `length`, `port`) with the
+    arrays bound in `k`: each packet's verdict in `k.code` and egress port in
+    `k.egress`, forwarded rows rewritten and every length trimmed to the IP datagram,
+    in place; `k.hist` = the codes' histogram, `k.stats` += the neighbour cache's
+    lookups, misses and fills. Returns how many packets are forwarded."""
+    return kernel(data, length, port, idx, k.tbl24, k.tbl8, k.nh_type, k.nh_flags, k.nh_port,
+                  k.nh_mtu, k.nh_group, k.nh_group_n, k.nhg_members, k.nh_mac48, k.nh_gw,
+                  k.port_mac48, k.port_mtu, k.port_up[0], k.local_addrs, k.flags,
+                  k.c_addr, k.c_port, k.c_mac, k.n_seq, k.n_ip, k.n_port, k.n_state, k.n_mac,
+                  k.n_bits, k.code, k.egress, k.hist, k.stats, k.miss_addr, k.miss_port,
+                  k.miss_mac, k.miss_key, k.fill_slot, k.fill_take)
+
+
+# no reference counting (_nrt=False): numba counts references to the arrays passed
+# around in the loop with atomic adds, a few a packet, which cost more than the rest
+# of a plain forward; the loop allocates nothing, so it needs none
+@njit(nogil=True, _nrt=False)
+def kernel(data: np.ndarray, length: np.ndarray, port: np.ndarray, idx: np.ndarray,
+           tbl24: np.ndarray, tbl8: np.ndarray,
+           nh_type: np.ndarray, nh_flags: np.ndarray, nh_port: np.ndarray,
+           nh_mtu: np.ndarray, nh_group: np.ndarray, nh_group_n: np.ndarray,
+           nhg_members: np.ndarray, nh_mac48: np.ndarray, nh_gw: np.ndarray,
+           port_mac48: np.ndarray, port_mtu: np.ndarray, port_up: np.uint64,
+           local_addrs: np.ndarray, flags: int,
+           c_addr: np.ndarray, c_port: np.ndarray, c_mac: np.ndarray,
+           n_seq: np.ndarray, n_ip: np.ndarray, n_port: np.ndarray,
+           n_state: np.ndarray, n_mac: np.ndarray, n_bits: int,
+           code: np.ndarray, egress: np.ndarray, hist: np.ndarray, stats: np.ndarray,
+           miss_addr: np.ndarray, miss_port: np.ndarray, miss_mac: np.ndarray,
+           miss_key: np.ndarray, fill_slot: np.ndarray, fill_take: np.ndarray) -> int:
+    """`forward_batch`'s loop, on the arrays themselves (`port_up`: the mask, read once
+    a batch: a port going down is seen next batch); the cache misses the table
+    answered are kept in `miss_*` and filled into the cache after the batch."""
+    hist[:] = 0
     n = idx.shape[0]
     reassemble_transit = (flags & F_REASSEMBLE_TRANSIT) != 0
     send_redirects = (flags & F_SEND_REDIRECTS) != 0
     use_table = (flags & F_NEIGH_TABLE) != 0
     use_cache = (flags & F_NEIGH_CACHE) != 0
     c_mask = c_addr.shape[0] - 1
-    # the cache misses the table answered, filled into the cache after the batch
-    miss_addr = np.empty(n, dtype=np.int64)
-    miss_port = np.empty(n, dtype=np.int64)
-    miss_mac = np.empty(n, dtype=np.int64)
     nmiss = 0
     forwarded = 0
     for i in range(n):
@@ -384,23 +441,48 @@ def forward_batch(data: np.ndarray, length: np.ndarray, port: np.ndarray, idx: n
         hist[c] += 1
 
     if nmiss:
-        fill_cache(miss_addr[:nmiss], miss_port[:nmiss], miss_mac[:nmiss], c_addr, c_port,
-                   c_mac, stats)
+        fill_cache(nmiss, miss_addr, miss_port, miss_mac, miss_key, fill_slot, fill_take,
+                   c_addr, c_port, c_mac, stats)
     return forwarded
 
 
+@njit(nogil=True)
+def heap_sort(a: np.ndarray, n: int) -> None:
+    """Sort a[:n] in place (numba's own sort allocates its stack)."""
+    for start in range(n // 2 - 1, -1, -1):
+        sift_down(a, start, n)
+    for end in range(n - 1, 0, -1):
+        a[0], a[end] = a[end], a[0]
+        sift_down(a, 0, end)
+
+
 @njit(inline="always")
-def fill_cache(addr: np.ndarray, port: np.ndarray, mac: np.ndarray, c_addr: np.ndarray,
-               c_port: np.ndarray, c_mac: np.ndarray, stats: np.ndarray) -> None:
-    """NeighCache.fill: each address once, in ascending order; its slot is the first
-    empty one of its window as the cache was before the fill, else its home; a slot
-    two addresses choose goes to the lower address."""
+def sift_down(a: np.ndarray, root: int, end: int) -> None:
+    while 2 * root + 1 < end:
+        child = 2 * root + 1
+        if child + 1 < end and a[child] < a[child + 1]:
+            child += 1
+        if a[root] >= a[child]:
+            return
+        a[root], a[child] = a[child], a[root]
+        root = child
+
+
+@njit(nogil=True)
+def fill_cache(n: int, addr: np.ndarray, port: np.ndarray, mac: np.ndarray, key: np.ndarray,
+               slot: np.ndarray, take: np.ndarray, c_addr: np.ndarray, c_port: np.ndarray,
+               c_mac: np.ndarray, stats: np.ndarray) -> None:
+    """NeighCache.fill for the first `n` misses: each address once, in ascending order
+    (the first of its misses); its slot is the first empty one of its window as the
+    cache was before the fill, else its home; a slot two addresses choose goes to the
+    lower address. `key`, `slot`, `take`: scratch (the kernel allocates nothing)."""
     mask = c_addr.shape[0] - 1
-    order = np.argsort(addr, kind="mergesort")
-    slot = np.empty(order.shape[0], dtype=np.int64)
-    take = np.empty(order.shape[0], dtype=np.int64)
+    for j in range(n):  # (address, position): sorted, the first miss of each address first
+        key[j] = (np.uint64(addr[j]) << _U64_32) | np.uint64(j)
+    heap_sort(key, n)
     m = 0
-    for j in order:
+    for t in range(n):
+        j = np.int64(key[t] & np.uint64(0xFFFF_FFFF))
         if m and addr[take[m - 1]] == addr[j]:
             continue
         home = addr[j] & mask
@@ -470,65 +552,72 @@ class CompiledPath:
         elif neigh is not None:
             raise TypeError(f"the compiled datapath cannot ask a {type(neigh).__name__}")
         self.table = table
-        u2, u4, u8 = (np.dtype(t) for t in (np.uint16, np.uint32, np.uint64))
+        # a live view of the shared port-up word, else a word refreshed before each batch
+        up = tables.port_up
+        self.port_up_word = (up.word() if isinstance(up, PortMask)
+                             else np.zeros(1, dtype=np.uint64))
+        self.live_port_up = isinstance(up, PortMask)
+        self.stats = np.zeros(3, dtype=np.int64)
+        self.hist = np.zeros(NCODES, dtype=np.int64)
+        self.bind(batch)
+
+    def bind(self, capacity: int) -> None:
+        """(Re)build `kernel` for batches of up to `capacity` packets."""
+        t = self.tables
+        u2, u4, u8 = (np.dtype(x) for x in (np.uint16, np.uint32, np.uint64))
         one = np.zeros(1, dtype=u4)
         if self.cache is not None:
-            self.c_arrays = (self.cache.addr, self.cache.port, self.cache.mac)
+            c_arrays = (self.cache.addr, self.cache.port, self.cache.mac)
         else:
-            self.c_arrays = (one, np.zeros(1, dtype=u2), np.zeros(1, dtype=u8))
-        if table is not None:
-            self.n_arrays = (table.seq, table.ip, table.port, table.state, table.mac)
-            self.n_bits = table.bits
+            c_arrays = (one, np.zeros(1, dtype=u2), np.zeros(1, dtype=u8))
+        if self.table is not None:
+            tb = self.table
+            n_arrays = (tb.seq, tb.ip, tb.port, tb.state, tb.mac, np.int64(tb.bits))
         else:
-            self.n_arrays = (np.zeros(16, dtype=u4), np.zeros(16, dtype=u4),
-                             np.zeros(16, dtype=u2), np.zeros(16, dtype=np.uint8),
-                             np.zeros(16, dtype=u8))
-            self.n_bits = 4
-        self.nh_gw = tables.nh_gw if tables.nh_gw is not None else one
-        self.local_addrs = np.ascontiguousarray(tables.local_addrs, dtype=u4)
-        self.code = np.zeros(batch, dtype=np.uint8)
-        self.egress = np.zeros(batch, dtype=u2)
-        self.stats = np.zeros(3, dtype=np.int64)
-
-    def flags(self) -> int:
-        t = self.tables
-        return ((F_REASSEMBLE_TRANSIT if t.reassemble_transit else 0)
-                | (F_SEND_REDIRECTS if t.send_redirects else 0)
-                | (F_NEIGH_TABLE if self.table is not None else 0)
-                | (F_NEIGH_CACHE if self.cache is not None else 0))
-
-    def port_up(self) -> np.uint64:
-        """The up ports as a bit mask, read now (a port going down is seen next batch)."""
-        up = self.tables.port_up
-        if isinstance(up, PortMask):
-            return np.uint64(up.bits())
-        bits = np.asarray(up, dtype=np.uint64) << np.arange(len(up), dtype=np.uint64)
-        return np.uint64(np.bitwise_or.reduce(bits) if len(bits) else 0)
-
-    def run(self, data: np.ndarray, length: np.ndarray, port: np.ndarray,
-            idx: np.ndarray) -> CompiledResult:
-        """One batch of pool buffers, rewritten in place."""
-        n = len(idx)
-        if n > len(self.code):
-            self.code = np.zeros(n, dtype=np.uint8)
-            self.egress = np.zeros(n, dtype=np.uint16)
-        code, egress = self.code[:n], self.egress[:n]
-        hist = np.zeros(NCODES, dtype=np.int64)
-        t = self.tables
+            n_arrays = (np.zeros(16, dtype=u4), np.zeros(16, dtype=u4), np.zeros(16, dtype=u2),
+                        np.zeros(16, dtype=np.uint8), np.zeros(16, dtype=u8), np.int64(4))
+        self.capacity = capacity
+        self.code = np.zeros(capacity, dtype=np.uint8)
+        self.egress = np.zeros(capacity, dtype=u2)
         tbl24, tbl8 = t.dir24_8  # type: ignore[misc]
+        flags = ((F_REASSEMBLE_TRANSIT if t.reassemble_transit else 0)
+                 | (F_SEND_REDIRECTS if t.send_redirects else 0)
+                 | (F_NEIGH_TABLE if self.table is not None else 0)
+                 | (F_NEIGH_CACHE if self.cache is not None else 0))
+        self.kernel = new_kernel(
+            tbl24, tbl8, t.nh_type, t.nh_flags, t.nh_port, t.nh_mtu, t.nh_group, t.nh_group_n,
+            t.nhg_members, t.nh_mac48, t.nh_gw if t.nh_gw is not None else one, t.port_mac48,
+            t.port_mtu, self.port_up_word, np.ascontiguousarray(t.local_addrs, dtype=u4),
+            np.int64(flags), *c_arrays, *n_arrays, self.code, self.egress, self.hist,
+            self.stats, *(np.zeros(capacity, dtype=np.int64) for _ in range(3)),
+            np.zeros(capacity, dtype=u8), *(np.zeros(capacity, dtype=np.int64) for _ in range(2)))
+
+    def refresh(self) -> None:
+        """Before a batch: the port-up word, when it is not the shared one (tests' tables)."""
+        if not self.live_port_up:
+            up = self.tables.port_up
+            bits = np.asarray(up, dtype=np.uint64) << np.arange(len(up), dtype=np.uint64)
+            self.port_up_word[0] = np.bitwise_or.reduce(bits) if len(bits) else 0
+
+    def sync_stats(self) -> None:
+        """Move the kernel's neighbour-cache statistics to the `NeighCache`."""
         stats = self.stats
-        forwarded = forward_batch(
-            data, length, port, idx, tbl24, tbl8,
-            t.nh_type, t.nh_flags, t.nh_port, t.nh_mtu, t.nh_group, t.nh_group_n,
-            t.nhg_members, t.nh_mac48, self.nh_gw, t.port_mac48, t.port_mtu, self.port_up(),
-            self.local_addrs, self.flags(), *self.c_arrays, *self.n_arrays, self.n_bits,
-            code, egress, hist, stats)
         if self.cache is not None and stats[ST_LOOKUPS]:
             self.cache.lookups += int(stats[ST_LOOKUPS])
             self.cache.misses += int(stats[ST_MISSES])
             self.cache.fills += int(stats[ST_FILLS])
             stats[:] = 0
-        return CompiledResult(code, egress, forwarded, hist)
+
+    def run(self, data: np.ndarray, length: np.ndarray, port: np.ndarray,
+            idx: np.ndarray) -> CompiledResult:
+        """One batch of pool buffers, rewritten in place."""
+        n = len(idx)
+        if n > self.capacity:
+            self.bind(n)
+        self.refresh()
+        forwarded = forward_batch(self.kernel, data, length, port, idx)
+        self.sync_stats()
+        return CompiledResult(self.code[:n], self.egress[:n], forwarded, self.hist)
 
     def warm_up(self, data: np.ndarray, length: np.ndarray, port: np.ndarray) -> float:
         """Compile the kernel for these arrays, or load it from numba's cache, with an

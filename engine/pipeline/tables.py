@@ -85,6 +85,10 @@ class PortMask:
     def __len__(self) -> int:
         return self._n
 
+    def word(self) -> np.ndarray:
+        """The shared word itself, as a one-element view (for the compiled datapath)."""
+        return self._ctl[CTL_PORT_UP : CTL_PORT_UP + 1]
+
     def bits(self) -> int:
         """The mask itself, read now: bit p set when port p is up."""
         return int(self._ctl[CTL_PORT_UP]) & ((1 << self._n) - 1)

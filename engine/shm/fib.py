@@ -315,6 +315,12 @@ class FibReader:
         self._readers[reader_id, 0] = 0
         self._my_readers.discard(reader_id)
 
+    def quiescent_words(self, reader_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the reader's counter, the writer's token) as one-element views: `quiescent`
+        is copying the second into the first (for a compiled worker pass)."""
+        self._check_reader_id(reader_id)
+        return self._readers[reader_id, 0:1], self._token[0:1]
+
     def quiescent(self, reader_id: int) -> None:
         """Report that this reader holds no references into the table (call between
         batches): copy the writer's token into the reader's counter."""

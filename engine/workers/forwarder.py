@@ -1,11 +1,13 @@
 """A forwarding worker: a thin loop around the fast path.
 
 Worker *w* owns RX queue *w* and TX queue *w* of every port. Each pass it takes a
-burst from each of its RX rings, runs the fast path over it (`[engine] datapath`:
-the compiled kernel on the pool rows in place, or the numpy stages on gathered
-header rows, scattered back), and hands buffers on by index: to the egress port's
-TX ring, to the slow-path ring, or back to their owner (drops). While a trace or
-capture is armed, batches take the numpy stages (the taps read the gathered rows).
+burst from each of its RX rings, runs the fast path over it, and hands buffers on by
+index: to the egress port's TX ring, to the slow-path ring, or back to their owner
+(drops). `[engine] datapath = "compiled"` does all of a batch, from the RX ring to
+the journal's last state, in one compiled call (workers/batch.py: the kernel on the
+pool rows in place); "numpy" runs the numpy stages on gathered header rows,
+scattered back, and the hand-off here. While a trace or capture is armed, batches
+take the numpy way (the taps read the gathered rows).
 Next hops without a MAC are resolved through the worker's own neighbour cache in
 front of the shared neighbour table, flushed when a shared generation word moves
 (see `Forwarder`).
@@ -19,14 +21,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from numba import typeof
 
 from engine.config import Config
 from engine.counters import MISC_BASE, Drop, Misc
 from engine.io.ports import WorkerPorts
 from engine.io.registry import driver_for
 from engine.observe.hooks import Observer
-from engine.pipeline.compiled import CompiledPath, count_histogram
-from engine.pipeline.fastpath import count, fast_path
+from engine.pipeline.compiled import CompiledPath
+from engine.pipeline.fastpath import CODE_TO_COUNTERS, count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
 from engine.pipeline.tables import Tables, make_tables
 from engine.pipeline.verdict import FORWARD, SLOW, drop
@@ -43,8 +46,17 @@ from engine.shm.memory import (
 )
 from engine.shm.neigh_table import NeighbourTable
 from engine.shm.pool import Buffers
-from engine.shm.ring import Ring
+from engine.shm.ring import EMPTY, Ring
 from engine.shm.trace_capture import OBS_ACTIVE
+from engine.workers.batch import (
+    MOVED,
+    OBSERVED,
+    RET_OVERFLOW,
+    new_lane,
+    sparse_counts,
+    worker_batch,
+    worker_pass,
+)
 from engine.workers.loop import pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
@@ -109,20 +121,84 @@ class Forwarder:
         # `fwd trace` / `fwd capture`: one shared word, loaded once per batch
         self.obs = mem.obs_ctl
         self.observer = Observer(mem, self.agent)
-        # [engine] datapath = "compiled": the kernel over this worker's tables and cache
-        self.compiled = CompiledPath(self.tables, batch) if datapath == "compiled" else None
-        self.rows = np.arange(max(batch, journal_rows(mem)))
         self.slow_full = False  # the last plan_slow turned slow-path packets into drops
+        # [engine] datapath = "compiled": the whole batch in one compiled call
+        # (workers/batch.py) over this worker's tables, cache, rings and journal
+        self.compiled: CompiledPath | None = None
+        self.busy_ns = 0  # compiled passes' busy time not yet in the counters (`end_pass`)
+        self.stop_at = 0  # tests: end the compiled batches at this STOP_* point
+        if datapath == "compiled":
+            self.compiled = CompiledPath(self.tables, max(batch, journal_rows(mem)))
+            self.resume = np.zeros(2, dtype=np.int64)  # where worker_pass left the RX rings
+            self.gens = np.array([self.nh_gen, self.neigh_gen], dtype=np.uint64)
+            self.lane = self.bind_lane(self.compiled)
+            # the dispatchers, until `compile` finds their entry points
+            self.call_batch, self.call_pass = worker_batch, worker_pass
 
-    def warm_up(self) -> float:
-        """Compile the kernel, or load it from numba's cache, before the first packet
-        (never in the loop); the seconds it took go to this agent's ST_WARMUP_NS."""
+    def bind_lane(self, compiled: CompiledPath) -> Any:
+        """Every array `worker_batch` touches, bound once."""
+        mem, buffers = self.mem, self.buffers
+        u4, i8 = np.dtype(np.uint32), np.dtype(np.int64)
+        owners = buffers.owners
+        # our own partition's free stack takes the place of a return ring to ourselves:
+        # slots above its depth, published by the depth word
+        rets = [(np.zeros(1, dtype=np.uint64), buffers._depth, buffers.stack)
+                if o == self.agent else
+                (buffers.outgoing[o].head, buffers.outgoing[o].tail, buffers.outgoing[o].slots)
+                for o in owners]
+        j = self.journal
+        return new_lane(
+            compiled.kernel, mem.data, mem.length, mem.port, mem.code, np.int64(self.worker),
+            np.int64(self.batch), j.state, j.n, j.idx, j.code, j.before, self.counters,
+            *sparse_counts(CODE_TO_COUNTERS), *(tuple(getattr(r, a) for r in rings)
+                                for rings in (self.rx, self.tx) for a in ("head", "tail", "slots")),
+            self.slow.head, self.slow.tail, self.slow.slots,
+            np.int64(owners.index(self.agent) if self.agent in owners else -1),
+            np.array([buffers.bounds[o][0] for o in owners], dtype=i8),
+            np.array([buffers.bounds[o][1] for o in owners], dtype=i8),
+            *(tuple(r[k] for r in rets) for k in range(3)),
+            np.zeros(self.compiled.capacity if self.compiled else 0, dtype=u4),
+            np.zeros(len(self.tx), dtype=i8), np.zeros(len(self.tx), dtype=i8),
+            np.zeros(len(owners), dtype=i8), np.zeros(len(owners), dtype=i8),
+            self.obs, self.resume, mem.ctl, self.gens,
+            *(self.fib.quiescent_words(self.worker) if self.fib is not None
+              else (np.zeros(1, dtype=np.uint64), np.zeros(1, dtype=np.uint64))))
+
+    def compile(self) -> float:
+        """Compile the compiled datapath's functions, or load them from numba's cache,
+        and find the batch function's entry point; returns the seconds it took."""
         if self.compiled is None:
             return 0.0
         mem = self.mem
-        seconds = self.compiled.warm_up(mem.data, mem.length, mem.port)
-        mem.state[self.agent, ST_WARMUP_NS] = int(seconds * 1e9)
+        t0 = time.perf_counter()
+        self.compiled.warm_up(mem.data, mem.length, mem.port)
+        self.call_batch = entry_point(worker_batch, self.lane, -1, EMPTY, 0)
+        self.call_pass = entry_point(worker_pass, self.lane, 0)
+        return time.perf_counter() - t0
+
+    def warm_up(self) -> float:
+        """`compile` before the first packet (never in the loop); the seconds it took
+        go to this agent's ST_WARMUP_NS."""
+        seconds = self.compile()
+        if self.compiled is not None:
+            self.mem.state[self.agent, ST_WARMUP_NS] = int(seconds * 1e9)
         return seconds
+
+    def checked(self, got: int) -> int:
+        """A compiled call's buffers taken (0 when a test stopped it early)."""
+        if got == RET_OVERFLOW:  # cannot happen: a return ring holds a whole partition
+            raise RuntimeError("a return ring overflowed")
+        return max(got, 0)
+
+    def end_pass(self, handled: int) -> None:
+        """What compiled batches leave to do, once in a while: their busy time (at an
+        idle pass, or once a millisecond of it: one numpy add, not one a batch) and
+        the neighbour cache's statistics."""
+        if self.busy_ns and (not handled or self.busy_ns >= 1_000_000):
+            self.counters[MISC_BASE + Misc.busy_ns] += self.busy_ns
+            self.busy_ns = 0
+            if self.compiled is not None:
+                self.compiled.sync_stats()
 
     def flush(self) -> None:
         """Forget every cached resolution (the kernel's rt_flush_dev / rt_genid bump)."""
@@ -144,49 +220,43 @@ class Forwarder:
             for part in np.array_split(idx, -(-n // journal.idx.shape[1])):
                 self.process(part)
             return
+        if self.compiled is not None and not self.obs[OBS_ACTIVE]:
+            if idx.dtype != np.uint32 or not idx.flags.c_contiguous:  # the one type compiled
+                idx = np.ascontiguousarray(idx, dtype=np.uint32)
+            t0 = time.perf_counter_ns()
+            if self.checked(self.call_batch(self.lane, -1, idx, self.stop_at)):
+                self.busy_ns += time.perf_counter_ns() - t0  # in the counters at `end_pass`
+            return
         mem = self.mem
         t0 = time.perf_counter_ns()
         journal.idx[w, :n] = idx
         journal.n[w] = n
         journal.state[w] = JOURNAL_TAKEN  # published after the indices (x86 TSO)
         watch = self.obs[OBS_ACTIVE]  # 0 unless a trace or capture is armed
-        hist = None
         sends: list[tuple[Ring, np.ndarray]] = []
         refused = False
-        if self.compiled is not None and not watch:
-            c = self.compiled.run(mem.data, mem.length, mem.port, idx)  # rows rewritten in place
-            code, hist = c.code, c.hist
-            every = c.forwarded == n
-            if c.forwarded:
-                rows = self.rows[:n] if every else np.flatnonzero(code == FORWARD)
-                sends, refused = self.transmit(idx if every else idx[rows],
-                                               c.egress if every else c.egress[rows], rows, code)
-        else:
-            hdr = mem.data[idx, :HDR_BYTES]
-            if watch:
-                seen = self.observer.received(int(watch), idx, hdr)
-            r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
-            mem.length[idx] = r.frame_len
-            code = r.code
-            every = len(r.forwarded) == len(idx)
-            if watch:
-                self.observer.routed(seen, idx, hdr, code, r.egress)
-            if len(r.forwarded):
-                out = idx if every else idx[r.forwarded]
-                rewritten = hdr.view("<u8")[:, :REWRITE_WORDS]
-                mem.words[out, :REWRITE_WORDS] = rewritten if every else rewritten[r.forwarded]
-                sends, refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
-                                               r.forwarded, code)
+        hdr = mem.data[idx, :HDR_BYTES]
+        if watch:
+            seen = self.observer.received(int(watch), idx, hdr)
+        r = fast_path(hdr, mem.length[idx], mem.port[idx], self.tables)
+        mem.length[idx] = r.frame_len
+        code = r.code
+        every = len(r.forwarded) == len(idx)
+        if watch:
+            self.observer.routed(seen, idx, hdr, code, r.egress)
+        if len(r.forwarded):
+            out = idx if every else idx[r.forwarded]
+            rewritten = hdr.view("<u8")[:, :REWRITE_WORDS]
+            mem.words[out, :REWRITE_WORDS] = rewritten if every else rewritten[r.forwarded]
+            sends, refused = self.transmit(out, r.egress if every else r.egress[r.forwarded],
+                                           r.forwarded, code)
         slow_rows = self.plan_slow(code) if (refused or not every) else None
         if watch:
             self.observer.decided(seen, idx, code)
         journal.code[w, :n] = code
         journal.before[w] = self.counters
         journal.state[w] = JOURNAL_COUNTING
-        if hist is not None and not refused and not (slow_rows is not None and self.slow_full):
-            count_histogram(hist, self.counters)  # no verdict changed since the kernel's
-        else:
-            count(code, self.counters)
+        count(code, self.counters)
         self.counters[MISC_BASE + Misc.batches] += 1
         journal.state[w] = JOURNAL_COUNTED
         for ring, bufs in sends:
@@ -241,20 +311,26 @@ class Forwarder:
         if dropped.any():
             self.buffers.free(idx[dropped])
 
-    def poll(self) -> int:
-        """One pass over this worker's RX rings; returns packets handled."""
+    def generations(self) -> None:
+        """Flush the caches when `CTL_NH_GEN` or `CTL_NEIGH_GEN` moved (no lock, no
+        message: two loads of shared words a pass)."""
         ctl = self.mem.ctl
         nh_gen, neigh_gen = int(ctl[CTL_NH_GEN]), int(ctl[CTL_NEIGH_GEN])
-        if nh_gen != self.nh_gen or neigh_gen != self.neigh_gen:  # no lock, no message
+        if nh_gen != self.nh_gen or neigh_gen != self.neigh_gen:
             self.flush()
             self.nh_gen, self.neigh_gen = nh_gen, neigh_gen
+            if self.compiled is not None:
+                self.gens[:] = nh_gen, neigh_gen
+
+    def poll(self) -> int:
+        """One pass over this worker's RX rings; returns packets handled."""
+        if self.ports is None and self.compiled is not None:
+            return self.poll_compiled()
+        self.generations()
         handled = 0
         if self.ports is None:
             for ring in self.rx:
-                idx = ring.dequeue(self.batch)
-                if len(idx):
-                    self.process(idx)
-                    handled += len(idx)
+                handled += self.take(ring)
         else:
             if not self.mem.ctl[CTL_STOP]:  # stopping: take nothing more in, send the rest
                 for p in range(len(self.rx)):
@@ -263,9 +339,36 @@ class Forwarder:
                         self.process(idx)
                         handled += len(idx)
             handled += self.ports.send()
+        self.end_pass(handled)
         if self.fib is not None:
             # no table reference survives this point: tell the writer so
             self.fib.quiescent(self.worker)
+        return handled
+
+    def take(self, ring: Ring) -> int:
+        idx = ring.dequeue(self.batch)
+        if len(idx):
+            self.process(idx)
+        return len(idx)
+
+    def poll_compiled(self) -> int:
+        """`poll` as one compiled call (worker_pass), back here only to flush the
+        caches or for the numpy stages while a trace or capture is armed."""
+        t0 = time.perf_counter_ns()
+        got = self.call_pass(self.lane, self.stop_at)
+        while got == MOVED:
+            self.generations()
+            got = self.call_pass(self.lane, self.stop_at)
+        if got == OBSERVED:
+            got = int(self.resume[1])
+            for ring in self.rx[int(self.resume[0]):]:
+                got += self.take(ring)
+            if self.fib is not None:
+                self.fib.quiescent(self.worker)
+        handled = self.checked(got)
+        if handled:
+            self.busy_ns += time.perf_counter_ns() - t0
+        self.end_pass(handled)
         return handled
 
     def run(self) -> None:
@@ -288,9 +391,17 @@ def prepare_compiled(cfg: Config, mem: EngineMemory, fib_name: str) -> float:
 
 def _warm(cfg: Config, mem: EngineMemory, fib: FibReader) -> float:
     tables = make_tables(cfg, mem, fib.lookup)
-    cache = NeighCache(tables.neigh)  # type: ignore[arg-type]
-    path = CompiledPath(replace(tables, neigh=cache), cfg.engine.batch)
-    return path.warm_up(mem.data, mem.length, mem.port)
+    return Forwarder(mem, tables, 0, cfg.engine.batch, datapath="compiled").compile()
+
+
+def entry_point(dispatcher: Any, *args: Any) -> Any:
+    """The compiled function `dispatcher` runs for `args` (compiled or loaded from the
+    cache now, not run), to be called directly: without the dispatcher's type check of
+    every argument, which costs more than a small batch. Only ever call it with
+    arguments of these types."""
+    sig = tuple(typeof(a) for a in args)
+    dispatcher.compile(sig)
+    return dispatcher.overloads[sig].entry_point
 
 
 def journal_rows(mem: EngineMemory) -> int:
