@@ -33,7 +33,7 @@ from engine.counters import Drop, Slow
 from engine.pipeline.fastpath import CODE_TO_COUNTERS
 from engine.pipeline.neigh_cache import EMPTY, NeighCache
 from engine.pipeline.neigh_cache import OFFSETS as CACHE_OFFSETS
-from engine.pipeline.route import MIX, ORDINARY
+from engine.pipeline.route import ALL_HOSTS, LBCAST, MIX, ORDINARY
 from engine.pipeline.tables import PortMask, Tables
 from engine.pipeline.verdict import (
     FORWARD,
@@ -75,7 +75,6 @@ UNREACHABLE, PROHIBIT = slow(Slow.unreachable), slow(Slow.prohibit)
 TTL_EXCEEDED, FRAG_NEEDED = slow(Slow.ttl_exceeded), slow(Slow.frag_needed)
 FRAGMENT, REDIRECT = slow(Slow.fragment), slow(Slow.redirect)
 NEIGH_UNRESOLVED = slow(Slow.neigh_unresolved)
-LBCAST = 0xFFFF_FFFF
 U32 = 0x1_0000_0000
 
 # `flags` of forward_batch: the Tables' switches and which resolver there is
@@ -334,7 +333,7 @@ def kernel(data: np.ndarray, length: np.ndarray, port: np.ndarray, idx: np.ndarr
             # route_checks, in ip_route_input_slow's order
             if fragment and reassemble_transit:  # netfilter's defrag at PRE_ROUTING
                 c = REASSEMBLE
-            elif (daddr >> 28) == 0xE:
+            elif (daddr >> 28) == 0xE and daddr != ALL_HOSTS:  # a group we are not in
                 c = MULTICAST
             elif (saddr >> 28) == 0xE or saddr == LBCAST:
                 c = MARTIAN_SOURCE
@@ -350,6 +349,8 @@ def kernel(data: np.ndarray, length: np.ndarray, port: np.ndarray, idx: np.ndarr
                 c = MARTIAN_SOURCE
             elif ihl > 5:
                 c = OPTIONS
+            elif daddr == ALL_HOSTS:  # ip_route_input_mc: ours, from a valid source
+                c = MARTIAN_SOURCE if source_local else LOCAL
             elif error_route and pkt_type != PACKET_HOST:  # icmp_send answers hosts only
                 c = L2_NOT_HOST
             elif t == NH_NOROUTE:
