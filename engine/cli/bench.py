@@ -92,6 +92,11 @@ def rows_fastpath(d: dict[str, Any]) -> list[Row]:
     batches = sorted(d["batch"], key=int)
     for b in batches:
         r = d["batch"][b]
+        if "compiled_worker" in r:  # [engine] datapath = "compiled" against the numpy stages
+            out.append(row("fastpath", f"compiled worker, batch {b}", "Mpps",
+                           r["compiled_worker"] / 1e6, r["compiled_worker_spread"],
+                           "numpy worker", r["worker"] / 1e6, r["worker_spread"],
+                           batch=int(b), kind="compiled"))
         out.append(row("fastpath", f"worker, batch {b}", "Mpps", r["worker"] / 1e6,
                        r["worker_spread"], "noop (touch the rows)", r["noop"] / 1e6,
                        r["noop_spread"], batch=int(b), kind="worker"))
@@ -107,6 +112,16 @@ def rows_fastpath(d: dict[str, Any]) -> list[Row]:
                            key=b == "256", batch=int(b), kind="stage", stage=s))
         out.append(row("fastpath", f"whole worker, batch {b}", "ns/pkt", ns["worker"],
                        key=b == "256", batch=int(b), kind="stage", stage="worker"))
+    for b, by_n in sorted(d.get("scaling", {}).get("compiled", {}).items(),
+                          key=lambda kv: int(kv[0])):
+        if "1" in by_n:
+            for n, r in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+                if n != "1":
+                    out.append(row("fastpath", f"compiled, {n} workers, batch {b}", "Mpps",
+                                   r["pps"] / 1e6, r["spread"], "1 worker",
+                                   by_n["1"]["pps"] / 1e6, by_n["1"]["spread"],
+                                   key=b == "256", batch=int(b), workers=int(n),
+                                   kind="compiled-scaling"))
     one = d["workers"].get("1")
     for n, rate in sorted(d["workers"].items(), key=lambda kv: int(kv[0])):
         out.append(row("fastpath", f"{n} worker(s), batch 256", "Mpps", rate / 1e6,
