@@ -269,6 +269,37 @@ class Routing:
         for route in self.internal.values():
             self.fib.add(route.prefix, route.prefix_len, route.nh)
 
+    def reload_routes(self, routes: tuple[RouteConfig, ...]) -> dict[str, list[str]]:
+        """SIGHUP: the config's [[route]]s become `routes` (a re-read config's, checked
+        against the same ports and neighbours). Routes added at run time and the
+        entries of addresses and neighbours stay; a changed route is replaced in place
+        (the FIB entry takes its new next hop, no window through a shorter prefix)."""
+        new = {(r.prefix, r.prefix_len): r for r in routes}
+        done: dict[str, list[str]] = {"added": [], "changed": [], "removed": [],
+                                      "kept_added": []}
+        for key, route in list(self.static.items()):
+            if route.origin == ORIGIN_CONFIG and key not in new:
+                del self.static[key]
+                if key not in self.internal:  # else the internal entry keeps the slot
+                    self.fib.delete(*key)
+                done["removed"].append(fmt_prefix(*key))
+        for key, rc in new.items():
+            old = self.static.get(key)
+            if old is not None and old.origin != ORIGIN_CONFIG:
+                done["kept_added"].append(fmt_prefix(*key))  # the operator's, as `ip route`
+                continue
+            route = self._route(rc, ORIGIN_CONFIG)
+            if old == route:
+                continue
+            if key not in self.internal:
+                try:
+                    self.fib.add(route.prefix, route.prefix_len, route.nh)
+                except FibError as err:  # Tbl8Exhausted: the FIB is unchanged
+                    raise RouteError(f"{fmt_prefix(*key)}: {err}") from None
+            self.static[key] = route
+            done["changed" if old is not None else "added"].append(fmt_prefix(*key))
+        return done
+
     def _route(self, r: RouteConfig, origin: str) -> Route:
         """A validated RouteConfig and its next-hop row."""
         if r.type in ROUTE_TYPE_NH:

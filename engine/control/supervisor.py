@@ -30,12 +30,12 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
-from engine.config import Config
+from engine.config import Config, ConfigError, format_config_error, load_config
 from engine.control.commands import Commands
 from engine.control.netns import NetnsError, netns
 from engine.control.recovery import (
@@ -47,12 +47,13 @@ from engine.control.recovery import (
     recover_worker,
     started,
 )
-from engine.control.routing import Routing, build_routing
+from engine.control.routing import RouteError, Routing, build_routing
 from engine.control.server import ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
 from engine.io.pcap import PcapError
 from engine.io.registry import Driver, DriverError, driver_for
+from engine.io.registry import check as check_drivers
 from engine.shm.fib import DEFAULT_READERS, FibWriter
 from engine.shm.memory import (
     AGENT_IO,
@@ -187,6 +188,7 @@ class _Run:
         self.plan = plan  # what the driver decided before memory existed (DPDK's mode)
         self.say = say
         self.stop_requested = False
+        self.reload_requested = False
         self.old_handlers: dict[int, Any] = {}
         self.mem: EngineMemory | None = None
         self.fib: FibWriter | None = None
@@ -205,12 +207,45 @@ class _Run:
         self.scope = ExitStack()
 
     def catch_signals(self) -> None:
-        """SIGINT/SIGTERM ask the main loop to stop (and drain) instead of killing us."""
+        """SIGINT/SIGTERM ask the main loop to stop (and drain) instead of killing us;
+        SIGHUP asks it to re-read the config (`reload`), as daemons do."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             self.old_handlers[sig] = signal.signal(sig, self._on_signal)
+        self.old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self.reload_requested = True
+
+    def reload(self) -> None:
+        """Re-read the config file: its [[route]]s replace the running config routes
+        (routes added at run time stay). Anything else needs a restart, and is named;
+        a config that does not load, or whose ports or neighbours changed, changes
+        nothing."""
+        self.reload_requested = False
+        path, cfg = self.cfg.path, self.cfg
+        try:
+            new = check_drivers(load_config(path))
+        except ConfigError as err:
+            self.say(f"fwd: reload: {format_config_error(str(path), err)}; nothing changed")
+            return
+        others = [f.name for f in fields(Config) if f.name not in ("path", "routes")
+                  and getattr(new, f.name) != getattr(cfg, f.name)]
+        if "ports" in others or "neighbors" in others:
+            self.say(f"fwd: reload: {path}: [[port]] or [[neighbor]] changed; restart the "
+                     "engine to apply them; nothing changed")
+            return
+        try:
+            done = self.routing.reload_routes(new.routes)
+        except RouteError as err:
+            self.say(f"fwd: reload: {err}; the routes before it were applied")
+            return
+        self.cfg = replace(cfg, routes=new.routes)
+        summary = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in done.items() if v)
+        self.say(f"fwd: reload: {path}: routes {summary or 'unchanged'}"
+                 + (f"; restart to apply [{'], ['.join(others)}]" if others else ""))
 
     def enter_netns(self) -> None:
         # the workers inherit the namespace: their sockets open on its interfaces
@@ -336,6 +371,8 @@ class _Run:
             else:
                 idle = min(MAX_IDLE_S, idle * 2 or 0.0001)
             self.serve(idle)
+            if self.reload_requested:
+                self.reload()
 
     def serve(self, timeout: float) -> None:
         """Sleep up to `timeout` seconds, running the control requests that must run on
