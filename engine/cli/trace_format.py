@@ -21,21 +21,11 @@ from engine.pipeline.verdict import (
     PACKET_OTHERHOST,
     SLOW,
 )
-from engine.shm.memory import (
-    NH_BLACKHOLE,
-    NH_BROADCAST,
-    NH_LOCAL,
-    NH_NOROUTE,
-    NH_PROHIBIT,
-    NH_UNICAST,
-    NH_UNREACHABLE,
-)
+from engine.shm.memory import NH_NOROUTE, NH_TYPE_NAMES
 
 PKT_TYPE_NAMES = {PACKET_HOST: "host", PACKET_BROADCAST: "broadcast",
                   PACKET_MULTICAST: "multicast", PACKET_OTHERHOST: "otherhost"}
-NH_TYPE_NAMES = {NH_NOROUTE: "no route", NH_UNICAST: "unicast", NH_LOCAL: "local",
-                 NH_BROADCAST: "broadcast", NH_BLACKHOLE: "blackhole",
-                 NH_UNREACHABLE: "unreachable", NH_PROHIBIT: "prohibit"}
+NH_TYPE_TEXT = {**NH_TYPE_NAMES, NH_NOROUTE: "no route"}  # a trace is read, not parsed
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp"}
 
 
@@ -79,7 +69,7 @@ class Text:
         return PKT_TYPE_NAMES.get(pkt_type, str(pkt_type))
 
     def nh_type(self, nh_type: int) -> str:
-        return NH_TYPE_NAMES.get(nh_type, str(nh_type))
+        return NH_TYPE_TEXT.get(nh_type, str(nh_type))
 
     def proto(self, protocol: int) -> str:
         return PROTO_NAMES.get(protocol, str(protocol))

@@ -59,6 +59,7 @@ from engine.shm.memory import (
     NH_LOCAL,
     NH_NOROUTE,
     NH_PROHIBIT,
+    NH_TYPE_NAMES,
     NH_UNICAST,
     NH_UNREACHABLE,
     NHF_GATEWAY,
@@ -69,9 +70,6 @@ from engine.shm.neigh_table import NeighbourTable, Nud
 
 ROUTE_TYPE_NH = {"blackhole": NH_BLACKHOLE, "unreachable": NH_UNREACHABLE,
                  "prohibit": NH_PROHIBIT}
-NH_TYPE_NAMES = {NH_NOROUTE: "noroute", NH_UNICAST: "unicast", NH_LOCAL: "local",
-                 NH_BROADCAST: "broadcast", NH_BLACKHOLE: "blackhole",
-                 NH_UNREACHABLE: "unreachable", NH_PROHIBIT: "prohibit"}
 
 # where a route came from; the last four are internal entries
 ORIGIN_CONFIG, ORIGIN_ADDED = "config", "added"

@@ -38,7 +38,7 @@ def run_stages(b: Batch, t: Tables,
                after: Callable[[Stage, Batch], None] | None = None) -> None:
     """Run every stage over the batch, in order; `after(stage, b)` (the tracer's) sees
     the batch state after each one."""
-    for stage in STAGES:
+    for stage in STAGES:  # slow path: three vectorised stages a batch, not a packet
         stage.run(b, t)
         if after is not None:
             after(stage, b)
@@ -82,11 +82,11 @@ def _code_to_counters() -> np.ndarray:
             m[c, index(Snmp.InHdrErrors)] = 1
     m[FORWARD, index(Snmp.ForwDatagrams)] = 1
     m[FORWARD, index(Misc.forwarded)] = 1
-    for reason in Drop:
+    for reason in Drop:  # slow path: runs once, at import
         if reason != Drop.none:
             m[drop(reason), index(reason)] = 1
             m[drop(reason), index(Misc.dropped)] = 1
-    for reason in Slow:
+    for reason in Slow:  # slow path: runs once, at import
         if reason != Slow.none:
             m[slow(reason), index(reason)] = 1
             m[slow(reason), index(Misc.to_slowpath)] = 1

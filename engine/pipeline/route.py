@@ -61,7 +61,7 @@ def is_local(addr: np.ndarray, local_addrs: np.ndarray) -> np.ndarray:
     """addr is one of the router's addresses (sorted `local_addrs`)."""
     if len(local_addrs) <= 8:  # a few compares beat a search for a handful of addresses
         hit = np.zeros(len(addr), dtype=bool)
-        for a in local_addrs:
+        for a in local_addrs:  # slow path: at most 8 vectorised compares a batch
             hit |= addr == a
         return hit
     pos = np.minimum(np.searchsorted(local_addrs, addr), len(local_addrs) - 1)

@@ -40,6 +40,6 @@ def first_match(checks: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
     rejected (a too-short frame, say).
     """
     out = np.zeros(n, dtype=np.uint8)
-    for mask, value in reversed(checks):
+    for mask, value in reversed(checks):  # slow path: one array assignment per check
         out[mask] = value
     return out

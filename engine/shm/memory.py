@@ -38,6 +38,9 @@ NH_BROADCAST = 3
 NH_BLACKHOLE = 6
 NH_UNREACHABLE = 7
 NH_PROHIBIT = 8
+NH_TYPE_NAMES = {NH_NOROUTE: "noroute", NH_UNICAST: "unicast", NH_LOCAL: "local",
+                 NH_BROADCAST: "broadcast", NH_BLACKHOLE: "blackhole",
+                 NH_UNREACHABLE: "unreachable", NH_PROHIBIT: "prohibit"}
 
 # Next-hop flags
 NHF_GATEWAY = 1  # the next hop is a gateway (else the destination is on-link)
