@@ -148,6 +148,46 @@ def write_capture(path: Path, sizes: np.ndarray) -> None:
     path.write_bytes(header + out.tobytes())
 
 
+def write_big_capture(path: Path, n: int, piece: int = 1_000_000) -> None:
+    """n 64-byte frames, written a million at a time (this process stays small)."""
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        part = path.with_suffix(".part")
+        for start in range(0, n, piece):
+            write_capture(part, mix_sizes("64", min(piece, n - start)))
+            out.write(part.read_bytes()[24:])
+        part.unlink(missing_ok=True)
+
+
+def peak_rss(config: Path, expect: int, timeout: float) -> int:
+    """The largest resident set (bytes) of any process of a `fwd run` on this config:
+    the control process, which reads and writes the captures, or a worker (wait4's
+    rusage: the child and the descendants it waited for)."""
+    cmd = [sys.executable, "-c", "from engine.cli import main; main()", "run", str(config),
+           "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    out = []
+    assert proc.stdout is not None
+    while True:  # read as it writes, so that a full pipe never blocks it
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out.append(line)
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise SystemExit(f"{config.name}: fwd run did not finish within {timeout:g} s")
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{config.name}: fwd run exited {proc.returncode}")
+    books = json.loads("".join(out))["accounting"]
+    if books["forwarded"] != expect:
+        raise SystemExit(f"{config.name}: forwarded {books['forwarded']} of {expect}")
+    return usage.ru_maxrss * 1024
+
+
 def config_text(workdir: Path, rx: Path, workers: int, batch: int) -> Path:
     """configs/default.toml with this run's captures, workers and batch."""
     text = (ROOT / "configs" / "default.toml").read_text()
@@ -200,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per fwd run")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 150,000 frames, 1 run, 1 worker")
+    ap.add_argument("--rss", default="",
+                    help="instead: peak RSS of fwd run (1 worker) on 64-byte captures of "
+                         "these frame counts, e.g. 1000000,8000000")
     args = ap.parse_args(argv)
+    if args.rss:
+        return rss_main(args)
     if args.quick:
         args.frames, args.runs, args.workers = 150_000, 1, "1"
         args.timeout = 40.0
@@ -261,6 +306,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pcap {mix:5s} {w} worker(s) batch {args.batch}: "
                       f"{m / 1e6:.3f} Mframes/s (spread {row['spread']:.0%}; "
                       f"start and stop {row['startup_s']:.2f} s)", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+def rss_main(args: argparse.Namespace) -> int:
+    """Peak resident memory against capture size: bounded by the pool, the rings and
+    the read-ahead, whatever the capture's size (issue 15)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fwd-bench-rss-") as tmp:
+        workdir = Path(tmp)
+        for n in (int(x) for x in args.rss.split(",")):
+            cap = workdir / f"rss-{n}.pcap"
+            write_big_capture(cap, n)
+            config = config_text(workdir, cap, 1, args.batch)
+            peak = peak_rss(config, n, max(args.timeout, n / 200_000))
+            rows.append({"frames": n, "capture_bytes": cap.stat().st_size,
+                         "peak_rss_bytes": peak})
+            print(f"rss: {n} frames ({cap.stat().st_size / 2**20:.0f} MiB capture): peak RSS "
+                  f"{peak / 2**20:.0f} MiB", flush=True)
+            cap.unlink()
+    results = {"what": "peak RSS of fwd run (largest process) against capture size, 1 worker",
+               "host": platform.node(), "batch": args.batch, "rss": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -919,7 +919,7 @@ def test_commands_never_raise(router):
 
 
 def test_routes_and_ports_change_while_traffic_flows(tmp_path):
-    """Live changes through the socket while two workers forward 400k frames to
+    """Live changes through the socket while two workers forward 2M frames to
     10.9.1.1 (10.9.0.0/16 via the gateway on p1): a more specific route sends the
     frames that follow it out of p2, a port down drops the frames that follow it as
     port_down, tbl8 groups churn under the readers, and every frame is accounted for
@@ -928,7 +928,7 @@ def test_routes_and_ports_change_while_traffic_flows(tmp_path):
 
     import test_supervision  # noqa: F401  (puts perf/ on sys.path)
 
-    n = 400_000
+    n = 2_000_000  # long enough to outlast the changes at the replay's rate
     lab = Lab(tmp_path, workers=2, batch=32)
     flood(lab, n, (10, 9, 1, 1))
     path = tmp_path / "fwd.sock"

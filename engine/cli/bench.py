@@ -198,8 +198,10 @@ def rows_dpdk(d: dict[str, Any]) -> list[Row]:
 
 
 def rows_pcap(d: dict[str, Any]) -> list[Row]:
-    out = []
-    for mix, by_workers in d["rates"].items():
+    out = [row("pcap", f"peak RSS of fwd run, {r['frames']:,} frames "
+                       f"({r['capture_bytes'] / 2**20:.0f} MiB capture)", "MiB",
+               r["peak_rss_bytes"] / 2**20, frames=r["frames"]) for r in d.get("rss", [])]
+    for mix, by_workers in d.get("rates", {}).items():
         for w, r in by_workers.items():
             whole = r.get("whole_run_rates", 0)
             note = (f"{whole} of {len(r['runs'])} runs: whole-run rate, start-up included "
@@ -211,6 +213,13 @@ def rows_pcap(d: dict[str, Any]) -> list[Row]:
 
 
 LAB_FRAME = {"udp64": 64, "udp1500": 1518}
+
+
+def rows_pcap_l3fwd(d: dict[str, Any]) -> list[Row]:
+    return [row("pcap-l3fwd", f"pcap → pcap, {mix}: fwd run ({d['workers']} worker) vs l3fwd",
+                "Mpps", m["engine_mpps"], None, "l3fwd (1 lcore, net_pcap files)",
+                m["l3fwd_mpps"], None, m["ratio"], mix=mix, workers=d["workers"])
+            for mix, m in d["mixes"].items()]
 
 
 def rows_lab(d: dict[str, Any]) -> list[Row]:
@@ -303,6 +312,13 @@ def benches(lab_prefix: str) -> list[Bench]:
         Bench("pcap", "bench_pcap.py", "fwd run on pcap ports, end to end",
               lambda n: ["--runs", str(n)], ["--quick"], rows_pcap, (6, 120),
               sizes="64-byte and IMIX 7:4:1 of 64/570/1518"),
+        Bench("pcap-rss", "bench_pcap.py", "fwd run's peak memory against capture size",
+              lambda n: ["--rss", "1000000,8000000"], ["--rss", "200000,1000000"], rows_pcap,
+              (10, 60), sizes="64-byte frames"),
+        Bench("pcap-l3fwd", "bench_pcap_l3fwd.py",
+              "pcap file → pcap file: fwd run vs l3fwd on net_pcap files (same frames)",
+              lambda n: ["--runs", str(n)], ["--quick"], rows_pcap_l3fwd, (30, 300),
+              needs=_needs_dpdk, sizes="64-byte and IMIX 7:4:1 of 64/570/1518"),
         Bench("lab", "bench_lab.py",
               "AF_PACKET in the namespace lab vs Linux forwarding (same lab, same run)",
               lambda n: ["--runs", str(n), "--prefix", lab_prefix],
@@ -316,7 +332,8 @@ def benches(lab_prefix: str) -> list[Bench]:
     ]
 
 
-NAMES = ("fastpath", "fib", "slowpath", "afpacket", "dpdk", "pcap", "lab", "l3fwd")
+NAMES = ("fastpath", "fib", "slowpath", "afpacket", "dpdk", "pcap", "pcap-rss", "pcap-l3fwd",
+         "lab", "l3fwd")
 
 
 @dataclass

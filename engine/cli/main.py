@@ -82,6 +82,7 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
          with its counters)
     A fatal stop ends with one line saying why.
     """
+    from engine.cli.progress import ReplayProgress
     from engine.control.supervisor import EngineError, RunStopped
     from engine.control.supervisor import run as run_engine
     from engine.io.pcap import PcapError
@@ -90,11 +91,16 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     cfg = _load_or_exit(config)
     name_process("fwd")  # the control process, beside its fwd-worker-N and fwd-slowpath
     explicit = socket_path or cfg.engine.control_socket
+    # a long replay's progress bar: on a terminal, not for a reader of the JSON
+    bar = ReplayProgress() if sys.stdout.isatty() and not as_json else None
     try:
         result = run_engine(cfg, control_socket=explicit or DEFAULT_SOCKET,
                             control_required=bool(explicit), keep_running=keep_running,
-                            log=lambda msg: click.echo(msg, err=True))
+                            log=bar.say if bar else lambda msg: click.echo(msg, err=True),
+                            progress=bar.update if bar else None)
     except RunStopped as stop:
+        if bar:
+            bar.close()
         status = EXIT_CONFIG if isinstance(stop.cause, PcapError) else EXIT_FAULT
         _print_result(stop.result, as_json, {"error": str(stop), "status": status})
         click.echo(f"fwd: {stop}", err=True)
@@ -105,6 +111,9 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     except EngineError as err:
         click.echo(f"fwd: {err}", err=True)
         sys.exit(EXIT_FAULT)
+    finally:
+        if bar:
+            bar.close()
     _print_result(result, as_json)
     if not result.stats.balanced:
         click.echo("fwd: counters do not balance: a frame was lost or counted twice", err=True)

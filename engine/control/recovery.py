@@ -64,7 +64,7 @@ from engine.counters import Drop
 from engine.pipeline.fastpath import CODE_TO_COUNTERS
 from engine.pipeline.verdict import FORWARD, NCODES, SLOW, drop
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
-from engine.shm.memory import AGENT_IO, CTL_PAUSE, ST_FREE, ST_PAUSED, ST_PID, EngineMemory
+from engine.shm.memory import AGENT_IO, CTL_PAUSE, FREE_TS, ST_FREE, ST_PAUSED, ST_PID, EngineMemory
 from engine.shm.ring import Ring
 
 RESTART_LIMIT = 5  # restarts of one worker ...
@@ -239,6 +239,7 @@ def recover_worker(mem: EngineMemory, worker: int,
             o_start, _ = g.partitions[owner]
             depth = int(mem.state[owner, ST_FREE])
             mem.free_stack[o_start + depth : o_start + depth + len(back)] = back
+            mem.ts[back] = FREE_TS
             mem.state[owner, ST_FREE] = depth + len(back)
     j.state[worker] = JOURNAL_IDLE
     j.n[worker] = 0

@@ -234,7 +234,7 @@ def format_snapshot(s: Snapshot) -> str:
     if any(s.unsent.values()):
         lines.append("not sent (router's own): " + _nonzero(s.unsent))
     if s.devices:
-        lines.append("device counters (DPDK rte_eth_stats):")
+        lines.append("device counters (the drivers' own):")
         for name, c in s.devices.items():
             basic = {k: v for k, v in c.items() if not k.startswith("x.")}
             lines.append(f"  {name}: " + (" ".join(f"{k}={v}" for k, v in basic.items())))

@@ -70,6 +70,7 @@ from engine.workers.slowpath import SlowPathSpec, slowpath_main
 JOIN_TIMEOUT_S = 5.0
 STARTUP_TIMEOUT_S = 60.0
 MAX_IDLE_S = 0.002  # longest sleep of the I/O loop while input may still come
+PROGRESS_S = 0.2  # how often a replay's progress is reported
 KEPT_IDLE_S = 0.05  # --keep-running after the input is drained: only requests, signals
 
 
@@ -119,7 +120,8 @@ def geometry_for(cfg: Config, workers_receive: bool | None = None) -> Geometry:
 
 def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         control_required: bool = True, keep_running: bool = False,
-        log: Callable[[str], None] | None = None) -> RunResult:
+        log: Callable[[str], None] | None = None,
+        progress: Callable[[int, int, int], None] | None = None) -> RunResult:
     """Run a deployment until its input is consumed and drained (pcap ports) or until
     SIGINT/SIGTERM; always unlink the segments and remove the control socket.
 
@@ -130,6 +132,8 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     it is an EngineError before any worker starts.
     keep_running: once the pcap input is consumed and drained, write the outputs and
     stay up (control socket included) until SIGINT/SIGTERM.
+    progress: called about every PROGRESS_S seconds of a pcap replay with the frames
+    fed, the bytes of the captures read and their sizes.
 
     Once the agents start, a fault (an agent that dies, an output that cannot be
     written) does not cut the run short: the rest is stopped and drained as on a
@@ -145,6 +149,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         raise EngineError(str(err)) from None
     geometry = geometry_for(cfg, driver.workers_receive(plan))
     r = _Run(cfg, geometry, driver, plan, say)
+    r.progress = progress
     # before anything exists that a default-action SIGTERM would leak (the socket file)
     r.catch_signals()
     try:
@@ -156,10 +161,10 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         if r.server is not None:  # answered from now on, start-up included
             r.server.start()
         r.enter_netns()
-        end_clock = r.open_ports()
+        r.open_ports()
         fault: EngineError | PcapError | None = None
         try:
-            r.start_agents(end_clock)
+            r.start_agents()
             r.forward(keep_running)
         except (EngineError, PcapError) as err:
             fault = err
@@ -204,6 +209,7 @@ class _Run:
         self.policy = RestartPolicy()
         self.restarting: dict[int, tuple[float, int, int]] = {}  # agent: (t0, pid, loops)
         self.drained = False  # keep_running: input consumed, drained and written
+        self.progress: Callable[[int, int, int], None] | None = None  # see `run`
         self.scope = ExitStack()
 
     def catch_signals(self) -> None:
@@ -298,9 +304,8 @@ class _Run:
             self.commands.info["metrics"] = self.metrics.address
         self.say(f"fwd: metrics on http://{self.metrics.address}/metrics")
 
-    def open_ports(self) -> int | None:
-        """The control process's side of the ports, opened before any worker starts;
-        returns where a replay's clock stops (None: live ports)."""
+    def open_ports(self) -> None:
+        """The control process's side of the ports, opened before any worker starts."""
         cfg, mem = self.cfg, self.mem
         try:
             self.io = io = self.driver.control_io(cfg, self.plan, mem, cfg.engine.batch)
@@ -312,10 +317,8 @@ class _Run:
             self.scope.callback(register_device_stats(mem, io.device_stats))
         if hasattr(io, "describe"):
             self.say(f"fwd: {io.describe()}")
-        end_clock = None if self.live else last_input_ts(io)
-        return end_clock
 
-    def start_agents(self, end_clock: int | None) -> None:
+    def start_agents(self) -> None:
         """Start the forwarding workers and the slow path; return once each has made
         its first pass."""
         cfg, geometry, mem, procs = self.cfg, self.geometry, self.mem, self.procs
@@ -329,7 +332,7 @@ class _Run:
             procs.append((ctx.Process(target=worker_main, args=(spec,),
                                       name=f"fwd-worker-{w}"), w))
         slow_spec = SlowPathSpec(geometry, self.fib.name, cfg, cfg.engine.batch,
-                                 cpu_for(cfg.engine.workers), end_clock_ns=end_clock)
+                                 cpu_for(cfg.engine.workers))
         self.slowpath = ctx.Process(target=slowpath_main, name="fwd-slowpath",
                                     args=(slow_spec,))
         procs.append((self.slowpath, cfg.engine.workers))
@@ -353,12 +356,16 @@ class _Run:
         socket in the idle sleep; until the input is drained (pcap) or a signal."""
         mem, io, live = self.mem, self.io, self.live
         idle = 0.0
+        shown = time.monotonic()
         while True:
             if live:
                 moved = io.drain()
             else:
                 moved = 0 if self.stop_requested else io.feed()
                 moved += io.drain()
+                if self.progress is not None and time.monotonic() - shown >= PROGRESS_S:
+                    shown = time.monotonic()
+                    self.progress(*io.progress())
             mem.state[AGENT_IO, ST_LOOPS] += 1
             self.watch_agents()
             self.fib.reclaim()  # tbl8 groups the readers released: what stats then shows
@@ -420,16 +427,22 @@ class _Run:
         """Tell every agent to stop, collect what the slow path sends on its way out,
         then flush (live) or write (pcap) the ports."""
         self.mem.ctl[CTL_STOP] = 1
+        error: PcapError | None = None  # an output that failed on the way: said at the end
         for proc, _ in self.procs:
             if proc is self.slowpath:
-                join_draining(proc, self.io)
+                error = join_draining(proc, self.io)
             else:
                 proc.join(JOIN_TIMEOUT_S)
-        self.io.drain()
+        try:
+            self.io.drain()
+        except PcapError as err:
+            error = error or err
         if self.live:
             self.io.close()  # what could not be sent now is dropped and counted
         else:
             self.io.write()
+        if error is not None:
+            raise error
 
     def result(self) -> RunResult:
         """The pool's audit (when every agent is gone) and the final counters."""
@@ -462,7 +475,7 @@ class _Run:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        if self.io is not None and self.live:  # a replay has nothing to close
+        if self.io is not None:  # a live port's sockets; a replay's files
             self.io.close()
         if self.fib is not None:
             self.fib.close()
@@ -552,20 +565,20 @@ def announce_restarted(mem: EngineMemory, restarting: dict[int, tuple[float, int
                 "after its death was seen")
 
 
-def last_input_ts(io: Any) -> int | None:
-    """The capture time of the last input frame: where a replay's clock stops."""
-    stamps = [int(f.ts_ns.max()) for f in io.frames.values() if len(f.ts_ns)]
-    return max(stamps) if stamps else None
-
-
-def join_draining(proc: mp.process.BaseProcess, io: Any) -> None:
+def join_draining(proc: mp.process.BaseProcess, io: Any) -> PcapError | None:
     """Wait for the slow path to exit while collecting what it sends: on its way out
     it times out the reassembly queues due at the end of the capture (ICMP time
-    exceeded) and flushes the rest, and it waits for TX room rather than drop."""
+    exceeded) and flushes the rest, and it waits for TX room rather than drop. An
+    output that fails meanwhile does not stop the collecting: its error is returned."""
     deadline = time.monotonic() + JOIN_TIMEOUT_S
+    error = None
     while proc.is_alive() and time.monotonic() < deadline:
-        io.drain()
+        try:
+            io.drain()
+        except PcapError as err:
+            error = error or err
         proc.join(MAX_IDLE_S)
+    return error
 
 
 def settled(mem: EngineMemory, fed: int) -> bool:

@@ -5,11 +5,9 @@ Format: draft-ietf-opsawg-pcap (the libpcap savefile format). A 24-byte global h
 header (ts_sec, ts_frac, caplen, origlen) and caplen bytes. The magic's byte order is
 the file's byte order; 0xa1b2c3d4 means microsecond fractions, 0xa1b23c4d nanoseconds.
 
-Reading is one `read`, a walk over the record headers, and numpy for everything else.
-The walk is inherently serial (a record's caplen gives the next record's offset); it
-takes a vectorised shortcut when every record has the same length (benchmark captures
-of fixed-size frames) and otherwise a tight `struct` loop, the fastest of the serial
-approaches tried (see `_walk_serial`).
+Reading walks the record headers in compiled code (the walk is serial: a record's
+caplen gives the next record's offset), a chunk at a time: `PcapReader` for replays,
+whose memory is bounded by the chunks kept, `read_pcap` for a whole file at once.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, overload
 
 import numpy as np
+from numba import njit
 
 LINKTYPE_ETHERNET = 1
 WRITE_SNAPLEN = 65535
@@ -88,173 +87,235 @@ class PcapFrames:
         return list(self)
 
 
-def _u32_at(a: np.ndarray, pos: np.ndarray, big_endian: bool) -> np.ndarray:
-    """The 32-bit words at byte positions `pos` (unaligned), as int64."""
-    b = a[pos[:, None] + np.arange(4)].astype(np.int64)
+READ_CHUNK = 4 << 20  # bytes a PcapReader reads at a time (its read-ahead is a few of these)
+# a chunk always holds a whole record of the largest size libpcap accepts
+MIN_CHUNK = 2 * (RECORD_HEADER + MAX_SNAPLEN)
+
+
+@njit(cache=True, nogil=True)
+def _u32(buf: np.ndarray, pos: int, big_endian: bool) -> int:
+    b0, b1, b2, b3 = (np.int64(buf[pos]), np.int64(buf[pos + 1]), np.int64(buf[pos + 2]),
+                      np.int64(buf[pos + 3]))
     if big_endian:
-        b = b[:, ::-1]
-    return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
+        return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
 
 
-def _walk_uniform(a: np.ndarray, big_endian: bool) -> np.ndarray | None:
-    """Record offsets if every record has the first record's caplen, else None.
+@njit(cache=True, nogil=True)
+def _walk(buf: np.ndarray, start: int, end: int, big_endian: bool, limit: int, frac_ns: int,
+          offsets: np.ndarray, lengths: np.ndarray, ts_ns: np.ndarray) -> tuple[int, int, bool]:
+    """The whole records in buf[start:end]: each frame's offset (past its header),
+    captured length and time, until the arrays are full or a record does not fit.
+    Returns (records, where the walk stopped, whether it stopped at a caplen over
+    `limit`). The walk is serial by nature (a record's caplen gives the next record's
+    offset): compiled, it runs at memory speed (perf/README.md)."""
+    n = 0
+    pos = start
+    while n < offsets.shape[0] and pos + RECORD_HEADER <= end:
+        caplen = _u32(buf, pos + 8, big_endian)
+        if caplen > limit:
+            return n, pos, True
+        if pos + RECORD_HEADER + caplen > end:
+            break
+        offsets[n] = pos + RECORD_HEADER
+        lengths[n] = caplen
+        ts_ns[n] = _u32(buf, pos, big_endian) * 1_000_000_000 + _u32(buf, pos + 4,
+                                                                      big_endian) * frac_ns
+        n += 1
+        pos += RECORD_HEADER + caplen
+    return n, pos, False
 
-    Exact, not a heuristic: if the record at offset 24 + k*s holds caplen s - 16 for
-    every k and the file ends on a record boundary, the serial walk visits exactly
-    those offsets (induction on k).
+
+@njit(cache=True, nogil=True)
+def pack_frames(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                out: np.ndarray) -> None:
+    """Frames buf[offsets[i] : offsets[i] + lengths[i]] back to back into `out`."""
+    k = 0
+    for i in range(offsets.shape[0]):
+        start = offsets[i]
+        out[k : k + lengths[i]] = buf[start : start + lengths[i]]
+        k += lengths[i]
+
+
+class PcapReader:
+    """A classic pcap capture read in chunks of whole records, for replays of any size:
+    memory holds the chunks a caller keeps, never the whole file.
+
+    The global header is checked when the reader is made (every error names the file);
+    `read()` returns the next chunk as PcapFrames whose `data` is the chunk's bytes as
+    read (record headers included: `offsets` skip them), padded with `pad` zero bytes,
+    or None at the end. A damaged or truncated record is a PcapError naming the record
+    (counted from 1) and its byte offset, raised when the walk reaches it.
     """
-    size = len(a)
-    if size < GLOBAL_HEADER + RECORD_HEADER:
-        return None
-    first = int(_u32_at(a, np.array([GLOBAL_HEADER + 8]), big_endian)[0])
-    stride = RECORD_HEADER + first
-    if (size - GLOBAL_HEADER) % stride:
-        return None
-    offsets = GLOBAL_HEADER + stride * np.arange((size - GLOBAL_HEADER) // stride,
-                                                 dtype=np.int64)
-    # a cheap look at a prefix first, so mixed-size captures pay almost nothing
-    if not (_u32_at(a, offsets[:64] + 8, big_endian) == first).all():
-        return None
-    if not (_u32_at(a, offsets + 8, big_endian) == first).all():
-        return None
-    return offsets
 
+    def __init__(self, path: PathArg, *, chunk_bytes: int = READ_CHUNK, pad: int = 0) -> None:
+        self.name = name = str(path)
+        self.chunk_bytes = max(int(chunk_bytes), MIN_CHUNK)
+        self.pad = pad
+        try:
+            self.file: BinaryIO | None = open(path, "rb")  # noqa: SIM115 (closed at the end)
+        except FileNotFoundError:
+            raise PcapError(f"{name}: no such file") from None
+        except OSError as e:
+            raise PcapError(f"{name}: cannot read: {e.strerror or e}") from None
+        try:
+            self.size = os.fstat(self.file.fileno()).st_size  # bytes, for progress
+            head = self._read_exactly(GLOBAL_HEADER)
+            self._check_header(head)
+        except PcapError:
+            self.close()
+            raise
+        except OSError as e:  # a directory: EISDIR on the first read
+            self.close()
+            raise PcapError(f"{name}: cannot read: {e.strerror or e}") from None
+        self.records = 0  # records returned so far
+        self.offset = GLOBAL_HEADER  # file offset of the first byte not yet returned
+        self.carry = np.zeros(0, dtype=np.uint8)  # a record begun in the last chunk
+        cap = self.chunk_bytes // RECORD_HEADER + 1
+        self._offsets = np.empty(cap, dtype=np.int64)
+        self._lengths = np.empty(cap, dtype=np.int64)
+        self._ts = np.empty(cap, dtype=np.int64)
 
-def _walk_serial(buf: bytes, big_endian: bool) -> tuple[np.ndarray, int]:
-    """Offsets of the records whose header is complete, and where the walk stopped.
+    def _read_exactly(self, n: int) -> bytes:
+        assert self.file is not None
+        parts, got = [], 0
+        while got < n:
+            part = self.file.read(n - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
 
-    One C call (`unpack_from`) per record: faster than numpy per step, pointer jumping
-    or speculating on runs of equal lengths on mixed sizes (perf/README.md);
-    `_walk_uniform` covers the case where numpy wins.
-    """
-    unpack = struct.Struct(">I" if big_endian else "<I").unpack_from
-    offsets: list[int] = []
-    append = offsets.append
-    pos = GLOBAL_HEADER
-    last = len(buf) - RECORD_HEADER
-    while pos <= last:
-        append(pos)
-        pos += RECORD_HEADER + unpack(buf, pos + 8)[0]
-    return np.array(offsets, dtype=np.int64), pos
+    def _check_header(self, buf: bytes) -> None:
+        name, size = self.name, len(buf)
+        if size == 0:
+            raise PcapError(f"{name}: file is empty, not a pcap capture")
+        if buf[:4] == PCAPNG_MAGIC:
+            raise PcapError(f"{name}: pcapng format is not supported, "
+                            "convert it with `editcap -F pcap`")
+        if size < 4:
+            raise PcapError(f"{name}: too short to be a pcap capture ({size} bytes)")
+        (magic,) = struct.unpack_from("<I", buf)
+        if magic in (MAGIC_USEC, MAGIC_NSEC, MAGIC_MODIFIED):
+            big_endian = False
+        else:
+            (magic,) = struct.unpack_from(">I", buf)
+            big_endian = True
+        if magic == MAGIC_MODIFIED:
+            raise PcapError(f"{name}: modified (Kuznetzov) pcap format is not supported, "
+                            "convert it with `editcap -F pcap`")
+        if magic not in (MAGIC_USEC, MAGIC_NSEC):
+            raise PcapError(f"{name}: not a pcap capture (magic number {buf[:4].hex()})")
+        if size < GLOBAL_HEADER:
+            raise PcapError(f"{name}: the pcap global header is truncated "
+                            f"({size} of {GLOBAL_HEADER} bytes)")
+        order = ">" if big_endian else "<"
+        major, minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
+            order + "HHiIII", buf, 4)
+        if major != 2:
+            raise PcapError(f"{name}: unsupported pcap version {major}.{minor} (expected 2.x)")
+        linktype = network & _LINKTYPE_MASK
+        if linktype != LINKTYPE_ETHERNET:
+            kind = _LINKTYPE_NAMES.get(linktype, "unknown")
+            raise PcapError(f"{name}: linktype {linktype} ({kind}) is not Ethernet "
+                            f"({LINKTYPE_ETHERNET}); only Ethernet captures are supported")
+        if network & _FCS_PRESENT:
+            raise PcapError(f"{name}: frames carry a trailing FCS, which is not supported")
+        self.big_endian = big_endian
+        self.nanosecond = magic == MAGIC_NSEC
+        self.linktype = linktype
+        self.snaplen = snaplen
+        # as libpcap: a zero or oversized snaplen in the header means "the maximum"
+        self.limit = snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN
+
+    def read(self) -> PcapFrames | None:
+        """The next chunk of whole records, or None when the capture has ended."""
+        if self.file is None:
+            return None
+        carry = len(self.carry)
+        buf = np.empty(self.chunk_bytes + self.pad, dtype=np.uint8)
+        buf[:carry] = self.carry
+        end = carry
+        view = memoryview(buf)
+        while end < self.chunk_bytes:  # a pipe may return less than asked
+            got = self.file.readinto(view[end : self.chunk_bytes])
+            if not got:
+                break
+            end += got
+        at_eof = end < self.chunk_bytes
+        if self.pad:
+            buf[end : end + self.pad] = 0
+        n, stop, over = _walk(buf, 0, end, self.big_endian, self.limit,
+                              1 if self.nanosecond else 1000,
+                              self._offsets, self._lengths, self._ts)
+        if over:
+            caplen = _u32(buf, stop + 8, self.big_endian)
+            self.close()
+            raise PcapError(f"{self.name}: record {self.records + n + 1} at byte "
+                            f"{self.offset + stop} has a captured length of {caplen} bytes, "
+                            f"more than the snapshot length {self.limit}; the file is damaged")
+        if at_eof and stop < end:
+            left = end - stop
+            self.close()
+            where = f"{self.name}: record {self.records + n + 1} at byte {self.offset + stop}"
+            if left < RECORD_HEADER:
+                raise PcapError(f"{where} is truncated: {left} of its {RECORD_HEADER} "
+                                "header bytes are present")
+            caplen = _u32(buf, stop + 8, self.big_endian)
+            raise PcapError(f"{where} is truncated: {left - RECORD_HEADER} of its {caplen} "
+                            "captured bytes are present")
+        self.carry = buf[stop:end].copy()
+        self.records += n
+        self.offset += stop
+        if at_eof:
+            self.close()
+            if n == 0:
+                return None
+        return PcapFrames(data=buf, offsets=self._offsets[:n].copy(),
+                          lengths=self._lengths[:n].astype(np.uint32),
+                          ts_ns=self._ts[:n].copy(), linktype=self.linktype,
+                          snaplen=self.snaplen)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> PcapReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_pcap(path: PathArg, *, compact: bool = True) -> PcapFrames:
-    """Read a classic pcap capture of Ethernet frames (either byte order, µs or ns).
+    """Read a whole classic pcap capture of Ethernet frames (either byte order, µs or ns).
 
     With `compact` (the default) `data` holds only the frames, back to back. Without it
-    `data` is the file's bytes as read (read-only) and `offsets` skip the record
-    headers: no copy, for callers that copy the frames elsewhere anyway.
+    `data` is the file's bytes as read and `offsets` skip the record headers: no copy,
+    for callers that copy the frames elsewhere anyway. Replays of large captures use
+    PcapReader, which never holds the whole file.
     """
-    name = str(path)
     try:
-        buf = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise PcapError(f"{name}: no such file") from None
-    except OSError as e:
-        raise PcapError(f"{name}: cannot read: {e.strerror or e}") from None
-
-    size = len(buf)
-    if size == 0:
-        raise PcapError(f"{name}: file is empty, not a pcap capture")
-    if buf[:4] == PCAPNG_MAGIC:
-        raise PcapError(f"{name}: pcapng format is not supported, "
-                        "convert it with `editcap -F pcap`")
-    if size < 4:
-        raise PcapError(f"{name}: too short to be a pcap capture ({size} bytes)")
-    (magic,) = struct.unpack_from("<I", buf)
-    if magic in (MAGIC_USEC, MAGIC_NSEC, MAGIC_MODIFIED):
-        big_endian = False
-    else:
-        (magic,) = struct.unpack_from(">I", buf)
-        big_endian = True
-    if magic == MAGIC_MODIFIED:
-        raise PcapError(f"{name}: modified (Kuznetzov) pcap format is not supported, "
-                        "convert it with `editcap -F pcap`")
-    if magic not in (MAGIC_USEC, MAGIC_NSEC):
-        raise PcapError(f"{name}: not a pcap capture (magic number {buf[:4].hex()})")
-    if size < GLOBAL_HEADER:
-        raise PcapError(f"{name}: the pcap global header is truncated "
-                        f"({size} of {GLOBAL_HEADER} bytes)")
-    order = ">" if big_endian else "<"
-    major, minor, _zone, _sigfigs, snaplen, network = struct.unpack_from(
-        order + "HHiIII", buf, 4)
-    if major != 2:
-        raise PcapError(f"{name}: unsupported pcap version {major}.{minor} (expected 2.x)")
-    linktype = network & _LINKTYPE_MASK
-    if linktype != LINKTYPE_ETHERNET:
-        kind = _LINKTYPE_NAMES.get(linktype, "unknown")
-        raise PcapError(f"{name}: linktype {linktype} ({kind}) is not Ethernet "
-                        f"({LINKTYPE_ETHERNET}); only Ethernet captures are supported")
-    if network & _FCS_PRESENT:
-        raise PcapError(f"{name}: frames carry a trailing FCS, which is not supported")
-    # as libpcap: a zero or oversized snaplen in the header means "the maximum"
-    limit = snaplen if 0 < snaplen <= MAX_SNAPLEN else MAX_SNAPLEN
-
-    a = np.frombuffer(buf, dtype=np.uint8)
-    offsets = _walk_uniform(a, big_endian)
-    uniform = offsets is not None
-    if offsets is None:
-        offsets, stop = _walk_serial(buf, big_endian)
-    else:
-        stop = size
-    n = len(offsets)
-
-    words = a[offsets[:, None] + np.arange(RECORD_HEADER)].view(order + "u4").reshape(n, 4)
-    caplen = words[:, 2].astype(np.int64)
-    over = np.flatnonzero(caplen > limit)
-    if len(over):
-        k = int(over[0])
-        raise PcapError(f"{name}: record {k + 1} at byte {int(offsets[k])} has a captured "
-                        f"length of {int(caplen[k])} bytes, more than the snapshot "
-                        f"length {limit}; the file is damaged")
-    if stop > size:
-        k = n - 1
-        have = size - int(offsets[k]) - RECORD_HEADER
-        raise PcapError(f"{name}: record {k + 1} at byte {int(offsets[k])} is truncated: "
-                        f"{have} of its {int(caplen[k])} captured bytes are present")
-    if stop < size:
-        raise PcapError(f"{name}: record {n + 1} at byte {stop} is truncated: "
-                        f"{size - stop} of its {RECORD_HEADER} header bytes are present")
-
-    scale = 1 if magic == MAGIC_NSEC else 1000
-    ts_ns = words[:, 0].astype(np.int64) * 1_000_000_000 + words[:, 1].astype(np.int64) * scale
-    lengths = caplen.astype(np.uint32)
+        size = os.stat(path).st_size
+    except OSError:
+        size = 0  # PcapReader says what is wrong
+    with PcapReader(path, chunk_bytes=size + 1) as reader:
+        frames = reader.read()  # one chunk: the whole file as it was at the stat
+    if frames is None:
+        return PcapFrames(data=np.zeros(0, np.uint8), offsets=np.zeros(0, np.int64),
+                          lengths=np.zeros(0, np.uint32), ts_ns=np.zeros(0, np.int64),
+                          linktype=reader.linktype, snaplen=reader.snaplen)
     if not compact:
-        return PcapFrames(data=a, offsets=offsets + RECORD_HEADER, lengths=lengths,
-                          ts_ns=ts_ns, linktype=linktype, snaplen=snaplen)
-    out_offsets = np.zeros(n, dtype=np.int64)
-    np.cumsum(caplen[:-1], out=out_offsets[1:])
-    if uniform and n:
-        stride = RECORD_HEADER + int(caplen[0])
-        data = a[GLOBAL_HEADER:].reshape(n, stride)[:, RECORD_HEADER:].ravel()
-    else:
-        data = _drop_headers(a, offsets, caplen, out_offsets)
-    return PcapFrames(data=data, offsets=out_offsets, lengths=lengths, ts_ns=ts_ns,
-                      linktype=linktype, snaplen=snaplen)
-
-
-def _drop_headers(a: np.ndarray, offsets: np.ndarray, caplen: np.ndarray,
-                  out_offsets: np.ndarray) -> np.ndarray:
-    """The file's frame bytes back to back: a boolean-mask compaction, done in slices
-    of ~1 MiB so the mask stays in cache and is allocated once."""
-    n = len(offsets)
-    out = np.empty(int(caplen.sum()), dtype=np.uint8)
-    if n == 0:
-        return out
-    chunk = 1 << 20
-    bounds = np.unique(np.append(
-        np.searchsorted(offsets, np.arange(int(offsets[0]), len(a), chunk)), n))
-    mask = np.empty(chunk + MAX_SNAPLEN + RECORD_HEADER, dtype=bool)
-    header = np.arange(RECORD_HEADER)
-    for i, j in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        start = int(offsets[i])
-        end = int(offsets[j]) if j < n else len(a)
-        m = mask[: end - start]
-        m[:] = True
-        m[offsets[i:j, None] - start + header] = False
-        dst = int(out_offsets[i])
-        out[dst : dst + end - start - RECORD_HEADER * (j - i)] = a[start:end][m]
-    return out
+        return frames
+    lengths = frames.lengths.astype(np.int64)
+    data = np.empty(int(lengths.sum()), dtype=np.uint8)
+    pack_frames(frames.data, frames.offsets, lengths, data)
+    out_offsets = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=out_offsets[1:])
+    return PcapFrames(data=data, offsets=out_offsets, lengths=frames.lengths,
+                      ts_ns=frames.ts_ns, linktype=frames.linktype, snaplen=frames.snaplen)
 
 
 def _concat(data: np.ndarray, offsets: np.ndarray,
@@ -339,18 +400,52 @@ def write_pcap(path: PathArg, frames: Sequence[bytes] | PcapFrames | np.ndarray,
         if (ts < 0).any() or int(ts.max()) // 1_000_000_000 > 0xFFFFFFFF:
             raise PcapError(f"{name}: timestamps must lie in [1970, 2106) for pcap")
 
-    magic = MAGIC_NSEC if nanosecond else MAGIC_USEC
-    target = Path(path)
     try:
-        if _nearest_folder(target) != target.parent:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, WRITE_SNAPLEN,
-                                LINKTYPE_ETHERNET))
-            for chunk in _records(data, offsets, lengths, ts, nanosecond):
-                f.write(chunk)
+        with PcapFileWriter(path, nanosecond=nanosecond) as out:
+            out.write(data, offsets, lengths, ts)
     except OSError as e:  # a full disk, /dev/full, a path under a regular file
         raise cannot_write(name, e) from None
+
+
+class PcapFileWriter:
+    """A classic pcap file written a batch of records at a time (the global header at
+    once): a replay's output, whatever its size. Parent folders are created. OSError
+    from the OS, as `open` and `write` raise it."""
+
+    def __init__(self, path: PathArg, *, nanosecond: bool = False) -> None:
+        target = Path(path)
+        if _nearest_folder(target) != target.parent:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        self.name = str(path)
+        self.nanosecond = nanosecond
+        self.frames = 0
+        self.file: BinaryIO | None = open(target, "wb")  # noqa: SIM115 (closed by close)
+        magic = MAGIC_NSEC if nanosecond else MAGIC_USEC
+        self.file.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, WRITE_SNAPLEN,
+                                    LINKTYPE_ETHERNET))
+
+    def write(self, data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+              ts: np.ndarray) -> None:
+        """Records for frames data[offsets[i]:offsets[i] + lengths[i]], in that order."""
+        assert self.file is not None
+        for chunk in _records(data, offsets, lengths, ts, self.nanosecond):
+            self.file.write(chunk)
+        self.frames += len(lengths)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            file, self.file = self.file, None
+            file.close()
+
+    def __enter__(self) -> PcapFileWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 RECORDS_CHUNK = 32 << 20  # bytes of records built at a time by the C helper

@@ -67,6 +67,15 @@ ST_FREE = 2  # free buffers held by this owner (locally)
 ST_IDLE = 3  # 1 when the agent's last pass found nothing to do
 ST_PAUSED = 4  # the CTL_PAUSE epoch this agent has acknowledged (holding no buffer)
 ST_WARMUP_NS = 5  # how long a forwarding worker took to get its compiled datapath ready
+ST_NEXT_TIMER = 6  # slow path, pcap replays: when its next timer falls due (capture clock, ns)
+CTL_REPLAY_CLOCK = 5  # pcap replays: every frame older than this (ns) has left the workers
+CTL_END_CLOCK = 6  # pcap replays: the latest capture time read, where the slow path's clock stops
+CTL_UNFED_SEQ = 7  # pcap replays: 1 + the arrival number of the oldest frame not yet fed (0: none)
+
+# `pool.ts` of a free buffer: a buffer in flight carries its frame's capture time, so
+# the oldest frame anywhere in the engine is the pool's smallest `ts` (a replay's
+# output is written up to it, engine/io/pcap_port.py). Every free writes it.
+FREE_TS = np.iinfo(np.int64).max
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,7 @@ class EngineMemory:
         for agent, (start, end) in enumerate(geometry.partitions):  # every buffer free
             mem.free_stack[start:end] = np.arange(end - 1, start - 1, -1, dtype=np.uint32)
             mem.state[agent, ST_FREE] = end - start
+        mem.ts[:] = FREE_TS
         return mem
 
     @classmethod

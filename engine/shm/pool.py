@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.shm.memory import ST_FREE, EngineMemory
+from engine.shm.memory import FREE_TS, ST_FREE, EngineMemory
 
 
 class Buffers:
@@ -81,6 +81,7 @@ class Buffers:
         """Give buffers back to their owners (any mix of owners)."""
         if len(indices) == 0:
             return
+        self.mem.ts[indices] = FREE_TS
         lo, hi = int(indices.min()), int(indices.max())
         for owner in self.owners:
             start, end = self.bounds[owner]

@@ -476,12 +476,17 @@ class Resolver:
             self.last_rand = now
             self.next_gc = now + self.p.base_reachable_time_ns // 2
         elif now >= self.next_gc:  # neigh_periodic_work
-            self.next_gc = now + self.p.base_reachable_time_ns // 2
-            if now > self.last_rand + REACH_REDRAW_NS:
-                self.last_rand = now
+            # on its fixed period from the first tick, at the last point `now` passed:
+            # the same points however the clock got here (a replay's clock moves with
+            # packets and with the capture's progress, workers/slowpath.py)
+            period = self.p.base_reachable_time_ns // 2
+            at = self.next_gc + (now - self.next_gc) // period * period
+            self.next_gc = at + period
+            if at > self.last_rand + REACH_REDRAW_NS:
+                self.last_rand = at
                 self.reachable_ns = [self._draw() for _ in self.port_macs]
             if len(self.table) >= GC_THRESH1:
-                self._gc(now)
+                self._gc(at)
         while self.timers and self.timers[0][0] <= now:
             due, _, ip = heapq.heappop(self.timers)
             n = self.neigh.get(ip)

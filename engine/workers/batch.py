@@ -33,7 +33,7 @@ from engine.counters import MISC_BASE, Drop, Misc
 from engine.pipeline.compiled import forward_batch, load_fence, store_fence
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
-from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN
+from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, FREE_TS
 from engine.shm.trace_capture import OBS_ACTIVE
 
 RING_FULL = drop(Drop.ring_full)
@@ -63,7 +63,7 @@ class Lane(structref.StructRefProxy):
 
 
 LANE_FIELDS = (
-    "kernel", "data", "length", "port", "pool_code", "worker", "batch",
+    "kernel", "data", "length", "port", "pool_code", "pool_ts", "worker", "batch",
     "j_state", "j_n", "j_idx", "j_code", "j_before", "counters", "count_col", "count_val",
     "rx_head", "rx_tail", "rx_slots", "tx_head", "tx_tail", "tx_slots",
     "slow_head", "slow_tail", "slow_slots",
@@ -232,6 +232,7 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
             if o != own:
                 ret_room[o] = ring_room(ret_head[o], ret_tail[o], ret_slots[o])
         pool_code, owner_start, owner_end = ln.pool_code, ln.owner_start, ln.owner_end
+        pool_ts = ln.pool_ts
         slow_mask = slow_slots.shape[0] - 1
         nslow = 0
         for i in range(n):
@@ -244,6 +245,7 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
                 slow_slots[(slow_tail + nslow) & slow_mask] = b
                 nslow += 1
                 continue
+            pool_ts[b] = FREE_TS  # Buffers.free: nothing in flight here any more
             o = owner_of(b, owner_start, owner_end)
             slots = ret_slots[o]
             if o == own:  # Buffers._push: above the depth

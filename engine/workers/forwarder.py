@@ -148,8 +148,9 @@ class Forwarder:
                 for o in owners]
         j = self.journal
         return new_lane(
-            compiled.kernel, mem.data, mem.length, mem.port, mem.code, np.int64(self.worker),
-            np.int64(self.batch), j.state, j.n, j.idx, j.code, j.before, self.counters,
+            compiled.kernel, mem.data, mem.length, mem.port, mem.code, mem.ts,
+            np.int64(self.worker), np.int64(self.batch), j.state, j.n, j.idx, j.code, j.before,
+            self.counters,
             *sparse_counts(CODE_TO_COUNTERS), *(tuple(getattr(r, a) for r in rings)
                                 for rings in (self.rx, self.tx) for a in ("head", "tail", "slots")),
             self.slow.head, self.slow.tail, self.slow.slots,

@@ -8,7 +8,8 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from engine.shm.memory import (
     AGENT_IO,
@@ -20,7 +21,6 @@ from engine.shm.memory import (
     ST_PID,
     EngineMemory,
 )
-from engine.shm.ring import Ring
 
 MAX_IDLE_SLEEP = 0.001
 PAUSE_SLEEP = 0.0002
@@ -29,13 +29,22 @@ PR_SET_NAME = 15
 TASK_COMM_LEN = 16  # the kernel keeps 15 characters and a NUL
 
 
+class Pending(Protocol):
+    """What an agent takes work from: a ring, or what it holds between passes."""
+
+    def count(self) -> int: ...
+
+
 def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
-              inputs: list[Ring], wait: Callable[[float], None] | None = None) -> None:
+              inputs: Sequence[Pending], wait: Callable[[float], None] | None = None,
+              settle: Callable[[], None] | None = None) -> None:
     """Call `poll` until the control process asks to stop and `inputs` are drained.
 
     Busy while there is work; when a pass finds nothing, sleep with exponential
     back-off up to 1 ms, since replays and quiet links share the machine's cores.
     `wait(timeout_s)`, when given, is that sleep (live ports: until a frame arrives).
+    `settle()`, when given, runs before a pause is acknowledged: what the agent holds
+    between passes (the slow path's packets waiting for their turn) is dealt with.
     """
     mem.state[agent, ST_PID] = os.getpid()
     # the control process writes its pid before it starts anyone (0: a test drives us)
@@ -46,6 +55,8 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
     idle_sleep = 0.0
     while True:
         pause = int(mem.ctl[CTL_PAUSE])
+        if pause and settle is not None and mem.state[agent, ST_PAUSED] != pause:
+            settle()
         if pause:
             # the control process is recovering a dead worker's buffers (control/recovery.py):
             # between two passes we hold none of its buffers; say so and wait

@@ -33,7 +33,17 @@ from engine.pipeline.tables import Tables, make_tables
 from engine.pipeline.verdict import SLOW
 from engine.proto import ETH_HLEN
 from engine.shm.fib import FibReader
-from engine.shm.memory import EngineMemory, Geometry
+from engine.shm.memory import (
+    CTL_END_CLOCK,
+    CTL_PAUSE,
+    CTL_REPLAY_CLOCK,
+    CTL_STOP,
+    CTL_UNFED_SEQ,
+    FREE_TS,
+    ST_NEXT_TIMER,
+    EngineMemory,
+    Geometry,
+)
 from engine.shm.pool import Buffers
 from engine.slowpath.counts import Counts
 from engine.slowpath.kernel import SLOW_REASONS, Kernel
@@ -52,7 +62,9 @@ class SlowPathSpec:
     config: Config
     batch: int
     cpu: int | None
-    end_clock_ns: int | None = None  # pcap replays: the capture time of the last input frame
+    # pcap replays: the capture time of the last input frame (None: as the pcap agent
+    # read it, CTL_END_CLOCK)
+    end_clock_ns: int | None = None
 
 
 class SlowPath:
@@ -82,16 +94,32 @@ class SlowPath:
         self.kernel = Kernel(mem, tables, cfg, self.out, self.counts)
         self.whole = WholeDatagrams(self.kernel)
         self.whole_bursts = True  # False: every packet through `Kernel.take` (tests compare)
+        self.waiting = np.zeros(0, dtype=np.uint32)  # replays: packets waiting for their turn
 
     def poll(self) -> int:
         """One pass over the slow rings; returns packets handled."""
         kernel = self.kernel
         handled = 0
-        for ring in self.rings:
-            idx = ring.dequeue(self.batch)
-            if len(idx):
-                self.handle(idx)
-                handled += len(idx)
+        # read before the rings: every frame older than this has left the workers, so
+        # once the rings are empty, none older can still come here
+        replay_clock = int(self.mem.ctl[CTL_REPLAY_CLOCK])
+        unfed = int(self.mem.ctl[CTL_UNFED_SEQ])
+        if self.out.lossless and unfed:
+            handled = self.take_in_order(unfed - 1)
+        else:
+            for ring in self.rings:
+                idx = ring.dequeue(self.batch)
+                if len(idx):
+                    self.handle(idx)
+                    handled += len(idx)
+        if (self.out.lossless and replay_clock and not len(self.waiting)
+                and all(r.count() == 0 for r in self.rings)):
+            # a replay's timers run as its capture clock passes them, with or without
+            # packets for us: at their due times, after every packet older than them (the
+            # kernel's timers run in real time), and the pcap agent may write its output
+            # up to the next one (`publish_next_timer`)
+            if kernel.next_timer() < replay_clock:
+                kernel.advance(replay_clock - 1)
         if not self.out.lossless:
             # a live port stamps the wall clock: timers must run while the link is quiet
             # (a replay's clock only moves with its frames)
@@ -101,13 +129,63 @@ class SlowPath:
             kernel.sync_reasm()
         kernel.neigh.tick(kernel.clock)
         self.out.flush_tx()
+        self.publish_next_timer()
         self.counts.flush()
         if self.fib is not None:
             self.fib.quiescent(self.reader)
         return handled
 
+    def take_in_order(self, unfed: int) -> int:
+        """A pcap replay: the packets of every slow ring in arrival order, as far as no
+        older one can still come (from a worker, or not yet fed), so that the kernel's
+        clock, timers and queues see the same sequence whatever the number of workers.
+        `unfed`: the arrival number of the oldest frame not yet fed. Seq order is time
+        order for received frames (engine/io/pcap_port.py numbers them so). Returns
+        packets handled; the rest wait in `waiting` (buffers in flight, not freed)."""
+        mem = self.mem
+        got = [self.waiting] + [ring.dequeue(ring.size) for ring in self.rings]
+        waiting = np.concatenate(got) if len(got) > 1 else got[0]
+        if len(waiting) == 0:
+            return 0
+        seq = mem.seq[waiting]
+        order = np.argsort(seq, kind="stable")
+        waiting, seq = waiting[order], seq[order]
+        if mem.ctl[CTL_STOP] or mem.ctl[CTL_PAUSE]:
+            ready = len(waiting)  # the end, or a worker being recovered: all of it now
+        else:
+            # the oldest packet anywhere else: a buffer in flight carries its number
+            # (free ones are FREE_TS), the waiting ones aside
+            live = mem.ts != FREE_TS
+            live[waiting] = False
+            bound = unfed
+            if live.any():
+                bound = min(bound, int(mem.seq[live].min()))
+            ready = int(np.searchsorted(seq, np.uint64(bound), side="left"))
+        done = 0
+        while done < ready:
+            burst = waiting[done : min(ready, done + self.batch)]
+            self.handle(burst)
+            done += len(burst)
+        self.waiting = waiting[ready:]
+        return done
+
+    def settle(self) -> None:
+        """Before a pause: what waits is taken now (the pause finds us holding nothing)."""
+        if len(self.waiting):
+            self.take_in_order(0)
+
+    def publish_next_timer(self) -> None:
+        """Tell the pcap agent when our next timer falls due: what a timer sends carries
+        that time, so output older than it can be written (engine/io/pcap_port.py).
+        Published after what the timers sent is on the TX rings, before the burst's
+        buffers (which hold the time of what it sends) are freed."""
+        due = self.kernel.next_timer()
+        self.mem.state[self.agent, ST_NEXT_TIMER] = (
+            FREE_TS if due == float("inf") else max(0, int(due)))
+
     def run(self) -> None:
-        poll_loop(self.mem, self.agent, self.poll, self.rings)
+        poll_loop(self.mem, self.agent, self.poll, [*self.rings, _Waiting(self)],
+                  settle=self.settle)
         self.finish()
 
     def handle(self, idx: np.ndarray) -> None:
@@ -147,8 +225,11 @@ class SlowPath:
                 self.whole.send(whole, j)
                 kernel.take(pkt, reason)
             self.whole.send(whole, len(burst))
-        self.buffers.free(rest)  # every input buffer, once: what we keep are copies
+        # what the burst sent is on the TX rings before its buffers go: until then they
+        # hold the capture time of what it sends (a replay's output order, pcap_port.py)
         self._flush()
+        self.publish_next_timer()
+        self.buffers.free(rest)  # every input buffer, once: what we keep are copies
         row = self.counts.row
         row[index(Misc.batches)] += 1
         row[index(Misc.busy_ns)] += time.perf_counter_ns() - t0
@@ -159,7 +240,10 @@ class SlowPath:
     def finish(self) -> None:
         """End of a pcap replay: the clock stops at the last input frame. Queues due by
         then time out (ICMP and all); the rest are flushed and counted."""
-        self.kernel.finish(self.end_clock_ns)
+        end = self.end_clock_ns
+        if end is None and self.out.lossless and self.mem.ctl[CTL_END_CLOCK]:
+            end = int(self.mem.ctl[CTL_END_CLOCK])  # the pcap agent's, as it read
+        self.kernel.finish(end)
         self._flush()
 
     def _flush(self) -> None:
@@ -167,6 +251,17 @@ class SlowPath:
         self.out.flush_tx()
         self.kernel.sync_reasm()
         self.counts.flush()
+
+
+class _Waiting:
+    """The packets a replay's slow path holds for their turn, as poll_loop counts what
+    is still to do before it may stop."""
+
+    def __init__(self, slow: SlowPath) -> None:
+        self.slow = slow
+
+    def count(self) -> int:
+        return len(self.slow.waiting)
 
 
 def slowpath_main(spec: SlowPathSpec) -> None:
