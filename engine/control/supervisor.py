@@ -71,6 +71,7 @@ JOIN_TIMEOUT_S = 5.0
 STARTUP_TIMEOUT_S = 60.0
 MAX_IDLE_S = 0.002  # longest sleep of the I/O loop while input may still come
 PROGRESS_S = 0.2  # how often a replay's progress is reported
+REPLAY_RING = 8192  # ring slots for pcap replays (geometry_for)
 KEPT_IDLE_S = 0.05  # --keep-running after the input is drained: only requests, signals
 
 
@@ -112,8 +113,15 @@ def geometry_for(cfg: Config, workers_receive: bool | None = None) -> Geometry:
     max_frame = max(p.mtu for p in cfg.ports) + 14 + 4
     bufsize = max(2048, -(-max_frame // 64) * 64)
     ring = 1 << max(10, (cfg.engine.batch * 8 - 1).bit_length())
+    driver = driver_for(cfg)
+    if not driver.live:
+        # a replay's I/O agent feeds and collects in passes: rings of 8,192 let a pass
+        # move more and outlast a worker's idle sleep (up to 1 ms: 4,000 frames at
+        # 4 Mpps). pcap -> pcap, 1 worker, 2 x 1M 64-byte frames: 1.8 Mpps with rings
+        # of 2,048, 2.7-3.7 with 8,192 (perf/bench_pcap_l3fwd.py)
+        ring = max(ring, REPLAY_RING)
     if workers_receive is None:
-        workers_receive = driver_for(cfg).workers_receive(None)
+        workers_receive = driver.workers_receive(None)
     return Geometry.new(len(cfg.ports), cfg.engine.workers, bufsize=bufsize, ring_size=ring,
                         workers_receive=workers_receive)
 
@@ -210,6 +218,7 @@ class _Run:
         self.restarting: dict[int, tuple[float, int, int]] = {}  # agent: (t0, pid, loops)
         self.drained = False  # keep_running: input consumed, drained and written
         self.progress: Callable[[int, int, int], None] | None = None  # see `run`
+        self.affinity: set[int] | None = None  # the CPUs to give back (pin_replay)
         self.scope = ExitStack()
 
     def catch_signals(self) -> None:
@@ -340,6 +349,7 @@ class _Run:
         for proc, _ in procs:
             proc.start()
         wait_started(mem, procs, self.serve)
+        self.pin_replay()
         if compiled:
             loads = ", ".join(f"{mem.state[1 + w, ST_WARMUP_NS] / 1e9:.2f}"
                               for w in range(cfg.engine.workers))
@@ -350,6 +360,22 @@ class _Run:
             self.say(f"fwd: forwarding on {where}"
                      + (f" (network namespace {cfg.engine.netns})" if cfg.engine.netns else "")
                      + "; SIGINT/SIGTERM stops")
+
+    def pin_replay(self) -> None:
+        """A replay's I/O agent (this process) off the workers' CPUs when one is free:
+        it feeds and collects every frame, and sharing a worker's CPU halves both
+        (pcap -> pcap, 1 worker on 2 CPUs: 1.5-2.0 Mpps when the scheduler left it
+        there, 2.9-3.0 beside the mostly idle slow path). Undone by `close`."""
+        if self.live or not hasattr(os, "sched_setaffinity"):
+            return
+        cpus = sorted(os.sched_getaffinity(0))
+        if self.cfg.engine.workers >= len(cpus):
+            return
+        self.affinity = set(cpus)
+        try:
+            os.sched_setaffinity(0, {cpu_for(self.cfg.engine.workers)})
+        except OSError:
+            self.affinity = None
 
     def forward(self, keep_running: bool) -> None:
         """The main loop: move frames for the ports, watch the agents, serve the control
@@ -483,6 +509,8 @@ class _Run:
         if self.mem is not None:
             self.mem.close()
         self.scope.close()
+        if self.affinity is not None:  # a run inside a longer-lived process (tests)
+            os.sched_setaffinity(0, self.affinity)
         for sig, handler in self.old_handlers.items():
             signal.signal(sig, handler)
 
