@@ -137,6 +137,44 @@ def pack_frames(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
         k += lengths[i]
 
 
+@njit(cache=True, nogil=True)
+def _put_u32(out: np.ndarray, pos: int, value: int) -> None:
+    out[pos] = value & 0xFF
+    out[pos + 1] = (value >> 8) & 0xFF
+    out[pos + 2] = (value >> 16) & 0xFF
+    out[pos + 3] = (value >> 24) & 0xFF
+
+
+@njit(cache=True, nogil=True)
+def rows_to_records(rows: np.ndarray, idx: np.ndarray, lengths: np.ndarray, ts: np.ndarray,
+                    out: np.ndarray, starts: np.ndarray) -> None:
+    """Little-endian microsecond pcap records of frames rows[idx[i], :lengths[i]] with
+    times ts[i] (ns), back to back in `out`; starts[i]: where record i begins. One
+    copy from the pool straight into what the file gets."""
+    k = 0
+    for i in range(idx.shape[0]):
+        n = lengths[i]
+        t = ts[i]
+        starts[i] = k
+        _put_u32(out, k, t // 1_000_000_000)
+        _put_u32(out, k + 4, (t % 1_000_000_000) // 1000)
+        _put_u32(out, k + 8, n)
+        _put_u32(out, k + 12, n)
+        out[k + RECORD_HEADER : k + RECORD_HEADER + n] = rows[idx[i], :n]
+        k += RECORD_HEADER + n
+
+
+@njit(cache=True, nogil=True)
+def gather_records(src: np.ndarray, starts: np.ndarray, sizes: np.ndarray, order: np.ndarray,
+                   out: np.ndarray) -> None:
+    """Records src[starts[j] : starts[j] + sizes[j]] for j in `order`, back to back."""
+    k = 0
+    for j in order:
+        n = sizes[j]
+        out[k : k + n] = src[starts[j] : starts[j] + n]
+        k += n
+
+
 class PcapReader:
     """A classic pcap capture read in chunks of whole records, for replays of any size:
     memory holds the chunks a caller keeps, never the whole file.

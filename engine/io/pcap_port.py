@@ -38,13 +38,15 @@ from engine.counters import MISC_BASE, Drop, Misc, index
 from engine.io.afpacket import c_helper  # the drivers' C helper: copies in and out of the pool
 from engine.io.pcap import (
     READ_CHUNK,
+    RECORD_HEADER,
     PcapError,
     PcapFileWriter,
     PcapFrames,
     PcapReader,
     cannot_write,
     check_writable,
-    pack_frames,
+    gather_records,
+    rows_to_records,
 )
 from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
 from engine.shm.memory import (
@@ -110,16 +112,20 @@ class _Input:
 
 @dataclass(eq=False)
 class _Output:
-    """One port's `tx` capture: the writer, and what waits for the watermark."""
+    """One port's `tx` capture: the writer, and what waits for the watermark, as
+    pcap records already (blocks of records back to back, each record's start)."""
 
     writer: PcapFileWriter | None
     name: str
-    data: list[np.ndarray] = field(default_factory=list)
-    lengths: list[np.ndarray] = field(default_factory=list)
+    blocks: list[np.ndarray] = field(default_factory=list)
+    starts: list[np.ndarray] = field(default_factory=list)
     ts: list[np.ndarray] = field(default_factory=list)
     seq: list[np.ndarray] = field(default_factory=list)
     held: int = 0  # frames waiting
     failed: str | None = None  # why it cannot be written (then nothing more is)
+
+    def clear(self) -> None:
+        self.blocks, self.starts, self.ts, self.seq, self.held = [], [], [], [], 0
 
 
 def gather_frames(src: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -127,11 +133,6 @@ def gather_frames(src: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> 
     Two fancy-index operations whatever the number of frames."""
     width = int(lengths.max())
     return src[offsets[:, None] + np.arange(width)]
-
-
-def concat_rows(rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The first lengths[i] bytes of every row, back to back (row-major mask order)."""
-    return rows[np.arange(rows.shape[1])[None, :] < lengths[:, None]]
 
 
 class PcapPorts:
@@ -359,14 +360,19 @@ class PcapPorts:
                 if len(idx) == 0:
                     continue
                 lengths = mem.length[idx]
-                out.data.append(self._copy_out(idx, lengths))
-                out.lengths.append(lengths.copy())
-                out.ts.append(mem.ts[idx])
+                ts = mem.ts[idx]
+                nbytes = int(lengths.sum())
+                block = np.empty(nbytes + RECORD_HEADER * len(idx), dtype=np.uint8)
+                starts = np.empty(len(idx), dtype=np.int64)
+                rows_to_records(mem.data, idx, lengths, ts, block, starts)
+                out.blocks.append(block)
+                out.starts.append(starts)
+                out.ts.append(ts)
                 out.seq.append(mem.seq[idx])
                 out.held += len(idx)
                 self.port_counters[p, PORT_TX_PACKETS] += len(idx)
-                self.port_counters[p, PORT_TX_BYTES] += len(out.data[-1])
-                self.collected += len(out.data[-1])
+                self.port_counters[p, PORT_TX_BYTES] += nbytes
+                self.collected += len(block)
                 self.counters[MISC_BASE + Misc.tx_frames] += len(idx)
                 self.buffers.free(idx)
                 moved += len(idx)
@@ -400,21 +406,6 @@ class PcapPorts:
             ffi.from_buffer("uint32_t[]", idx32), ffi.cast("uint32_t *", mem.length.ctypes.data),
             ffi.cast("uint16_t *", mem.port.ctypes.data),
             ffi.cast("int64_t *", mem.ts.ctypes.data), p)
-
-    def _copy_out(self, idx: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """The frames in pool buffers `idx`, back to back (fwd_pack_rows)."""
-        mem = self.mem
-        if self._c is None:
-            return concat_rows(mem.data[idx, : int(lengths.max())], lengths)
-        ffi = self._c.ffi
-        length = np.ascontiguousarray(lengths, dtype=np.uint32)
-        idx32 = np.ascontiguousarray(idx, dtype=np.uint32)
-        out = np.empty(int(length.sum()), dtype=np.uint8)
-        self._c.lib.fwd_pack_rows(
-            ffi.cast("uint8_t *", mem.data.ctypes.data), mem.geometry.bufsize,
-            ffi.from_buffer("uint32_t[]", idx32), ffi.from_buffer("uint32_t[]", length),
-            len(idx32), ffi.from_buffer("uint8_t[]", out))
-        return out
 
     # ------------------------------------------------------------------ writing
 
@@ -459,47 +450,67 @@ class PcapPorts:
         for p, _ in self.ports:
             out = self.outputs[p]
             if out.failed is not None:  # the run stops: what it collects goes nowhere
-                out.data, out.lengths, out.ts, out.seq, out.held = [], [], [], [], 0
+                out.clear()
                 if again:
                     failed.append(out.failed)
                 continue
             if not out.held:
                 continue
-            lengths = np.concatenate(out.lengths)
-            data = np.concatenate(out.data)
-            ts = np.concatenate(out.ts)
-            seq = np.concatenate(out.seq)
-            offsets = np.zeros(len(lengths), dtype=np.int64)
-            np.cumsum(lengths[:-1], out=offsets[1:])
-            ready = (ts < below[0]) | ((ts == below[0]) & (seq < np.uint64(below[1])))
-            if _in_order(ts, seq):  # one worker, one port: as they came (no sort)
-                order = np.flatnonzero(ready)
-            else:
-                order = np.lexsort((seq, ts))
-                order = order[ready[order]]
-            if len(order):
-                try:  # the frames stay where they are: the writer reads them in this order
-                    out.writer.write(data, offsets[order], lengths[order], ts[order])
-                    out.writer.flush()
-                except OSError as e:
-                    out.failed = str(cannot_write(out.name, e))
-                    failed.append(out.failed)
-                    continue
-            # what waits stays, as one array each: the next look concatenates only what
-            # came since
-            rows = np.flatnonzero(~ready)
-            if len(rows) == 0:
-                out.data, out.lengths, out.ts, out.seq = [], [], [], []
-            elif len(rows) == len(lengths):
-                out.data, out.lengths, out.ts, out.seq = [data], [lengths], [ts], [seq]
-            else:
-                kept = np.empty(int(lengths[rows].sum()), dtype=np.uint8)
-                pack_frames(data, offsets[rows], lengths[rows], kept)
-                out.data, out.lengths, out.ts, out.seq = ([kept], [lengths[rows]], [ts[rows]],
-                                                          [seq[rows]])
-            out.held = len(rows)
+            try:
+                self._write_port(out, below)
+            except OSError as e:
+                out.failed = str(cannot_write(out.name, e))
+                failed.append(out.failed)
         if failed:
             raise PcapError("; ".join(failed))
+
+    def _write_port(self, out: _Output, below: tuple[int, int]) -> None:
+        """The records of `out` below the watermark, in (time, arrival) order; the
+        others stay. As they came when they came in order (one worker, one port: the
+        usual case): the blocks as they are, no copy."""
+        ts = np.concatenate(out.ts)
+        seq = np.concatenate(out.seq)
+        ready = (ts < below[0]) | ((ts == below[0]) & (seq < np.uint64(below[1])))
+        nready = int(np.count_nonzero(ready))
+        if nready == 0:
+            return
+        writer = out.writer
+        assert writer is not None
+        if _in_order(ts, seq):  # ready is then a prefix
+            left = nready
+            while left:
+                block, starts = out.blocks[0], out.starts[0]
+                if left >= len(starts):
+                    writer.file.write(memoryview(block))
+                    left -= len(starts)
+                    del out.blocks[0], out.starts[0], out.ts[0], out.seq[0]
+                    continue
+                cut = int(starts[left])
+                writer.file.write(memoryview(block)[:cut])
+                out.blocks[0] = block[cut:]
+                out.starts[0] = starts[left:] - cut
+                out.ts[0], out.seq[0] = out.ts[0][left:], out.seq[0][left:]
+                left = 0
+        else:
+            records = np.concatenate(out.blocks)
+            bases = np.cumsum([0] + [len(b) for b in out.blocks[:-1]])
+            starts = np.concatenate([s + b for s, b in zip(out.starts, bases, strict=True)])
+            sizes = np.diff(np.append(starts, len(records)))
+            order = np.lexsort((seq, ts))
+            take, keep = order[ready[order]], np.flatnonzero(~ready)
+            buf = np.empty(int(sizes[take].sum()), dtype=np.uint8)
+            gather_records(records, starts, sizes, take, buf)
+            writer.file.write(memoryview(buf))
+            out.clear()
+            if len(keep):
+                rest = np.empty(int(sizes[keep].sum()), dtype=np.uint8)
+                gather_records(records, starts, sizes, keep, rest)
+                kept = np.zeros(len(keep), dtype=np.int64)
+                np.cumsum(sizes[keep][:-1], out=kept[1:])
+                out.blocks, out.starts, out.ts, out.seq = [rest], [kept], [ts[keep]], [seq[keep]]
+        out.held = sum(len(s) for s in out.starts)
+        writer.frames += nready
+        writer.flush()
 
     def write(self) -> None:
         """Write everything collected (the end of a replay, or a kept engine's stop).
