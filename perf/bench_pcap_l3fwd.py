@@ -32,10 +32,8 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 
 import bench_l3fwd as L  # noqa: E402  (perf/ is not a package)
+import bench_pcap as P  # noqa: E402
 
 PORTS = L.PORTS
 FLOWS = 1200  # distinct frames a port; repeated to the capture's length
@@ -101,24 +100,10 @@ def run_engine(workdir: Path, ins: list[Path], tag: str, workers: int, expect: i
     outs = [workdir / f"{tag}-engine-out{p}.pcap" for p in range(PORTS)]
     config = workdir / f"{tag}-engine.toml"
     config.write_text(engine_config(ins, outs, workers, 256))
-    cmd = [sys.executable, "-m", "engine.cli", "run", "--json", "--socket", str(workdir / "s"),
-           str(config)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise L.BenchError(f"fwd run did not finish within {timeout:g} s") from None
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise L.BenchError(f"fwd run exited {proc.returncode}: {err[-2000:]}")
-    acc = json.loads(out)["accounting"]
-    if acc["forwarded"] != expect or not acc["balanced"]:
-        raise L.BenchError(f"fwd run forwarded {acc['forwarded']} of {expect}: {acc}")
-    return elapsed
+        return P.one_run(config, expect, timeout)
+    except SystemExit as err:  # bench_pcap's way of saying the run failed
+        raise L.BenchError(str(err)) from None
 
 
 def run_l3fwd(binary: Path, workdir: Path, ins: list[Path], sizes: list[int], tag: str,

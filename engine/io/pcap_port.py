@@ -362,9 +362,7 @@ class PcapPorts:
                 lengths = mem.length[idx]
                 ts = mem.ts[idx]
                 nbytes = int(lengths.sum())
-                block = np.empty(nbytes + RECORD_HEADER * len(idx), dtype=np.uint8)
-                starts = np.empty(len(idx), dtype=np.int64)
-                rows_to_records(mem.data, idx, lengths, ts, block, starts)
+                block, starts = self._records(idx, lengths, ts, nbytes)
                 out.blocks.append(block)
                 out.starts.append(starts)
                 out.ts.append(ts)
@@ -406,6 +404,30 @@ class PcapPorts:
             ffi.from_buffer("uint32_t[]", idx32), ffi.cast("uint32_t *", mem.length.ctypes.data),
             ffi.cast("uint16_t *", mem.port.ctypes.data),
             ffi.cast("int64_t *", mem.ts.ctypes.data), p)
+
+    def _records(self, idx: np.ndarray, lengths: np.ndarray, ts: np.ndarray,
+                 nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The frames in pool buffers `idx` as pcap records back to back, and where each
+        begins: one copy out of the pool, in C (fwd_pcap_records: a memcpy a frame)
+        when the helper was built, else compiled (rows_to_records, 4x slower on IMIX:
+        its slice copy is a loop, not a memcpy)."""
+        mem = self.mem
+        block = np.empty(nbytes + RECORD_HEADER * len(idx), dtype=np.uint8)
+        length = lengths.astype(np.int64)
+        if self._c is None:
+            starts = np.empty(len(idx), dtype=np.int64)
+            rows_to_records(mem.data, idx, lengths, ts, block, starts)
+            return block, starts
+        ffi = self._c.ffi
+        off = idx.astype(np.int64) * mem.geometry.bufsize
+        stamps = np.ascontiguousarray(ts, dtype=np.int64)
+        self._c.lib.fwd_pcap_records(
+            ffi.cast("uint8_t *", mem.data.ctypes.data), ffi.from_buffer("int64_t[]", off),
+            ffi.from_buffer("int64_t[]", length), ffi.from_buffer("int64_t[]", stamps),
+            len(idx), 0, ffi.from_buffer("uint8_t[]", block))
+        starts = np.zeros(len(idx), dtype=np.int64)
+        np.cumsum(length[:-1] + RECORD_HEADER, out=starts[1:])
+        return block, starts
 
     # ------------------------------------------------------------------ writing
 
