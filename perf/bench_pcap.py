@@ -243,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss", default="",
                     help="instead: peak RSS of fwd run (1 worker) on 64-byte captures of "
                          "these frame counts, e.g. 1000000,8000000")
+    ap.add_argument("--write-capture", nargs=2, metavar=("PATH", "FRAMES"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.write_capture:
+        write_big_capture(Path(args.write_capture[0]), int(args.write_capture[1]))
+        return 0
     if args.rss:
         return rss_main(args)
     if args.quick:
@@ -320,7 +325,10 @@ def rss_main(args: argparse.Namespace) -> int:
         workdir = Path(tmp)
         for n in (int(x) for x in args.rss.split(",")):
             cap = workdir / f"rss-{n}.pcap"
-            write_big_capture(cap, n)
+            # in a process of its own: a child forked from a large process starts with
+            # that process's resident set, which wait4 would report as the engine's
+            subprocess.run([sys.executable, __file__, "--write-capture", str(cap), str(n)],
+                           check=True)
             config = config_text(workdir, cap, 1, args.batch)
             peak = peak_rss(config, n, max(args.timeout, n / 200_000))
             rows.append({"frames": n, "capture_bytes": cap.stat().st_size,

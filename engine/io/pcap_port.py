@@ -48,7 +48,7 @@ from engine.io.pcap import (
     gather_records,
     rows_to_records,
 )
-from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
+from engine.io.rss import rss_queues
 from engine.shm.memory import (
     AGENT_IO,
     CTL_END_CLOCK,
@@ -211,8 +211,7 @@ class PcapPorts:
         if self.nworkers == 1:
             by_worker = [np.arange(n)]
         else:
-            queue = rss_queue(toeplitz_hash(rss_tuple(frames.data, frames.offsets,
-                                                      frames.lengths)), self.nworkers)
+            queue = rss_queues(frames.data, frames.offsets, frames.lengths, self.nworkers)
             by_worker = [np.flatnonzero(queue == w) for w in range(self.nworkers)]
         inp.chunks.append(_Chunk(frames, np.empty(n, dtype=np.uint64), by_worker,
                                  fed=[0] * self.nworkers))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from numba import njit
 
 from engine.io.pcap import PcapFrames
 from engine.proto import ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET, IPPROTO_TCP, IPPROTO_UDP
@@ -146,3 +147,46 @@ def rss_queue(hashes: np.ndarray, nqueues: int, reta_size: int = 128) -> np.ndar
         raise ValueError(f"reta_size must be a power of two, not {reta_size}")
     reta = np.arange(reta_size, dtype=np.int64) % nqueues
     return reta[np.asarray(hashes, dtype=np.uint32) & np.uint32(reta_size - 1)]
+
+
+@njit(cache=True, nogil=True)
+def _queues(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, tables: np.ndarray,
+            reta: np.ndarray, out: np.ndarray) -> None:
+    """rss_queue(toeplitz_hash(rss_tuple(...))) in one pass: each frame's header bytes
+    read where they are, its hash input's bytes looked up in `tables` as they come."""
+    mask = reta.shape[0] - 1
+    for i in range(offsets.shape[0]):
+        off, n = offsets[i], lengths[i]
+        h = np.uint32(0)
+        if n >= ETH_HLEN + 20:
+            b = off + ETH_HLEN
+            ethertype = (np.int64(data[off + 12]) << 8) | np.int64(data[off + 13])
+            ver_ihl = np.int64(data[b])
+            ihl = ver_ihl & 0x0F
+            if ethertype == ETH_P_IP and ver_ihl >> 4 == 4 and ihl >= 5:
+                for j in range(8):  # the source and destination addresses
+                    h ^= tables[j, data[b + 12 + j]]
+                proto = data[b + 9]
+                frag = ((np.int64(data[b + 6]) << 8) | np.int64(data[b + 7])) & (IP_MF
+                                                                                 | IP_OFFSET)
+                l4 = ETH_HLEN + 4 * ihl
+                if (proto == IPPROTO_TCP or proto == IPPROTO_UDP) and frag == 0 \
+                        and n >= l4 + 4:
+                    for j in range(4):  # the ports
+                        h ^= tables[8 + j, data[off + l4 + j]]
+        out[i] = reta[h & mask]
+
+
+def rss_queues(data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, nqueues: int,
+               key: bytes = DEFAULT_KEY, reta_size: int = 128) -> np.ndarray:
+    """Each frame's RX queue, as rss_queue(toeplitz_hash(rss_tuple(...))) computes it
+    (tests/test_rss.py holds them equal), compiled: one pass over the frames."""
+    if nqueues < 1:
+        raise ValueError(f"nqueues must be at least 1, not {nqueues}")
+    if reta_size < 1 or reta_size & (reta_size - 1):
+        raise ValueError(f"reta_size must be a power of two, not {reta_size}")
+    out = np.empty(len(offsets), dtype=np.int64)
+    _queues(np.asarray(data, dtype=np.uint8).reshape(-1), np.asarray(offsets, dtype=np.int64),
+            np.asarray(lengths, dtype=np.int64), _tables(bytes(key), TUPLE_LEN),
+            np.arange(reta_size, dtype=np.int64) % nqueues, out)
+    return out
