@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/fwd run configs/default.toml
 
+# then the end-to-end replays and supervision again on the numpy datapath (the
+# compiled one is the default everywhere else)
+E2E := tests/test_run.py tests/test_pcap_stream.py tests/test_supervision.py
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	FWD_TEST_DATAPATH=numpy $(BIN)/python -m pytest -q $(E2E)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests perf tools

@@ -33,6 +33,7 @@ TOPOLOGY = """
 [engine]
 workers = {workers}
 batch = {batch}
+datapath = "{datapath}"
 
 [[port]]
 name = "p0"
@@ -118,6 +119,9 @@ mode = "{reassembly}"
 """
 
 PORTS = ("p0", "p1", "p2")
+# the workers' datapath in every Lab: `make test` runs the end-to-end suites again with
+# FWD_TEST_DATAPATH=numpy, the readable reference beside the compiled default
+DATAPATH = os.environ.get("FWD_TEST_DATAPATH", "compiled")
 
 
 class Lab:
@@ -129,7 +133,7 @@ class Lab:
         (root / "in").mkdir(exist_ok=True)
         self.config_path = root / "router.toml"
         self.config_path.write_text(textwrap.dedent(TOPOLOGY.format(
-            workers=workers, batch=batch, reassembly=reassembly)))
+            workers=workers, batch=batch, reassembly=reassembly, datapath=DATAPATH)))
         for port in PORTS:
             self.write_input(port, [])
 

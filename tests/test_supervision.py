@@ -165,6 +165,7 @@ def test_a_killed_worker_is_restarted_and_loses_nothing(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_a_worker_that_keeps_dying_stops_the_engine(tmp_path):
+    from engine.cli.client import request
     from engine.control.recovery import RESTART_LIMIT
 
     lab = Lab(tmp_path, workers=1, batch=32)
@@ -180,9 +181,14 @@ def test_a_worker_that_keeps_dying_stops_the_engine(tmp_path):
             while True:  # the current worker, once it runs (a new pid each time)
                 try:
                     pid, _ = worker_pids(sock)["worker0"]
+                    # the first kill once every agent made its first pass: a worker
+                    # killed before that is a start-up error, not a death to restart
+                    started = seen or all(
+                        r["loops"] > 0 for r in request(str(sock), {"cmd": "stats"})["stats"][
+                            "workers"])
                 except Exception:
-                    pid = 0
-                if pid and pid not in seen and Path(f"/proc/{pid}").exists():
+                    pid, started = 0, False
+                if pid and started and pid not in seen and Path(f"/proc/{pid}").exists():
                     break
                 assert time.monotonic() < deadline, "no new worker"
                 time.sleep(0.02)
