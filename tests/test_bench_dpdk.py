@@ -81,7 +81,9 @@ def test_engine_config_routes_like_l3fwd(tmp_path: Path) -> None:
                                      ("198.18.1.0", 24, "10.0.1.2", "p1")]
     assert [(str(ip_address(n.ip)), n.mac.hex(":"), n.port) for n in cfg.neighbors] == [
         ("10.0.0.2", "02:00:00:00:00:00", "p0"), ("10.0.1.2", "02:00:00:00:00:01", "p1")]
-    assert cfg.dpdk.hugepages == "off"
+    assert cfg.dpdk.hugepages == "off" and cfg.dpdk.zero_copy
+    path.write_text(bench.engine_config(vdevs, 1, 256, tmp_path / "s.sock", zero_copy=False))
+    assert not load_config(path).dpdk.zero_copy  # the "copy" engines: frames copied
 
 
 @pytest.mark.skipif(not (bench.EXAMPLES / "l3fwd" / "main.c").exists(),

@@ -180,6 +180,10 @@ def test_pcap_vdevs_give_the_pcap_drivers_output(tmp_path: Path, workers: int,
         assert dev["opackets"] == ours["tx_packets"] == len(want[p])
         assert dev["obytes"] == ours["tx_bytes"]
         assert dev["x.rx_good_packets"] == dev["ipackets"]
+        if zero_copy:  # every frame received into its row, none copied
+            assert (dev["zc.rx_copied"], dev["zc.bad_puts"]) == (0, 0)
+        else:
+            assert "zc.rx_copied" not in dev
 
 
 # --- multi-process mode: net_memif vdevs, the test as the memif peer ------------------

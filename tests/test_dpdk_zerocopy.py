@@ -13,20 +13,32 @@ EAL); skipped without DPDK, saying what is missing.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
-from test_dpdk import EAL, in_child, needs_dpdk, sample_frames
+from test_dpdk import EAL, PREFIX, in_child, needs_dpdk, sample_frames
 
 from engine.io import dpdk as dp
 
 NBUFS = 512
 IO_ROWS = 384  # one worker: the I/O agent has rows [0, 384), the slow path the rest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_runtime_dirs() -> Any:
+    """The EAL runtime directory the scenarios leave behind (one prefix per run)."""
+    yield
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "/tmp") if os.geteuid() else "/var/run"
+    for d in Path(runtime, "dpdk").glob(f"{PREFIX}*"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _pool(nbufs: int = NBUFS) -> tuple[Any, Any, Any]:

@@ -465,6 +465,11 @@ class DpdkControl:
             try:
                 st = {k: v for k, v in dev.stats().items() if k in DEVICE_STATS}
                 st.update({f"x.{k}": v for k, v in dev.xstats().items()})
+                if dev.zc is not None:
+                    # frames RX copied all the same, and rows DPDK gave back twice
+                    # (refused; the pool's, shown on every port): both 0 normally
+                    st["zc.rx_copied"] = dev.rx_copied
+                    st["zc.bad_puts"] = dev.zc.bad_puts
             except DpdkError:
                 continue
             out[name] = st
