@@ -137,6 +137,7 @@ class DpdkConfig:
     hugepages: str = "auto"  # on: required; off: --no-huge; auto: on if reserved
     mode: str = "auto"  # multi-process, single-process, or auto (see engine/io/dpdk/engine.py)
     memory_mb: int = 1024  # EAL memory (-m) without hugepages
+    zero_copy: bool = True  # mbufs over the pool's rows where possible (engine/io/dpdk/engine.py)
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ _NEIGHBOR_KEYS = ("ip", "mac", "port")
 _IPV4_KEYS = ("accept_source_route",)
 _REASSEMBLY_KEYS = ("mode", "timeout_s", "high_thresh", "low_thresh")
 _ICMP_KEYS = ("ratelimit_ms", "send_redirects")
-_DPDK_KEYS = ("eal_args", "hugepages", "mode", "memory_mb")
+_DPDK_KEYS = ("eal_args", "hugepages", "mode", "memory_mb", "zero_copy")
 DPDK_HUGEPAGES = ("auto", "on", "off")
 DPDK_MODES = ("auto", "multi-process", "single-process")
 # EAL options the engine sets itself, per process (the primary's and each worker's)
@@ -828,6 +829,7 @@ class _Parser:
         hugepages = _choice(t, p, "hugepages", DPDK_HUGEPAGES, default=d.hugepages)
         mode = _choice(t, p, "mode", DPDK_MODES, default=d.mode)
         memory = _int_in(t, p, "memory_mb", 64, 1 << 20, d.memory_mb)
+        zero_copy = _get(t, p, "zero_copy", bool, "a boolean", d.zero_copy)
         if mode == "multi-process" and hugepages == "off":
             raise _fail(_key(p, "mode"), "'multi-process' needs hugepages (DPDK shares "
                         "memory between processes only through hugepage files), but "
@@ -835,7 +837,7 @@ class _Parser:
         # whether each device serves secondaries is the driver's to say: fwd check asks
         # it through engine/io/registry.py
         return DpdkConfig(eal_args=tuple(args), hugepages=hugepages, mode=mode,
-                          memory_mb=memory)
+                          memory_mb=memory, zero_copy=zero_copy)
 
 
 # --- routes given at run time ----------------------------------------------------------

@@ -25,7 +25,8 @@ with destination MAC 02:00:00:00:00:0M; the engine gets routes and static neighb
 saying the same (`engine_config`), so both forward every frame, and the same bytes
 (`verify`, run first, compares their outputs with scapy's). Mixes: "64" = 64-byte
 frames; "imix" = 7:4:1 of 64/570/1518-byte frames (sizes on the wire with the FCS:
-60/566/1514 bytes in the capture), average 353.8 bytes.
+60/566/1514 bytes in the capture), average 353.8 bytes; "1518" = 1518-byte frames
+only (1514 in the capture), where copying bytes costs the most.
 
 A rate is forwarded packets per second over a timed window after a warm-up, read from
 counters at both ends of the window: the device TX counters (`rte_eth_stats_get`,
@@ -80,6 +81,7 @@ NEXTHOP_MAC = "02:00:00:00:00:{:02x}"
 MIXES: dict[str, tuple[tuple[int, int], ...]] = {
     "64": ((60, 1),),
     "imix": ((60, 7), (566, 4), (1514, 1)),
+    "1518": ((1514, 1),),
 }
 # the two spots where l3fwd asks for RX offloads (RTE_ETH_RX_OFFLOAD_CHECKSUM) that no
 # vdev has; masked with the device's capabilities, the rest of l3fwd is unchanged
@@ -447,9 +449,11 @@ class Testpmd(DpdkApp):
         self.finish("enter")
 
 
-def engine_config(vdevs: list[str], workers: int, batch: int, sock: Path) -> str:
+def engine_config(vdevs: list[str], workers: int, batch: int, sock: Path,
+                  zero_copy: bool = True) -> str:
     """The engine's deployment matching l3fwd's defaults: port N has the device's MAC,
-    198.18.N.0/24 goes out of port N to a static neighbour with MAC 02:00:00:00:00:0N."""
+    198.18.N.0/24 goes out of port N to a static neighbour with MAC 02:00:00:00:00:0N.
+    `zero_copy` false: frames copied between mbufs and the pool (`[dpdk] zero_copy`)."""
     text = [f"[engine]\nworkers = {workers}\nbatch = {batch}\ncontrol_socket = \"{sock}\"\n"]
     for p, v in enumerate(vdevs):
         text.append(f'[[port]]\nname = "p{p}"\ndriver = "dpdk"\ndevice = "{v}"\n'
@@ -459,7 +463,7 @@ def engine_config(vdevs: list[str], workers: int, batch: int, sock: Path) -> str
         text.append(f'[[neighbor]]\nip = "10.0.{p}.2"\nmac = "{NEXTHOP_MAC.format(p)}"\n'
                     f'port = "p{p}"\n')
     text.append('[dpdk]\neal_args = ["--log-level=*:error"]\nhugepages = "off"\n'
-                "memory_mb = 512\n")
+                f"memory_mb = 512\nzero_copy = {str(zero_copy).lower()}\n")
     return "\n".join(text)
 
 
@@ -468,12 +472,16 @@ class Engine(Forwarder):
 
     name = "engine"
 
-    def __init__(self, workdir: Path, tag: str, workers: int, batch: int):
+    def __init__(self, workdir: Path, tag: str, workers: int, batch: int,
+                 zero_copy: bool = True):
         super().__init__(workdir, tag)
         self.workers = workers
         self.batch = batch
-        self.label = f"engine ({workers} worker{'s' if workers > 1 else ''}, batch {batch})"
-        self.key = f"engine {workers}w b{batch}"
+        self.zero_copy = zero_copy
+        copy = "" if zero_copy else ", copying"
+        self.label = (f"engine ({workers} worker{'s' if workers > 1 else ''}, batch {batch}"
+                      f"{copy})")
+        self.key = f"engine {workers}w b{batch}" + ("" if zero_copy else " copy")
         self.socket = workdir / f"{tag}.sock"
         self.out = workdir / f"{tag}.json"
         self.final: dict[str, Any] = {}
@@ -482,7 +490,8 @@ class Engine(Forwarder):
 
     def command(self, vdevs: list[str]) -> list[str]:
         cfg = self.workdir / f"{self.tag}.toml"
-        cfg.write_text(engine_config(vdevs, self.workers, self.batch, self.socket))
+        cfg.write_text(engine_config(vdevs, self.workers, self.batch, self.socket,
+                                     self.zero_copy))
         return [sys.executable, "-m", "engine.cli", "run", str(cfg), "--json"]
 
     def start(self, vdevs: list[str]) -> None:
@@ -703,9 +712,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="measurement window")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--engines", default="1x256,1x1024,2x1024",
-                    help="engine configurations, WORKERSxBATCH ([engine] workers, batch)")
+                    help="engine configurations, WORKERSxBATCH ([engine] workers, batch), "
+                         "with a 'copy' suffix: [dpdk] zero_copy = false")
     ap.add_argument("--frames", type=int, default=1200, help="frames (flows) per port file")
-    ap.add_argument("--mixes", default="64,imix")
+    ap.add_argument("--mixes", default="64,imix,1518")
     ap.add_argument("--examples", type=Path, default=EXAMPLES,
                     help="DPDK's example sources (dpdk-doc)")
     ap.add_argument("--max-others", type=float, default=0.5,
@@ -729,10 +739,11 @@ def main(argv: list[str] | None = None) -> int:
     if not set(mixes) <= set(MIXES):
         ap.error(f"--mixes: known mixes are {', '.join(MIXES)}")
     try:
-        engine_confs = [tuple(int(x) for x in e.split("x")) for e in args.engines.split(",")]
-        assert all(len(c) == 2 and min(c) > 0 for c in engine_confs)
+        engine_confs = [(*(int(x) for x in e.removesuffix("copy").split("x")),
+                         e.endswith("copy")) for e in args.engines.split(",")]
+        assert all(len(c) == 3 and min(c[:2]) > 0 for c in engine_confs)
     except (ValueError, AssertionError):
-        ap.error("--engines: WORKERSxBATCH[,...], e.g. 1x256,2x1024")
+        ap.error("--engines: WORKERSxBATCH[copy][,...], e.g. 1x256,2x1024,1x256copy")
     why = missing(args.examples)
     if why:
         print(f"bench_l3fwd: cannot run: {why}", file=sys.stderr)
@@ -750,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         l3fwd = L3fwd(workdir, "l3fwd", f"{prefix}l3", cpus, binary)
         testpmd = Testpmd(workdir, "testpmd", f"{prefix}tp", cpus)
-        engines = [Engine(workdir, f"engine{w}x{b}", w, b) for w, b in engine_confs]
+        engines = [Engine(workdir, f"engine{w}x{b}{'copy' if c else ''}", w, b, not c)
+                   for w, b, c in engine_confs]
         checks = {}
         if not args.no_verify:
             for mix in mixes[:1] if args.quick else mixes:

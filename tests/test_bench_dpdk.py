@@ -39,9 +39,10 @@ def test_imix_is_7_4_1_of_64_570_1518_on_the_wire() -> None:
     assert Counter(sizes) == {60: 700, 566: 400, 1514: 100}  # + 4-byte FCS on the wire
     assert sizes[:12] != sorted(sizes[:12])  # interleaved, not in runs of one size
     assert set(bench.mix_sizes("64", 50)) == {60}
+    assert set(bench.mix_sizes("1518", 50)) == {1514}
 
 
-@pytest.mark.parametrize("mix", ["64", "imix"])
+@pytest.mark.parametrize("mix", ["64", "imix", "1518"])
 def test_port_frames_go_to_the_other_ports_prefix(mix: str) -> None:
     frames = bench.port_frames(mix, 1, 24)
     assert [len(f) for f in frames] == bench.mix_sizes(mix, 24)
@@ -80,7 +81,9 @@ def test_engine_config_routes_like_l3fwd(tmp_path: Path) -> None:
                                      ("198.18.1.0", 24, "10.0.1.2", "p1")]
     assert [(str(ip_address(n.ip)), n.mac.hex(":"), n.port) for n in cfg.neighbors] == [
         ("10.0.0.2", "02:00:00:00:00:00", "p0"), ("10.0.1.2", "02:00:00:00:00:01", "p1")]
-    assert cfg.dpdk.hugepages == "off"
+    assert cfg.dpdk.hugepages == "off" and cfg.dpdk.zero_copy
+    path.write_text(bench.engine_config(vdevs, 1, 256, tmp_path / "s.sock", zero_copy=False))
+    assert not load_config(path).dpdk.zero_copy  # the "copy" engines: frames copied
 
 
 @pytest.mark.skipif(not (bench.EXAMPLES / "l3fwd" / "main.c").exists(),

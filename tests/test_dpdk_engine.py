@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -130,10 +131,12 @@ def assert_same_output(got: list[bytes], want: list[bytes]) -> None:
 
 
 @needs_dpdk
-@pytest.mark.parametrize("workers", [1, 2])
-def test_pcap_vdevs_give_the_pcap_drivers_output(tmp_path: Path, workers: int) -> None:
+@pytest.mark.parametrize("workers,zero_copy", [(1, True), (2, True), (1, False)])
+def test_pcap_vdevs_give_the_pcap_drivers_output(tmp_path: Path, workers: int,
+                                                 zero_copy: bool) -> None:
     """The cases of test_run through net_pcap vdevs: the frames the pcap driver writes
-    for the same input, byte for byte; counters that balance and match the device's."""
+    for the same input, byte for byte; counters that balance and match the device's;
+    with frames received into pool rows and sent from them (zero copy), or copied."""
     inputs, _ = mixed_traffic()
     (tmp_path / "ref").mkdir()
     ref = Lab(tmp_path / "ref", workers=workers, batch=16)
@@ -145,7 +148,8 @@ def test_pcap_vdevs_give_the_pcap_drivers_output(tmp_path: Path, workers: int) -
     root.mkdir()
     devices = {p: f"net_pcap{i},rx_pcap={ref.root}/in/{p}.pcap,tx_pcap={root}/out/{p}.pcap"
                for i, p in enumerate(PORTS)}
-    engine = Engine(dpdk_lab(root, workers, devices))
+    engine = Engine(dpdk_lab(root, workers, devices,
+                             f"zero_copy = {str(zero_copy).lower()}\n"))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -160,6 +164,9 @@ def test_pcap_vdevs_give_the_pcap_drivers_output(tmp_path: Path, workers: int) -
     finally:
         engine.kill()
     assert "DPDK single-process" in err and "net_pcap" in err
+    assert ("; zero copy;" if zero_copy else "copying: dpdk.zero_copy is false") in err
+    # every buffer back in the pool, once (the rows DPDK had come back at its close)
+    assert re.search(r"pool: (\d+) of \1 buffers free", err), err
     for p in PORTS:
         assert_same_output(frames_in(root / "out" / f"{p}.pcap"), want[p])
     acc = stats["accounting"]
@@ -173,6 +180,10 @@ def test_pcap_vdevs_give_the_pcap_drivers_output(tmp_path: Path, workers: int) -
         assert dev["opackets"] == ours["tx_packets"] == len(want[p])
         assert dev["obytes"] == ours["tx_bytes"]
         assert dev["x.rx_good_packets"] == dev["ipackets"]
+        if zero_copy:  # every frame received into its row, none copied
+            assert (dev["zc.rx_copied"], dev["zc.bad_puts"]) == (0, 0)
+        else:
+            assert "zc.rx_copied" not in dev
 
 
 # --- multi-process mode: net_memif vdevs, the test as the memif peer ------------------
@@ -342,7 +353,8 @@ def test_dpdk_config_values() -> None:
 
     cfg = load_config(ROOT / "tests" / "configs" / "correct-dpdk-eal.toml")
     assert cfg.dpdk == DpdkConfig(eal_args=("--log-level=*:warning", "-n", "4"),
-                                  hugepages="on", mode="multi-process", memory_mb=512)
+                                  hugepages="on", mode="multi-process", memory_mb=512,
+                                  zero_copy=False)
     assert load_config(ROOT / "tests" / "configs" / "correct-dpdk.toml").dpdk == DpdkConfig()
 
 
@@ -356,13 +368,21 @@ def test_mode_follows_devices_and_hugepages(tmp_path: Path, monkeypatch) -> None
         pytest.skip(MISSING)
     monkeypatch.setattr(de, "hugepages_reserved", lambda: True)
     monkeypatch.setattr(de, "free_hugepage_mb", lambda: 1024)
-    plan = de.plan_for(load_config(dpdk_lab(tmp_path, 2, null_devices())))
+    cfg = load_config(dpdk_lab(tmp_path, 2, null_devices()))
+    plan = de.plan_for(cfg)
     assert plan.mode == de.MULTI and plan.hugepages
+    assert "multi-process mode" in (plan.zero_copy_off(cfg) or "")  # copies
     assert (plan.rx_queues, plan.tx_queues, plan.slow_tx_queue) == (2, 3, 2)
     assert "--no-huge" not in plan.primary_args("x") and "--no-pci" in plan.primary_args("x")
     pcap = {**null_devices(), "p2": "net_pcap0,rx_pcap=a.pcap,tx_pcap=b.pcap"}
-    plan = de.plan_for(load_config(dpdk_lab(tmp_path, 2, pcap)))
+    cfg = load_config(dpdk_lab(tmp_path, 2, pcap))
+    plan = de.plan_for(cfg)
     assert plan.mode == de.SINGLE and "libpcap handles per process" in plan.why
+    assert plan.zero_copy_off(cfg) is None  # vdevs in single-process mode: zero copy
+    cfg = load_config(dpdk_lab(tmp_path, 2, pcap, "zero_copy = false\n"))
+    assert plan.zero_copy_off(cfg) == "dpdk.zero_copy is false"
+    pci = load_config(dpdk_lab(tmp_path, 2, {**pcap, "p1": "0000:03:00.0"}))
+    assert "PCI" in (de.plan_for(pci).zero_copy_off(pci) or "")
     assert (plan.rx_queues, plan.tx_queues) == (1, 1)
     monkeypatch.setattr(de, "hugepages_reserved", lambda: False)
     plan = de.plan_for(load_config(dpdk_lab(tmp_path, 2, null_devices())))

@@ -49,6 +49,8 @@ class LivePort(Protocol):
                  max_frames: int) -> np.ndarray: ...
 
     def tx_burst(self, mem: EngineMemory, idx: np.ndarray) -> int: ...
+    # the first `sent` of idx went; the caller frees them, unless the driver has an
+    # attribute `owns_sent` that is true (zero copy: they are the device's now)
 
     def fileno(self) -> int: ...
 
@@ -107,7 +109,9 @@ class Sender:
                 self.port_counters[p, TX_PACKETS] += sent
                 self.port_counters[p, TX_BYTES] += int(mem.length[done].sum())
                 self.counters[MISC_BASE + Misc.tx_frames] += sent
-                self.buffers.free(done)
+                # a zero-copy driver (DPDK) owns what it sent: the device frees it
+                if not getattr(driver, "owns_sent", False):
+                    self.buffers.free(done)
                 sent_total += sent
         return sent_total
 

@@ -28,6 +28,10 @@ from engine.shm.trace_capture import observe_fields
 
 AGENT_IO = 0
 MAX_PORTS = 16
+# DPDK's RTE_PKTMBUF_HEADROOM: an mbuf's data starts this far into its buffer. For
+# zero-copy DPDK I/O (engine/io/dpdk) row i is the data of an mbuf whose buffer starts
+# this many bytes before it, so the pool keeps that much room before its first row.
+MBUF_HEADROOM = 128
 
 # Next-hop types (the FIB maps a prefix to a next-hop index; the index's row says
 # what to do). Values mirror the kernel's RTN_* where one exists.
@@ -132,7 +136,9 @@ def engine_layout(g: Geometry) -> Layout:
         Field("state", u8, (g.nagents, 8)),
         Field("counters", u8, (g.nagents, NCOUNTERS)),
         Field("port_counters", u8, (g.nagents, g.nports, len(PORT_COUNTER_NAMES))),
-        # the buffer pool: frames start at byte 0 of their buffer
+        # the buffer pool: frames start at byte 0 of their buffer; the pad before it is
+        # the DPDK headroom of row 0 (see MBUF_HEADROOM), never written
+        Field("pool.headroom", u1, (MBUF_HEADROOM,)),
         Field("pool.data", u1, (g.nbufs, g.bufsize)),
         Field("pool.length", u4, (g.nbufs,)),
         Field("pool.port", u2, (g.nbufs,)),  # ingress port, then egress port

@@ -5,6 +5,12 @@ engine's shared-memory buffer pool and frees the mbuf; TX copies rows into fresh
 mbufs, sends them and frees what the device did not take. Python handles arrays of
 buffer indices, never packets one by one.
 
+Zero copy (`Dpdk.pool_mbufs`, `DpdkPort(rx_pool=...)`): the RX queues take their
+mbufs from a mempool whose buffers are one agent's partition of the engine's pool,
+row i being the data of mbuf i, and whose free list is that partition's free stack
+(a mempool driver over it). RX then hands over row numbers and TX sends the rows'
+own mbufs: no byte is copied either way, and a row is free in one place only.
+
 Importing this package never needs DPDK; the compiled module is built (into a
 per-user cache, see `_build.cache_root`) the first time `Dpdk` is used, or ahead of
 time with `python -m engine.io.dpdk build`. Without the DPDK development files that
@@ -32,8 +38,8 @@ if TYPE_CHECKING:
     from engine.shm.memory import EngineMemory
     from engine.shm.pool import Buffers
 
-__all__ = ["Dpdk", "DpdkError", "DpdkPort", "DpdkUnavailable", "MISSING_HINT", "build",
-           "cache_root", "hugepages_reserved", "no_huge_args"]
+__all__ = ["Dpdk", "DpdkError", "DpdkPort", "DpdkUnavailable", "MISSING_HINT", "PoolMbufs",
+           "build", "cache_root", "hugepages_reserved", "no_huge_args"]
 
 STATS_FIELDS = ("ipackets", "opackets", "ibytes", "obytes", "imissed", "ierrors", "oerrors",
                 "rx_nombuf")
@@ -154,13 +160,24 @@ class Dpdk:
 
     def port(self, device: str, nqueues: int = 1, *, tx_queues: int | None = None,
              mac: str | bytes | None = None, mtu: int | None = None, nrxd: int = 1024,
-             ntxd: int = 1024, promiscuous: bool = True, rx_offloads: int = 0) -> DpdkPort:
+             ntxd: int = 1024, promiscuous: bool = True, rx_offloads: int = 0,
+             rx_pool: PoolMbufs | None = None) -> DpdkPort:
         """Configure and start a port (primary), or attach to a started one (secondary).
-        `nqueues` RX queues and `tx_queues` (default: as many) TX queues."""
+        `nqueues` RX queues and `tx_queues` (default: as many) TX queues. With
+        `rx_pool` (see `pool_mbufs`) its RX queues receive straight into pool rows."""
         p = DpdkPort(self, device, nqueues, tx_queues=tx_queues, mac=mac, mtu=mtu, nrxd=nrxd,
-                     ntxd=ntxd, promiscuous=promiscuous, rx_offloads=rx_offloads)
+                     ntxd=ntxd, promiscuous=promiscuous, rx_offloads=rx_offloads,
+                     rx_pool=rx_pool)
         self.ports.append(p)
         return p
+
+    def pool_mbufs(self, mem: EngineMemory, agent: int, name: str = "fwd_rows") -> PoolMbufs:
+        """Agent `agent`'s partition of the engine's pool as a mempool of mbufs, for
+        zero-copy RX and TX (see `PoolMbufs`). Only one process may use it: the agent's
+        own (the stack it allocates from has a single writer)."""
+        if self.secondary:
+            raise DpdkError("the pool's mbufs are private to one process: not in a secondary")
+        return PoolMbufs(self, mem, agent, name)
 
     def pool_available(self) -> int:
         return int(self.lib.rte_mempool_avail_count(self.pool))
@@ -181,6 +198,56 @@ class Dpdk:
         self.close()
 
 
+class PoolMbufs:
+    """One agent's partition of the engine's pool as DPDK mbufs: row r's data room is
+    row r (from its byte 0, up to `max_frame` bytes), and DPDK's free list for them is
+    the partition's free stack, so a row is free in exactly one place whoever frees it.
+
+    `held` marks the rows DPDK has now (in a device's queues, or sent and not yet
+    freed by the device): they are in no ring and on no stack, so a pool audit asks
+    `held_rows()`. A row given back to the stack by DPDK that it did not have (a double
+    free) is refused and counted in `bad_puts`."""
+
+    def __init__(self, dpdk: Dpdk, mem: EngineMemory, agent: int, name: str):
+        from engine.shm.memory import MBUF_HEADROOM, ST_FREE
+
+        ffi, lib = dpdk.ffi, dpdk.lib
+        if lib.FWD_MBUF_HEADROOM != MBUF_HEADROOM:
+            raise DpdkError(f"this DPDK keeps {lib.FWD_MBUF_HEADROOM} bytes of mbuf headroom, "
+                            f"the engine's pool layout {MBUF_HEADROOM}: no zero copy")
+        g = mem.geometry
+        start, end = g.partitions[agent]
+        self.dpdk = dpdk
+        self.mem = mem
+        self.agent = agent
+        self.first, self.nrows = start, end - start
+        self.max_frame = g.bufsize - MBUF_HEADROOM
+        self.held = np.zeros(self.nrows, dtype=np.uint8)
+        # the C side keeps these pointers: the arrays must outlive it (they are ours,
+        # and mem's views are kept by mem)
+        self._keep = (ffi.from_buffer("uint8_t[]", mem.data, require_writable=True),
+                      ffi.from_buffer("uint32_t[]", mem.free_stack[start:end],
+                                      require_writable=True),
+                      ffi.from_buffer("uint64_t[]", mem.state[agent, ST_FREE:ST_FREE + 1],
+                                      require_writable=True),
+                      ffi.from_buffer("uint8_t[]", self.held, require_writable=True))
+        base, stack, depth, held = self._keep
+        self.zc = lib.fwd_zc_create(name.encode(), base, g.bufsize, start, self.nrows, stack,
+                                    depth, held, -1)
+        if self.zc == ffi.NULL:
+            raise DpdkError(f"mempool over the pool's rows {start}..{end - 1} could not be "
+                            f"created: {dpdk._err()}")
+        self.mempool = lib.fwd_zc_mempool(self.zc)
+
+    def held_rows(self) -> np.ndarray:
+        """Rows DPDK has now (absolute row numbers)."""
+        return (self.first + np.flatnonzero(self.held)).astype(np.uint32)
+
+    @property
+    def bad_puts(self) -> int:
+        return int(self.dpdk.lib.fwd_zc_bad_puts(self.zc))
+
+
 class DpdkPort:
     """One ethdev with `nqueues` RX/TX queue pairs (plus TX queues up to `tx_queues`);
     queue q belongs to worker q."""
@@ -188,8 +255,10 @@ class DpdkPort:
     def __init__(self, dpdk: Dpdk, device: str, nqueues: int = 1, *,
                  tx_queues: int | None = None, mac: str | bytes | None = None,
                  mtu: int | None = None, nrxd: int = 1024,
-                 ntxd: int = 1024, promiscuous: bool = True, rx_offloads: int = 0):
+                 ntxd: int = 1024, promiscuous: bool = True, rx_offloads: int = 0,
+                 rx_pool: PoolMbufs | None = None):
         self.dpdk = dpdk
+        self.zc = rx_pool
         ffi, lib = dpdk.ffi, dpdk.lib
         self.ffi, self.lib = ffi, lib
         self.device = device
@@ -208,7 +277,8 @@ class DpdkPort:
             what = "rte_eth_dev_info_get"
         else:
             mac_c = ffi.new("uint8_t[6]", parse_mac(mac)) if mac is not None else ffi.NULL
-            ret = lib.fwd_port_setup(self.id, nqueues, self.tx_queues, nrxd, ntxd, dpdk.pool,
+            pool = rx_pool.mempool if rx_pool is not None else dpdk.pool
+            ret = lib.fwd_port_setup(self.id, nqueues, self.tx_queues, nrxd, ntxd, pool,
                                      mac_c, mtu or 0,
                                      lib.FWD_RSS_IPV4, rx_offloads, int(promiscuous), info)
             what = "port setup (configure, queue setup, start)"
@@ -223,6 +293,9 @@ class DpdkPort:
         self.driver = ffi.string(info.driver_name).decode()
         self.max_queues = min(int(info.max_rx_queues), int(info.max_tx_queues))
         self._dropped = ffi.new("uint64_t *")
+        self._copied = ffi.new("uint64_t *")  # zero copy: frames RX had to copy anyway
+        self._rows = np.zeros(0, dtype=np.uint32)  # zero copy: RX rows, TX rows to free
+        self._nfree = ffi.new("uint32_t *")
         self._pool_arr: np.ndarray | None = None
         self._pool_ptr: Any = None
         self._len = np.zeros(0, dtype=np.uint32)
@@ -248,7 +321,20 @@ class DpdkPort:
                  max_frames: int) -> np.ndarray:
         """Receive up to `max_frames` frames from `queue` into buffers allocated from
         `buffers` (an engine `Buffers`); sets `mem.length` and `mem.port` of each and
-        returns their indices in arrival order. Unused buffers go straight back."""
+        returns their indices in arrival order. Unused buffers go straight back.
+
+        Zero copy (`rx_pool`): the frames are in the rows of the mbufs the device
+        filled, taken from `buffers`' stack by the device itself; nothing is copied."""
+        if self.zc is not None:
+            if buffers.agent != self.zc.agent:
+                raise ValueError(f"rows of agent {self.zc.agent}'s partition, not "
+                                 f"{buffers.agent}'s")
+            rows = self._row_space(max_frames)
+            _, length, port = self._pool_arrays(mem)
+            got = self.lib.fwd_rx_burst_zc(self.id, queue, self.zc.zc, length, port,
+                                           port_index, self.ffi.from_buffer("uint32_t[]", rows),
+                                           max_frames, self._dropped, self._copied)
+            return rows[:got].copy()
         idx = buffers.alloc(max_frames)
         if len(idx) == 0:
             return idx
@@ -259,6 +345,16 @@ class DpdkPort:
         if got < len(idx):
             buffers.free(idx[got:])
         return idx[:got]
+
+    def _row_space(self, n: int) -> np.ndarray:
+        if len(self._rows) < n:
+            self._rows = np.zeros(max(n, 256), dtype=np.uint32)
+        return self._rows
+
+    @property
+    def rx_copied(self) -> int:
+        """Zero copy: frames that RX copied all the same (not whole in one of our mbufs)."""
+        return int(self._copied[0])
 
     def _pool_arrays(self, mem: EngineMemory) -> tuple[Any, Any, Any]:
         """C pointers to mem.data, mem.length and mem.port, made once per pool: the C
@@ -293,10 +389,17 @@ class DpdkPort:
             release(idx[got:])
         return filled
 
-    def tx_burst(self, queue: int, mem: EngineMemory, idx: np.ndarray) -> int:
+    def tx_burst(self, queue: int, mem: EngineMemory, idx: np.ndarray,
+                 buffers: Buffers | None = None) -> int:
         """Send buffers `idx` (lengths from `mem.length`) on `queue`; how many went, in
         order. The rows are copied, so the caller frees all of `idx` afterwards and
-        counts the rest as TX drops."""
+        counts the rest as TX drops.
+
+        Zero copy (`rx_pool`, and `buffers` given): the rows that went are no longer
+        the caller's. Rows of the pool's partition went as their own mbufs (the device
+        gives them back to the stack when done); the others (the slow path's) were
+        copied, and are freed here to `buffers`. The rows that did not go stay the
+        caller's, as without zero copy."""
         n = len(idx)
         if n == 0:
             return 0
@@ -304,6 +407,15 @@ class DpdkPort:
             idx = np.ascontiguousarray(idx, dtype=np.uint32)
         _check_rows(idx, mem.data)
         data, length, _ = self._pool_arrays(mem)
+        if self.zc is not None and buffers is not None:
+            to_free = self._row_space(n)
+            sent = self.lib.fwd_tx_burst_zc(self.id, queue, self.zc.zc, self.dpdk.pool, length,
+                                            self.ffi.from_buffer("uint32_t[]", idx), n,
+                                            self.ffi.from_buffer("uint32_t[]", to_free),
+                                            self._nfree)
+            if self._nfree[0]:
+                buffers.free(to_free[:self._nfree[0]].copy())
+            return int(sent)
         sent = self.lib.fwd_tx_burst_pool(self.id, queue, self.dpdk.pool, data,
                                           mem.data.shape[1], length,
                                           self.ffi.from_buffer("uint32_t[]", idx), n)
@@ -365,6 +477,7 @@ class DpdkPort:
         self._pool_ptr = None
         self._pool_arr = None
         self._mem_arrays = None
+        self.zc = None
         if self._started:
             self.lib.rte_eth_dev_stop(self.id)
             self.lib.rte_eth_dev_close(self.id)

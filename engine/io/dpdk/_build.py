@@ -112,6 +112,20 @@ int fwd_rx_burst_pool(uint16_t port, uint16_t queue, uint8_t *pool_base, uint32_
 int fwd_tx_burst_pool(uint16_t port, uint16_t queue, struct rte_mempool *mp,
                       const uint8_t *pool_base, uint32_t bufsize, const uint32_t *pool_len,
                       const uint32_t *idx, uint32_t n);
+
+struct fwd_zc;
+static const int FWD_MBUF_HEADROOM;
+struct fwd_zc *fwd_zc_create(const char *name, uint8_t *base, uint32_t bufsize,
+                             uint32_t first, uint32_t nrows, uint32_t *stack,
+                             uint64_t *depth, uint8_t *held, int socket_id);
+struct rte_mempool *fwd_zc_mempool(struct fwd_zc *zc);
+uint64_t fwd_zc_bad_puts(struct fwd_zc *zc);
+int fwd_rx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc, uint32_t *pool_len,
+                    uint16_t *pool_port, uint16_t port_index, uint32_t *idx, uint32_t n,
+                    uint64_t *dropped, uint64_t *copied);
+int fwd_tx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc,
+                    struct rte_mempool *copy_mp, const uint32_t *pool_len,
+                    const uint32_t *idx, uint32_t n, uint32_t *to_free, uint32_t *nfree);
 """
 
 SOURCE = r"""
@@ -395,6 +409,367 @@ static int fwd_tx_burst_pool(uint16_t port, uint16_t queue, struct rte_mempool *
                              const uint32_t *pool_len, const uint32_t *idx, uint32_t n)
 {
     return fwd_tx_core(port, queue, mp, pool_base, bufsize, idx, NULL, pool_len, n);
+}
+"""
+
+
+# Zero copy (used in single-process mode, see engine/io/dpdk/engine.py): the mbufs of
+# the RX queues are the engine's pool rows themselves.
+SOURCE += r"""
+#include <stdlib.h>
+
+static const int FWD_MBUF_HEADROOM = RTE_PKTMBUF_HEADROOM;
+
+/* One agent's pool partition as a DPDK mempool of mbufs with pinned external buffers
+   (as rte_pktmbuf_pool_create_extbuf makes them), with one difference: its free list
+   is the engine's own free stack of that partition (engine/shm/pool.py: pool.free
+   slots, depth in state[owner, ST_FREE]), through the mempool driver below. So a row
+   is free in one place only, whoever frees it: the engine (Buffers.free) or DPDK
+   (rte_pktmbuf_free after a transmission). The mbuf of row r has its data room at
+   row r: buf_addr = row - RTE_PKTMBUF_HEADROOM, so that a PMD writing at the usual
+   data_off (the headroom) writes at byte 0 of the row, where the engine expects a
+   frame. The headroom is the tail of row r-1 (for the first row, the pad the engine
+   layout keeps before the pool, pool.headroom); no PMD writes there on RX, and the
+   data room ends 128 bytes before the row does (frames up to bufsize - 128 bytes). */
+struct fwd_zc {
+    struct rte_mempool *mp;
+    uint8_t *base;            /* mem.data: row r starts at base + r * bufsize */
+    uint32_t bufsize;
+    uint32_t first, nrows;    /* the partition: rows [first, first + nrows) */
+    uint32_t *stack;          /* its free stack (absolute row numbers) ... */
+    uint64_t *depth;          /* ... and the stack's depth */
+    uint8_t *held;            /* held[r - first]: 1 while DPDK has row r (exactly once) */
+    struct rte_mbuf **mbuf;   /* mbuf[r - first]: the mbuf of row r */
+    uint64_t bad_puts;        /* rows given back that DPDK did not have: a bug if ever */
+    int populating;
+};
+
+static inline uint32_t fwd_zc_row(const struct fwd_zc *zc, const struct rte_mbuf *m)
+{
+    return (uint32_t)(((const uint8_t *)m->buf_addr + RTE_PKTMBUF_HEADROOM - zc->base)
+                      / zc->bufsize);
+}
+
+/* The mempool driver (struct rte_mempool_ops) over the engine's stack. No per-lcore
+   cache (cache_size 0): every get and put reaches these, so the stack is exact. Only
+   the control process calls them (single-process mode), as it is the stack's owner. */
+static int fwd_zc_alloc(struct rte_mempool *mp)
+{
+    mp->pool_data = mp->pool_config;
+    return 0;
+}
+
+static void fwd_zc_free(struct rte_mempool *mp)
+{
+    (void)mp;
+}
+
+/* put: DPDK is done with these mbufs (sent, or freed by a PMD) */
+static int fwd_zc_enqueue(struct rte_mempool *mp, void * const *objs, unsigned int n)
+{
+    struct fwd_zc *zc = mp->pool_data;
+    uint64_t depth = *zc->depth;
+    unsigned int i;
+
+    if (zc->populating)
+        return 0;  /* rte_mempool_populate_default: the rows are on the stack already */
+    for (i = 0; i < n; i++) {
+        uint32_t r = fwd_zc_row(zc, objs[i]) - zc->first;
+        if (!zc->held[r]) {  /* never pushed twice: that would hand one row out twice */
+            zc->bad_puts++;
+            continue;
+        }
+        zc->held[r] = 0;
+        zc->stack[depth++] = r + zc->first;
+    }
+    *zc->depth = depth;  /* the slots first, then the depth that publishes them (pool.py) */
+    return 0;
+}
+
+/* get: all n or none, from the top of the stack, as Buffers.alloc takes them */
+static int fwd_zc_dequeue(struct rte_mempool *mp, void **objs, unsigned int n)
+{
+    struct fwd_zc *zc = mp->pool_data;
+    uint64_t depth = *zc->depth;
+    unsigned int i;
+
+    if (depth < n)
+        return -ENOBUFS;
+    for (i = 0; i < n; i++) {
+        uint32_t r = zc->stack[depth - 1 - i] - zc->first;
+        zc->held[r] = 1;
+        objs[i] = zc->mbuf[r];
+    }
+    *zc->depth = depth - n;
+    return 0;
+}
+
+static unsigned int fwd_zc_count(const struct rte_mempool *mp)
+{
+    const struct fwd_zc *zc = mp->pool_data;
+    return (unsigned int)*zc->depth;
+}
+
+static const struct rte_mempool_ops fwd_zc_ops = {
+    .name = "fwd_pool_rows",
+    .alloc = fwd_zc_alloc,
+    .free = fwd_zc_free,
+    .enqueue = fwd_zc_enqueue,
+    .dequeue = fwd_zc_dequeue,
+    .get_count = fwd_zc_count,
+};
+
+/* As rte_mbuf.c's rte_pktmbuf_free_pinned_extmem (static there): called when the last
+   mbuf attached to a pinned buffer lets go of it. */
+static void fwd_zc_free_pinned(void *addr, void *opaque)
+{
+    struct rte_mbuf *m = opaque;
+    (void)addr;
+    rte_mbuf_ext_refcnt_set(m->shinfo, 1);
+    m->ol_flags = RTE_MBUF_F_EXTERNAL;
+    m->next = NULL;
+    m->nb_segs = 1;
+    rte_mbuf_raw_free(m);
+}
+
+/* As rte_mbuf.c's __rte_pktmbuf_init_extmem, with the buffer of object i at row
+   first + i (minus the headroom), and the row -> mbuf table filled. */
+static void fwd_zc_init_mbuf(struct rte_mempool *mp, void *arg, void *obj, unsigned int i)
+{
+    struct fwd_zc *zc = arg;
+    struct rte_mbuf *m = obj;
+    struct rte_mbuf_ext_shared_info *shinfo;
+
+    memset(m, 0, sizeof(*m));
+    m->priv_size = 0;
+    m->buf_len = (uint16_t)zc->bufsize;
+    m->buf_addr = zc->base + (size_t)(zc->first + i) * zc->bufsize - RTE_PKTMBUF_HEADROOM;
+    rte_mbuf_iova_set(m, RTE_BAD_IOVA);  /* vdevs only: no device DMAs into the rows */
+    m->data_off = RTE_PKTMBUF_HEADROOM;
+    m->pool = mp;
+    m->nb_segs = 1;
+    m->port = RTE_MBUF_PORT_INVALID;
+    m->ol_flags = RTE_MBUF_F_EXTERNAL;
+    rte_mbuf_refcnt_set(m, 1);
+    m->next = NULL;
+    shinfo = RTE_PTR_ADD(m, sizeof(struct rte_mbuf));
+    m->shinfo = shinfo;
+    shinfo->free_cb = fwd_zc_free_pinned;
+    shinfo->fcb_opaque = m;
+    rte_mbuf_ext_refcnt_set(shinfo, 1);
+    zc->mbuf[i] = m;
+}
+
+/* The mempool over rows [first, first + nrows) of the pool at base; NULL and rte_errno
+   on failure. The rows' current state stays as it is: free rows are on the stack,
+   the others are the engine's. */
+static struct fwd_zc *fwd_zc_create(const char *name, uint8_t *base, uint32_t bufsize,
+                                    uint32_t first, uint32_t nrows, uint32_t *stack,
+                                    uint64_t *depth, uint8_t *held, int socket_id)
+{
+    static int registered;
+    struct rte_pktmbuf_pool_private priv;
+    struct fwd_zc *zc;
+    struct rte_mempool *mp;
+    int ret;
+
+    if (bufsize <= RTE_PKTMBUF_HEADROOM || bufsize > UINT16_MAX || nrows == 0) {
+        rte_errno = EINVAL;
+        return NULL;
+    }
+    /* registered here, after EAL loaded its drivers, not by a constructor at load:
+       mempool drivers are numbered in registration order, and that order must not
+       change in processes that never use this one */
+    if (!registered) {
+        ret = rte_mempool_register_ops(&fwd_zc_ops);
+        if (ret < 0) {
+            rte_errno = -ret;
+            return NULL;
+        }
+        registered = 1;
+    }
+    zc = calloc(1, sizeof(*zc));
+    if (zc == NULL || (zc->mbuf = calloc(nrows, sizeof(*zc->mbuf))) == NULL) {
+        free(zc);
+        rte_errno = ENOMEM;
+        return NULL;
+    }
+    zc->base = base;
+    zc->bufsize = bufsize;
+    zc->first = first;
+    zc->nrows = nrows;
+    zc->stack = stack;
+    zc->depth = depth;
+    zc->held = held;
+    /* an mbuf header and its shared info; the data is the row */
+    mp = rte_mempool_create_empty(name, nrows, sizeof(struct rte_mbuf) +
+                                  sizeof(struct rte_mbuf_ext_shared_info), 0,
+                                  sizeof(struct rte_pktmbuf_pool_private), socket_id, 0);
+    if (mp == NULL)
+        goto fail;
+    ret = rte_mempool_set_ops_byname(mp, fwd_zc_ops.name, zc);
+    if (ret != 0)
+        goto fail_errno;
+    memset(&priv, 0, sizeof(priv));
+    priv.mbuf_data_room_size = (uint16_t)bufsize;
+    priv.flags = RTE_PKTMBUF_POOL_F_PINNED_EXT_BUF;
+    rte_pktmbuf_pool_init(mp, &priv);
+    zc->populating = 1;
+    ret = rte_mempool_populate_default(mp);
+    zc->populating = 0;
+    if (ret < 0)
+        goto fail_errno;
+    if (mp->populated_size != nrows) {
+        ret = -ENOMEM;
+        goto fail_errno;
+    }
+    rte_mempool_obj_iter(mp, fwd_zc_init_mbuf, zc);
+    zc->mp = mp;
+    return zc;
+fail_errno:
+    rte_errno = -ret;
+fail:
+    if (mp != NULL)
+        rte_mempool_free(mp);
+    free(zc->mbuf);
+    free(zc);
+    return NULL;
+}
+
+static struct rte_mempool *fwd_zc_mempool(struct fwd_zc *zc)
+{
+    return zc->mp;
+}
+
+static uint64_t fwd_zc_bad_puts(struct fwd_zc *zc)
+{
+    return zc->bad_puts;
+}
+
+/* Receive up to n frames; idx[] gets their rows. A frame in an mbuf of ours, whole and
+   at the start of its row (what every vdev PMD does), is taken as it is: its row is
+   the engine's from now on. Anything else (a frame in several segments, an mbuf of
+   another pool, a frame not where expected) is copied into a row from the stack and
+   its mbufs freed, as fwd_rx_core does; counted in *copied. */
+static int fwd_rx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc,
+                           uint32_t *pool_len, uint16_t *pool_port, uint16_t port_index,
+                           uint32_t *idx, uint32_t n, uint64_t *dropped, uint64_t *copied)
+{
+    struct rte_mbuf *pkts[FWD_CHUNK];
+    uint32_t k = 0, seen = 0;
+
+    while (seen < n) {
+        uint16_t want = (uint16_t)RTE_MIN((uint32_t)FWD_CHUNK, n - seen);
+        uint16_t got = rte_eth_rx_burst(port, queue, pkts, want);
+        uint16_t i;
+        seen += got;
+        for (i = 0; i < got; i++) {
+            struct rte_mbuf *m = pkts[i];
+            uint32_t plen = rte_pktmbuf_pkt_len(m);
+            uint32_t r;
+            if (m->pool == zc->mp && m->nb_segs == 1 && m->data_off == RTE_PKTMBUF_HEADROOM
+                    && rte_mbuf_refcnt_read(m) == 1
+                    && rte_mbuf_ext_refcnt_read(m->shinfo) == 1) {
+                r = fwd_zc_row(zc, m);
+                zc->held[r - zc->first] = 0;  /* the engine's now; the mbuf stays with it */
+            } else {
+                const struct rte_mbuf *s;
+                uint32_t off = 0;
+                uint64_t depth = *zc->depth;
+                if (plen > zc->bufsize || depth == 0) {
+                    (*dropped)++;  /* too long for a row, or no free row */
+                    rte_pktmbuf_free(m);
+                    continue;
+                }
+                r = zc->stack[depth - 1];
+                *zc->depth = depth - 1;
+                for (s = m; s != NULL; s = s->next) {
+                    rte_memcpy(zc->base + (size_t)r * zc->bufsize + off,
+                               rte_pktmbuf_mtod(s, const void *), s->data_len);
+                    off += s->data_len;
+                }
+                rte_pktmbuf_free(m);
+                (*copied)++;
+            }
+            pool_len[r] = plen;
+            pool_port[r] = port_index;
+            idx[k++] = r;
+        }
+        if (got < want)
+            break;  /* queue drained: do not spin on an empty queue */
+    }
+    return (int)k;
+}
+
+/* Send rows idx[0..n), lengths from pool_len. A row of ours that fits its mbuf's data
+   room goes as its own mbuf, reset as rte_pktmbuf_reset would and pointing at the row:
+   once the device takes it, the row is DPDK's, and comes back to the stack when the
+   device frees the mbuf. Other rows (another agent's partition: the slow path's, or
+   longer than the data room) are copied into an mbuf of copy_mp, as fwd_tx_core does;
+   those sent are listed in to_free[0..*nfree) for the caller to free. Returns how many
+   went, the first ones in order; the rest stay the caller's, untouched. */
+static int fwd_tx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc,
+                           struct rte_mempool *copy_mp, const uint32_t *pool_len,
+                           const uint32_t *idx, uint32_t n, uint32_t *to_free,
+                           uint32_t *nfree)
+{
+    struct rte_mbuf *pkts[FWD_CHUNK];
+    uint8_t copy[FWD_CHUNK];
+    uint32_t done = 0, sent = 0, room = zc->bufsize - RTE_PKTMBUF_HEADROOM;
+
+    *nfree = 0;
+    while (done < n) {
+        uint16_t want = (uint16_t)RTE_MIN((uint32_t)FWD_CHUNK, n - done);
+        uint16_t i, ok, took;
+        for (ok = 0; ok < want; ok++) {
+            uint32_t r = idx[done + ok];
+            uint32_t plen = pool_len[r];
+            struct rte_mbuf *m;
+            if (r - zc->first < zc->nrows && plen <= room) {
+                m = zc->mbuf[r - zc->first];
+                m->data_off = RTE_PKTMBUF_HEADROOM;
+                m->data_len = (uint16_t)plen;
+                m->pkt_len = plen;
+                m->nb_segs = 1;
+                m->next = NULL;
+                m->ol_flags = RTE_MBUF_F_EXTERNAL;
+                m->packet_type = 0;
+                m->vlan_tci = 0;
+                m->vlan_tci_outer = 0;
+                m->port = RTE_MBUF_PORT_INVALID;
+                zc->held[r - zc->first] = 1;  /* before the device may free it */
+                copy[ok] = 0;
+            } else {
+                char *dst;
+                m = plen <= zc->bufsize ? rte_pktmbuf_alloc(copy_mp) : NULL;
+                if (m == NULL)
+                    break;  /* no mbuf: what is prepared goes, the rest waits */
+                dst = rte_pktmbuf_append(m, (uint16_t)plen);
+                if (dst == NULL) {
+                    rte_pktmbuf_free(m);
+                    break;
+                }
+                rte_memcpy(dst, zc->base + (size_t)r * zc->bufsize, plen);
+                copy[ok] = 1;
+            }
+            pkts[ok] = m;
+        }
+        took = ok ? rte_eth_tx_burst(port, queue, pkts, ok) : 0;
+        for (i = 0; i < took; i++)
+            if (copy[i])
+                to_free[(*nfree)++] = idx[done + i];
+        for (i = took; i < ok; i++) {
+            if (copy[i])
+                rte_pktmbuf_free(pkts[i]);
+            else
+                zc->held[idx[done + i] - zc->first] = 0;  /* not taken: still the caller's */
+        }
+        sent += took;
+        done += ok;
+        if (took < want)
+            break;  /* the queue is full, or no mbuf: the rest would not go either */
+    }
+    return (int)sent;
 }
 """
 

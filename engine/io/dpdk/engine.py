@@ -24,6 +24,20 @@ the Toeplitz hash of engine/io/rss.py (one flow always on one worker, in order),
 sends what the workers and the slow path queued. Workers never touch DPDK. It runs
 with or without hugepages (`--no-huge -m memory_mb --no-shconf`).
 
+Zero copy (`[dpdk] zero_copy`, on by default; single-process mode on vdevs): the
+control process's RX queues take their mbufs from a mempool over its own pool
+partition (`Dpdk.pool_mbufs`): a frame arrives in a pool row, goes to a worker as the
+row's index, and leaves as that row's mbuf; DPDK's free list for those mbufs is the
+partition's free stack, so a row is free in one place only. Frames of the slow path
+(its own partition) are still copied into mbufs on TX. Not in multi-process mode:
+there an mbuf lives in hugepages shared by every process and holds one virtual
+address for its data, while the engine's pool is mapped at a different address in
+each process; and a worker's rows could be freed by another process (net_ring hands
+the very mbufs from one port to the other), which the single-writer free stacks do
+not allow. Not for PCI devices either: a NIC would DMA into the rows, which would
+need them registered (`rte_extmem_register`) and mapped for the device
+(`rte_dev_dma_map`) with their IOVAs, which is not done (nor testable here).
+
 Live semantics: a DPDK port, `net_pcap` on a capture file included, has no end; the
 engine runs until SIGINT/SIGTERM (the pcap vdev simply stops delivering at the end
 of its file, and writes and flushes its output capture burst by burst).
@@ -47,7 +61,7 @@ import numpy as np
 
 from engine.config import Config, PortConfig
 from engine.counters import MISC_BASE, Misc
-from engine.io.dpdk import Dpdk, DpdkError, DpdkPort, hugepages_reserved
+from engine.io.dpdk import Dpdk, DpdkError, DpdkPort, PoolMbufs, hugepages_reserved
 from engine.io.dpdk._build import build
 from engine.io.dpdk.devices import is_pci, single_process_reason
 from engine.io.ports import RX_BYTES, RX_DROPS, RX_PACKETS, Sender, SenderPorts, WorkerPorts
@@ -110,6 +124,17 @@ class DpdkPlan:
         if not self.hugepages:
             args += ["--no-huge", "-m", str(self.memory_mb), "--no-shconf"]
         return args + list(self.eal_args)
+
+    def zero_copy_off(self, cfg: Config) -> str | None:
+        """Why this run copies frames between mbufs and the pool, or None (zero copy)."""
+        if not cfg.dpdk.zero_copy:
+            return "dpdk.zero_copy is false"
+        if self.multi:
+            return ("multi-process mode (an mbuf holds one address for its data, the "
+                    "pool is mapped at another in every process)")
+        if not self.no_pci:
+            return "PCI devices (the pool's rows are not mapped for DMA)"
+        return None
 
     def mbufs(self, nports: int) -> int:
         """Enough mbufs for every descriptor of every queue, the per-lcore caches and a
@@ -227,9 +252,13 @@ class DpdkQueue:
     DPDK ports are polled: there is no file descriptor to sleep on, so `fileno` is -1
     and an idle worker sleeps its back-off (engine/workers/loop.py)."""
 
-    def __init__(self, port: DpdkPort, queue: int):
+    def __init__(self, port: DpdkPort, queue: int, buffers: Buffers | None = None):
         self.port = port
         self.queue = queue
+        # zero copy: the rows a TX burst sent are the device's (it frees their mbufs
+        # back to the pool); the rows it copied are freed to `buffers`
+        self.buffers = buffers if port.zc is not None else None
+        self.owns_sent = self.buffers is not None
 
     def rx_burst(self, buffers: Buffers, mem: EngineMemory, port: int,
                  max_frames: int) -> np.ndarray:
@@ -239,7 +268,7 @@ class DpdkQueue:
         return idx
 
     def tx_burst(self, mem: EngineMemory, idx: np.ndarray) -> int:
-        return self.port.tx_burst(self.queue, mem, idx)
+        return self.port.tx_burst(self.queue, mem, idx, self.buffers)
 
     def fileno(self) -> int:
         return -1
@@ -248,7 +277,7 @@ class DpdkQueue:
         return False
 
     def stats(self) -> dict[str, int]:
-        return {"rx_oversize": self.port.rx_dropped}
+        return {"rx_oversize": self.port.rx_dropped, "rx_copied": self.port.rx_copied}
 
     def close(self) -> None:
         """Nothing: the port belongs to the process's EAL (closed with it)."""
@@ -297,7 +326,7 @@ class SingleProcessAgent:
         self.mem = mem
         self.burst = burst
         self.nworkers = g.nworkers
-        self.queues = [DpdkQueue(p, 0) for p in ports]
+        self.queues = [DpdkQueue(p, 0, Buffers(mem, AGENT_IO)) for p in ports]
         rings = [[mem.rings[f"tx.{p}.{w}"] for w in range(g.nworkers)]
                  + [mem.rings[f"slowtx.{p}"]] for p in range(len(ports))]
         self.sender = Sender(mem, AGENT_IO, self.queues, rings, burst)
@@ -376,6 +405,8 @@ class DpdkControl:
         self.closed = False
         self.final: dict[str, dict[str, int]] = {}
         self.io: SenderPorts | SingleProcessAgent | None = None
+        self.rows: PoolMbufs | None = None  # zero copy: the I/O partition's mbufs
+        self.copy_why = plan.zero_copy_off(cfg)
         try:
             eal = _open_eal(plan.primary_args(self.prefix), mbufs=plan.mbufs(len(cfg.ports)),
                             dataroom=g.bufsize)
@@ -383,11 +414,16 @@ class DpdkControl:
             self._remove_runtime_files()
             raise DpdkSetupError(f"DPDK: {err}") from None
         try:
+            if self.copy_why is None:
+                try:
+                    self.rows = eal.pool_mbufs(mem, AGENT_IO)
+                except DpdkError as err:
+                    raise DpdkSetupError(f"DPDK zero copy (dpdk.zero_copy): {err}") from None
             for p in cfg.ports:
                 try:
                     _ports[p.name] = eal.port(p.device or "", plan.rx_queues,
                                               tx_queues=plan.tx_queues, mac=p.mac, mtu=p.mtu,
-                                              nrxd=RXD, ntxd=TXD)
+                                              nrxd=RXD, ntxd=TXD, rx_pool=self.rows)
                 except DpdkError as err:
                     raise DpdkSetupError(f"port {p.name!r}: {err}") from None
             if plan.multi:
@@ -400,7 +436,19 @@ class DpdkControl:
 
     def describe(self) -> str:
         huge = "hugepages" if self.plan.hugepages else "--no-huge"
-        return f"DPDK {self.plan.mode} ({self.plan.why}; {huge}, EAL prefix {self.prefix})"
+        copy = "zero copy" if self.copy_why is None else f"copying: {self.copy_why}"
+        return (f"DPDK {self.plan.mode} ({self.plan.why}; {huge}; {copy}; "
+                f"EAL prefix {self.prefix})")
+
+    @property
+    def backlog(self) -> list[np.ndarray]:
+        """Buffers this process holds outside the pool's rings and stacks, for a pool
+        audit (control/supervisor.py `held_by`): its TX backlogs, and with zero copy the
+        rows DPDK has (in the devices' queues, or sent and not yet freed)."""
+        held = list(getattr(self.io, "sender", self.io).backlog) if self.io is not None else []
+        if self.rows is not None and not self.closed:
+            held.append(self.rows.held_rows())
+        return [b for b in held if len(b)]
 
     def drain(self) -> int:
         return self.io.drain() if self.io is not None and not self.closed else 0
@@ -417,6 +465,11 @@ class DpdkControl:
             try:
                 st = {k: v for k, v in dev.stats().items() if k in DEVICE_STATS}
                 st.update({f"x.{k}": v for k, v in dev.xstats().items()})
+                if dev.zc is not None:
+                    # frames RX copied all the same, and rows DPDK gave back twice
+                    # (refused; the pool's, shown on every port): both 0 normally
+                    st["zc.rx_copied"] = dev.rx_copied
+                    st["zc.bad_puts"] = dev.zc.bad_puts
             except DpdkError:
                 continue
             out[name] = st
