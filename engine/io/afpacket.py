@@ -88,6 +88,12 @@ PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
 PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_LB = 1
+PACKET_FANOUT_CPU = 2
+PACKET_FANOUT_QM = 5
+FANOUT_MODES = {"hash": PACKET_FANOUT_HASH, "lb": PACKET_FANOUT_LB, "cpu": PACKET_FANOUT_CPU,
+                "qm": PACKET_FANOUT_QM}
+SO_BUSY_POLL = 46
 TPACKET_V2 = 1
 TPACKET_V3 = 2
 PACKET_OUTGOING = 4  # sll_pkttype of a frame we (or the host) sent
@@ -138,7 +144,7 @@ void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len
                       const int64_t *ts, uint64_t n, int nanosecond, uint8_t *dst);
 int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
                 const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
-                const uint32_t *idx, uint32_t n, uint32_t *too_long);
+                const uint32_t *idx, uint32_t n, uint32_t *too_long, int vnet);
 int fwd_sendmmsg(int fd, const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
                  const uint32_t *idx, uint32_t n);
 int fwd_plan_offloads(const uint8_t *ring, const int64_t *off, const uint32_t *len,
@@ -245,15 +251,19 @@ void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len
 
 /* Fill TX ring slots from *head on, advancing it; stops at the first slot the kernel
    still holds. A frame longer than a slot is skipped and counted in *too_long.
-   Returns the number of frames taken (placed or skipped), a prefix of idx. */
+   Returns the number of frames taken (placed or skipped), a prefix of idx.
+   `vnet`: the socket has PACKET_VNET_HDR; each frame is preceded by a virtio_net_hdr
+   whose hdr_len is the whole frame, so that tpacket_snd copies it into the skb's
+   linear part instead of attaching the ring's page as a fragment (which a device
+   without scatter-gather then has copied again: validate_xmit_skb's linearize). */
 int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
                 const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
-                const uint32_t *idx, uint32_t n, uint32_t *too_long)
+                const uint32_t *idx, uint32_t n, uint32_t *too_long, int vnet)
 {
-    uint32_t i, h = *head;
+    uint32_t i, h = *head, pre = vnet ? 10 : 0;
     for (i = 0; i < n; i++) {
         uint32_t len = pool_len[idx[i]];
-        if (len > frame_size - 32) {
+        if (len > frame_size - 32 - pre) {
             (*too_long)++;
             continue;
         }
@@ -261,8 +271,12 @@ int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *
         uint32_t *status = (uint32_t *)slot;
         if (__atomic_load_n(status, __ATOMIC_ACQUIRE) & 3)  /* SEND_REQUEST | SENDING */
             break;
-        memcpy(slot + 32, pool + (uint64_t)idx[i] * bufsize, len);
-        status[1] = len;  /* tp_len */
+        if (vnet) {
+            uint16_t hdr[5] = {0, (uint16_t)len, 0, 0, 0};  /* flags, gso_type 0 (none) */
+            memcpy(slot + 32, hdr, 10);
+        }
+        memcpy(slot + 32 + pre, pool + (uint64_t)idx[i] * bufsize, len);
+        status[1] = len + pre;  /* tp_len */
         __atomic_store_n(status, 1, __ATOMIC_RELEASE);  /* TP_STATUS_SEND_REQUEST */
         h = h + 1 == nframes ? 0 : h + 1;
     }
@@ -636,8 +650,16 @@ class AfPacketPort:
     unique per port within the network namespace); None: no fanout (one worker).
     RX ring: `ring_blocks` blocks of `block_size` bytes (a page multiple); a block is
     handed to us when full or after `retire_ms` (latency bound at low rates).
-    `frame_size` is the TX ring's slot size (frames longer than frame_size - 32 are
-    not sent) and `tx_frames` its number of slots.
+    `frame_size` is the TX ring's slot size (frames longer than frame_size - 32, - 42
+    with `tx_vnet`, are not sent) and `tx_frames` its number of slots: 4096, two
+    bursts of 2048 in flight (lab, 64-byte UDP, one worker at batch 2048: 0.65 µs of
+    router CPU a packet against 0.90 with 1024 slots, where a burst found the ring
+    full, and 0.84 at batch 1024; perf/results/afpacket-2026-12-07-vm.json).
+    `qdisc_bypass`: PACKET_QDISC_BYPASS on the TX socket (measured: 0.94 against 1.20
+    µs a packet without). `tx_vnet`: a virtio_net_hdr on TX frames (fwd_tx_fill).
+    `fanout_mode`: "hash" (PACKET_FANOUT_HASH, one flow one worker), or "lb", "cpu",
+    "qm" to compare. `busy_poll_us`: SO_BUSY_POLL on the RX socket (veth has no NAPI
+    to poll unless GRO or XDP is on: no effect measured, off).
     `walker`, `copier`, `tx_mode`: the implementations compared by the benchmark;
     the defaults are the fastest measured, with a fallback if the C helper is absent.
     `receive=False` opens the TX side only (the slow path's sender: it must not take
@@ -647,10 +669,11 @@ class AfPacketPort:
     """
 
     def __init__(self, iface: str, *, fanout_group: int | None = None, ring_blocks: int = 32,
-                 block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 1024,
+                 block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 4096,
                  retire_ms: int = 1, promisc: bool = True, walker: str | None = None,
                  copier: str | None = None, tx_mode: str | None = None,
-                 receive: bool = True, offloads: bool = True):
+                 receive: bool = True, offloads: bool = True, fanout_mode: str = "hash",
+                 qdisc_bypass: bool = True, busy_poll_us: int = 0, tx_vnet: bool = True):
         self.iface = iface
         needs_c = walker in (None, "c") or copier in (None, "c") or tx_mode in (
             None, "ring", "sendmmsg")
@@ -673,6 +696,7 @@ class AfPacketPort:
         self.frame_size = frame_size
         self.tx_frames = tx_frames
         self.offloads = offloads and self.walker == "c" and self.copier == "c"
+        self.tx_vnet = tx_vnet and self.tx_mode == "ring"
         # per EngineMemory: C pointers to its pool arrays (see _pool_ptrs)
         self._mem_ptrs: weakref.WeakKeyDictionary[EngineMemory, tuple[int, tuple[Any, ...]]] = (
             weakref.WeakKeyDictionary())
@@ -695,8 +719,9 @@ class AfPacketPort:
                                 ) from e
         try:
             if receive:
-                self._open_rx(fanout_group, retire_ms, promisc)
-            self._open_tx()
+                self._open_rx(fanout_group, retire_ms, promisc, FANOUT_MODES[fanout_mode],
+                              busy_poll_us)
+            self._open_tx(qdisc_bypass)
         except BaseException:
             self.close()
             raise
@@ -709,7 +734,8 @@ class AfPacketPort:
         except OSError as e:
             raise _fail(self.iface, what, e) from e
 
-    def _open_rx(self, fanout_group: int | None, retire_ms: int, promisc: bool) -> None:
+    def _open_rx(self, fanout_group: int | None, retire_ms: int, promisc: bool,
+                 fanout_mode: int, busy_poll_us: int) -> None:
         iface = self.iface
         try:
             # protocol 0 until the ring exists and we are bound: nothing is queued
@@ -755,9 +781,11 @@ class AfPacketPort:
             # flow to another worker): all fragments of a datagram hash alike anyway
             # (the flow dissector ignores ports on fragments)
             self._setsockopt(s, PACKET_FANOUT,
-                             (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16),
+                             (fanout_group & 0xFFFF) | (fanout_mode << 16),
                              f"joining fanout group {fanout_group} (one id per port: is "
                              "another interface or socket type using it?)")
+        if busy_poll_us:
+            s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, busy_poll_us)
         self._cur = 0  # block we read next
         self._walk = _Walk(self.block_size // 64)
         self._n = 0  # frames of the open block (0: no block open)
@@ -780,7 +808,7 @@ class AfPacketPort:
                         "segs": _ptr(ffi, w.segs, "uint32_t *"),
                         "seglen": _ptr(ffi, w.seglen, "uint32_t *")}
 
-    def _open_tx(self) -> None:
+    def _open_tx(self, qdisc_bypass: bool = True) -> None:
         iface = self.iface
         try:
             # protocol 0: this socket is never hooked into receive, so never reads back
@@ -788,9 +816,12 @@ class AfPacketPort:
         except OSError as e:
             raise _fail(iface, "opening a packet socket", e) from e
         s = self.tx_sock
-        self._setsockopt(s, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS")
+        if qdisc_bypass:
+            self._setsockopt(s, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS")
         if self.tx_mode in ("ring", "ring-numpy"):
             self._setsockopt(s, PACKET_VERSION, TPACKET_V2, "PACKET_VERSION V2")
+            if self.tx_vnet:  # before the ring, as on RX
+                self._setsockopt(s, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
             # a malformed frame is skipped (its slot freed) instead of stopping the ring
             self._setsockopt(s, PACKET_LOSS, 1, "PACKET_LOSS")
             per_block = max(1, mmap.PAGESIZE // self.frame_size)
@@ -1065,7 +1096,7 @@ class AfPacketPort:
             before = int(self._tx_state[1])
             placed = lib.fwd_tx_fill(self._lib_tx, self.frame_size, self.tx_frames,
                                      self._tx_cstate, data, mem.geometry.bufsize, pool_len,
-                                     cidx, n, self._tx_cstate + 1)
+                                     cidx, n, self._tx_cstate + 1, int(self.tx_vnet))
             self.tx_oversize += int(self._tx_state[1]) - before
         # flush even when nothing new fit: a send() that stopped part way (ENOBUFS,
         # a busy driver) leaves slots in SEND_REQUEST, which only another send() moves
@@ -1153,9 +1184,10 @@ class AfPacketPort:
 
 
 def tx_frame_size(bufsize: int) -> int:
-    """A TX ring slot that holds any pool buffer after the 32-byte slot header: 2 KiB
-    for a 1,500-byte MTU, whole pages beyond (the ring wants a page multiple then)."""
-    need = bufsize + 32
+    """A TX ring slot that holds any pool buffer after the 32-byte slot header and a
+    virtio_net_hdr: 2 KiB for 2,006-byte buffers, whole pages beyond (the ring wants a
+    page multiple then)."""
+    need = bufsize + TX_DATA_OFF + VNET_HDR_LEN
     return 2048 if need <= 2048 else -(-need // 4096) * 4096
 
 
@@ -1170,6 +1202,33 @@ def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool
     """This process's queue on an afpacket port: a worker's joins the port's fanout
     group, which spreads flows as a NIC's RSS would; a send-only one joins none."""
     g = mem.geometry
-    return AfPacketPort(port.iface or "", receive=receive,
-                        fanout_group=fanout_group(g.name, index) if receive else None,
-                        frame_size=tx_frame_size(g.bufsize))
+    knobs = bench_knobs(os.environ.get("FWD_AFPACKET", ""))
+    fanout = knobs.pop("fanout", "hash")
+    if fanout == "none" and g.nworkers > 1:
+        raise ValueError("FWD_AFPACKET fanout=none: every worker would get every frame")
+    group = fanout_group(g.name, index) if receive and fanout != "none" else None
+    return AfPacketPort(port.iface or "", receive=receive, fanout_group=group,
+                        fanout_mode="hash" if fanout == "none" else str(fanout),
+                        frame_size=tx_frame_size(g.bufsize), **knobs)
+
+
+# FWD_AFPACKET="name=value,...": the driver's options the benchmark compares
+# (perf/bench_lab.py engine modes with "+name=value"), not a user setting
+_KNOBS = {"fanout": str, "offloads": int, "qdisc_bypass": int, "busy_poll_us": int,
+          "tx_vnet": int, "tx_mode": str,
+          "retire_ms": int, "ring_blocks": int, "block_size": int, "tx_frames": int}
+
+
+def bench_knobs(text: str) -> dict[str, Any]:
+    """Parse FWD_AFPACKET ("fanout=cpu,busy_poll_us=50") into AfPacketPort options."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in _KNOBS:
+            raise ValueError(f"FWD_AFPACKET: unknown option {name!r} (one of "
+                             f"{', '.join(_KNOBS)})")
+        out[name] = _KNOBS[name](value)
+    for flag in ("offloads", "qdisc_bypass", "tx_vnet"):
+        if flag in out:
+            out[flag] = bool(out[flag])
+    return out
