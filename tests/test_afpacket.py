@@ -14,13 +14,14 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -157,10 +158,12 @@ def variants() -> list[dict[str, str]]:
     if c_helper() is not None:
         out.insert(0, {"walker": "c", "copier": "c", "tx_mode": "ring"})
         out.append({"walker": "c", "copier": "c", "tx_mode": "sendmmsg"})
+        # TX ring frames without the virtio_net_hdr (fwd_tx_fill's other layout)
+        out.append({"walker": "c", "copier": "c", "tx_mode": "ring", "tx_vnet": False})
     return out
 
 
-@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(v.values()))
+@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(map(str, v.values())))
 def test_rx_burst_returns_exactly_the_frames_sent(veth, wire, mem, impl):
     # mixed sizes defeat the numpy walker's equal-step guess (pointer doubling runs)
     sizes = [60, 64, 128, 1514, 3000, 61, 999] * 12
@@ -177,7 +180,7 @@ def test_rx_burst_returns_exactly_the_frames_sent(veth, wire, mem, impl):
         assert port.stats()["kernel_drops"] == 0
 
 
-@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(v.values()))
+@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(map(str, v.values())))
 def test_equal_sizes_many_blocks(veth, wire, mem, impl):
     # 64-byte frames: the fast case; several blocks, bursts that split blocks
     sent = [udp_frame(i, 64) for i in range(900)]
@@ -219,7 +222,7 @@ def test_oversize_frames_are_dropped_and_counted(veth, wire):
         m.close()
 
 
-@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(v.values()))
+@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(map(str, v.values())))
 def test_tx_burst_frames_arrive_byte_for_byte(veth, wire, mem, impl):
     frames = [udp_frame(i, size) for i, size in enumerate([60, 64, 1514, 3000, 77] * 40)]
     buffers = Buffers(mem, AGENT_IO)
@@ -299,7 +302,7 @@ def test_without_cap_net_raw_says_so(veth):
     assert veth[0] in r.stdout and "CAP_NET_RAW" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(v.values()))
+@pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(map(str, v.values())))
 def test_tx_frame_longer_than_a_slot_is_skipped_and_counted(veth, wire, mem, impl):
     frames = [udp_frame(i, size) for i, size in enumerate([100, 3000, 200])]
     buffers = Buffers(mem, AGENT_IO)
@@ -393,3 +396,216 @@ def test_without_the_c_helper_numpy_takes_over(veth, wire, mem, monkeypatch):
         assert frames_of(mem, receive(port, Buffers(mem, AGENT_IO), mem, 20)) == sent
     with pytest.raises(AfPacketError, match="C helper is not available: CompileError"):
         AfPacketPort(veth[0], walker="c")
+
+
+# -- offloads: TSO/GSO super-frames and partial checksums (PACKET_VNET_HDR) ----------
+#
+# A host with its offloads on (the kernel's defaults on veth) hands the engine what its
+# stack built for a device that segments and checksums: TCP frames of up to 64 KiB
+# with gso_size set, and L4 checksum fields that hold only the pseudo-header sum
+# (CHECKSUM_PARTIAL). veth passes both through whole. The peer below makes exactly
+# those with a packet socket that sends a virtio_net_hdr (PACKET_VNET_HDR), as
+# qemu/tap would; the receiving port must turn them into what the wire would carry.
+
+PACKET_VNET_HDR = 15
+VNET_NEEDS_CSUM = 1
+GSO_TCPV4, GSO_UDP_L4 = 1, 5
+
+
+@pytest.fixture
+def veth_offloads():
+    """(port, peer) with the kernel's default offloads on both ends (TSO, GSO,
+    tx-checksumming: the peer's stack may hand over super-frames); IPv6 off."""
+    tag = secrets.token_hex(3)
+    port, peer = f"fwdo{tag}", f"fwdr{tag}"
+    _run("ip", "link", "add", port, "type", "veth", "peer", "name", peer)
+    try:
+        for dev in (port, peer):
+            with open(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6", "w") as f:
+                f.write("1")
+            _run("ip", "link", "set", dev, "up")
+        yield port, peer
+    finally:
+        subprocess.run(["ip", "link", "del", port], capture_output=True)
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def partial_checksum(frame: bytes, proto: int) -> bytes:
+    """`frame` as a stack leaves it for a checksumming device: the L4 checksum field
+    holds the (not inverted) pseudo-header sum, as tcp_v4_send_check does."""
+    f = bytearray(frame)
+    l4 = 14 + (f[14] & 15) * 4
+    field = l4 + (16 if proto == 6 else 6)
+    pseudo = sum(struct.unpack("!4H", f[26:34])) + proto + len(f) - l4
+    f[field : field + 2] = struct.pack("!H", _fold(pseudo))
+    return bytes(f)
+
+
+def send_vnet(dev: str, frame: bytes, *, gso_type: int = 0, gso_size: int = 0) -> None:
+    """Send one frame from `dev` with a virtio_net_hdr: NEEDS_CSUM from the L4 header
+    on, and GSO when `gso_type` is set (the kernel builds the skb a TSO stack would)."""
+    proto = frame[23]
+    l4 = 14 + (frame[14] & 15) * 4
+    hdr_len = l4 + ((frame[l4 + 12] >> 4) * 4 if proto == 6 else 8)
+    vnet = struct.pack("<BBHHHH", VNET_NEEDS_CSUM, gso_type, hdr_len, gso_size, l4,
+                       16 if proto == 6 else 6)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        s.bind((dev, 0))
+        s.send(vnet + partial_checksum(frame, proto))
+    finally:
+        s.close()
+
+
+SOL_PACKET = 263
+
+
+def tcp_frame(payload: bytes, *, seq: int = 5000, flags: str = "PA", ip_id: int = 100) -> bytes:
+    return bytes(Ether(src=PEER_MAC, dst=PORT_MAC)
+                 / IP(src="10.0.1.2", dst="10.0.2.2", id=ip_id, flags="DF")
+                 / TCP(sport=1000, dport=2000, seq=seq, flags=flags, options=[("NOP", None)] * 4)
+                 / Raw(payload))
+
+
+def tcp_segments(payload: bytes, mss: int, flags: str) -> list[bytes]:
+    """What tcp_gso_segment makes of tcp_frame(payload, flags=flags): IP ids counting
+    up, seq advancing by mss, FIN/PSH on the last segment only, CWR on the first only;
+    scapy computes every checksum."""
+    chunks = [payload[i : i + mss] for i in range(0, len(payload), mss)]
+    out = []
+    for i, chunk in enumerate(chunks):
+        f = flags
+        if i + 1 < len(chunks):
+            f = f.replace("F", "").replace("P", "")
+        if i > 0:
+            f = f.replace("C", "")
+        out.append(tcp_frame(chunk, seq=5000 + i * mss, flags=f, ip_id=100 + i))
+    return out
+
+
+def udp_gso_frame(payload: bytes, ip_id: int = 7) -> bytes:
+    return bytes(Ether(src=PEER_MAC, dst=PORT_MAC)
+                 / IP(src="10.0.1.2", dst="10.0.2.2", id=ip_id)
+                 / UDP(sport=1000, dport=2000) / Raw(payload))
+
+
+PAYLOAD = bytes(range(256)) * 23  # 5,888 bytes: 5 segments of 1,200 and one of 1,088
+
+
+@pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
+@pytest.mark.parametrize("burst", [256, 2], ids=["whole", "split-across-bursts"])
+def test_tso_super_frame_is_cut_into_its_segments(veth_offloads, mem, burst):
+    port_dev, peer = veth_offloads
+    buffers = Buffers(mem, AGENT_IO)
+    with AfPacketPort(port_dev) as port:
+        assert port.offloads
+        send_vnet(peer, tcp_frame(PAYLOAD, flags="FCPA"), gso_type=GSO_TCPV4, gso_size=1200)
+        got = frames_of(mem, receive(port, buffers, mem, 5, burst=burst, quiet=0.05))
+        stats = port.stats()
+    expect = tcp_segments(PAYLOAD, 1200, "FCPA")
+    assert len(expect) == 5
+    assert got == expect
+    assert stats["kernel_packets"] == 1  # one super-frame from the kernel
+    assert (stats["rx_segmented"], stats["rx_oversize"], stats["rx_offload_bad"]) == (1, 0, 0)
+
+
+@pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
+def test_udp_gso_super_frame_is_cut_into_datagrams(veth_offloads, mem):
+    port_dev, peer = veth_offloads
+    buffers = Buffers(mem, AGENT_IO)
+    with AfPacketPort(port_dev) as port:
+        send_vnet(peer, udp_gso_frame(PAYLOAD), gso_type=GSO_UDP_L4, gso_size=1400)
+        got = frames_of(mem, receive(port, buffers, mem, 5, quiet=0.05))
+    # __udp_gso_segment: each segment its own datagram (length, checksum), IP ids up
+    expect = [udp_gso_frame(PAYLOAD[i : i + 1400], ip_id=7 + i // 1400)
+              for i in range(0, len(PAYLOAD), 1400)]
+    assert got == expect
+
+
+def udp_zero_sum_frame() -> bytes:
+    """A UDP frame whose checksum computes to 0: its last two payload bytes are the
+    checksum the frame has with them zero (adding c to a sum whose complement is c
+    gives 0xffff, whose complement is 0)."""
+    base = bytearray(udp_frame(9, 80))  # padded with zeros up to 80 bytes
+    base[-2:] = base[40:42]
+    pkt = Ether(bytes(base))
+    del pkt[UDP].chksum
+    return bytes(pkt)
+
+
+@pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
+def test_partial_checksums_are_filled_in(veth_offloads, mem):
+    port_dev, peer = veth_offloads
+    buffers = Buffers(mem, AGENT_IO)
+    frames = [tcp_frame(b"hello"), udp_frame(3, 100), udp_zero_sum_frame()]
+    assert frames[2][40:42] == b"\xff\xff"  # a sum of 0 goes out as 0xffff (RFC 768)
+    with AfPacketPort(port_dev) as port:
+        for f in frames:
+            send_vnet(peer, f)
+        got = frames_of(mem, receive(port, buffers, mem, 2, quiet=0.05))
+        assert port.stats()["rx_csum_done"] == 3
+    assert got == frames
+    assert all(partial_checksum(f, f[23]) != f for f in frames)  # there was work to do
+
+
+@pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
+def test_segments_longer_than_a_buffer_are_oversize(veth_offloads):
+    m = EngineMemory.create(Geometry.new(1, 1, nbufs=256, bufsize=1024, ring_size=64))
+    try:
+        port_dev, peer = veth_offloads
+        buffers = Buffers(m, AGENT_IO)
+        with AfPacketPort(port_dev) as port:
+            send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=1200)
+            send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=900)
+            got = frames_of(m, receive(port, buffers, m, 7, quiet=0.05))
+            stats = port.stats()
+        assert got == tcp_segments(PAYLOAD, 900, "PA")  # 54 + 900 fit 1,024; 54 + 1,200 not
+        assert (stats["rx_oversize"], stats["rx_segmented"]) == (1, 1)
+    finally:
+        m.close()
+
+
+@pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
+def test_pool_short_in_the_middle_of_a_super_frame(veth_offloads, mem):
+    port_dev, peer = veth_offloads
+    buffers = Buffers(mem, AGENT_IO)
+    hoard = buffers.alloc(buffers.count - 3)  # 3 of the 5 segments fit
+    with AfPacketPort(port_dev) as port:
+        send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=1200)
+        first = receive(port, buffers, mem, 3, timeout=0.5)
+        assert len(port.rx_burst(buffers, mem, 0, 64)) == 0  # pool empty, nothing lost
+        got = frames_of(mem, first)
+        buffers.free(np.concatenate(first))
+        buffers.free(hoard)
+        got += frames_of(mem, receive(port, buffers, mem, 2))
+    assert got == tcp_segments(PAYLOAD, 1200, "PA")
+
+
+def test_without_offloads_a_super_frame_is_oversize(veth_offloads, mem):
+    """What the driver did before PACKET_VNET_HDR (and still does with offloads=False):
+    the super-frame is longer than a buffer and is dropped, counted."""
+    port_dev, peer = veth_offloads
+    buffers = Buffers(mem, AGENT_IO)
+    with AfPacketPort(port_dev, offloads=False) as port:
+        send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=1200)
+        send_vnet(peer, tcp_frame(b"x"))
+        got = frames_of(mem, receive(port, buffers, mem, 1, quiet=0.05))
+        assert port.stats()["rx_oversize"] == 1
+    # and the small frame's checksum is left as the sender's stack left it
+    assert got == [partial_checksum(tcp_frame(b"x"), 6)]
+
+
+def test_bench_knobs_parse_and_refuse_unknown_names():
+    from engine.io.afpacket import bench_knobs
+
+    assert bench_knobs("") == {}
+    assert bench_knobs("fanout=cpu, tx_vnet=0,tx_frames=2048") == {
+        "fanout": "cpu", "tx_vnet": False, "tx_frames": 2048}
+    with pytest.raises(ValueError, match="unknown option 'txframes'"):
+        bench_knobs("txframes=1")

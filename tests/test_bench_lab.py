@@ -83,3 +83,10 @@ def test_quick_run_covers_every_mode(tmp_path):
     # the printed table has a row for every mode
     rows_printed = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
     assert set(bench.MODES) <= rows_printed, proc.stdout
+
+
+def test_engine_modes_take_batch_and_options():
+    m = bench.ENGINE_MODE.match("engine-1w-b2048+tx_frames=4096+split")
+    assert (m["workers"], m["batch"], m["opts"]) == ("1", "2048", "+tx_frames=4096+split")
+    assert bench.ENGINE_MODE.match("engine-2w")["opts"] == ""
+    assert bench.ENGINE_MODE.match("engine-1w+") is None

@@ -277,6 +277,54 @@ def test_sigterm_drains_and_exits_0(lab, engine):
     assert json.loads(r.stdout)[0].get("promiscuity", 0) == 0
 
 
+# -- hosts with their offloads on ------------------------------------------------------
+
+def test_iperf3_tcp_with_the_hosts_offloads_on(tmp_path):
+    """h1 and h2 keep the kernel's default offloads (the lab turns them off otherwise):
+    h1's TCP hands its veth 64 KiB TSO super-frames whose checksum is only the
+    pseudo-header's (CHECKSUM_PARTIAL), which veth passes to the engine's p0 whole.
+    The engine (PACKET_VNET_HDR) cuts them into MSS-sized segments with full
+    checksums, as the kernel router's GSO would before a device without TSO; before,
+    they were dropped as rx_oversize and even the SYN left with a wrong checksum."""
+    prefix = f"fo{os.getpid() % 100000}"
+    down(prefix)
+    lab = up(prefix, host_offloads=True)
+    try:
+        if shutil.which("ethtool"):
+            feats = sh(lab.host("h1"), "ethtool", "-k", "eth0").stdout
+            assert "tcp-segmentation-offload: on" in feats, feats
+            assert "tx-checksumming: on" in feats, feats
+        sock = tmp_path / "fwd.sock"
+        cfg = tmp_path / "lab.toml"
+        cfg.write_text(engine_config(lab, str(sock), workers=1, batch=256))
+        engine = Engine(cfg, sock)
+        try:
+            server = subprocess.Popen(["ip", "netns", "exec", lab.host("h2"), "iperf3", "-s",
+                                       "-1"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(0.5)
+                r = sh(lab.host("h1"), "iperf3", "-c", "10.0.2.2", "-t", "2", "-J",
+                       timeout=60)
+                result = json.loads(r.stdout)
+            finally:
+                server.kill()
+                server.wait()
+        finally:
+            _, stats, _ = engine.stop()
+    finally:
+        down(prefix)
+    assert "error" not in result, result.get("error")
+    got = result["end"]["sum_received"]["bytes"]
+    assert got > 20_000_000, result["end"]["sum_received"]
+    assert "rx_oversize" not in stats["drop"], stats["drop"]
+    p0 = stats["ports"]["p0"]
+    # counted as segments, none longer than the 1,500-byte MTU allows
+    assert p0["rx_packets"] >= got // 1500 and p0["rx_bytes"] <= 1514 * p0["rx_packets"], p0
+    assert stats["ports"]["p1"]["tx_packets"] >= got // 1500
+    assert stats["accounting"]["balanced"], stats["accounting"]
+
+
 # -- start-up errors: told before any worker starts ------------------------------------
 
 def _run_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:

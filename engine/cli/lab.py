@@ -9,7 +9,9 @@ IPv6 off, ARP replies off. Whatever h1 and h2 see answered or forwarded was done
 the engine, not by the router namespace's kernel (the engine's MACs, from
 configs/lab.toml, differ from the veths' own, so that kernel sees the traffic as
 PACKET_OTHERHOST and drops it before IP). Offloads are off on every veth end, so
-frames are seen on the wire as the hosts built them (checksums included).
+frames are seen on the wire as the hosts built them (checksums included); with
+`host_offloads` h1 and h2 keep the kernel's defaults (TSO/GSO super-frames, partial
+checksums), which the engine's AF_PACKET driver finishes (engine/io/afpacket.py).
 """
 
 from __future__ import annotations
@@ -86,16 +88,19 @@ def _sysctl(ns: str, key: str, value: str) -> None:
     _run("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}")
 
 
-def _quiet(ns: str, dev: str) -> None:
+def _quiet(ns: str, dev: str, offloads_off: bool = True) -> None:
     """Offloads off (frames as built) and no IPv6 (quiet captures) on one veth end."""
     _sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
-    if shutil.which("ethtool"):
+    if offloads_off and shutil.which("ethtool"):
         args = [x for o in OFFLOADS for x in (o, "off")]
         _run("ip", "netns", "exec", ns, "ethtool", "-K", dev, *args, check=False)
 
 
-def up(prefix: str = DEFAULT_PREFIX, *, p1_mtu: int | None = None) -> Lab:
-    """Build the lab; `p1_mtu` sets a smaller MTU on the h2 side's link (both ends)."""
+def up(prefix: str = DEFAULT_PREFIX, *, p1_mtu: int | None = None,
+       host_offloads: bool = False) -> Lab:
+    """Build the lab; `p1_mtu` sets a smaller MTU on the h2 side's link (both ends);
+    `host_offloads` leaves h1's and h2's eth0 with the kernel's default offloads (TSO,
+    GSO, tx-checksumming on: the engine gets super-frames and partial checksums)."""
     if shutil.which("ip") is None:
         raise LabError("the `ip` command (iproute2) is not installed")
     lab = Lab(prefix)
@@ -120,7 +125,7 @@ def up(prefix: str = DEFAULT_PREFIX, *, p1_mtu: int | None = None) -> Lab:
                  "peer", "name", "eth0", "netns", h)
             mtu = p1_mtu if (port == "p1" and p1_mtu) else None
             for ns, dev in ((r, port), (h, "eth0")):
-                _quiet(ns, dev)
+                _quiet(ns, dev, offloads_off=ns == r or not host_offloads)
                 if mtu:
                     _run("ip", "-n", ns, "link", "set", dev, "mtu", str(mtu))
                 _run("ip", "-n", ns, "link", "set", dev, "up")

@@ -468,12 +468,15 @@ def lab() -> None:
 @click.option("--prefix", default="fwdlab", show_default=True, help=PREFIX_HELP)
 @click.option("--p1-mtu", type=click.IntRange(68, 9000), metavar="MTU",
               help="A smaller MTU on the h2 side's link (set [[port]] mtu to match).")
-def lab_up(prefix: str, p1_mtu: int | None) -> None:
+@click.option("--host-offloads", is_flag=True,
+              help="Leave h1's and h2's TSO/GSO/checksum offloads on (the kernel's "
+                   "defaults) instead of turning them off.")
+def lab_up(prefix: str, p1_mtu: int | None, host_offloads: bool) -> None:
     """Build the lab's namespaces and veths."""
     from engine.cli.lab import HOSTS, LabError, up
 
     try:
-        built = up(prefix, p1_mtu=p1_mtu)
+        built = up(prefix, p1_mtu=p1_mtu, host_offloads=host_offloads)
     except LabError as err:
         click.echo(f"fwd: {err}", err=True)
         sys.exit(1)

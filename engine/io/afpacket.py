@@ -17,6 +17,23 @@ One `AfPacketPort` per (worker, port) holds two sockets on the interface:
   ring: frames are copied into ring slots, marked `TP_STATUS_SEND_REQUEST`, and one
   `send()` flushes the whole batch. `sendmmsg` is kept as an alternative to measure.
 
+Offloads. A sender with TSO/GSO and tx-checksumming on (the kernel's defaults on
+veth, and on most NICs' hosts) hands its device TCP super-frames of up to 64 KiB and
+L4 checksums that hold only the pseudo-header sum (CHECKSUM_PARTIAL); veth passes
+both to the engine's port whole, and a NIC's GRO/LRO makes such frames too. The
+kernel router copes: it forwards the skb as it is and segments or checksums only
+before a device that cannot (validate_xmit_skb: skb_gso_segment,
+skb_checksum_help). We cannot, once a frame is copied out, so the RX socket asks for
+a `virtio_net_hdr` before each frame (PACKET_VNET_HDR, as VPP's af_packet and
+qemu's tap do): it carries gso_type/gso_size and csum_start/csum_offset. The C
+helper then cuts TCPV4 and UDP_L4 super-frames into gso_size segments (headers,
+IP id, TCP seq and flags, every checksum: tcp_gso_segment, __udp_gso_segment) and
+fills in partial checksums, while copying into the pool; the fast path sees the
+frames a wire would carry. Without the C helper (`offloads` is then off) such
+frames are dropped as rx_oversize and partial checksums forwarded as they came.
+Measured in the lab with h1/h2's offloads on: iperf3 TCP through one worker
+2.3 Gbit/s; without this the SYN already left with a wrong checksum.
+
 Two sockets, not one, because `PACKET_VERSION` is per socket (the RX ring wants V3's
 variable-size blocks, the TX ring V2's fixed frames) and a protocol-0 socket is the
 simplest way to never read back what we send.
@@ -65,11 +82,18 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
+PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
 PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_LB = 1
+PACKET_FANOUT_CPU = 2
+PACKET_FANOUT_QM = 5
+FANOUT_MODES = {"hash": PACKET_FANOUT_HASH, "lb": PACKET_FANOUT_LB, "cpu": PACKET_FANOUT_CPU,
+                "qm": PACKET_FANOUT_QM}
+SO_BUSY_POLL = 46
 TPACKET_V2 = 1
 TPACKET_V3 = 2
 PACKET_OUTGOING = 4  # sll_pkttype of a frame we (or the host) sent
@@ -93,6 +117,7 @@ H3_PKTTYPE = 48 + 10  # sockaddr_ll.sll_pkttype
 # TPACKET2_HDRLEN - sizeof(sockaddr_ll) = 32 + 20 - 20
 T2_LEN = 4
 TX_DATA_OFF = 32
+VNET_HDR_LEN = 10  # struct virtio_net_hdr, before each frame with PACKET_VNET_HDR
 
 WALKERS = ("c", "numpy", "python")
 COPIERS = ("c", "numpy")
@@ -119,9 +144,17 @@ void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len
                       const int64_t *ts, uint64_t n, int nanosecond, uint8_t *dst);
 int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
                 const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
-                const uint32_t *idx, uint32_t n, uint32_t *too_long);
+                const uint32_t *idx, uint32_t n, uint32_t *too_long, int vnet);
 int fwd_sendmmsg(int fd, const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
                  const uint32_t *idx, uint32_t n);
+int fwd_plan_offloads(const uint8_t *ring, const int64_t *off, const uint32_t *len,
+                      const uint32_t *snap, uint32_t n, uint8_t *work, uint32_t *segs,
+                      uint32_t *seglen);
+int fwd_copy_offloaded(const uint8_t *src, const int64_t *off, const uint32_t *len,
+                       const int64_t *ts, const uint8_t *work, const uint32_t *take,
+                       uint32_t first, uint32_t n, uint8_t *pool, uint64_t bufsize,
+                       const uint32_t *idx, uint32_t *pool_len, uint16_t *pool_port,
+                       int64_t *pool_ts, uint16_t port);
 """
 
 _C_SOURCE = r"""
@@ -218,15 +251,19 @@ void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len
 
 /* Fill TX ring slots from *head on, advancing it; stops at the first slot the kernel
    still holds. A frame longer than a slot is skipped and counted in *too_long.
-   Returns the number of frames taken (placed or skipped), a prefix of idx. */
+   Returns the number of frames taken (placed or skipped), a prefix of idx.
+   `vnet`: the socket has PACKET_VNET_HDR; each frame is preceded by a virtio_net_hdr
+   whose hdr_len is the whole frame, so that tpacket_snd copies it into the skb's
+   linear part instead of attaching the ring's page as a fragment (which a device
+   without scatter-gather then has copied again: validate_xmit_skb's linearize). */
 int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *head,
                 const uint8_t *pool, uint64_t bufsize, const uint32_t *pool_len,
-                const uint32_t *idx, uint32_t n, uint32_t *too_long)
+                const uint32_t *idx, uint32_t n, uint32_t *too_long, int vnet)
 {
-    uint32_t i, h = *head;
+    uint32_t i, h = *head, pre = vnet ? 10 : 0;
     for (i = 0; i < n; i++) {
         uint32_t len = pool_len[idx[i]];
-        if (len > frame_size - 32) {
+        if (len > frame_size - 32 - pre) {
             (*too_long)++;
             continue;
         }
@@ -234,8 +271,12 @@ int fwd_tx_fill(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t *
         uint32_t *status = (uint32_t *)slot;
         if (__atomic_load_n(status, __ATOMIC_ACQUIRE) & 3)  /* SEND_REQUEST | SENDING */
             break;
-        memcpy(slot + 32, pool + (uint64_t)idx[i] * bufsize, len);
-        status[1] = len;  /* tp_len */
+        if (vnet) {
+            uint16_t hdr[5] = {0, (uint16_t)len, 0, 0, 0};  /* flags, gso_type 0 (none) */
+            memcpy(slot + 32, hdr, 10);
+        }
+        memcpy(slot + 32 + pre, pool + (uint64_t)idx[i] * bufsize, len);
+        status[1] = len + pre;  /* tp_len */
         __atomic_store_n(status, 1, __ATOMIC_RELEASE);  /* TP_STATUS_SEND_REQUEST */
         h = h + 1 == nframes ? 0 : h + 1;
     }
@@ -267,7 +308,180 @@ int fwd_sendmmsg(int fd, const uint8_t *pool, uint64_t bufsize, const uint32_t *
     }
     return (int)done;
 }
+/* ---- offloads: frames as the kernel hands them with PACKET_VNET_HDR ----
+
+   Each frame is preceded by a struct virtio_net_hdr (10 bytes, host order):
+   flags (1: NEEDS_CSUM), gso_type (1: TCPV4, 5: UDP_L4, | 0x80: ECN), hdr_len,
+   gso_size, csum_start, csum_offset (virtio_net_hdr_from_skb in the kernel).
+   A sender's TSO/GSO super-frame (veth keeps them whole) and a CHECKSUM_PARTIAL
+   frame (tx-checksumming on at the sender: the L4 checksum field holds only the
+   pseudo-header sum) are finished here, as the kernel does before a device that
+   cannot: skb_segment + tcp_gso_segment / __udp_gso_segment, skb_checksum_help. */
+
+enum { W_COPY = 0, W_CSUM = 1, W_TCP = 2, W_UDP = 3, W_BAD = 4 };
+
+static inline uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const uint8_t *p) { return (uint32_t)be16(p) << 16 | be16(p + 2); }
+static inline void wrbe16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void wrbe32(uint8_t *p, uint32_t v) { wrbe16(p, v >> 16); wrbe16(p + 2, v); }
+
+/* ones' complement sum of big-endian 16-bit words (an odd byte padded with 0) */
+static uint64_t csum_add(const uint8_t *p, uint32_t n, uint64_t sum)
+{
+    uint32_t i = 0;
+    for (; i + 1 < n; i += 2)
+        sum += be16(p + i);
+    if (n & 1)
+        sum += (uint32_t)p[n - 1] << 8;
+    return sum;
+}
+
+static uint16_t csum_fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+/* Header length of a GSO frame (Ethernet + IPv4 + TCP or UDP), 0 if not one we can
+   segment (the kernel only hands TCPV4/UDP_L4/TCPV6 types over a vnet header). */
+static uint32_t gso_headers(const uint8_t *f, uint32_t len, int udp)
+{
+    if (len < 14 + 20 || be16(f + 12) != 0x0800 || (f[14] >> 4) != 4)
+        return 0;
+    uint32_t l4 = 14 + (uint32_t)(f[14] & 15) * 4;
+    if (l4 < 34 || f[23] != (udp ? 17 : 6) || l4 + (udp ? 8 : 20) > len)
+        return 0;
+    uint32_t hdr = udp ? l4 + 8 : l4 + (uint32_t)(f[l4 + 12] >> 4) * 4;
+    return hdr > l4 + 7 && hdr < len ? hdr : 0;
+}
+
+/* Per frame (its vnet header just before off[i]): the work it needs, the buffers it
+   becomes and the longest of them. Returns how many frames need more than a copy. */
+int fwd_plan_offloads(const uint8_t *ring, const int64_t *off, const uint32_t *len,
+                      const uint32_t *snap, uint32_t n, uint8_t *work, uint32_t *segs,
+                      uint32_t *seglen)
+{
+    int busy = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *f = ring + off[i], *v = f - 10;
+        uint8_t flags = v[0], type = v[1] & 0x7f;
+        uint16_t gso = rd16(v + 4), start = rd16(v + 6), csum_off = rd16(v + 8);
+        work[i] = W_COPY;
+        segs[i] = 1;
+        seglen[i] = len[i];
+        if (type == 0 && !(flags & 1))
+            continue;
+        busy++;
+        if (snap[i] < len[i]) /* truncated by the ring: dropped as oversize anyway */
+            continue;
+        if (type == 0) {
+            if ((uint32_t)start + csum_off + 2 <= len[i])
+                work[i] = W_CSUM;
+            else
+                work[i] = W_BAD, segs[i] = 0;
+            continue;
+        }
+        int udp = type == 5;
+        uint32_t hdr = (type == 1 || udp) && gso ? gso_headers(f, len[i], udp) : 0;
+        if (!hdr) {
+            work[i] = W_BAD, segs[i] = 0;
+            continue;
+        }
+        uint32_t payload = len[i] - hdr;
+        work[i] = udp ? W_UDP : W_TCP;
+        segs[i] = (payload + gso - 1) / gso;
+        seglen[i] = hdr + (payload < gso ? payload : gso);
+    }
+    return busy;
+}
+
+/* Segments [first, first + count) of GSO frame f into buffers idx[0..count). Each is
+   the frame's headers with IPv4 tot_len, id (+1 a segment), header checksum, and TCP
+   seq (+gso_size a segment; FIN/PSH only on the last, CWR only on the first) or UDP
+   length rewritten, and the L4 checksum computed over the segment. */
+static void gso_segment(const uint8_t *f, uint32_t len, int udp, uint32_t first,
+                        uint32_t count, uint8_t *pool, uint64_t bufsize, const uint32_t *idx,
+                        uint32_t *pool_len, uint16_t *pool_port, int64_t *pool_ts,
+                        uint16_t port, int64_t ts)
+{
+    const uint8_t *v = f - 10;
+    uint32_t mss = rd16(v + 4), hdr = gso_headers(f, len, udp);
+    uint32_t ihl = (uint32_t)(f[14] & 15) * 4, l4 = 14 + ihl, payload = len - hdr;
+    uint32_t nseg = (payload + mss - 1) / mss;
+    uint16_t id = be16(f + 18);
+    uint32_t seq = be32(f + l4 + 4);
+    uint64_t pseudo = csum_add(f + 26, 8, 0) + (udp ? 17 : 6);  /* addresses, protocol */
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t s = first + k;
+        uint32_t chunk = s + 1 < nseg ? mss : payload - s * mss;
+        uint8_t *d = pool + (uint64_t)idx[k] * bufsize, *t = d + l4;
+        memcpy(d, f, hdr);
+        memcpy(d + hdr, f + hdr + (uint64_t)s * mss, chunk);
+        uint32_t l4len = hdr - l4 + chunk;
+        wrbe16(d + 16, ihl + l4len);
+        wrbe16(d + 18, (uint16_t)(id + s));
+        wrbe16(d + 24, 0);
+        wrbe16(d + 24, csum_fold(csum_add(d + 14, ihl, 0)));
+        uint8_t *check;
+        if (udp) {
+            wrbe16(t + 4, l4len);
+            check = t + 6;
+        } else {
+            wrbe32(t + 4, seq + s * mss);
+            if (s + 1 < nseg)
+                t[13] &= (uint8_t)~0x09;  /* FIN, PSH: the last segment's */
+            if (s > 0)
+                t[13] &= (uint8_t)~0x80;  /* CWR: the first segment's */
+            check = t + 16;
+        }
+        wrbe16(check, 0);
+        uint16_t c = csum_fold(csum_add(t, l4len, pseudo + l4len));
+        wrbe16(check, udp && c == 0 ? 0xffff : c);
+        pool_len[idx[k]] = hdr + chunk;
+        pool_port[idx[k]] = port;
+        pool_ts[idx[k]] = ts;
+    }
+}
+
+/* fwd_copy_rows for a run of frames planned by fwd_plan_offloads: frame i gives
+   take[i] buffers (0: dropped), its segments from `first` on for i == 0 (a frame
+   split across bursts), from 0 for the others. Returns the buffers written. */
+int fwd_copy_offloaded(const uint8_t *src, const int64_t *off, const uint32_t *len,
+                       const int64_t *ts, const uint8_t *work, const uint32_t *take,
+                       uint32_t first, uint32_t n, uint8_t *pool, uint64_t bufsize,
+                       const uint32_t *idx, uint32_t *pool_len, uint16_t *pool_port,
+                       int64_t *pool_ts, uint16_t port)
+{
+    uint32_t j = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!take[i])
+            continue;
+        const uint8_t *f = src + off[i];
+        if (work[i] == W_TCP || work[i] == W_UDP) {
+            gso_segment(f, len[i], work[i] == W_UDP, i ? 0 : first, take[i], pool, bufsize,
+                        idx + j, pool_len, pool_port, pool_ts, port, ts[i]);
+            j += take[i];
+            continue;
+        }
+        uint32_t b = idx[j++];
+        uint8_t *d = pool + (uint64_t)b * bufsize;
+        memcpy(d, f, len[i]);
+        if (work[i] == W_CSUM) {
+            /* skb_checksum_help: the sum from csum_start to the end, the field's
+               pseudo-header sum included, folded; 0 is sent as 0xffff */
+            const uint8_t *v = f - 10;
+            uint32_t start = rd16(v + 6), at = start + rd16(v + 8);
+            wrbe16(d + at, csum_fold(csum_add(d + start, len[i] - start, 0)) ?: 0xffff);
+        }
+        pool_len[b] = len[i];
+        pool_port[b] = port;
+        pool_ts[b] = ts[i];
+    }
+    return (int)j;
+}
 """
+
 
 _lib_lock = threading.Lock()
 _lib: Any = None
@@ -408,6 +622,12 @@ class _Walk:
         self.len = np.zeros(cap, np.uint32)
         self.ts = np.zeros(cap, np.int64)
         self.pkttype = np.zeros(cap, np.uint8)
+        # with PACKET_VNET_HDR (fwd_plan_offloads): what each frame needs (a copy, its
+        # checksum finished, segmentation), the buffers it becomes (0: dropped) and
+        # the longest of them
+        self.work = np.zeros(cap, np.uint8)
+        self.segs = np.zeros(cap, np.uint32)
+        self.seglen = np.zeros(cap, np.uint32)
 
 
 # ---------------------------------------------------------------- the port
@@ -430,19 +650,30 @@ class AfPacketPort:
     unique per port within the network namespace); None: no fanout (one worker).
     RX ring: `ring_blocks` blocks of `block_size` bytes (a page multiple); a block is
     handed to us when full or after `retire_ms` (latency bound at low rates).
-    `frame_size` is the TX ring's slot size (frames longer than frame_size - 32 are
-    not sent) and `tx_frames` its number of slots.
+    `frame_size` is the TX ring's slot size (frames longer than frame_size - 32, - 42
+    with `tx_vnet`, are not sent) and `tx_frames` its number of slots: 4096, two
+    bursts of 2048 in flight (lab, 64-byte UDP, one worker at batch 2048: 0.65 µs of
+    router CPU a packet against 0.90 with 1024 slots, where a burst found the ring
+    full, and 0.84 at batch 1024; perf/results/afpacket-2026-12-07-vm.json).
+    `qdisc_bypass`: PACKET_QDISC_BYPASS on the TX socket (measured: 0.94 against 1.20
+    µs a packet without). `tx_vnet`: a virtio_net_hdr on TX frames (fwd_tx_fill).
+    `fanout_mode`: "hash" (PACKET_FANOUT_HASH, one flow one worker), or "lb", "cpu",
+    "qm" to compare. `busy_poll_us`: SO_BUSY_POLL on the RX socket (veth has no NAPI
+    to poll unless GRO or XDP is on: no effect measured, off).
     `walker`, `copier`, `tx_mode`: the implementations compared by the benchmark;
     the defaults are the fastest measured, with a fallback if the C helper is absent.
     `receive=False` opens the TX side only (the slow path's sender: it must not take
     frames from the workers' fanout groups).
+    `offloads`: receive with PACKET_VNET_HDR and finish what the kernel left to a
+    device (needs the C walker and copier; see "Offloads" in the module docstring).
     """
 
     def __init__(self, iface: str, *, fanout_group: int | None = None, ring_blocks: int = 32,
-                 block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 1024,
+                 block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 4096,
                  retire_ms: int = 1, promisc: bool = True, walker: str | None = None,
                  copier: str | None = None, tx_mode: str | None = None,
-                 receive: bool = True):
+                 receive: bool = True, offloads: bool = True, fanout_mode: str = "hash",
+                 qdisc_bypass: bool = True, busy_poll_us: int = 0, tx_vnet: bool = True):
         self.iface = iface
         needs_c = walker in (None, "c") or copier in (None, "c") or tx_mode in (
             None, "ring", "sendmmsg")
@@ -464,6 +695,8 @@ class AfPacketPort:
         self.ring_blocks = ring_blocks
         self.frame_size = frame_size
         self.tx_frames = tx_frames
+        self.offloads = offloads and self.walker == "c" and self.copier == "c"
+        self.tx_vnet = tx_vnet and self.tx_mode == "ring"
         # per EngineMemory: C pointers to its pool arrays (see _pool_ptrs)
         self._mem_ptrs: weakref.WeakKeyDictionary[EngineMemory, tuple[int, tuple[Any, ...]]] = (
             weakref.WeakKeyDictionary())
@@ -474,6 +707,9 @@ class AfPacketPort:
         # drops we make ourselves (the kernel's own are in stats())
         self.rx_oversize = 0  # longer than a pool buffer, or truncated by the ring
         self.rx_outgoing = 0  # our own transmissions seen anyway (kernel < 4.20)
+        self.rx_offload_bad = 0  # a GSO type we cannot segment, or a bad csum_start
+        self.rx_segmented = 0  # GSO frames received (each became several buffers)
+        self.rx_csum_done = 0  # CHECKSUM_PARTIAL frames whose L4 checksum we filled in
         self.tx_full = 0  # frames refused because every TX slot was in flight
         self.tx_oversize = 0  # frames longer than a TX ring slot (skipped)
         try:
@@ -483,8 +719,9 @@ class AfPacketPort:
                                 ) from e
         try:
             if receive:
-                self._open_rx(fanout_group, retire_ms, promisc)
-            self._open_tx()
+                self._open_rx(fanout_group, retire_ms, promisc, FANOUT_MODES[fanout_mode],
+                              busy_poll_us)
+            self._open_tx(qdisc_bypass)
         except BaseException:
             self.close()
             raise
@@ -497,7 +734,8 @@ class AfPacketPort:
         except OSError as e:
             raise _fail(self.iface, what, e) from e
 
-    def _open_rx(self, fanout_group: int | None, retire_ms: int, promisc: bool) -> None:
+    def _open_rx(self, fanout_group: int | None, retire_ms: int, promisc: bool,
+                 fanout_mode: int, busy_poll_us: int) -> None:
         iface = self.iface
         try:
             # protocol 0 until the ring exists and we are bound: nothing is queued
@@ -507,6 +745,8 @@ class AfPacketPort:
             raise _fail(iface, "opening a packet socket", e) from e
         s = self.rx_sock
         self._setsockopt(s, PACKET_VERSION, TPACKET_V3, "PACKET_VERSION V3")
+        if self.offloads:  # before the ring: the kernel refuses it after (EBUSY)
+            self._setsockopt(s, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
         # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
         # sizeof_priv, feature_req_word. V3 ignores frame_size for RX except that
         # frame_nr must equal block_nr * (block_size / frame_size).
@@ -541,13 +781,17 @@ class AfPacketPort:
             # flow to another worker): all fragments of a datagram hash alike anyway
             # (the flow dissector ignores ports on fragments)
             self._setsockopt(s, PACKET_FANOUT,
-                             (fanout_group & 0xFFFF) | (PACKET_FANOUT_HASH << 16),
+                             (fanout_group & 0xFFFF) | (fanout_mode << 16),
                              f"joining fanout group {fanout_group} (one id per port: is "
                              "another interface or socket type using it?)")
+        if busy_poll_us:
+            s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, busy_poll_us)
         self._cur = 0  # block we read next
         self._walk = _Walk(self.block_size // 64)
         self._n = 0  # frames of the open block (0: no block open)
         self._pos = 0  # frames of it already taken
+        self._busy = 0  # frames of it that need more than a copy (offloads)
+        self._seg = 0  # segments of frame _pos already taken (a GSO frame split)
         self._lib_ring = (None if self._lib is None
                           else self._lib.ffi.from_buffer("uint8_t[]", self._r8))
         # C pointers to arrays that live as long as we do: computing one from numpy
@@ -559,9 +803,12 @@ class AfPacketPort:
                         "snap": _ptr(ffi, w.snap, "uint32_t *"),
                         "len": _ptr(ffi, w.len, "uint32_t *"),
                         "ts": _ptr(ffi, w.ts, "int64_t *"),
-                        "pkttype": _ptr(ffi, w.pkttype, "uint8_t *")}
+                        "pkttype": _ptr(ffi, w.pkttype, "uint8_t *"),
+                        "work": _ptr(ffi, w.work, "uint8_t *"),
+                        "segs": _ptr(ffi, w.segs, "uint32_t *"),
+                        "seglen": _ptr(ffi, w.seglen, "uint32_t *")}
 
-    def _open_tx(self) -> None:
+    def _open_tx(self, qdisc_bypass: bool = True) -> None:
         iface = self.iface
         try:
             # protocol 0: this socket is never hooked into receive, so never reads back
@@ -569,9 +816,12 @@ class AfPacketPort:
         except OSError as e:
             raise _fail(iface, "opening a packet socket", e) from e
         s = self.tx_sock
-        self._setsockopt(s, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS")
+        if qdisc_bypass:
+            self._setsockopt(s, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS")
         if self.tx_mode in ("ring", "ring-numpy"):
             self._setsockopt(s, PACKET_VERSION, TPACKET_V2, "PACKET_VERSION V2")
+            if self.tx_vnet:  # before the ring, as on RX
+                self._setsockopt(s, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
             # a malformed frame is skipped (its slot freed) instead of stopping the ring
             self._setsockopt(s, PACKET_LOSS, 1, "PACKET_LOSS")
             per_block = max(1, mmap.PAGESIZE // self.frame_size)
@@ -634,6 +884,10 @@ class AfPacketPort:
                                                  wp["snap"], wp["len"], wp["ts"], wp["pkttype"])
                 if n < 0:
                     return False
+                if self.offloads and n:
+                    self._busy = self._lib.lib.fwd_plan_offloads(
+                        self._lib_ring, wp["off"], wp["len"], wp["snap"], n, wp["work"],
+                        wp["segs"], wp["seglen"])
             else:
                 if not self._block_status[self._cur] & TP_STATUS_USER:
                     return False
@@ -652,7 +906,7 @@ class AfPacketPort:
         else:
             self._block_status[self._cur] = TP_STATUS_KERNEL
         self._cur = (self._cur + 1) % self.ring_blocks
-        self._n = self._pos = 0
+        self._n = self._pos = self._busy = self._seg = 0
 
     def rx_burst(self, buffers: Buffers, mem: EngineMemory, port: int,
                  max_frames: int) -> np.ndarray:
@@ -667,6 +921,16 @@ class AfPacketPort:
         while want > 0:
             if self._pos == self._n and not self._open_block():
                 break
+            if self._busy:  # frames to segment or checksum in this block
+                idx = self._rx_offloaded(buffers, mem, port, want)
+                if idx is None:  # pool empty
+                    break
+                if len(idx):
+                    got.append(idx)
+                    want -= len(idx)
+                if self._pos == self._n:
+                    self._release_block()
+                continue
             start = self._pos
             stop = min(self._n, start + want)
             oversize = (w.len[start:stop] > bufsize) | (w.snap[start:stop] < w.len[start:stop])
@@ -697,6 +961,54 @@ class AfPacketPort:
         if not got:
             return np.zeros(0, np.uint32)
         return got[0] if len(got) == 1 else np.concatenate(got)
+
+    def _rx_offloaded(self, buffers: Buffers, mem: EngineMemory, port: int,
+                      want: int) -> np.ndarray | None:
+        """rx_burst's step in a block with frames to finish: up to `want` buffers from
+        the frames at `_pos` on, GSO frames cut into their segments and partial
+        checksums filled in (fwd_copy_offloaded). A GSO frame may be split across
+        bursts (`_seg`: its segments already taken). None: the pool is empty."""
+        w, wp, ffi = self._walk, self._wp, self._lib.ffi
+        start = self._pos
+        stop = min(self._n, start + want)  # each frame kept gives at least a buffer
+        segs = w.segs[start:stop]
+        oversize = (w.seglen[start:stop] > mem.geometry.bufsize) | (
+            w.snap[start:stop] < w.len[start:stop])
+        bad = oversize | (segs == 0)
+        outgoing = None if self.ignores_outgoing else w.pkttype[start:stop] == PACKET_OUTGOING
+        if outgoing is not None:
+            bad |= outgoing
+        take = np.where(bad, 0, segs).astype(np.uint32)
+        take[0] -= self._seg
+        cum = np.cumsum(take)
+        idx = buffers.alloc(min(int(cum[-1]), want))
+        k = len(idx)
+        if k == 0 and cum[-1] > 0:
+            return None
+        m = int(np.searchsorted(cum, k, side="right"))  # frames wholly taken
+        partial = k - (int(cum[m - 1]) if m else 0)  # segments of frame m taken now
+        n = m + 1 if partial else m
+        if partial:
+            take[m] = partial
+        if n:
+            data, pool_len, pool_port, pool_ts = self._pool_ptrs(mem)
+            done = self._lib.lib.fwd_copy_offloaded(
+                self._lib_ring, wp["off"] + start, wp["len"] + start, wp["ts"] + start,
+                wp["work"] + start, ffi.from_buffer("uint32_t[]", take), self._seg, n, data,
+                mem.geometry.bufsize, ffi.from_buffer("uint32_t[]", idx), pool_len,
+                pool_port, pool_ts, port)
+            assert done == k, (done, k)
+        whole = slice(0, m)
+        self.rx_oversize += int(np.count_nonzero(oversize[whole]))
+        self.rx_offload_bad += int(np.count_nonzero((segs[whole] == 0) & ~oversize[whole]))
+        if outgoing is not None:
+            self.rx_outgoing += int(np.count_nonzero(outgoing[whole] & ~oversize[whole]))
+        work = w.work[start : start + m][~bad[whole]]
+        self.rx_segmented += int(np.count_nonzero(work >= 2))
+        self.rx_csum_done += int(np.count_nonzero(work == 1))
+        self._seg = (self._seg if m == 0 else 0) + partial if partial else 0
+        self._pos = start + m
+        return idx
 
     def _pool_ptrs(self, mem: EngineMemory) -> tuple[Any, ...]:
         """C pointers to the pool's data, length, port and ts arrays (cached per
@@ -784,7 +1096,7 @@ class AfPacketPort:
             before = int(self._tx_state[1])
             placed = lib.fwd_tx_fill(self._lib_tx, self.frame_size, self.tx_frames,
                                      self._tx_cstate, data, mem.geometry.bufsize, pool_len,
-                                     cidx, n, self._tx_cstate + 1)
+                                     cidx, n, self._tx_cstate + 1, int(self.tx_vnet))
             self.tx_oversize += int(self._tx_state[1]) - before
         # flush even when nothing new fit: a send() that stopped part way (ENOBUFS,
         # a busy driver) leaves slots in SEND_REQUEST, which only another send() moves
@@ -832,6 +1144,8 @@ class AfPacketPort:
         """Kernel counters since the last call (tpacket_stats_v3: packets queued to the
         ring, drops for want of a free block, ring freezes) plus ours (cumulative)."""
         out = {"rx_oversize": self.rx_oversize, "rx_outgoing": self.rx_outgoing,
+               "rx_offload_bad": self.rx_offload_bad, "rx_segmented": self.rx_segmented,
+               "rx_csum_done": self.rx_csum_done,
                "tx_full": self.tx_full, "tx_oversize": self.tx_oversize}
         if self.rx_sock is not None:
             raw = self.rx_sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
@@ -870,9 +1184,10 @@ class AfPacketPort:
 
 
 def tx_frame_size(bufsize: int) -> int:
-    """A TX ring slot that holds any pool buffer after the 32-byte slot header: 2 KiB
-    for a 1,500-byte MTU, whole pages beyond (the ring wants a page multiple then)."""
-    need = bufsize + 32
+    """A TX ring slot that holds any pool buffer after the 32-byte slot header and a
+    virtio_net_hdr: 2 KiB for 2,006-byte buffers, whole pages beyond (the ring wants a
+    page multiple then)."""
+    need = bufsize + TX_DATA_OFF + VNET_HDR_LEN
     return 2048 if need <= 2048 else -(-need // 4096) * 4096
 
 
@@ -887,6 +1202,33 @@ def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool
     """This process's queue on an afpacket port: a worker's joins the port's fanout
     group, which spreads flows as a NIC's RSS would; a send-only one joins none."""
     g = mem.geometry
-    return AfPacketPort(port.iface or "", receive=receive,
-                        fanout_group=fanout_group(g.name, index) if receive else None,
-                        frame_size=tx_frame_size(g.bufsize))
+    knobs = bench_knobs(os.environ.get("FWD_AFPACKET", ""))
+    fanout = knobs.pop("fanout", "hash")
+    if fanout == "none" and g.nworkers > 1:
+        raise ValueError("FWD_AFPACKET fanout=none: every worker would get every frame")
+    group = fanout_group(g.name, index) if receive and fanout != "none" else None
+    return AfPacketPort(port.iface or "", receive=receive, fanout_group=group,
+                        fanout_mode="hash" if fanout == "none" else str(fanout),
+                        frame_size=tx_frame_size(g.bufsize), **knobs)
+
+
+# FWD_AFPACKET="name=value,...": the driver's options the benchmark compares
+# (perf/bench_lab.py engine modes with "+name=value"), not a user setting
+_KNOBS = {"fanout": str, "offloads": int, "qdisc_bypass": int, "busy_poll_us": int,
+          "tx_vnet": int, "tx_mode": str,
+          "retire_ms": int, "ring_blocks": int, "block_size": int, "tx_frames": int}
+
+
+def bench_knobs(text: str) -> dict[str, Any]:
+    """Parse FWD_AFPACKET ("fanout=cpu,busy_poll_us=50") into AfPacketPort options."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in _KNOBS:
+            raise ValueError(f"FWD_AFPACKET: unknown option {name!r} (one of "
+                             f"{', '.join(_KNOBS)})")
+        out[name] = _KNOBS[name](value)
+    for flag in ("offloads", "qdisc_bypass", "tx_vnet"):
+        if flag in out:
+            out[flag] = bool(out[flag])
+    return out

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.config import PortConfig
-from engine.counters import MISC_BASE, Misc
+from engine.counters import MISC_BASE, Drop, Misc, index
 from engine.shm.memory import (
     PORT_COUNTER_NAMES,
     EngineMemory,
@@ -156,7 +156,7 @@ class WorkerPorts(Sender):
             if d.fileno() >= 0:  # polled drivers (DPDK) have none: the wait is a sleep
                 self._poller.register(d.fileno(), select.POLLIN)
         self._passes = 0
-        self._oversize = [0] * len(drivers)
+        self._oversize = [(0, 0)] * len(drivers)  # the drivers' rx_oversize, rx_offload_bad
 
     def receive(self, p: int, max_frames: int) -> np.ndarray:
         """Up to `max_frames` frames from port `p`'s queue, in pool buffers."""
@@ -180,12 +180,21 @@ class WorkerPorts(Sender):
 
     def count_kernel_drops(self) -> None:
         """Frames the kernel dropped for want of a free ring block, and frames we took
-        but could not keep (too long for a buffer), into the port's rx_drops."""
+        but could not keep, into the port's rx_drops. Those too long for a buffer are
+        also received packets dropped for a reason (Drop.rx_oversize), as the pcap
+        ports count them: `fwd stats` names them instead of a bare rx_drops."""
         for p, d in enumerate(self.drivers):
             s = d.stats()  # kernel counters since the last call; ours cumulative
-            ours = s.get("rx_oversize", 0)
-            self.port_counters[p, RX_DROPS] += s.get("kernel_drops", 0) + ours - self._oversize[p]
-            self._oversize[p] = ours
+            oversize = s.get("rx_oversize", 0)
+            bad = s.get("rx_offload_bad", 0)  # a GSO frame we cannot segment
+            new = oversize - self._oversize[p][0]
+            self.port_counters[p, RX_DROPS] += (s.get("kernel_drops", 0) + new
+                                                + bad - self._oversize[p][1])
+            if new:
+                self.port_counters[p, RX_PACKETS] += new
+                self.counters[index(Drop.rx_oversize)] += new
+                self.counters[MISC_BASE + Misc.dropped] += new
+            self._oversize[p] = (oversize, bad)
 
     def close(self) -> None:
         self.count_kernel_drops()
