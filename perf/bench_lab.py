@@ -6,14 +6,15 @@ generator (issue 5).
 The lab is `engine/cli/lab.py`'s (`fwd lab up`). Each repetition measures every mode, one
 after the other, on the same namespaces:
 
-- `engine-1w`: `fwd run` with one worker, the whole engine pinned to the router CPU;
+- `engine-1w`: `fwd run` with one worker, the worker pinned to the router CPU;
 - `engine-2w`: two workers, one per CPU (worker 0 shares the generator's CPU);
   both at `--batch` frames per port and pass (default 2048); `engine-1w-b256` (any
   `engine-<N>w-b<B>`) runs with batch B instead, e.g. configs/lab.toml's 256;
   options follow as `+name` or `+name=value` (`engine-1w-b2048+tx_vnet=0`):
-  `+split` moves the control process and the slow path to the generator's CPU once
-  started, `+sg` turns scatter-gather on on the router-side veths while the engine
-  runs, and any other is an AF_PACKET driver option passed in FWD_AFPACKET
+  `+together` keeps engine-1w's control process and slow path on the router CPU
+  (by default they move to the generator's CPU once started, see Pinning), `+sg`
+  turns scatter-gather on on the router-side veths while the engine runs, and any
+  other is an AF_PACKET driver option passed in FWD_AFPACKET
   (engine/io/afpacket.py bench_knobs: fanout, offloads, qdisc_bypass, busy_poll_us,
   tx_vnet, tx_mode, retire_ms, ring_blocks, block_size, tx_frames);
 - `kernel`: the router namespace forwards itself (addresses 10.0.1.1/24 and 10.0.2.1/24
@@ -44,6 +45,11 @@ inheritance: this script pins itself there first, so that no generator needs mov
 (a `taskset -c 0` started from an unpinned parent hung in the kernel's
 affine_move_task here, a few times, while the engine ran on both CPUs); the router
 on CPU 1 (the engine's processes with `taskset`, the kernel's forwarding with RPS).
+engine-1w's control process and slow path, which only idle in these tests but wake
+~1,000 times a second each, are moved to CPU 0 once the engine runs (as DPDK keeps
+its main lcore off the workers' cores): with them on CPU 1 the worker got 0.66 of
+it and forwarded 1,063 kpps, alone 0.97 and 1,135 kpps, forwarding all trafgen
+sent (which then sends less: they take ~15 % of its CPU).
 veth does its receive work on the sending CPU: the kernel's copy of a frame
 into the engine's RX ring (tpacket_rcv) runs on CPU 0 in the generator's send, and
 the engine's transmit carries h2's receive on the engine's CPU, as the kernel
@@ -398,7 +404,7 @@ class EngineRouter:
         return self.request_stats()
 
     def move_helpers(self) -> None:
-        """`+split`: the control process and the slow path (every thread) to the
+        """engine-1w: the control process and the slow path (every thread) to the
         generator's CPU, leaving the router CPU to the worker: idle, they still wake
         ~1,000 times a second, and on the worker's CPU each wake-up preempts it."""
         for agent, pid in self.workers.items():
@@ -636,8 +642,9 @@ def measure_mode(lab: Lab, mode: str, workdir: Path, args: argparse.Namespace,
         router = EngineRouter(lab, workdir, workers=int(engine["workers"]),
                               batch=int(engine["batch"] or args.batch), source=args.source,
                               host_macs=host_macs, static=static, nice=args.nice,
-                              split="split" in opts, sg="sg" in opts,
-                              knobs=",".join(o for o in opts if o not in ("split", "sg")))
+                              split=engine["workers"] == "1" and "together" not in opts,
+                              sg="sg" in opts,
+                              knobs=",".join(o for o in opts if o not in ("together", "sg")))
     else:
         router = KernelRouter(lab, rps_on=mode == "kernel-rps", host_macs=host_macs,
                               static=static)
@@ -894,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         "h2": args.h2,
         "pinning": {
             "generator": f"CPU {GEN_CPU} (trafgen -P 1; iperf3 client and server)",
-            "engine-1w": f"CPU {ROUTER_CPU}: worker 0, slow path, control process",
+            "engine-1w": f"CPU {ROUTER_CPU}: worker 0; slow path and control process moved "
+                         f"to CPU {GEN_CPU} once started (CPU {ROUTER_CPU} too with +together)",
             "engine-2w": f"worker 0 on CPU {GEN_CPU} (with the generator), worker 1 on CPU "
                          f"{ROUTER_CPU}; slow path CPU {GEN_CPU}; control process either",
             "kernel": f"CPU {GEN_CPU}: veth receive, forwarding and h2's receive all run on "

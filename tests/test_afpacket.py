@@ -609,3 +609,34 @@ def test_bench_knobs_parse_and_refuse_unknown_names():
         "fanout": "cpu", "tx_vnet": False, "tx_frames": 2048}
     with pytest.raises(ValueError, match="unknown option 'txframes'"):
         bench_knobs("txframes=1")
+
+
+def test_lro_left_alone_where_there_is_none(veth, capsys):
+    from engine.io.afpacket import ETH_FLAG_LRO, disable_lro, ethtool_flags
+
+    before = ethtool_flags(veth[0])
+    assert not before & ETH_FLAG_LRO  # veth: "large-receive-offload: off [fixed]"
+    assert disable_lro(veth[0]) is None
+    assert ethtool_flags(veth[0]) == before
+    assert capsys.readouterr().err == ""
+
+
+def test_lro_turned_off_said_and_given_back_at_close(veth, capsys, monkeypatch):
+    """A NIC with LRO on (simulated: veth has none): off while the port is open,
+    one line on stderr naming the interface, back on when the port closes."""
+    from engine.io import afpacket as A
+
+    flags = {veth[0]: A.ETH_FLAG_LRO | 0x180}
+
+    def fake(iface: str, value: int | None = None) -> int:
+        if value is not None:
+            flags[iface] = value
+        return flags[iface]
+
+    monkeypatch.setattr(A, "ethtool_flags", fake)
+    with AfPacketPort(veth[0], receive=False) as port:
+        port.restore = A.disable_lro(veth[0])
+        assert flags[veth[0]] == 0x180
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and veth[0] in err and "large-receive-offload" in err
+    assert flags[veth[0]] == A.ETH_FLAG_LRO | 0x180

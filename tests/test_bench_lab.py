@@ -86,7 +86,7 @@ def test_quick_run_covers_every_mode(tmp_path):
 
 
 def test_engine_modes_take_batch_and_options():
-    m = bench.ENGINE_MODE.match("engine-1w-b2048+tx_frames=4096+split")
-    assert (m["workers"], m["batch"], m["opts"]) == ("1", "2048", "+tx_frames=4096+split")
+    m = bench.ENGINE_MODE.match("engine-1w-b2048+tx_frames=4096+together")
+    assert (m["workers"], m["batch"], m["opts"]) == ("1", "2048", "+tx_frames=4096+together")
     assert bench.ENGINE_MODE.match("engine-2w")["opts"] == ""
     assert bench.ENGINE_MODE.match("engine-1w+") is None

@@ -32,7 +32,10 @@ fills in partial checksums, while copying into the pool; the fast path sees the
 frames a wire would carry. Without the C helper (`offloads` is then off) such
 frames are dropped as rx_oversize and partial checksums forwarded as they came.
 Measured in the lab with h1/h2's offloads on: iperf3 TCP through one worker
-2.3 Gbit/s; without this the SYN already left with a wrong checksum.
+2.3 Gbit/s; without this the SYN already left with a wrong checksum. A NIC's LRO
+is another matter: it merges without keeping what tells how to cut back, so the
+control process turns it off on each port while the engine runs and says so on
+stderr, as the kernel does on a forwarding interface (`disable_lro`).
 
 Two sockets, not one, because `PACKET_VERSION` is per socket (the RX ring wants V3's
 variable-size blocks, the TX ring V2's fixed frames) and a protocol-0 socket is the
@@ -51,7 +54,9 @@ and its contents; the C helper uses acquire/release atomics and is portable.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import hashlib
 import importlib.util
 import mmap
@@ -64,6 +69,7 @@ import tempfile
 import threading
 import weakref
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -698,6 +704,7 @@ class AfPacketPort:
         self.offloads = offloads and self.walker == "c" and self.copier == "c"
         self.tx_vnet = tx_vnet and self.tx_mode == "ring"
         # per EngineMemory: C pointers to its pool arrays (see _pool_ptrs)
+        self.restore: Callable[[], None] | None = None  # undoes disable_lro at close
         self._mem_ptrs: weakref.WeakKeyDictionary[EngineMemory, tuple[int, tuple[Any, ...]]] = (
             weakref.WeakKeyDictionary())
         self.rx_sock: socket.socket | None = None
@@ -1170,6 +1177,9 @@ class AfPacketPort:
                 except BufferError:  # a caller still holds a view: unmapped when freed
                     pass
                 setattr(self, attr, None)
+        if self.restore is not None:
+            self.restore()
+            self.restore = None
         for attr in ("rx_sock", "tx_sock"):
             s = getattr(self, attr, None)
             if s is not None:
@@ -1197,6 +1207,52 @@ def fanout_group(engine_name: str, port: int) -> int:
     return (zlib.crc32(engine_name.encode()) + port) & 0xFFFF
 
 
+# <linux/sockios.h>, <linux/ethtool.h>: the legacy flags word (ethtool_value)
+SIOCETHTOOL = 0x8946
+ETHTOOL_GFLAGS, ETHTOOL_SFLAGS = 0x25, 0x26
+ETH_FLAG_LRO = 1 << 15
+
+
+def ethtool_flags(iface: str, value: int | None = None) -> int:
+    """The interface's ethtool flags (ETHTOOL_GFLAGS), or set them (ETHTOOL_SFLAGS)
+    and return what was asked; OSError if the driver has no such ioctl."""
+    cmd = ETHTOOL_GFLAGS if value is None else ETHTOOL_SFLAGS
+    data = ctypes.create_string_buffer(struct.pack("<II", cmd, value or 0))
+    ifreq = struct.pack("16sP", iface.encode()[:15], ctypes.addressof(data)).ljust(40, b"\0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    return struct.unpack("<II", data.raw[:8])[1] if value is None else value
+
+
+def disable_lro(iface: str) -> Callable[[], None] | None:
+    """Large receive offload off, as the kernel turns it off on an interface that
+    forwards (dev_disable_lro from devinet's forwarding sysctl): a NIC's LRO merges
+    frames without keeping what tells how to cut them back (flags, options), unlike
+    GRO, whose super-frames the driver segments (PACKET_VNET_HDR). Says so on stderr
+    in one line; returns what turns it back on (None: it was not on)."""
+    try:
+        flags = ethtool_flags(iface)
+    except OSError:  # no ETHTOOL_GFLAGS (virtual devices without ethtool_ops): no LRO
+        return None
+    if not flags & ETH_FLAG_LRO:
+        return None
+    try:
+        ethtool_flags(iface, flags & ~ETH_FLAG_LRO)
+    except OSError as e:
+        print(f"fwd: {iface}: large-receive-offload is on and could not be turned off "
+              f"({e.strerror}): merged frames will be cut at their gso_size", file=sys.stderr)
+        return None
+    print(f"fwd: {iface}: large-receive-offload turned off while the engine runs "
+          "(the kernel does the same on a forwarding interface)", file=sys.stderr)
+
+    def restore() -> None:
+        try:
+            ethtool_flags(iface, ethtool_flags(iface) | ETH_FLAG_LRO)
+        except OSError:
+            pass  # the interface is gone, or changed hands: nothing to give back
+    return restore
+
+
 def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool,
                queue: int | None) -> AfPacketPort:
     """This process's queue on an afpacket port: a worker's joins the port's fanout
@@ -1207,9 +1263,12 @@ def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool
     if fanout == "none" and g.nworkers > 1:
         raise ValueError("FWD_AFPACKET fanout=none: every worker would get every frame")
     group = fanout_group(g.name, index) if receive and fanout != "none" else None
-    return AfPacketPort(port.iface or "", receive=receive, fanout_group=group,
-                        fanout_mode="hash" if fanout == "none" else str(fanout),
-                        frame_size=tx_frame_size(g.bufsize), **knobs)
+    opened = AfPacketPort(port.iface or "", receive=receive, fanout_group=group,
+                          fanout_mode="hash" if fanout == "none" else str(fanout),
+                          frame_size=tx_frame_size(g.bufsize), **knobs)
+    if queue is None and not receive:  # the control process's queue: once per port,
+        opened.restore = disable_lro(opened.iface)  # opened before any worker's
+    return opened
 
 
 # FWD_AFPACKET="name=value,...": the driver's options the benchmark compares
