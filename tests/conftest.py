@@ -231,3 +231,12 @@ def load_frames(mem, io, frames, port: int = 0):
         mem.length[i] = len(raw)
         mem.port[i] = port
     return idx
+
+
+def remove_dpdk_runtime_dirs(prefix: str) -> None:
+    """EAL runtime directories of file prefixes starting with `prefix` (a test's own)."""
+    import shutil
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "/tmp") if os.geteuid() else "/var/run"
+    for d in Path(runtime, "dpdk").glob(f"{prefix}*"):
+        shutil.rmtree(d, ignore_errors=True)

@@ -29,6 +29,8 @@ from scapy.utils import rdpcap, wrpcap
 
 from engine.io import dpdk as dp
 
+from conftest import remove_dpdk_runtime_dirs
+
 # Debian packages the DPDK tests need (for .ci/run)
 CI_PACKAGES = ("dpdk", "dpdk-dev", "libdpdk-dev", "pkg-config", "gcc")
 
@@ -88,9 +90,7 @@ def in_child(fn: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
 @pytest.fixture(scope="module", autouse=True)
 def _remove_runtime_dirs() -> Any:
     yield
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "/tmp") if os.geteuid() else "/var/run"
-    for d in Path(runtime, "dpdk").glob(f"{PREFIX}*"):
-        shutil.rmtree(d, ignore_errors=True)
+    remove_dpdk_runtime_dirs(PREFIX)
 
 
 def sample_frames(n: int = 30) -> list[Ether]:

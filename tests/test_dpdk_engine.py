@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from scapy.utils import rdpcap
 from test_dpdk import MISSING, PREFIX, hugepages, in_child, needs_dpdk  # noqa: F401
 from test_run import mixed_traffic, udp
 
-from conftest import MAC, PORTS, Lab, routed
+from conftest import MAC, PORTS, Lab, remove_dpdk_runtime_dirs, routed
 from test_slowpath import icmp_error, norm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _remove_peer_runtime_dirs() -> Any:
     """The memif peer's EAL runtime directory (an engine removes its own)."""
     yield
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "/tmp") if os.geteuid() else "/var/run"
-    for d in Path(runtime, "dpdk").glob(f"{PREFIX}*"):
-        shutil.rmtree(d, ignore_errors=True)
+    remove_dpdk_runtime_dirs(PREFIX)
 
 
 def dpdk_lab(root: Path, workers: int, devices: dict[str, str], dpdk: str = "") -> Path:

@@ -13,8 +13,6 @@ EAL); skipped without DPDK, saying what is missing.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,8 @@ from test_dpdk import EAL, PREFIX, in_child, needs_dpdk, sample_frames
 
 from engine.io import dpdk as dp
 
+from conftest import remove_dpdk_runtime_dirs
+
 NBUFS = 512
 IO_ROWS = 384  # one worker: the I/O agent has rows [0, 384), the slow path the rest
 
@@ -36,9 +36,7 @@ IO_ROWS = 384  # one worker: the I/O agent has rows [0, 384), the slow path the 
 def _remove_runtime_dirs() -> Any:
     """The EAL runtime directory the scenarios leave behind (one prefix per run)."""
     yield
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "/tmp") if os.geteuid() else "/var/run"
-    for d in Path(runtime, "dpdk").glob(f"{PREFIX}*"):
-        shutil.rmtree(d, ignore_errors=True)
+    remove_dpdk_runtime_dirs(PREFIX)
 
 
 def _pool(nbufs: int = NBUFS) -> tuple[Any, Any, Any]:
