@@ -470,6 +470,12 @@ class PcapFileWriter:
             self.file.write(chunk)
         self.frames += len(lengths)
 
+    def write_records(self, records: memoryview, frames: int) -> None:
+        """Records already built (header and frame each, as `write` builds them)."""
+        assert self.file is not None
+        self.file.write(records)
+        self.frames += frames
+
     def flush(self) -> None:
         if self.file is not None:
             self.file.flush()

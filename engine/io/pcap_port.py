@@ -502,12 +502,12 @@ class PcapPorts:
             while left:
                 block, starts = out.blocks[0], out.starts[0]
                 if left >= len(starts):
-                    writer.file.write(memoryview(block))
+                    writer.write_records(memoryview(block), len(starts))
                     left -= len(starts)
                     del out.blocks[0], out.starts[0], out.ts[0], out.seq[0]
                     continue
                 cut = int(starts[left])
-                writer.file.write(memoryview(block)[:cut])
+                writer.write_records(memoryview(block)[:cut], left)
                 out.blocks[0] = block[cut:]
                 out.starts[0] = starts[left:] - cut
                 out.ts[0], out.seq[0] = out.ts[0][left:], out.seq[0][left:]
@@ -521,7 +521,7 @@ class PcapPorts:
             take, keep = order[ready[order]], np.flatnonzero(~ready)
             buf = np.empty(int(sizes[take].sum()), dtype=np.uint8)
             gather_records(records, starts, sizes, take, buf)
-            writer.file.write(memoryview(buf))
+            writer.write_records(memoryview(buf), len(take))
             out.clear()
             if len(keep):
                 rest = np.empty(int(sizes[keep].sum()), dtype=np.uint8)
@@ -530,7 +530,6 @@ class PcapPorts:
                 np.cumsum(sizes[keep][:-1], out=kept[1:])
                 out.blocks, out.starts, out.ts, out.seq = [rest], [kept], [ts[keep]], [seq[keep]]
         out.held = sum(len(s) for s in out.starts)
-        writer.frames += nready
         writer.flush()
 
     def write(self) -> None:
