@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/fwd run configs/default.toml
 
-# then the end-to-end replays and supervision again on the numpy datapath (the
-# compiled one is the default everywhere else)
-E2E := tests/test_run.py tests/test_pcap_stream.py tests/test_supervision.py
+# then the suites that run the engine end to end again on the numpy datapath (the
+# compiled one is the default everywhere else): pcap replays, supervision, the
+# namespace lab (not its offload test: that is the AF_PACKET driver's, whatever the
+# datapath) and DPDK vdevs
+E2E := tests/test_run.py tests/test_pcap_stream.py tests/test_supervision.py \
+	tests/test_lab.py tests/test_dpdk_engine.py
+E2E_SAME := --deselect tests/test_lab.py::test_iperf3_tcp_with_the_hosts_offloads_on
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
-	FWD_TEST_DATAPATH=numpy $(BIN)/python -m pytest -q $(E2E)
+	FWD_TEST_DATAPATH=numpy $(BIN)/python -m pytest -q $(E2E) $(E2E_SAME)
 
 lint: $(STAMP)
 	$(BIN)/ruff check engine tests perf tools

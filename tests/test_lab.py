@@ -28,6 +28,8 @@ import pytest
 
 from engine.cli.lab import Lab, down, engine_config, up
 
+from conftest import DATAPATH
+
 TOOLS = ("ip", "ping", "tracepath", "traceroute", "iperf3")
 H2_MTU = 1400
 FWD = [sys.executable, "-m", "engine.cli"]
@@ -48,7 +50,7 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
 def lab_config(lab: Lab, sock: Path, workers: int = 2) -> str:
     return engine_config(lab, str(sock), workers=workers, batch=256, p1_mtu=H2_MTU,
-                         extra="\n[icmp]\nratelimit_ms = 0\n")
+                         extra="\n[icmp]\nratelimit_ms = 0\n", datapath=DATAPATH)
 
 
 def sh(ns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -270,6 +272,8 @@ def test_iperf3_udp_fragments_leave_as_they_came(lab, engine):
 def test_sigterm_drains_and_exits_0(lab, engine):
     took, stats, err = engine.stop()
     assert took < 5, f"took {took:.1f} s to stop"
+    # the datapath this run was meant to exercise (make test runs the lab with both)
+    assert ("compiled datapath ready" in err) == (DATAPATH == "compiled"), err
     assert stats["accounting"]["balanced"], stats
     assert stats["snmp"]["ForwDatagrams"] > 0
     # the engine's sockets are gone: no promiscuous packet socket left on the ports
@@ -296,7 +300,7 @@ def test_iperf3_tcp_with_the_hosts_offloads_on(tmp_path):
             assert "tx-checksumming: on" in feats, feats
         sock = tmp_path / "fwd.sock"
         cfg = tmp_path / "lab.toml"
-        cfg.write_text(engine_config(lab, str(sock), workers=1, batch=256))
+        cfg.write_text(engine_config(lab, str(sock), workers=1, batch=256, datapath=DATAPATH))
         engine = Engine(cfg, sock)
         try:
             server = subprocess.Popen(["ip", "netns", "exec", lab.host("h2"), "iperf3", "-s",

@@ -31,7 +31,7 @@ ENGINE_MACS = ("02:00:00:00:01:01", "02:00:00:00:02:01")  # configs/lab.toml's
 
 
 def engine_config(lab: Lab, control_socket: str, *, workers: int = 2, batch: int = 1024,
-                  p1_mtu: int = 1500, extra: str = "") -> str:
+                  p1_mtu: int = 1500, extra: str = "", datapath: str = "compiled") -> str:
     """The engine's config for `lab` (configs/lab.toml with this lab's namespace):
     AF_PACKET ports p0 and p1 with the hosts' gateway addresses; `extra` is appended."""
     ports = "".join(f"""
@@ -46,6 +46,7 @@ addresses = ["{gateway}/24"]
     return f"""[engine]
 workers = {workers}
 batch = {batch}
+datapath = "{datapath}"
 netns = "{lab.router}"
 control_socket = "{control_socket}"
 {ports}{extra}"""
