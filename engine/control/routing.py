@@ -418,7 +418,7 @@ class Routing:
         wants one. Connected, local, broadcast and neighbour entries are never touched:
         they come from the ports' addresses and the [[neighbor]]s."""
         if prefix is None and origin is None:
-            raise RouteError("flush needs a selector: a prefix (the routes inside it) "
+            raise RouteError("a selector is needed: a prefix (the routes inside it) "
                              f"and/or origin {'|'.join(ROUTE_ORIGINS)}")
         if origin is not None and origin not in ROUTE_ORIGINS:
             raise RouteError(f"origin {origin[:64]!r} is not one of {', '.join(ROUTE_ORIGINS)}"
