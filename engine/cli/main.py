@@ -550,7 +550,8 @@ def route_save(file: str | None, origin: str, socket_path: str | None) -> None:
 
 @main.group()
 def port() -> None:
-    """Take the ports of a running engine up or down (through its control socket)."""
+    """Show the ports of a running engine, take them up or down, change their MTU
+    (through its control socket)."""
 
 
 @port.command("up")
@@ -570,6 +571,51 @@ def port_down(name: str, socket_path: str | None) -> None:
     routed there are dropped as port_down) and workers flush what they cached for it."""
     r = _call(socket_path, {"cmd": "port.down", "name": name}, refused=EXIT_CONFIG)
     click.echo(f"{name} down" if r["changed"] else f"{name} was already down")
+
+
+@port.command("show")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the ports as JSON.")
+@socket_option
+def port_show(name: str | None, as_json: bool, socket_path: str | None) -> None:
+    """Show every port, or port NAME, as `ip -s link` does: state (up/down as `fwd
+    port up|down` set it), carrier when the driver knows it (AF_PACKET), MTU, MAC,
+    addresses, RX and TX bytes and packets, drops; then the drops by reason: those
+    of the fast path for frames received on the port, and the driver's own
+    (driver_rx: frames it could not take in)."""
+    from engine.control.stats import format_ports
+
+    msg: dict[str, Any] = {"cmd": "port.show"}
+    if name is not None:
+        msg["name"] = name
+    ports = _call(socket_path, msg, what="port show: ", refused=EXIT_CONFIG)["ports"]
+    if as_json:
+        click.echo(json.dumps(ports if name is None else ports[0], indent=2))
+        return
+    click.echo(format_ports(ports))
+
+
+@port.command("set")
+@click.argument("name")
+@click.argument("words", nargs=-1, required=True, metavar="mtu N")
+@socket_option
+def port_set(name: str, words: tuple[str, ...], socket_path: str | None) -> None:
+    """Change port NAME at run time (`ip link set NAME mtu N`): `mtu N` (68..9000).
+
+    From every worker's next batch on, the fast path's MTU check and the slow path
+    (fragmentation, the MTU an ICMP fragmentation-needed carries) use the new MTU.
+    It is the engine's MTU: an AF_PACKET interface keeps its own (set it with ip
+    link); a dpdk port's is fixed at start. A restart takes the config's again."""
+    if len(words) != 2 or words[0] != "mtu":
+        click.echo(f"fwd: port set: expected `mtu N`, got {' '.join(words)!r}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if not words[1].isdigit():
+        click.echo(f"fwd: port set: mtu {words[1]!r} is not a number", err=True)
+        sys.exit(EXIT_CONFIG)
+    r = _call(socket_path, {"cmd": "port.set", "name": name, "mtu": int(words[1])},
+              what="port set: ", refused=EXIT_CONFIG)
+    click.echo(f"{name} mtu {r['mtu']}" + (f" (was {r['old']})" if r["changed"]
+                                           else " (unchanged)"))
 
 
 def _route_table(routes: list[dict[str, Any]]) -> str:

@@ -28,6 +28,9 @@ Commands (arguments; reply fields):
     route.lookup addr                             addr, route, nexthop (a debug aid)
     port.up      name                             port, up, changed
     port.down    name                             port, up, changed
+    port.show    [name]                           ports: [{name, driver, up, carrier,
+                                                  mtu, mac, addresses, counters, drops}]
+    port.set     name, mtu: int                   port, mtu, old, changed
     trace.start  count, [port]                    gen, count (engine/observe/trace.py)
     trace.read   gen                              records (oldest first), done
     trace.stop                                    -
@@ -84,6 +87,8 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "route.lookup": {"addr": (str, True)},
     "port.up": {"name": (str, True)},
     "port.down": {"name": (str, True)},
+    "port.show": {"name": (str, False)},
+    "port.set": {"name": (str, True), "mtu": (int, True)},
     "trace.start": {"count": (int, True), "port": (str, False)},
     "trace.read": {"gen": (int, True)},
     "trace.stop": {},
@@ -96,7 +101,7 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
 # the FIB, next hops or port state, and reads of the routing's Python structures that
 # those writes change; everything else reads shared memory only
 ON_MAIN = frozenset({"route.add", "route.replace", "route.del", "route.flush", "route.show",
-                     "route.load", "route.lookup", "port.up", "port.down"})
+                     "route.load", "route.lookup", "port.up", "port.down", "port.set"})
 
 # (cmd, argument) -> why it is refused: arguments that used to exist, so that an old
 # client gets a reason rather than "unknown argument"
@@ -279,6 +284,22 @@ class Commands:
 
     def cmd_port_down(self, name: str) -> dict[str, Any]:
         return self._port(name, False)
+
+    def cmd_port_show(self, name: str | None = None) -> dict[str, Any]:
+        """Each port as `ip -s link` shows it: state, carrier, MTU, MAC, addresses,
+        the driver's rx/tx counters and the fast path's drops by reason (read from
+        shared memory: answered at once, from any thread)."""
+        from engine.control.stats import port_rows
+
+        names = list(self.routing.port_names)
+        if name is not None and name not in names:
+            raise RequestError(f"port.show: no port {name[:64]!r} (ports: {', '.join(names)})")
+        rows = port_rows(self.mem, self.routing.cfg, self.routing.ports())
+        return {"ports": [r for r in rows if name is None or r["name"] == name]}
+
+    def cmd_port_set(self, name: str, mtu: int) -> dict[str, Any]:
+        old = self.routing.set_mtu(name, mtu)
+        return {"port": name, "mtu": mtu, "old": old, "changed": old != mtu}
 
     def _port_index(self, cmd: str, name: str | None) -> int | None:
         if name is None:

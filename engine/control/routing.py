@@ -45,6 +45,8 @@ import numpy as np
 # config.py's RouteChecker validates a [[route]] table against the ports: one set of
 # rules for the config file and the control socket
 from engine.config import (
+    MAX_MTU,
+    MIN_MTU,
     Config,
     ConfigError,
     NextHopConfig,
@@ -582,6 +584,28 @@ class Routing:
         self.nhs.set_port_mtu(p)
         self.mem.ctl[CTL_NH_GEN] += 1
         return True
+
+    def set_mtu(self, name: str, mtu: int) -> int:
+        """Give port `name` a new MTU at run time (`ip link set NAME mtu N`); returns
+        the old one. The port's MTU word is what the fast path's MTU check (route
+        stage, too-big tier) and the slow path (fragmentation, the MTU an ICMP
+        frag-needed carries) read, both straight from shared memory; the plain tier
+        compares against each next hop's `nh_mtu`, rewritten here; then the NH
+        generation moves on so that every worker drops what it cached before its
+        next batch, as a port going down does."""
+        p = self.port_index(name)
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise RouteError(f"mtu {mtu} is out of range {MIN_MTU}..{MAX_MTU}")
+        if self.cfg.ports[p].driver == "dpdk":
+            raise RouteError(f"port {name}: a dpdk device's MTU is set when the engine "
+                             "starts; change [[port]] mtu and restart")
+        old = int(self.mem.port_mtu[p])
+        if old == mtu:
+            return old
+        self.mem.port_mtu[p] = mtu
+        self.nhs.set_port_mtu(p)
+        self.mem.ctl[CTL_NH_GEN] += 1
+        return old
 
     def ports(self) -> dict[str, dict[str, Any]]:
         return {name: {"up": self.port_up(p), "mtu": int(self.mem.port_mtu[p]),
