@@ -384,7 +384,8 @@ def route() -> None:
     in iproute2's words: add, replace, del, flush, show, load, save."""
 
 
-@route.command("add", epilog=ROUTE_WORDS_HELP)
+@route.command("add", epilog=ROUTE_WORDS_HELP,
+               short_help="Add a route (ip route add); an existing prefix: File exists.")
 @_route_options
 @socket_option
 def route_add(words: tuple[str, ...], via: tuple[str, ...], port: str | None,
@@ -402,7 +403,8 @@ def route_add(words: tuple[str, ...], via: tuple[str, ...], port: str | None,
     _route_change("add", words, via, port, rtype, socket_path)
 
 
-@route.command("replace", epilog=ROUTE_WORDS_HELP)
+@route.command("replace", epilog=ROUTE_WORDS_HELP,
+               short_help="Add a route or change it in place (ip route replace).")
 @_route_options
 @socket_option
 def route_replace(words: tuple[str, ...], via: tuple[str, ...], port: str | None,
@@ -415,7 +417,7 @@ def route_replace(words: tuple[str, ...], via: tuple[str, ...], port: str | None
     _route_change("replace", words, via, port, rtype, socket_path)
 
 
-@route.command("del")
+@route.command("del", short_help="Delete the routes to PREFIX... (all or none).")
 @click.argument("prefixes", metavar="PREFIX...", nargs=-1, required=True)
 @socket_option
 def route_del(prefixes: tuple[str, ...], socket_path: str | None) -> None:
@@ -433,7 +435,8 @@ def route_del(prefixes: tuple[str, ...], socket_path: str | None) -> None:
         click.echo(f"deleted {route_words(r)}")
 
 
-@route.command("flush")
+@route.command("flush", short_help="Delete the routes inside a prefix and/or of an "
+                                  "origin.")
 @click.argument("selector", nargs=-1)
 @socket_option
 def route_flush(selector: tuple[str, ...], socket_path: str | None) -> None:
@@ -468,7 +471,8 @@ def route_flush(selector: tuple[str, ...], socket_path: str | None) -> None:
     click.echo(f"flushed {len(routes)} route{'s' if len(routes) != 1 else ''}")
 
 
-@route.command("show")
+@route.command("show", short_help="List the routes: prefix, type, next hops, metric, "
+                                 "origin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the routes as JSON.")
 @click.option("--all", "show_all", is_flag=True,
               help="Also list the internal entries: local addresses, subnet broadcasts, "
@@ -488,7 +492,7 @@ def route_show(as_json: bool, show_all: bool, socket_path: str | None) -> None:
     click.echo(_route_table(routes))
 
 
-@route.command("load")
+@route.command("load", short_help="Replace every route of FILE; count what changed.")
 @click.argument("file", metavar="FILE")
 @socket_option
 def route_load(file: str, socket_path: str | None) -> None:
@@ -521,7 +525,8 @@ def route_load(file: str, socket_path: str | None) -> None:
                f"added, {reply['changed']} changed, {reply['unchanged']} unchanged")
 
 
-@route.command("save")
+@route.command("save", short_help="Write the cli routes as [[route]]s a config "
+                                 "includes.")
 @click.argument("file", metavar="[FILE]", required=False)
 @click.option("--origin", type=click.Choice(["cli", "config", "all"]), default="cli",
               show_default=True, help="Which routes: those added with fwd route, those "
@@ -573,7 +578,8 @@ def port_down(name: str, socket_path: str | None) -> None:
     click.echo(f"{name} down" if r["changed"] else f"{name} was already down")
 
 
-@port.command("show")
+@port.command("show", short_help="State, MTU, MAC, addresses, counters, drops by "
+                                 "reason.")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the ports as JSON.")
 @socket_option
@@ -595,7 +601,7 @@ def port_show(name: str | None, as_json: bool, socket_path: str | None) -> None:
     click.echo(format_ports(ports))
 
 
-@port.command("set")
+@port.command("set", short_help="Change a port at run time: mtu N.")
 @click.argument("name")
 @click.argument("words", nargs=-1, required=True, metavar="mtu N")
 @socket_option

@@ -219,6 +219,7 @@ def port_rows(mem: EngineMemory, cfg: Any, state: dict[str, dict[str, Any]]
     rows = []
     for p, port in enumerate(cfg.ports):
         rows.append({
+            "index": p,  # as ip link's ifindex: the port's place in the config
             "name": port.name,
             "driver": port.driver,
             **state[port.name],
@@ -244,12 +245,12 @@ def format_ports(rows: list[dict[str, Any]]) -> str:
     a line of state per port, its addresses, then RX and TX counters under their
     names, then the drops by reason."""
     out: list[str] = []
-    for i, r in enumerate(rows):
+    for r in rows:
         flags = ["UP" if r["up"] else "DOWN"]
         if r["carrier"] is not None:
             flags.append("LOWER_UP" if r["carrier"] else "NO-CARRIER")
         c = r["counters"]
-        out.append(f"{i}: {r['name']}: <{','.join(flags)}> mtu {r['mtu']} state "
+        out.append(f"{r['index']}: {r['name']}: <{','.join(flags)}> mtu {r['mtu']} state "
                    f"{'UP' if r['up'] else 'DOWN'} driver {r['driver']}")
         out.append(f"    link/ether {r['mac']}")
         out += [f"    inet {a}" for a in r["addresses"]]
