@@ -204,3 +204,20 @@ def test_a_new_mtu_is_used_by_the_next_batch(router):
 
     assert commands.handle({"cmd": "port.set", "name": "p1", "mtu": 1500})["old"] == 1200
     assert through(mem, fw, sp, io, [big_df])["p1"] == [routed(big_df, "p1", "h2")]
+
+
+def test_an_ecmp_route_from_cli_words_reaches_both_next_hops(router):
+    """`fwd route add 10.8.0.0/16 nexthop via ... nexthop via ...` as the CLI sends it:
+    the flows to it leave through both gateways, each flow through one."""
+    from engine.control.routespec import parse_route_words
+
+    mem, commands, fw, sp, io = router
+    words = "10.8.0.0/16 nexthop via 10.0.2.254 dev p1 nexthop via 10.0.3.2 dev p2"
+    reply = commands.handle({"cmd": "route.add", **parse_route_words(words.split())})
+    assert reply["ok"] and reply["status"] == "added", reply
+    frames = [h1(f"10.8.{i}.{i}", i) for i in range(48)]
+    out = through(mem, fw, sp, io, frames)
+    assert len(out["p1"]) + len(out["p2"]) == 48 and len(out["p1"]) > 4 and len(out["p2"]) > 4
+    assert set(out["p1"]) <= {routed(f, "p1", "gw") for f in frames}
+    assert set(out["p2"]) <= {routed(f, "p2", "h3") for f in frames}
+    assert through(mem, fw, sp, io, frames) == out  # a flow keeps its next hop
