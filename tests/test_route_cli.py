@@ -128,8 +128,22 @@ def test_add_in_iproute2_words_and_file_exists(engine):
     r = cli(path, "route", "del", "10.40.0.0/16", "10.41.0.0/16", "10.44.0.0/16")
     assert r.returncode == 2 and r.stderr == (
         "fwd: route del: no route 10.44.0.0/16; nothing was deleted\n")
+    # one route in add's words: deleted only if it is so (ip route del matches)
+    r = cli(path, "route", "del", "10.40.0.0/16", "via", "10.0.3.2")
+    assert r.returncode == 2 and r.stderr == (
+        "fwd: route del: no route 10.40.0.0/16 with that via (No such process): "
+        "`fwd route show` lists the one there\n")
+    r = cli(path, "route", "del", "unreachable", "10.41.0.0/16")
+    assert r.returncode == 2 and "with that type" in r.stderr
+    r = cli(path, "route", "del", "blackhole", "10.41.0.0/16")
+    assert r.returncode == 0 and r.stdout == "deleted blackhole 10.41.0.0/16\n", r.stderr
+    r = cli(path, "route", "del", "10.42.0.0/16", "via", "10.0.3.2", "dev", "p2")
+    assert r.returncode == 0, r.stderr  # an ECMP member's gateway and port match
     r = cli(path, "route", "del", "10.40.0.0/16", "10.41.0.0/16", "10.42.0.0/16")
-    assert r.returncode == 0 and r.stdout.count("deleted ") == 3, r.stderr
+    assert r.returncode == 2 and "no route 10.41.0.0/16; nothing was deleted" in r.stderr
+    assert cli(path, "route", "add", "blackhole", "10.41.0.0/16").returncode == 0
+    r = cli(path, "route", "del", "10.40.0.0/16", "10.41.0.0/16")
+    assert r.returncode == 0 and r.stdout.count("deleted ") == 2, r.stderr
     assert routes(path) == before
 
 

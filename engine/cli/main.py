@@ -418,18 +418,33 @@ def route_replace(words: tuple[str, ...], via: tuple[str, ...], port: str | None
 
 
 @route.command("del", short_help="Delete the routes to PREFIX... (all or none).")
-@click.argument("prefixes", metavar="PREFIX...", nargs=-1, required=True)
+@click.argument("prefixes", metavar="PREFIX... | [TYPE] PREFIX [via GW] [dev P] [metric N]",
+                nargs=-1, required=True)
 @socket_option
 def route_del(prefixes: tuple[str, ...], socket_path: str | None) -> None:
     """Delete the routes to PREFIX... (config or cli ones) in one request: all of them,
     or none when one has no route (exit 2). The next less-specific route takes over
     their addresses. Connected and local entries come from the ports' addresses and
-    are not deleted here."""
+    are not deleted here.
+
+    One route in `route add`'s words deletes it only if it is so (as `ip route del`
+    matches): `fwd route del blackhole 10.7.0.0/16`, `fwd route del 10.9.0.0/16 via
+    10.0.2.254`."""
     from engine.control.routespec import route_words
 
     msg: dict[str, Any] = {"cmd": "route.del"}
-    msg.update({"prefix": prefixes[0]} if len(prefixes) == 1
-               else {"prefixes": list(prefixes)})
+    if all(p[:1].isdigit() for p in prefixes):
+        msg.update({"prefix": prefixes[0]} if len(prefixes) == 1
+                   else {"prefixes": list(prefixes)})
+    else:  # one route and what it must be
+        table = _route_words(prefixes, (), None, None, "del")
+        if "nexthops" in table:
+            click.echo("fwd: route del: name one gateway (via GW) to match, not nexthops",
+                       err=True)
+            sys.exit(EXIT_CONFIG)
+        msg["prefix"] = table.pop("prefix")
+        if table:
+            msg["match"] = table
     for r in _call(socket_path, msg, timeout=600.0, what="route del: ",
                    refused=EXIT_CONFIG)["routes"]:
         click.echo(f"deleted {route_words(r)}")

@@ -16,8 +16,9 @@ Commands (arguments; reply fields):
                  [metric: int]                    is refused ("File exists")
     route.replace  as route.add                   route, status: added | changed |
                                                   unchanged (`ip route replace`)
-    route.del    prefix | prefixes: [str]         routes (the deleted ones), route (the
-                                                  first): all of them or none
+    route.del    prefix | prefixes: [str],        routes (the deleted ones), route (the
+                 [match: {type, via, port,        first): all of them or none; with
+                 metric}]                         match, prefix's route only if it is so
     route.flush  [prefix], [origin]               routes (the deleted ones): the config
                                                   and cli routes inside prefix and/or
                                                   of origin; at least one selector
@@ -73,6 +74,7 @@ ROUTE_ARGS: dict[str, tuple[type, bool]] = {
     "prefix": (str, True), "via": (str, False), "port": (str, False), "type": (str, False),
     "nexthops": (list, False), "metric": (int, False)}
 MAX_DELETE = 1 << 16  # prefixes one route.del may name
+MATCH_KEYS: dict[str, type] = {"type": str, "via": str, "port": str, "metric": int}
 
 # cmd -> {argument: (type, required)}; bool is checked exactly (not as an int)
 COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -80,7 +82,7 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "stats": {},
     "route.add": ROUTE_ARGS,
     "route.replace": ROUTE_ARGS,
-    "route.del": {"prefix": (str, False), "prefixes": (list, False)},
+    "route.del": {"prefix": (str, False), "prefixes": (list, False), "match": (dict, False)},
     "route.flush": {"prefix": (str, False), "origin": (str, False)},
     "route.show": {"all": (bool, False)},
     "route.load": {"text": (str, True), "load": (int, False), "more": (bool, False)},
@@ -110,7 +112,8 @@ REMOVED: dict[tuple[str, str], str] = {
                             "routes as text (`fwd route load FILE` reads the file itself)",
 }
 
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", list: "an array"}
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", list: "an array",
+               dict: "a map"}
 
 
 def _kind(value: object) -> str:
@@ -218,11 +221,21 @@ class Commands:
         route, status = self.routing.add({"prefix": prefix, **rest}, replace=True)
         return {"route": route.as_dict(), "status": status}
 
-    def cmd_route_del(self, prefix: str | None = None,
-                      prefixes: list[Any] | None = None) -> dict[str, Any]:
+    def cmd_route_del(self, prefix: str | None = None, prefixes: list[Any] | None = None,
+                      match: dict[str, Any] | None = None) -> dict[str, Any]:
         if (prefix is None) == (prefixes is None):
             raise RequestError("route.del: prefix is required (or prefixes: an array of "
                                "them), not both")
+        if match is not None:
+            if prefix is None:
+                raise RequestError("route.del: match goes with one prefix, not prefixes")
+            for k, v in match.items():
+                if k not in MATCH_KEYS or not isinstance(v, MATCH_KEYS[k]) \
+                        or isinstance(v, bool):
+                    raise RequestError(f"route.del: match takes {', '.join(MATCH_KEYS)} "
+                                       f"(strings, metric an integer), got {str(k)[:64]!r}")
+            route = self.routing.delete_matching({**match, "prefix": prefix})
+            return {"route": route.as_dict(), "routes": [route.as_dict()]}
         names = [prefix] if prefix is not None else prefixes or []
         if not names or len(names) > MAX_DELETE:
             raise RequestError(f"route.del: prefixes must name 1 to {MAX_DELETE} prefixes")

@@ -389,6 +389,25 @@ class Routing:
         """Delete a config or CLI route; the next less-specific route takes over."""
         return self.delete_many([prefix])[0]
 
+    def delete_matching(self, table: dict[str, Any]) -> Route:
+        """`ip route del [TYPE] PREFIX [via GW] [dev P] [metric N]`: delete the route
+        to the prefix only if it is what the other words say (each given word must
+        match: a gateway or port of any ECMP member does), as iproute2 matches."""
+        key = self._parse_prefix(str(table.get("prefix")))
+        route = self.static.get(key)
+        if route is not None:
+            vias = {_ip(h.via) for h in route.nexthops} or {_ip(route.via)}
+            ports = {h.port for h in route.nexthops} or {route.port}
+            wrong = [w for w, ok in (
+                ("type", table.get("type", route.type) == route.type),
+                ("via", table.get("via", next(iter(vias))) in vias),
+                ("dev", table.get("port", next(iter(ports))) in ports),
+                ("metric", table.get("metric", route.metric) == route.metric)) if not ok]
+            if wrong:
+                raise RouteError(f"no route {fmt_prefix(*key)} with that {', '.join(wrong)} "
+                                 "(No such process): `fwd route show` lists the one there")
+        return self.delete_many([fmt_prefix(*key)])[0]
+
     def delete_many(self, prefixes: list[str]) -> list[Route]:
         """Delete config or CLI routes: all of them, or none when one is missing."""
         keys = [self._parse_prefix(p) for p in prefixes]
