@@ -21,7 +21,11 @@ What is checked, beyond types and unknown keys (which get a "did you mean"):
   (loopback, multicast, limited broadcast); gateways on a connected subnet (of the
   given port, if any), not our own address nor a subnet's network/broadcast address;
   the egress port of a gateway route is resolved and stored;
-- neighbours: on their port's subnet, unique IPs, unicast MACs that are not ours.
+- neighbours: on their port's subnet, unique IPs, unicast MACs that are not ours;
+- `include = ["routes.toml", ...]` (top level): files of [[route]]s only, relative to
+  the config's folder, read after the config's own [[route]]s and checked by the same
+  rules (a prefix may appear once across all files); their errors name the entry, the
+  file and the key inside it (``include[0] (routes.toml): route[1].via: ...``).
 
 Routes given at run time (the control socket) are checked by the same rules against
 a loaded config's ports with `RouteChecker`; `parse_cidr` reads a prefix as the file
@@ -111,6 +115,9 @@ class RouteConfig:
     via: int | None = None
     port: str | None = None  # egress port name (resolved from `via` when absent)
     nexthops: tuple[NextHopConfig, ...] = ()
+    # kept and shown, not a preference: the FIB holds one route per prefix, so a
+    # second route to a prefix with another metric is refused (`replace` changes it)
+    metric: int = 0
 
 
 @dataclass(frozen=True)
@@ -214,15 +221,18 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 # --- helpers -------------------------------------------------------------------------
 
-_TOP_KEYS = ("engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp", "dpdk",
-             "metrics")
+_TOP_KEYS = ("include", "engine", "port", "route", "neighbor", "ipv4", "reassembly", "icmp",
+             "dpdk", "metrics")
+# what a file named by `include` may hold: route fragments (`fwd route save` writes them)
+_INCLUDE_KEYS = ("route",)
+MAX_METRIC = 0xFFFF_FFFF  # iproute2's metric is a u32
 _METRICS_KEYS = ("listen",)
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})")
 _ENGINE_KEYS = ("workers", "batch", "control_socket", "netns", "datapath")
 _DRIVER_KEYS = {"pcap": ("rx", "tx"), "afpacket": ("iface",), "dpdk": ("device",)}
 _PORT_KEYS = ("name", "driver", "mac", "mtu", "addresses") + tuple(
     k for keys in _DRIVER_KEYS.values() for k in keys)
-_ROUTE_KEYS = ("prefix", "type", "via", "port", "nexthops")
+_ROUTE_KEYS = ("prefix", "type", "via", "port", "nexthops", "metric")
 _NEXTHOP_KEYS = ("via", "port")
 _NEIGHBOR_KEYS = ("ip", "mac", "port")
 _IPV4_KEYS = ("accept_source_route",)
@@ -433,6 +443,9 @@ class _Parser:
         engine = self.engine(_table(doc, "engine"))
         ports = self.ports(_array_of_tables(doc, "port"))
         routes = self.routes(_array_of_tables(doc, "route"))
+        routes += self.includes(doc.get("include", []), {
+            ipaddress.IPv4Network((r.prefix, r.prefix_len)): "the config's " + _key("route", i)
+            for i, r in enumerate(routes)})
         neighbors = self.neighbors(_array_of_tables(doc, "neighbor"))
         return Config(
             path=self.path,
@@ -603,26 +616,73 @@ class _Parser:
 
     # [[route]] --------------------------------------------------------------------
 
-    def routes(self, tables: list[dict[str, Any]]) -> tuple[RouteConfig, ...]:
-        seen: dict[ipaddress.IPv4Network, int] = {}
+    def routes(self, tables: list[dict[str, Any]], base: str = "route",
+               seen: dict[ipaddress.IPv4Network, str] | None = None) -> tuple[RouteConfig, ...]:
+        """The [[route]]s of one file; `base` names their array in error keys and
+        `seen` (prefix -> key) holds the routes of the files read before it."""
+        seen = {} if seen is None else seen
         routes = []
         for i, t in enumerate(tables):
-            r = self.route(i, t)
+            r = self.route(i, t, base)
             net = ipaddress.IPv4Network((r.prefix, r.prefix_len))
             if net in seen:
-                raise _fail(_key(_key("route", i), "prefix"),
-                            f"{net} is already the prefix of route[{seen[net]}]")
-            seen[net] = i
+                raise _fail(_key(_key(base, i), "prefix"),
+                            f"{net} is already the prefix of {seen[net]}")
+            seen[net] = _key(base, i)
             routes.append(r)
         return tuple(routes)
 
-    def route(self, i: int, t: dict[str, Any]) -> RouteConfig:
-        p = _key("route", i)
+    def includes(self, value: object, seen: dict[ipaddress.IPv4Network, str]
+                 ) -> tuple[RouteConfig, ...]:
+        """The routes of the files `include` names (relative to the config's folder),
+        in order: route fragments such as `fwd route save` writes. An error names the
+        entry and the file, then the key inside it: ``include[0] (routes.toml):
+        route[2].via: ...``."""
+        _expect(value, "include", list, "an array of file names")
+        routes: list[RouteConfig] = []
+        files: dict[Path, str] = {}
+        for k, name in enumerate(value):
+            key = _key("include", k)
+            _expect(name, key, str, "a file name (a string)")
+            path = _resolve(self.base, name, key)
+            if path.resolve() in files:
+                raise _fail(key, f"{name!r} is already included by {files[path.resolve()]}")
+            if path.resolve() == self.path.resolve():
+                raise _fail(key, f"{name!r} is this config file itself")
+            files[path.resolve()] = key
+            where = f"{key} ({name})"
+            try:
+                with open(path, "rb") as f:
+                    doc = tomllib.load(f)
+            except FileNotFoundError:
+                raise _fail(where, "no such file") from None
+            except IsADirectoryError:
+                raise _fail(where, "is a directory, not a route file") from None
+            except OSError as err:
+                raise _fail(where, f"cannot read: {err.strerror or err}") from None
+            except UnicodeDecodeError as err:
+                raise _fail(where, f"invalid TOML: not UTF-8 (byte offset {err.start})") \
+                    from None
+            except tomllib.TOMLDecodeError as err:
+                raise _fail(where, f"invalid TOML: {err}") from None
+            for top in doc:
+                if top not in _INCLUDE_KEYS:
+                    raise _fail(f"{where}: {top}", "an included file holds [[route]]s only"
+                                + _suggest(top, _INCLUDE_KEYS))
+            try:
+                tables = _array_of_tables(doc, "route")
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}", f"{where}: {err.key}") from None
+            routes += self.routes(tables, f"{where}: route", seen)
+        return tuple(routes)
+
+    def route(self, i: int, t: dict[str, Any], array: str = "route") -> RouteConfig:
+        p = _key(array, i)
         _check_keys(t, p, _ROUTE_KEYS)
         net = self.prefix(p, _get(t, p, "prefix", str, "a string", required=True))
         rtype = _choice(t, p, "type", ROUTE_TYPES, default="unicast")
         base = {"prefix": int(net.network_address), "prefix_len": net.prefixlen,
-                "type": rtype}
+                "type": rtype, "metric": _int_in(t, p, "metric", 0, MAX_METRIC, 0)}
         if rtype != "unicast":
             for k in ("via", "port", "nexthops"):
                 if k in t:

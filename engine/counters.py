@@ -3,7 +3,11 @@
 Each process (the I/O agent, every forwarding worker, the slow-path worker) owns one
 row of uint64 counters in shared memory and is its only writer; readers sum the rows.
 A row is laid out as [Snmp | Drop | Slow | Misc | SlowDrop | Icmp | Udp | Tcp | Unsent |
-Arp | Reasm]: `index(enum_member)` gives the column.
+Arp | Reasm | port drops]: `index(enum_member)` gives the column, `port_drop_index(port,
+reason)` one of the last section's: the fast path's drops again, by ingress port (what
+`fwd port show` lists per port, as `ip -s link` and VPP's `show interface` do). Being
+in the row, they are saved and restored with it when a killed worker's torn add is
+undone (engine/control/recovery.py), so they never count a packet twice.
 
 `Drop` reasons are also the fast path's verdict codes (1..31, see verdict.py), so the
 slow path's own endings have a section of their own, `SlowDrop`; where the slow path
@@ -257,7 +261,11 @@ _offset = 0
 for _section in SECTIONS:
     _BASE[_section] = _offset
     _offset += len(_section)
-NCOUNTERS = _offset
+# the per-port drop section: a Drop column per port, for every port a config may have
+# (engine/shm/memory.py's MAX_PORTS, checked there: counters depend on nothing)
+PORT_DROP_PORTS = 16
+PORT_DROP_BASE = _offset
+NCOUNTERS = _offset + PORT_DROP_PORTS * len(Drop)
 
 SNMP_BASE = _BASE[Snmp]
 DROP_BASE = _BASE[Drop]
@@ -279,6 +287,20 @@ ICMP_OUT = {0: Icmp.OutEchoReps, 3: Icmp.OutDestUnreachs, 4: Icmp.OutSrcQuenchs,
 def index(member: IntEnum) -> int:
     """Column of a counter in a counters row."""
     return _BASE[type(member)] + int(member)
+
+
+def port_drop_index(port: int, reason: Drop) -> int:
+    """Column of the fast path's `reason` drops of frames received on `port`."""
+    return PORT_DROP_BASE + port * len(Drop) + int(reason)
+
+
+def port_drops(rows: np.ndarray, nports: int) -> dict[int, dict[str, int]]:
+    """{port: {reason: count}} of the fast path's drops by ingress port, summed over the
+    per-agent rows; only the reasons that moved."""
+    total = rows.sum(axis=0, dtype=np.uint64)
+    block = total[PORT_DROP_BASE: PORT_DROP_BASE + nports * len(Drop)].reshape(nports, len(Drop))
+    return {p: {Drop(r).name: int(block[p, r]) for r in np.flatnonzero(block[p])}
+            for p in range(nports)}
 
 
 def summarize(rows: np.ndarray) -> dict[str, dict[str, int]]:

@@ -28,7 +28,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from engine.control.routing import build_routing
-from engine.counters import NCOUNTERS, Drop, Misc, index
+from engine.counters import NCOUNTERS, PORT_DROP_BASE, Drop, Misc, index
 from engine.pipeline.compiled import CompiledPath, count_histogram
 from engine.pipeline.fastpath import count, fast_path
 from engine.pipeline.neigh_cache import NeighCache
@@ -386,6 +386,11 @@ def test_a_compiled_worker_hands_on_what_a_numpy_worker_does(tmp_path, ring_size
     cnt_a[index(Misc.busy_ns)] = cnt_b[index(Misc.busy_ns)] = 0  # a timing
     assert np.array_equal(cnt_a, cnt_b)
     assert (cnt_a[index(Drop.ring_full)] > 0) == (ring_size == 16)
+    # the per-port drop section: every drop once, under its ingress port and reason
+    per_port = cnt_a[PORT_DROP_BASE: PORT_DROP_BASE + 3 * len(Drop)].reshape(3, len(Drop))
+    assert per_port.sum() == cnt_a[index(Misc.dropped)] and per_port.sum(axis=1).all()
+    assert np.array_equal(per_port.sum(axis=0)[1:],
+                          [cnt_a[index(r)] for r in Drop if r != Drop.none])
 
 
 def learn_table(table: NeighbourTable) -> None:

@@ -166,9 +166,9 @@ def test_stats_answers_and_balances(engine):
 def test_route_add_show_del(engine):
     before = engine.ok({"cmd": "route.show"})["routes"]
     assert {"prefix": "10.0.1.0/24", "type": "unicast", "via": None, "port": "p0",
-            "origin": "connected", "connected": True, "local": False} in before
+            "origin": "connected", "metric": 0, "connected": True, "local": False} in before
     assert {"prefix": "10.9.0.0/16", "type": "unicast", "via": "10.0.2.254", "port": "p1",
-            "origin": "config", "connected": False, "local": False} in before
+            "origin": "config", "metric": 0, "connected": False, "local": False} in before
     shown = [r["prefix"] for r in before]
     assert "10.0.2.254/32" not in shown and "10.0.1.1/32" not in shown  # internal entries
     everything = engine.ok({"cmd": "route.show", "all": True})["routes"]
@@ -177,12 +177,13 @@ def test_route_add_show_del(engine):
 
     added = engine.ok({"cmd": "route.add", "prefix": "10.50.0.0/16", "via": "10.0.3.2"})
     assert added["route"] == {"prefix": "10.50.0.0/16", "type": "unicast", "via": "10.0.3.2",
-                              "port": "p2", "origin": "added", "connected": False,
+                              "port": "p2", "origin": "cli", "metric": 0, "connected": False,
                               "local": False}
+    assert added["status"] == "added"
     engine.ok({"cmd": "route.add", "prefix": "10.51.0.0/16", "type": "blackhole"})
     assert {"10.50.0.0/16", "10.51.0.0/16"} <= set(engine.prefixes())
-    assert "already exists" in engine.fails(
-        {"cmd": "route.add", "prefix": "10.50.0.0/16", "port": "p1"})
+    assert engine.fails({"cmd": "route.add", "prefix": "10.50.0.0/16", "port": "p1"}) == (
+        "10.50.0.0/16: File exists (a route from the cli); `fwd route replace` changes it")
 
     engine.ok({"cmd": "route.del", "prefix": "10.50.0.0/16"})
     engine.ok({"cmd": "route.del", "prefix": "10.51.0.0/16"})
@@ -230,12 +231,13 @@ def test_route_load_bad_line_names_it_and_applies_nothing(engine):
                        ("10.60.0.0/16 port p1\n10.61.0.0/16 gateway 10.0.2.254\n", "line 2"),
                        ("10.60.0.0/16 port p1\n10.60.0.0/16 port p2\n", "already on line 1"),
                        ("10.60.0.0/16 port p1 port p2\n", "given twice"),
-                       ("10.9.0.0/16 port p1\n", "already exists")):
+                       ("10.60.0.0/16 via 10.0.2.254 nexthop via 10.0.3.2\n", "not both"),
+                       ("10.0.1.1/32 port p1\n", "an address of port p0")):
         assert where in engine.fails({"cmd": "route.load", "text": bad})
         assert engine.prefixes() == before
 
-    assert engine.ok({"cmd": "route.load", "text": text.replace("10.99.0.1", "10.0.3.2")}
-                     )["added"] == 4
+    reply = engine.ok({"cmd": "route.load", "text": text.replace("10.99.0.1", "10.0.3.2")})
+    assert (reply["added"], reply["changed"], reply["unchanged"]) == (4, 0, 0)
     assert {"10.60.0.0/16", "10.61.0.0/16", "10.62.0.0/16", "10.63.0.0/16"} <= set(
         engine.prefixes())
     for p in ("10.60.0.0/16", "10.61.0.0/16", "10.62.0.0/16", "10.63.0.0/16"):
@@ -670,19 +672,21 @@ def test_cli_commands(engine, tmp_path):
     assert r.returncode == 0 and "10.80.0.0/16" in r.stdout, r.stderr
     r = fwd("route", "show", *sock)
     line = [x for x in r.stdout.splitlines() if x.startswith("10.80.0.0/16")]
-    assert line and "via 10.0.2.254" in line[0] and line[0].endswith("added")
+    assert line and "via 10.0.2.254" in line[0] and line[0].endswith("cli")
     assert any(x.startswith("10.0.1.0/24") and x.endswith("connected")
                for x in r.stdout.splitlines())
     r = fwd("route", "show", "--json", *sock)
     assert {"10.80.0.0/16", "10.0.1.0/24"} <= {x["prefix"] for x in json.loads(r.stdout)}
     r = fwd("route", "add", "10.80.0.0/16", "--port", "p1", *sock)
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == 2 and r.stderr == (
+        "fwd: route add: 10.80.0.0/16: File exists (a route from the cli); "
+        "`fwd route replace` changes it\n")
     assert fwd("route", "del", "10.80.0.0/16", *sock).returncode == 0
 
     f = tmp_path / "table.txt"
     f.write_text("10.81.0.0/16 via 10.0.2.254\n10.82.0.0/16 via 10.0.2.999\n")
     r = fwd("route", "load", str(f), *sock)
-    assert r.returncode == 1 and "line 2" in r.stderr and "10.0.2.999" in r.stderr
+    assert r.returncode == 2 and "line 2" in r.stderr and "10.0.2.999" in r.stderr
     f.write_text("10.81.0.0/16 via 10.0.2.254\n10.82.0.0/16 type unreachable\n")
     r = fwd("route", "load", str(f), *sock)
     assert r.returncode == 0 and "loaded 2 routes" in r.stdout
@@ -695,7 +699,7 @@ def test_cli_commands(engine, tmp_path):
     r = fwd("port", "up", "p1", *sock)
     assert r.returncode == 0 and r.stdout.strip() == "p1 up"
     r = fwd("port", "up", "nope", *sock)
-    assert r.returncode == 1 and "no port named 'nope'" in r.stderr
+    assert r.returncode == 2 and "no port named 'nope'" in r.stderr
 
     for cmd in (["stats"], ["route", "show"], ["route", "add", "10.1.0.0/16"],
                 ["route", "del", "10.1.0.0/16"], ["route", "load", str(f)], ["port", "up", "x"],
@@ -1001,7 +1005,7 @@ def test_route_load_large_and_all_or_nothing(tmp_path):
         assert reply["ok"] is False and reply["error"].startswith("line 4322: via:"), reply
         assert len(fib) == before
         assert commands.handle({"cmd": "route.load", "text": "\n".join(lines)}) == {
-            "ok": True, "added": 5000}
+            "ok": True, "added": 5000, "changed": 0, "unchanged": 0}
         assert len(fib) == before + 5000
         hop = commands.handle({"cmd": "route.lookup", "addr": "172.35.135.7"})
         assert hop["route"]["prefix"] == "172.35.135.0/24" and hop["nexthop"]["port"] == "p1"
@@ -1067,11 +1071,12 @@ def test_cli_route_load_larger_than_a_request_is_all_or_nothing(served):
              "line 45001: 172.16.0.0/24 is already on line 1")):
         f.write_text("\n".join(bad) + "\n")
         r = fwd("route", "load", str(f), *sock)
-        assert r.returncode == 1 and r.stderr.startswith(f"fwd: {f}: {words}"), r.stderr
+        assert r.returncode == 2 and r.stderr.startswith(f"fwd: {f}: {words}"), r.stderr
         assert len(fib) == before and commands._staged == {}
     f.write_text(text)
     r = fwd("route", "load", str(f), *sock)
-    assert r.returncode == 0 and r.stdout == f"loaded 45000 routes from {f}\n", r.stderr
+    assert r.returncode == 0 and r.stdout == (
+        f"loaded 45000 routes from {f}: 45000 added, 0 changed, 0 unchanged\n"), r.stderr
     assert len(fib) == before + 45000 and commands._staged == {}
     assert server.served >= 2  # it did go in parts
 
@@ -1095,17 +1100,17 @@ def test_route_load_in_parts_is_staged_then_applied(served):
     reply = commands.handle({"cmd": "route.load", "text": "10.74.0.0/16 port p2\n",
                              "load": load})
     assert reply["ok"] is False and f"no load {load} is being staged" in reply["error"]
-    # a route added between two parts: the last part finds it, nothing is applied
+    # a route added between two parts: the load replaces it, as it would have
     load = commands.handle({"cmd": "route.load", "text": "10.75.0.0/16 port p2\n",
                             "more": True})["load"]
     assert commands.handle({"cmd": "route.add", "prefix": "10.75.0.0/16", "port": "p1"})["ok"]
     reply = commands.handle({"cmd": "route.load", "text": "10.76.0.0/16 port p2\n",
                              "load": load})
-    assert reply["ok"] is False and reply["error"].startswith(
-        "line 1: 10.75.0.0/16 already exists"), reply
-    assert len(fib) == before + 1
+    assert reply == {"ok": True, "added": 1, "changed": 1, "unchanged": 0}, reply
+    assert len(fib) == before + 2
     load = commands.handle({"cmd": "route.load", "text": "10.87.0.0/16 port p2\n",
                             "more": True})["load"]
     assert commands.handle({"cmd": "route.load", "text": "10.88.0.0/16 port p2",
-                            "load": load}) == {"ok": True, "added": 2}
-    assert len(fib) == before + 3 and commands._staged == {}
+                            "load": load}) == {"ok": True, "added": 2, "changed": 0,
+                                               "unchanged": 0}
+    assert len(fib) == before + 4 and commands._staged == {}

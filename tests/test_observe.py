@@ -440,6 +440,13 @@ def test_metrics_equal_stats_json(engine):
         assert m[("fwd_worker_forwarded_total", label)] == w["forwarded"]
         assert m[("fwd_worker_batches_total", label)] == w["batches"]
     assert m[("fwd_port_up", (("port", "p1"),))] == 1
+    assert m[("fwd_port_mtu", (("port", "p2"),))] == 1400
+    per_reason: dict[str, float] = {}  # the per-port drops add up to the fast path's
+    for (name, labels), v in m.items():
+        if name == "fwd_port_drops_total":
+            reason = dict(labels)["reason"]
+            per_reason[reason] = per_reason.get(reason, 0) + v
+    assert per_reason == s["drop"]
     assert m[("fwd_ring_size", (("ring", "rx.0.0"),))] == s["rings"]["rx.0.0"][1]
     assert m[("fwd_pool_free_buffers", ())] == s["pool"]["free"]
     assert s["accounting"]["forwarded"] == 35

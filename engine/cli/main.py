@@ -149,9 +149,10 @@ def socket_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0,
-          what: str = "") -> dict[str, Any]:
+          what: str = "", refused: int = EXIT_FAULT) -> dict[str, Any]:
     """The engine's reply to `msg`; a message (after `what`, when it is an error reply)
-    and exit 1 if there is none or it is an error."""
+    and exit 1 if there is none, exit `refused` if the engine refused the request
+    (route and port commands: 2, bad input; an internal error is always 1)."""
     from engine.cli.client import ControlError, default_socket, request
 
     try:
@@ -160,9 +161,9 @@ def _call(socket_path: str | None, msg: dict[str, Any], timeout: float = 5.0,
         click.echo(f"fwd: {err}", err=True)
         sys.exit(1)
     if not reply.get("ok"):
-        click.echo(f"fwd: {what}{reply.get('error', 'the engine refused the request')}",
-                   err=True)
-        sys.exit(1)
+        error = str(reply.get("error", "the engine refused the request"))
+        click.echo(f"fwd: {what}{error}", err=True)
+        sys.exit(EXIT_FAULT if error.startswith("internal error") else refused)
     return reply
 
 
@@ -329,50 +330,173 @@ def capture(port_name: str, point: str, path: str, count: int | None, duration: 
                    err=True)
 
 
+ROUTE_WORDS_HELP = """\b
+  [TYPE] PREFIX [via GW] [dev PORT] [metric N]
+  [TYPE] PREFIX [metric N] nexthop via GW [dev PORT] nexthop via GW [dev PORT] ...
+TYPE: unicast (default), blackhole, unreachable, prohibit; PREFIX a.b.c.d/len or
+default. `nexthop` members make an ECMP route (one member per flow). The older
+options --via GW (twice or more: ECMP), --port P and --type T say the same.
+METRIC is kept and shown, not a preference: the FIB holds one route per prefix."""
+
+
+def _route_words(words: tuple[str, ...], via: tuple[str, ...], port: str | None,
+                 rtype: str | None, what: str) -> dict[str, Any]:
+    """The route table of `fwd route add|replace` words and options; exit 2 with one
+    line when they do not make a route."""
+    from engine.control.routespec import RouteWordsError, parse_route_words
+
+    extra: list[str] = []
+    if rtype is not None:
+        extra += ["type", rtype]
+    if len(via) > 1:  # several gateways: ECMP, never the last one alone
+        for gw in via:
+            extra += ["nexthop", "via", gw] + (["dev", port] if port else [])
+    else:
+        extra += (["via", via[0]] if via else []) + (["dev", port] if port else [])
+    try:
+        return parse_route_words(list(words) + extra)
+    except RouteWordsError as err:
+        click.echo(f"fwd: route {what}: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _route_change(what: str, words: tuple[str, ...], via: tuple[str, ...], port: str | None,
+                  rtype: str | None, socket_path: str | None) -> None:
+    from engine.control.routespec import route_words
+
+    table = _route_words(words, via, port, rtype, what)
+    reply = _call(socket_path, {"cmd": f"route.{what}", **table}, what=f"route {what}: ",
+                  refused=EXIT_CONFIG)
+    click.echo(f"{reply['status']} {route_words(reply['route'])}")
+
+
+def _route_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--type", "rtype", metavar="T", hidden=True)(f)
+    f = click.option("--port", metavar="P", hidden=True)(f)
+    f = click.option("--via", metavar="GW", multiple=True, hidden=True)(f)
+    return click.argument("words", nargs=-1, required=True,
+                          metavar="[TYPE] PREFIX [via GW] [dev PORT] ...")(f)
+
+
 @main.group()
 def route() -> None:
-    """Show and change the routes of a running engine (through its control socket)."""
+    """Show and change the routes of a running engine (through its control socket),
+    in iproute2's words: add, replace, del, flush, show, load, save."""
 
 
-@route.command("add")
-@click.argument("prefix")
-@click.option("--via", metavar="GW", help="Gateway address (on a port's subnet).")
-@click.option("--port", metavar="P", help="Egress port (alone: a directly connected route).")
-@click.option("--type", "rtype", metavar="T",
-              help="unicast (default) | blackhole | unreachable | prohibit.")
+@route.command("add", epilog=ROUTE_WORDS_HELP,
+               short_help="Add a route (ip route add); an existing prefix: File exists.")
+@_route_options
 @socket_option
-def route_add(prefix: str, via: str | None, port: str | None, rtype: str | None,
-              socket_path: str | None) -> None:
-    """Add a route to PREFIX (a.b.c.d/len), checked like a [[route]] of the config.
+def route_add(words: tuple[str, ...], via: tuple[str, ...], port: str | None,
+              rtype: str | None, socket_path: str | None) -> None:
+    """Add a route, checked like a [[route]] of the config (`ip route add`).
 
-    Takes effect on the next batch of every worker; an existing prefix is refused
-    (delete it first)."""
-    msg: dict[str, Any] = {"cmd": "route.add", "prefix": prefix}
-    for k, v in (("via", via), ("port", port), ("type", rtype)):
-        if v is not None:
-            msg[k] = v
-    r = _call(socket_path, msg)["route"]
-    click.echo(f"added {_route_line(r)}")
+    It takes effect on every worker's next batch. A prefix that already has a route
+    is refused ("File exists", exit 2), whatever the metric: use `replace`.
+
+    \b
+    fwd route add 10.9.0.0/16 via 10.0.2.254 dev p1
+    fwd route add 10.8.0.0/16 nexthop via 10.0.2.254 nexthop via 10.0.3.2
+    fwd route add blackhole 10.7.0.0/16
+    """
+    _route_change("add", words, via, port, rtype, socket_path)
 
 
-@route.command("del")
-@click.argument("prefix")
+@route.command("replace", epilog=ROUTE_WORDS_HELP,
+               short_help="Add a route or change it in place (ip route replace).")
+@_route_options
 @socket_option
-def route_del(prefix: str, socket_path: str | None) -> None:
-    """Delete the route to PREFIX (a config or added one); the next less-specific
-    route takes over its addresses."""
-    r = _call(socket_path, {"cmd": "route.del", "prefix": prefix})["route"]
-    click.echo(f"deleted {_route_line(r)}")
+def route_replace(words: tuple[str, ...], via: tuple[str, ...], port: str | None,
+                  rtype: str | None, socket_path: str | None) -> None:
+    """Add a route or change the one its prefix has (`ip route replace`).
+
+    The FIB entry takes the new next hop in place (no packet falls to a shorter
+    prefix meanwhile); says added, changed or unchanged. A changed route's origin
+    becomes cli: a config reload (SIGHUP) keeps it, as it keeps every cli route."""
+    _route_change("replace", words, via, port, rtype, socket_path)
 
 
-@route.command("show")
+@route.command("del", short_help="Delete the routes to PREFIX... (all or none).")
+@click.argument("prefixes", metavar="PREFIX... | [TYPE] PREFIX [via GW] [dev P] [metric N]",
+                nargs=-1, required=True)
+@socket_option
+def route_del(prefixes: tuple[str, ...], socket_path: str | None) -> None:
+    """Delete the routes to PREFIX... (config or cli ones) in one request: all of them,
+    or none when one has no route (exit 2). The next less-specific route takes over
+    their addresses. Connected and local entries come from the ports' addresses and
+    are not deleted here.
+
+    One route in `route add`'s words deletes it only if it is so (as `ip route del`
+    matches): `fwd route del blackhole 10.7.0.0/16`, `fwd route del 10.9.0.0/16 via
+    10.0.2.254`."""
+    from engine.control.routespec import route_words
+
+    msg: dict[str, Any] = {"cmd": "route.del"}
+    if all(p[:1].isdigit() for p in prefixes):
+        msg.update({"prefix": prefixes[0]} if len(prefixes) == 1
+                   else {"prefixes": list(prefixes)})
+    else:  # one route and what it must be
+        table = _route_words(prefixes, (), None, None, "del")
+        if "nexthops" in table:
+            click.echo("fwd: route del: name one gateway (via GW) to match, not nexthops",
+                       err=True)
+            sys.exit(EXIT_CONFIG)
+        msg["prefix"] = table.pop("prefix")
+        if table:
+            msg["match"] = table
+    for r in _call(socket_path, msg, timeout=600.0, what="route del: ",
+                   refused=EXIT_CONFIG)["routes"]:
+        click.echo(f"deleted {route_words(r)}")
+
+
+@route.command("flush", short_help="Delete the routes inside a prefix and/or of an "
+                                  "origin.")
+@click.argument("selector", nargs=-1)
+@socket_option
+def route_flush(selector: tuple[str, ...], socket_path: str | None) -> None:
+    """Delete the routes a selector picks, in one request:
+
+    \b
+      fwd route flush origin cli       every route added with fwd route (proto cli)
+      fwd route flush origin config    every route from the config (until a reload)
+      fwd route flush 10.0.0.0/8       every route inside 10.0.0.0/8 (itself included)
+      fwd route flush 10.0.0.0/8 origin cli      both
+    Without a selector nothing is flushed (exit 2), as `ip route flush` wants one.
+    Connected, local and neighbour entries are never flushed: they come from the
+    ports' addresses and the [[neighbor]]s."""
+    msg: dict[str, Any] = {"cmd": "route.flush"}
+    words = list(selector)
+    while words:
+        word = words.pop(0)
+        if word in ("origin", "proto"):  # proto: iproute2's name for it
+            if not words:
+                click.echo(f"fwd: route flush: {word!r} needs a value (cli or config)",
+                           err=True)
+                sys.exit(EXIT_CONFIG)
+            msg["origin"] = words.pop(0)
+        elif "prefix" not in msg and (word[:1].isdigit() or word == "default"):
+            msg["prefix"] = "0.0.0.0/0" if word == "default" else word
+        else:
+            click.echo(f"fwd: route flush: unknown word {word!r} (expected a prefix and/or "
+                       "origin cli|config)", err=True)
+            sys.exit(EXIT_CONFIG)
+    routes = _call(socket_path, msg, timeout=600.0, what="route flush: ",
+                   refused=EXIT_CONFIG)["routes"]
+    click.echo(f"flushed {len(routes)} route{'s' if len(routes) != 1 else ''}")
+
+
+@route.command("show", short_help="List the routes: prefix, type, next hops, metric, "
+                                 "origin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the routes as JSON.")
 @click.option("--all", "show_all", is_flag=True,
               help="Also list the internal entries: local addresses, subnet broadcasts, "
                    "static neighbours.")
 @socket_option
 def route_show(as_json: bool, show_all: bool, socket_path: str | None) -> None:
-    """List the routes: from the config, added since, and the connected subnets."""
+    """List the routes: from the config, from fwd route (origin cli), and the connected
+    subnets; one line per route (an ECMP route: one more line per member), under a
+    header: prefix, type, next hop (via GW dev PORT), metric, origin."""
     msg: dict[str, Any] = {"cmd": "route.show"}
     if show_all:
         msg["all"] = True
@@ -380,21 +504,23 @@ def route_show(as_json: bool, show_all: bool, socket_path: str | None) -> None:
     if as_json:
         click.echo(json.dumps(routes, indent=2))
         return
-    for r in routes:
-        click.echo(_route_line(r))
+    click.echo(_route_table(routes))
 
 
-@route.command("load")
+@route.command("load", short_help="Replace every route of FILE; count what changed.")
 @click.argument("file", metavar="FILE")
 @socket_option
 def route_load(file: str, socket_path: str | None) -> None:
-    """Add every route in FILE: one `prefix [via GW] [port P] [type T]` per line
-    (blank lines and # comments skipped). All of them are added, or none: a bad line
-    is reported with its number (exit status 1).
+    """Replace (`ip route replace`) every route in FILE, one route per line in
+    `fwd route add`'s words (blank lines and # comments skipped), and say how many
+    were added, changed and unchanged: loading a file twice changes nothing the
+    second time. All lines are applied, or none: a bad line is reported with its
+    number (exit status 2). Routes not in FILE stay (`flush` removes them).
 
     FILE is read here, not by the engine, and must be an ordinary file (not a FIFO,
-    a device or a /proc file) of at most 256 MiB: else exit status 2. A file larger
-    than one request is sent in parts, applied together when the last one arrives."""
+    a device or a /proc file) of at most 256 MiB: else exit status 2. The whole file
+    is one request; one larger than a request is sent in parts, applied together
+    when the last one arrives."""
     from engine.cli.routefile import RouteFileError, read_route_file, split_parts
 
     try:
@@ -406,16 +532,46 @@ def route_load(file: str, socket_path: str | None) -> None:
     for i, text in enumerate(parts):
         msg["text"] = text
         msg["more"] = i < len(parts) - 1
-        reply = _call(socket_path, msg, timeout=600.0, what=f"{file}: ")
+        reply = _call(socket_path, msg, timeout=600.0, what=f"{file}: ", refused=EXIT_CONFIG)
         if "load" in reply:  # the id of the staged load the next parts go to
             msg["load"] = reply["load"]
-    n = reply["added"]
-    click.echo(f"loaded {n} route{'s' if n != 1 else ''} from {file}")
+    n = reply["added"] + reply["changed"] + reply["unchanged"]
+    click.echo(f"loaded {n} route{'s' if n != 1 else ''} from {file}: {reply['added']} "
+               f"added, {reply['changed']} changed, {reply['unchanged']} unchanged")
+
+
+@route.command("save", short_help="Write the cli routes as [[route]]s a config "
+                                 "includes.")
+@click.argument("file", metavar="[FILE]", required=False)
+@click.option("--origin", type=click.Choice(["cli", "config", "all"]), default="cli",
+              show_default=True, help="Which routes: those added with fwd route, those "
+                                      "from the config, or both.")
+@socket_option
+def route_save(file: str | None, origin: str, socket_path: str | None) -> None:
+    """Write the routes added with fwd route as [[route]] tables (TOML) to FILE, or to
+    standard output: a fragment the config includes with `include = ["FILE"]` (a
+    path relative to the config's folder), so that a restart keeps them."""
+    from engine.cli.routefile import RouteFileError, routes_toml, write_text
+
+    routes = _call(socket_path, {"cmd": "route.show"}, timeout=60.0)["routes"]
+    chosen = [r for r in routes
+              if r["origin"] == origin or (origin == "all" and r["origin"] in ("cli", "config"))]
+    text = routes_toml(chosen, origin)
+    if file is None or file == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        write_text(file, text)
+    except RouteFileError as err:
+        click.echo(f"fwd: {err}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(f"saved {len(chosen)} route{'s' if len(chosen) != 1 else ''} to {file}")
 
 
 @main.group()
 def port() -> None:
-    """Take the ports of a running engine up or down (through its control socket)."""
+    """Show the ports of a running engine, take them up or down, change their MTU
+    (through its control socket)."""
 
 
 @port.command("up")
@@ -423,7 +579,7 @@ def port() -> None:
 @socket_option
 def port_up(name: str, socket_path: str | None) -> None:
     """Bring port NAME up: packets may leave through it again."""
-    r = _call(socket_path, {"cmd": "port.up", "name": name})
+    r = _call(socket_path, {"cmd": "port.up", "name": name}, refused=EXIT_CONFIG)
     click.echo(f"{name} up" if r["changed"] else f"{name} was already up")
 
 
@@ -433,18 +589,78 @@ def port_up(name: str, socket_path: str | None) -> None:
 def port_down(name: str, socket_path: str | None) -> None:
     """Take port NAME down: from the next batch on no packet leaves through it (those
     routed there are dropped as port_down) and workers flush what they cached for it."""
-    r = _call(socket_path, {"cmd": "port.down", "name": name})
+    r = _call(socket_path, {"cmd": "port.down", "name": name}, refused=EXIT_CONFIG)
     click.echo(f"{name} down" if r["changed"] else f"{name} was already down")
 
 
-def _route_line(r: dict[str, Any]) -> str:
-    via = ",".join(h["via"] for h in r["nexthops"]) if r.get("nexthops") else r.get("via")
-    parts = [f"{r['prefix']:<18}", f"{r['type']:<11}"]
-    parts.append(f"via {via:<15}" if via else " " * 19)
-    parts.append(f"port {r['port']:<8}" if r.get("port") else " " * 13)
-    flags = [r["origin"]] + (["shadowed"] if r.get("shadowed") else [])
-    parts.append(",".join(flags))
-    return " ".join(parts).rstrip()
+@port.command("show", short_help="State, MTU, MAC, addresses, counters, drops by "
+                                 "reason.")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the ports as JSON.")
+@socket_option
+def port_show(name: str | None, as_json: bool, socket_path: str | None) -> None:
+    """Show every port, or port NAME, as `ip -s link` does: state (up/down as `fwd
+    port up|down` set it), carrier when the driver knows it (AF_PACKET), MTU, MAC,
+    addresses, RX and TX bytes and packets, drops; then the drops by reason: those
+    of the fast path for frames received on the port, and the driver's own
+    (driver_rx: frames it could not take in)."""
+    from engine.control.stats import format_ports
+
+    msg: dict[str, Any] = {"cmd": "port.show"}
+    if name is not None:
+        msg["name"] = name
+    ports = _call(socket_path, msg, what="port show: ", refused=EXIT_CONFIG)["ports"]
+    if as_json:
+        click.echo(json.dumps(ports if name is None else ports[0], indent=2))
+        return
+    click.echo(format_ports(ports))
+
+
+@port.command("set", short_help="Change a port at run time: mtu N.")
+@click.argument("name")
+@click.argument("words", nargs=-1, required=True, metavar="mtu N")
+@socket_option
+def port_set(name: str, words: tuple[str, ...], socket_path: str | None) -> None:
+    """Change port NAME at run time (`ip link set NAME mtu N`): `mtu N` (68..9000).
+
+    From every worker's next batch on, the fast path's MTU check and the slow path
+    (fragmentation, the MTU an ICMP fragmentation-needed carries) use the new MTU.
+    It is the engine's MTU: an AF_PACKET interface keeps its own (set it with ip
+    link); a dpdk port's is fixed at start. A restart takes the config's again."""
+    if len(words) != 2 or words[0] != "mtu":
+        click.echo(f"fwd: port set: expected `mtu N`, got {' '.join(words)!r}", err=True)
+        sys.exit(EXIT_CONFIG)
+    if not words[1].isdigit():
+        click.echo(f"fwd: port set: mtu {words[1]!r} is not a number", err=True)
+        sys.exit(EXIT_CONFIG)
+    r = _call(socket_path, {"cmd": "port.set", "name": name, "mtu": int(words[1])},
+              what="port set: ", refused=EXIT_CONFIG)
+    click.echo(f"{name} mtu {r['mtu']}" + (f" (was {r['old']})" if r["changed"]
+                                           else " (unchanged)"))
+
+
+def _route_table(routes: list[dict[str, Any]]) -> str:
+    """`fwd route show`'s text: a header, then one line per route, an ECMP route's
+    further members on lines of their own (as `ip route` prints them)."""
+    from engine.control.routespec import nexthop_words
+
+    lines = [f"{'prefix':<18} {'type':<11} {'nexthop':<32} {'metric':>6}  origin"]
+    for r in routes:
+        words = nexthop_words(r)
+        hops = [" ".join(words)]
+        if r.get("nexthops"):
+            hops, member = [], []
+            for w in words:
+                if w == "nexthop" and member:
+                    hops.append(" ".join(member))
+                    member = []
+                member.append(w)
+            hops.append(" ".join(member))
+        origin = r["origin"] + (",shadowed" if r.get("shadowed") else "")
+        lines.append(f"{r['prefix']:<18} {r['type']:<11} {hops[0]:<32} "
+                     f"{r.get('metric', 0):>6}  {origin}")
+        lines += [f"{'':<18} {'':<11} {h}" for h in hops[1:]]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # --- the namespace lab (engine/cli/lab.py) --------------------------------------------------

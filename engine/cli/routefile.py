@@ -1,6 +1,7 @@
 """`fwd route load FILE` on the client's side: read the file (the engine never opens a
 path a request names) and cut its text into `route.load` parts that each fit in one
-request (engine/control/commands.py describes the staged load the parts build).
+request (engine/control/commands.py describes the staged load the parts build); and
+`fwd route save FILE`: routes as a TOML fragment of [[route]]s the config includes.
 
 Only an ordinary file is read: a FIFO would block, a device (/dev/zero) never ends,
 and a /proc or /sys file is the kernel's, not a route table. The file is opened
@@ -11,8 +12,11 @@ at most its size in bytes (itself at most `LOAD_MAX`) is read.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
+import tempfile
+from typing import Any
 
 from engine.control.wire import LOAD_MAX, MAX_REQUEST
 
@@ -113,3 +117,57 @@ def split_parts(path: str, text: str, part_max: int = PART_MAX) -> list[str]:
         size += b
     parts.append("".join(part))
     return parts
+
+
+def routes_toml(routes: list[dict[str, Any]], origin: str) -> str:
+    """`route.show` rows as [[route]] tables: a fragment that a config's `include`
+    reads back into the same routes (each with its resolved port, its metric when
+    not 0, an ECMP route's members as `nexthops`)."""
+    out = [f"# fwd route save --origin {origin}: {len(routes)} route"
+           f"{'s' if len(routes) != 1 else ''}; a config reads them with",
+           '# include = ["<this file>"] (relative to the config\'s folder)']
+    for r in routes:
+        out += ["", "[[route]]", f"prefix = {_toml_str(r['prefix'])}"]
+        if r["type"] != "unicast":
+            out.append(f"type = {_toml_str(r['type'])}")
+        if r.get("nexthops"):
+            hops = ", ".join("{via = " + _toml_str(h["via"])
+                             + (f", port = {_toml_str(h['port'])}" if h.get("port") else "")
+                             + "}" for h in r["nexthops"])
+            out.append(f"nexthops = [{hops}]")
+        else:
+            if r.get("via"):
+                out.append(f"via = {_toml_str(r['via'])}")
+            if r.get("port") and r["type"] == "unicast":
+                out.append(f"port = {_toml_str(r['port'])}")
+        if r.get("metric"):
+            out.append(f"metric = {int(r['metric'])}")
+    return "\n".join(out) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    # a JSON string of printable ASCII is a TOML basic string; route fields are
+    # prefixes, addresses and port names: nothing else ever reaches here
+    return json.dumps(str(value), ensure_ascii=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a temporary file beside it, then a
+    rename (a config that includes it never reads half a file). RouteFileError names
+    the path and the problem."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise RouteFileError(f"{path}: not a regular file; not overwritten")
+        fd, tmp = tempfile.mkstemp(prefix=".fwd-routes-", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise RouteFileError(f"{path}: {err.strerror or err}") from None

@@ -11,14 +11,27 @@ Commands (arguments; reply fields):
                                            per agent), fib (tbl8 usage), port_state,
                                            rings ({name: [used, size]}), pool
                                            (buffers, free), batch
-    route.add    prefix, [via], [port], [type]    route (the row route.show gives)
-    route.del    prefix                           route (the deleted one)
+    route.add    prefix, [via], [port], [type],   route (the row route.show gives),
+                 [nexthops: [{via, [port]}]],     status: added; an existing prefix
+                 [metric: int]                    is refused ("File exists")
+    route.replace  as route.add                   route, status: added | changed |
+                                                  unchanged (`ip route replace`)
+    route.del    prefix | prefixes: [str],        routes (the deleted ones), route (the
+                 [match: {type, via, port,        first): all of them or none; with
+                 metric}]                         match, prefix's route only if it is so
+    route.flush  [prefix], [origin]               routes (the deleted ones): the config
+                                                  and cli routes inside prefix and/or
+                                                  of origin; at least one selector
     route.show   [all: bool]                      routes: rows (internal entries with all)
-    route.load   text, [load], [more: bool]       added: count (all lines or none);
+    route.load   text, [load], [more: bool]       added, changed, unchanged: counts (all
+                                                  lines or none; each line replaces);
                                                   with more: load, staged (see below)
     route.lookup addr                             addr, route, nexthop (a debug aid)
     port.up      name                             port, up, changed
     port.down    name                             port, up, changed
+    port.show    [name]                           ports: [{name, driver, up, carrier,
+                                                  mtu, mac, addresses, counters, drops}]
+    port.set     name, mtu: int                   port, mtu, old, changed
     trace.start  count, [port]                    gen, count (engine/observe/trace.py)
     trace.read   gen                              records (oldest first), done
     trace.stop                                    -
@@ -55,18 +68,29 @@ from engine.control.wire import LOAD_MAX, RequestError, error
 MAX_STAGED = 4  # route loads sent in parts that may be open at once
 STAGE_TIMEOUT_S = 30.0  # a staged load with no part for this long is dropped
 
+# a route as route.add and route.replace take it: a [[route]] table (RouteChecker checks
+# the values, nexthops' members included)
+ROUTE_ARGS: dict[str, tuple[type, bool]] = {
+    "prefix": (str, True), "via": (str, False), "port": (str, False), "type": (str, False),
+    "nexthops": (list, False), "metric": (int, False)}
+MAX_DELETE = 1 << 16  # prefixes one route.del may name
+MATCH_KEYS: dict[str, type] = {"type": str, "via": str, "port": str, "metric": int}
+
 # cmd -> {argument: (type, required)}; bool is checked exactly (not as an int)
 COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "ping": {},
     "stats": {},
-    "route.add": {"prefix": (str, True), "via": (str, False), "port": (str, False),
-                  "type": (str, False)},
-    "route.del": {"prefix": (str, True)},
+    "route.add": ROUTE_ARGS,
+    "route.replace": ROUTE_ARGS,
+    "route.del": {"prefix": (str, False), "prefixes": (list, False), "match": (dict, False)},
+    "route.flush": {"prefix": (str, False), "origin": (str, False)},
     "route.show": {"all": (bool, False)},
     "route.load": {"text": (str, True), "load": (int, False), "more": (bool, False)},
     "route.lookup": {"addr": (str, True)},
     "port.up": {"name": (str, True)},
     "port.down": {"name": (str, True)},
+    "port.show": {"name": (str, False)},
+    "port.set": {"name": (str, True), "mtu": (int, True)},
     "trace.start": {"count": (int, True), "port": (str, False)},
     "trace.read": {"gen": (int, True)},
     "trace.stop": {},
@@ -78,8 +102,8 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
 # what the FIB writer's thread must run (engine/control/server.py `on_main`): writes of
 # the FIB, next hops or port state, and reads of the routing's Python structures that
 # those writes change; everything else reads shared memory only
-ON_MAIN = frozenset({"route.add", "route.del", "route.show", "route.load", "route.lookup",
-                     "port.up", "port.down"})
+ON_MAIN = frozenset({"route.add", "route.replace", "route.del", "route.flush", "route.show",
+                     "route.load", "route.lookup", "port.up", "port.down", "port.set"})
 
 # (cmd, argument) -> why it is refused: arguments that used to exist, so that an old
 # client gets a reason rather than "unknown argument"
@@ -88,7 +112,8 @@ REMOVED: dict[tuple[str, str], str] = {
                             "routes as text (`fwd route load FILE` reads the file itself)",
 }
 
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer"}
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", list: "an array",
+               dict: "a map"}
 
 
 def _kind(value: object) -> str:
@@ -188,11 +213,41 @@ class Commands:
             s["batch"] = self.info["batch"]
         return {"stats": s}
 
-    def cmd_route_add(self, prefix: str, **rest: str) -> dict[str, Any]:
-        return {"route": self.routing.add({"prefix": prefix, **rest}).as_dict()}
+    def cmd_route_add(self, prefix: str, **rest: Any) -> dict[str, Any]:
+        route, status = self.routing.add({"prefix": prefix, **rest})
+        return {"route": route.as_dict(), "status": status}
 
-    def cmd_route_del(self, prefix: str) -> dict[str, Any]:
-        return {"route": self.routing.delete(prefix).as_dict()}
+    def cmd_route_replace(self, prefix: str, **rest: Any) -> dict[str, Any]:
+        route, status = self.routing.add({"prefix": prefix, **rest}, replace=True)
+        return {"route": route.as_dict(), "status": status}
+
+    def cmd_route_del(self, prefix: str | None = None, prefixes: list[Any] | None = None,
+                      match: dict[str, Any] | None = None) -> dict[str, Any]:
+        if (prefix is None) == (prefixes is None):
+            raise RequestError("route.del: prefix is required (or prefixes: an array of "
+                               "them), not both")
+        if match is not None:
+            if prefix is None:
+                raise RequestError("route.del: match goes with one prefix, not prefixes")
+            for k, v in match.items():
+                if k not in MATCH_KEYS or not isinstance(v, MATCH_KEYS[k]) \
+                        or isinstance(v, bool):
+                    raise RequestError(f"route.del: match takes {', '.join(MATCH_KEYS)} "
+                                       f"(strings, metric an integer), got {str(k)[:64]!r}")
+            route = self.routing.delete_matching({**match, "prefix": prefix})
+            return {"route": route.as_dict(), "routes": [route.as_dict()]}
+        names = [prefix] if prefix is not None else prefixes or []
+        if not names or len(names) > MAX_DELETE:
+            raise RequestError(f"route.del: prefixes must name 1 to {MAX_DELETE} prefixes")
+        for p in names:
+            if not isinstance(p, str):
+                raise RequestError(f"route.del: prefixes must be strings, got {_kind(p)}")
+        deleted = self.routing.delete_many(names)
+        return {"route": deleted[0].as_dict(), "routes": [r.as_dict() for r in deleted]}
+
+    def cmd_route_flush(self, prefix: str | None = None,
+                        origin: str | None = None) -> dict[str, Any]:
+        return {"routes": [r.as_dict() for r in self.routing.flush(prefix, origin)]}
 
     def cmd_route_show(self, **args: bool) -> dict[str, Any]:  # "all" is the wire name
         return {"routes": self.routing.show(internal=args.get("all", False))}
@@ -203,7 +258,7 @@ class Commands:
         for key in [k for k, st in self._staged.items() if now - st.touched > STAGE_TIMEOUT_S]:
             del self._staged[key]
         if load is None and not more:  # the whole load in one request (MAX_REQUEST bounds it)
-            return {"added": len(self.routing.load(text))}
+            return self.routing.load(text)
         if load is None:
             if len(self._staged) >= MAX_STAGED:
                 raise RequestError(f"route.load: {MAX_STAGED} loads are already being sent "
@@ -228,7 +283,7 @@ class Commands:
             staged.touched = time.monotonic()
             return {"load": load, "staged": len(staged.routes)}
         del self._staged[load]
-        return {"added": len(self.routing.apply_load(staged.routes))}
+        return self.routing.apply_load(staged.routes)
 
     def cmd_route_lookup(self, addr: str) -> dict[str, Any]:
         return self.routing.lookup(addr)
@@ -242,6 +297,22 @@ class Commands:
 
     def cmd_port_down(self, name: str) -> dict[str, Any]:
         return self._port(name, False)
+
+    def cmd_port_show(self, name: str | None = None) -> dict[str, Any]:
+        """Each port as `ip -s link` shows it: state, carrier, MTU, MAC, addresses,
+        the driver's rx/tx counters and the fast path's drops by reason (read from
+        shared memory: answered at once, from any thread)."""
+        from engine.control.stats import port_rows
+
+        names = list(self.routing.port_names)
+        if name is not None and name not in names:
+            raise RequestError(f"port.show: no port {name[:64]!r} (ports: {', '.join(names)})")
+        rows = port_rows(self.mem, self.routing.cfg, self.routing.ports())
+        return {"ports": [r for r in rows if name is None or r["name"] == name]}
+
+    def cmd_port_set(self, name: str, mtu: int) -> dict[str, Any]:
+        old = self.routing.set_mtu(name, mtu)
+        return {"port": name, "mtu": mtu, "old": old, "changed": old != mtu}
 
     def _port_index(self, cmd: str, name: str | None) -> int | None:
         if name is None:

@@ -8,7 +8,8 @@ never touched. Values are those of `fwd stats --json` at the time of the scrape
 (`engine.control.stats.snapshot`, `agent_rows`), under these names:
 
     fwd_port_<rx_packets|rx_bytes|tx_packets|tx_bytes|rx_drops|tx_drops>_total{port}
-    fwd_port_up{port}
+    fwd_port_up{port}, fwd_port_mtu{port}
+    fwd_port_drops_total{port,reason}  the fast path's drops of frames received on a port
     fwd_ip_total{counter}      /proc/net/snmp Ip: (InReceives, ForwDatagrams, ...)
     fwd_icmp_total{counter}, fwd_udp_total{counter}, fwd_tcp_total{counter}
     fwd_arp_total{counter}     ARP and the neighbour table (levels are gauges: fwd_arp_queued)
@@ -34,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from engine.counters import port_drops
 from engine.shm.memory import CTL_PORT_UP, PORT_COUNTER_NAMES, ST_FREE, EngineMemory
 
 ACCOUNTING = ("received", "forwarded", "delivered", "dropped", "to_slowpath", "slow_taken",
@@ -84,6 +86,18 @@ class EngineCollector:
         for p, port in enumerate(self.port_names):
             up.add_metric([port], (mask >> p) & 1)
         yield up
+        mtu = GaugeMetricFamily("fwd_port_mtu", "The port's MTU now (fwd port set)",
+                                labels=["port"])
+        for p, port in enumerate(self.port_names):
+            mtu.add_metric([port], int(mem.port_mtu[p]))
+        yield mtu
+        by_port = CounterMetricFamily("fwd_port_drops", "Frames received on the port that "
+                                      "the fast path dropped, by reason",
+                                      labels=["port", "reason"])
+        for p, reasons in port_drops(mem.counters.copy(), len(self.port_names)).items():
+            for reason, v in reasons.items():
+                by_port.add_metric([self.port_names[p], reason], v)
+        yield by_port
         sections = (("ip", "/proc/net/snmp Ip: counters", s.snmp),
                     ("icmp", "/proc/net/snmp Icmp: counters", s.icmp),
                     ("udp", "/proc/net/snmp Udp: counters", s.udp),

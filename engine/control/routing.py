@@ -17,10 +17,11 @@ points routes at adjacencies):
   next hop (resolved when the gateway is a static neighbour), an on-link next hop on
   a port, or one of the fixed error rows.
 
-`Routing` keeps two tables beside the FIB: `static` (config and added routes: what
-`route del` may remove) and `internal` (connected, broadcast, neighbour and local
-entries, derived from ports and neighbours). When both hold a prefix the internal
-entry is the one in the FIB, as the kernel's local table is looked up before main.
+`Routing` keeps two tables beside the FIB: `static` (config and CLI routes, each with
+its origin: what `route del`, `replace` and `flush` may change) and `internal`
+(connected, broadcast, neighbour and local entries, derived from ports and
+neighbours). When both hold a prefix the internal entry is the one in the FIB, as
+the kernel's local table is looked up before main.
 
 Port state: a port-up bit mask in shared memory (`CTL_PORT_UP`), read live by the
 fast path through `PortMask` (engine/pipeline/tables.py), plus `nh_mtu` kept 0 for
@@ -34,6 +35,7 @@ stage picks one member per flow (`route.select_multipath`).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,8 @@ import numpy as np
 # config.py's RouteChecker validates a [[route]] table against the ports: one set of
 # rules for the config file and the control socket
 from engine.config import (
+    MAX_MTU,
+    MIN_MTU,
     Config,
     ConfigError,
     NextHopConfig,
@@ -50,6 +54,7 @@ from engine.config import (
     RouteConfig,
     parse_cidr,
 )
+from engine.control.routespec import RouteWordsError, parse_route_words
 from engine.shm.fib import FibError, FibWriter
 from engine.shm.memory import (
     CTL_NH_GEN,
@@ -71,13 +76,13 @@ from engine.shm.neigh_table import NeighbourTable, Nud
 ROUTE_TYPE_NH = {"blackhole": NH_BLACKHOLE, "unreachable": NH_UNREACHABLE,
                  "prohibit": NH_PROHIBIT}
 
-# where a route came from; the last four are internal entries
-ORIGIN_CONFIG, ORIGIN_ADDED = "config", "added"
+# where a route came from (iproute2's `proto`): the config file (and its includes), the
+# control socket (`fwd route add|replace|load`); the last four are internal entries,
+# derived from ports and neighbours, never changed by a route command
+ORIGIN_CONFIG, ORIGIN_CLI = "config", "cli"
 ORIGIN_CONNECTED, ORIGIN_BROADCAST, ORIGIN_NEIGHBOUR, ORIGIN_LOCAL = (
     "connected", "broadcast", "neighbour", "local")
-
-# route.load keywords after the prefix (the [[route]] keys a line can carry)
-LINE_KEYS = ("via", "port", "type")
+ROUTE_ORIGINS = (ORIGIN_CONFIG, ORIGIN_CLI)  # what `route flush origin O` may select
 # a load of at least this many routes is published with one FibWriter.bulk_load (a private
 # rebuild, then one store per changed entry) instead of one add per route
 BULK_LOAD_MIN = 4096
@@ -109,10 +114,15 @@ class Route:
     via: int | None = None
     port: str | None = None
     nexthops: tuple[NextHopConfig, ...] = ()
+    metric: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
         return self.prefix, self.prefix_len
+
+    def same_as(self, other: Route | None) -> bool:
+        """The same route whatever its origin: a replace by it changes nothing."""
+        return other is not None and dataclasses.replace(other, origin=self.origin) == self
 
     def as_dict(self, shadowed: bool = False) -> dict[str, Any]:
         """The row `route.show` sends: plain types only (msgpack, JSON)."""
@@ -122,6 +132,7 @@ class Route:
             "via": _ip(self.via),
             "port": self.port,
             "origin": self.origin,
+            "metric": self.metric,
             "connected": self.origin == ORIGIN_CONNECTED,
             "local": self.origin == ORIGIN_LOCAL,
         }
@@ -310,7 +321,8 @@ class Routing:
             nh = self._gateway_nh(r.via, self.cfg.port_index(r.port or _port_of(self.cfg, r.via)))
         else:
             nh = self.nhs.get(NH_UNICAST, 0, self.cfg.port_index(r.port))
-        return Route(r.prefix, r.prefix_len, r.type, origin, nh, r.via, r.port, r.nexthops)
+        return Route(r.prefix, r.prefix_len, r.type, origin, nh, r.via, r.port, r.nexthops,
+                     r.metric)
 
     def _gateway_nh(self, gw: int, port: int) -> int:
         if gw in self.neighbours:
@@ -330,46 +342,114 @@ class Routing:
         except ConfigError as err:
             raise RouteError(where + str(err)) from None
 
-    def _check_new(self, key: tuple[int, int], where: str = "") -> None:
-        name = fmt_prefix(*key)
-        if key in self.static:
-            origin = "from the config" if self.static[key].origin == ORIGIN_CONFIG else "added"
-            raise RouteError(f"{where}{name} already exists (a route {origin}); "
-                             "delete it first")
+    def _check_internal(self, key: tuple[int, int], where: str = "") -> None:
         if key in self.internal:
             r = self.internal[key]
-            raise RouteError(f"{where}{name} is the {r.origin} entry of port {r.port}; "
-                             "a route cannot replace it")
+            raise RouteError(f"{where}{fmt_prefix(*key)} is the {r.origin} entry of port "
+                             f"{r.port}; a route cannot replace it")
+
+    def _check_new(self, key: tuple[int, int], where: str = "", metric: int = 0) -> None:
+        """A route to `key` may be added: no route and no internal entry has it."""
+        old = self.static.get(key)
+        if old is not None:
+            # iproute2's answer (EEXIST); the FIB holds one route per prefix, so another
+            # metric does not make a second route either
+            other = (f"; its metric is {old.metric}, and the FIB holds one route per "
+                     "prefix whatever the metric" if old.metric != metric else "")
+            raise RouteError(f"{where}{fmt_prefix(*key)}: File exists (a route from the "
+                             f"{old.origin}{other}); `fwd route replace` changes it")
+        self._check_internal(key, where)
 
     # ------------------------------------------------------------------ changes
 
-    def add(self, table: dict[str, Any]) -> Route:
-        """Add one route given as a [[route]] table (prefix, via, port, type)."""
+    def add(self, table: dict[str, Any], replace: bool = False) -> tuple[Route, str]:
+        """Add one route given as a [[route]] table (prefix, type, via, port, nexthops,
+        metric) and say what happened: "added", or with `replace` (`ip route replace`)
+        also "changed" (the FIB entry takes the new next hop in place: no window
+        through a shorter prefix) or "unchanged" (the same route was there)."""
         rc = self.validate(table)
         key = (rc.prefix, rc.prefix_len)
-        self._check_new(key)
-        route = self._route(rc, ORIGIN_ADDED)
+        if replace:
+            self._check_internal(key)
+        else:
+            self._check_new(key, metric=rc.metric)
+        route = self._route(rc, ORIGIN_CLI)
+        old = self.static.get(key)
+        if route.same_as(old):
+            assert old is not None
+            return old, "unchanged"
         try:
             self.fib.add(route.prefix, route.prefix_len, route.nh)
         except FibError as err:  # Tbl8Exhausted: the FIB is unchanged
             raise RouteError(f"{fmt_prefix(*key)}: {err}") from None
         self.static[key] = route
-        return route
+        return route, "added" if old is None else "changed"
 
     def delete(self, prefix: str) -> Route:
-        """Delete a config or added route; the next less-specific route takes over."""
-        key = self._parse_prefix(prefix)
-        if key in self.static:
-            route = self.static.pop(key)
-            if key not in self.internal:  # else the internal entry keeps the FIB slot
-                self.fib.delete(*key)
-            return route
-        if key in self.internal:
-            r = self.internal[key]
-            source = "[[neighbor]]" if r.origin == ORIGIN_NEIGHBOUR else "address"
-            raise RouteError(f"{fmt_prefix(*key)} is the {r.origin} entry of port {r.port}; "
-                             f"it comes from the config's {source}, not from a route")
-        raise RouteError(f"no route {fmt_prefix(*key)}")
+        """Delete a config or CLI route; the next less-specific route takes over."""
+        return self.delete_many([prefix])[0]
+
+    def delete_matching(self, table: dict[str, Any]) -> Route:
+        """`ip route del [TYPE] PREFIX [via GW] [dev P] [metric N]`: delete the route
+        to the prefix only if it is what the other words say (each given word must
+        match: a gateway or port of any ECMP member does), as iproute2 matches."""
+        key = self._parse_prefix(str(table.get("prefix")))
+        route = self.static.get(key)
+        if route is not None:
+            vias = {_ip(h.via) for h in route.nexthops} or {_ip(route.via)}
+            ports = {h.port for h in route.nexthops} or {route.port}
+            wrong = [w for w, ok in (
+                ("type", table.get("type", route.type) == route.type),
+                ("via", table.get("via", next(iter(vias))) in vias),
+                ("dev", table.get("port", next(iter(ports))) in ports),
+                ("metric", table.get("metric", route.metric) == route.metric)) if not ok]
+            if wrong:
+                raise RouteError(f"no route {fmt_prefix(*key)} with that {', '.join(wrong)} "
+                                 "(No such process): `fwd route show` lists the one there")
+        return self.delete_many([fmt_prefix(*key)])[0]
+
+    def delete_many(self, prefixes: list[str]) -> list[Route]:
+        """Delete config or CLI routes: all of them, or none when one is missing."""
+        keys = [self._parse_prefix(p) for p in prefixes]
+        for key in keys:
+            if key in self.static:
+                continue
+            if key in self.internal:
+                r = self.internal[key]
+                source = "[[neighbor]]" if r.origin == ORIGIN_NEIGHBOUR else "address"
+                raise RouteError(f"{fmt_prefix(*key)} is the {r.origin} entry of port "
+                                 f"{r.port}; it comes from the config's {source}, not from "
+                                 "a route")
+            raise RouteError(f"no route {fmt_prefix(*key)}"
+                             + ("; nothing was deleted" if len(keys) > 1 else ""))
+        if len(set(keys)) != len(keys):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise RouteError(f"{fmt_prefix(*dup)} is given twice; nothing was deleted")
+        return [self._remove(key) for key in keys]
+
+    def _remove(self, key: tuple[int, int]) -> Route:
+        route = self.static.pop(key)
+        if key not in self.internal:  # else the internal entry keeps the FIB slot
+            self.fib.delete(*key)
+        return route
+
+    def flush(self, prefix: str | None = None, origin: str | None = None) -> list[Route]:
+        """Delete the config and CLI routes inside `prefix` (itself and every longer
+        prefix under it) and/or of `origin`; at least one selector, as `ip route flush`
+        wants one. Connected, local, broadcast and neighbour entries are never touched:
+        they come from the ports' addresses and the [[neighbor]]s."""
+        if prefix is None and origin is None:
+            raise RouteError("a selector is needed: a prefix (the routes inside it) "
+                             f"and/or origin {'|'.join(ROUTE_ORIGINS)}")
+        if origin is not None and origin not in ROUTE_ORIGINS:
+            raise RouteError(f"origin {origin[:64]!r} is not one of {', '.join(ROUTE_ORIGINS)}"
+                             " (connected and local entries are never flushed)")
+        net, plen = self._parse_prefix(prefix) if prefix is not None else (0, 0)
+        mask = _MASKS[plen]
+        keys = [k for k, r in self.static.items()
+                if (origin is None or r.origin == origin)
+                and k[1] >= plen and k[0] & mask == net]
+        return [self._remove(key) for key in sorted(keys)]
 
     def _parse_prefix(self, value: str) -> tuple[int, int]:
         try:
@@ -381,10 +461,11 @@ class Routing:
             raise RouteError(f"prefix: {value!r} has host bits set (the network is {net})")
         return int(net.network_address), net.prefixlen
 
-    def load(self, text: str) -> list[Route]:
-        """Add every route of `text`, one `prefix [via GW] [port P] [type T]` per line
-        (blank lines and # comments skipped): all of them, or none (RouteError naming
-        the first bad line)."""
+    def load(self, text: str) -> dict[str, int]:
+        """Replace (`ip route replace`) every route of `text`, one route per line in
+        `fwd route add`'s words (blank lines and # comments skipped): all of them, or
+        none (RouteError naming the first bad line). Returns how many were added,
+        changed and unchanged: loading the same text twice changes nothing."""
         return self.apply_load(self.check_load(text))
 
     def check_load(self, text: str, first_line: int = 1,
@@ -401,35 +482,50 @@ class Routing:
             key = (rc.prefix, rc.prefix_len)
             if key in seen:
                 raise RouteError(f"{where}{fmt_prefix(*key)} is already on line {seen[key]}")
-            self._check_new(key, where)
+            self._check_internal(key, where)
             seen[key] = n
             checked.append((n, rc))
         return checked
 
-    def apply_load(self, checked: list[tuple[int, RouteConfig]]) -> list[Route]:
-        """Add routes `check_load` passed: all of them, or none. Each is checked against
-        the table again: a load sent in parts may meet a route added between its parts."""
+    def apply_load(self, checked: list[tuple[int, RouteConfig]]) -> dict[str, int]:
+        """Replace the routes `check_load` passed: all of them, or none; count what was
+        added, changed and unchanged. The FIB is only written for the first two (a
+        route equal to the one there, from whatever origin, is left as it is)."""
+        plans: list[tuple[int, Route, Route | None]] = []
+        unchanged = 0
         for n, rc in checked:
-            self._check_new((rc.prefix, rc.prefix_len), f"line {n}: ")
-        plans = [(n, self._route(rc, ORIGIN_ADDED)) for n, rc in checked]
+            # checked again: a load sent in parts may meet an address added meanwhile
+            self._check_internal((rc.prefix, rc.prefix_len), f"line {n}: ")
+            route = self._route(rc, ORIGIN_CLI)
+            old = self.static.get(route.key)
+            if route.same_as(old):
+                unchanged += 1
+            else:
+                plans.append((n, route, old))
         if len(plans) >= BULK_LOAD_MIN:
             try:  # all or nothing by bulk_load's contract
-                self.fib.bulk_load([(r.prefix, r.prefix_len, r.nh) for _, r in plans])
+                self.fib.bulk_load([(r.prefix, r.prefix_len, r.nh) for _, r, _ in plans])
             except FibError as err:
                 raise RouteError(f"{err}; nothing was applied") from None
         else:
-            done: list[Route] = []
-            for n, route in plans:
+            done: list[tuple[Route, Route | None]] = []
+            for n, route, old in plans:
                 try:
                     self.fib.add(route.prefix, route.prefix_len, route.nh)
                 except FibError as err:
-                    for r in reversed(done):  # deletes need no tbl8 group: cannot fail
-                        self.fib.delete(r.prefix, r.prefix_len)
+                    # undoing needs no tbl8 group (a delete, or the old next hop back in
+                    # the entry it had): cannot fail
+                    for r, was in reversed(done):
+                        if was is None:
+                            self.fib.delete(r.prefix, r.prefix_len)
+                        else:
+                            self.fib.add(was.prefix, was.prefix_len, was.nh)
                     raise RouteError(f"line {n}: {err}; nothing was applied") from None
-                done.append(route)
-        for _, route in plans:
+                done.append((route, old))
+        for _, route, _ in plans:
             self.static[route.key] = route
-        return [r for _, r in plans]
+        added = sum(1 for _, _, old in plans if old is None)
+        return {"added": added, "changed": len(plans) - added, "unchanged": unchanged}
 
     # ------------------------------------------------------------------ reading
 
@@ -508,34 +604,48 @@ class Routing:
         self.mem.ctl[CTL_NH_GEN] += 1
         return True
 
+    def set_mtu(self, name: str, mtu: int) -> int:
+        """Give port `name` a new MTU at run time (`ip link set NAME mtu N`); returns
+        the old one. The port's MTU word is what the fast path's MTU check (route
+        stage, too-big tier) and the slow path (fragmentation, the MTU an ICMP
+        frag-needed carries) read, both straight from shared memory; the plain tier
+        compares against each next hop's `nh_mtu`, rewritten here; then the NH
+        generation moves on so that every worker drops what it cached before its
+        next batch, as a port going down does."""
+        p = self.port_index(name)
+        if not MIN_MTU <= mtu <= MAX_MTU:
+            raise RouteError(f"mtu {mtu} is out of range {MIN_MTU}..{MAX_MTU}")
+        if self.cfg.ports[p].driver == "dpdk":
+            raise RouteError(f"port {name}: a dpdk device's MTU is set when the engine "
+                             "starts; change [[port]] mtu and restart")
+        old = int(self.mem.port_mtu[p])
+        if old == mtu:
+            return old
+        self.mem.port_mtu[p] = mtu
+        self.nhs.set_port_mtu(p)
+        self.mem.ctl[CTL_NH_GEN] += 1
+        return old
+
     def ports(self) -> dict[str, dict[str, Any]]:
         return {name: {"up": self.port_up(p), "mtu": int(self.mem.port_mtu[p]),
                        "mac": bytes(self.mem.port_mac[p, :6]).hex(":")}
                 for p, name in enumerate(self.port_names)}
 
 
-def parse_route_lines(text: str, first_line: int = 1) -> list[tuple[int, dict[str, str]]]:
-    """(line number, [[route]]-like table) for every route line of `text`:
-    `prefix [via GW] [port P] [type T]`, keywords in any order, each at most once.
-    Lines are `str.splitlines`' lines, numbered from `first_line`."""
+def parse_route_lines(text: str, first_line: int = 1) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, [[route]]-like table) for every route line of `text`, each in
+    `fwd route add`'s words (engine/control/routespec.py: `[TYPE] PREFIX [via GW]
+    [dev P] [metric N] [nexthop via GW [dev P]]...`; the older `port P` and `type T`
+    too). Lines are `str.splitlines`' lines, numbered from `first_line`."""
     out = []
     for n, raw in enumerate(text.splitlines(), first_line):
         words = raw.split("#", 1)[0].split()
         if not words:
             continue
-        table = {"prefix": words[0]}
-        rest = words[1:]
-        for i in range(0, len(rest), 2):
-            word = rest[i]
-            if word not in LINE_KEYS:
-                raise RouteError(f"line {n}: unknown word {word!r} (expected "
-                                 f"{', '.join(LINE_KEYS)} after the prefix)")
-            if i + 1 >= len(rest):
-                raise RouteError(f"line {n}: {word!r} needs a value")
-            if word in table:
-                raise RouteError(f"line {n}: {word!r} is given twice")
-            table[word] = rest[i + 1]
-        out.append((n, table))
+        try:
+            out.append((n, parse_route_words(words)))
+        except RouteWordsError as err:
+            raise RouteError(f"line {n}: {err}") from None
     return out
 
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from engine.counters import MISC_BASE, Misc, summarize
+from engine.counters import MISC_BASE, Misc, port_drops, summarize
 from engine.shm.memory import (
     AGENT_IO,
     PORT_COUNTER_NAMES,
@@ -204,6 +205,66 @@ def snapshot(mem: EngineMemory, port_names: list[str], *, devices: bool = True) 
         reassembly=total["reasm"],
         devices=device_counters,
     )
+
+
+def port_rows(mem: EngineMemory, cfg: Any, state: dict[str, dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """One map per port for `fwd port show`: its config (driver, addresses), its state
+    now (`state`: Routing.ports(): up, MTU, MAC), whether the link has carrier (what
+    the driver can tell: an AF_PACKET interface's /sys carrier; None when unknown),
+    the driver's counters, and the fast path's drops of frames it received, by
+    reason (the counters row's per-port section)."""
+    per_port = mem.port_counters.sum(axis=0)
+    drops = port_drops(mem.counters.copy(), len(cfg.ports))
+    rows = []
+    for p, port in enumerate(cfg.ports):
+        rows.append({
+            "index": p,  # as ip link's ifindex: the port's place in the config
+            "name": port.name,
+            "driver": port.driver,
+            **state[port.name],
+            "carrier": _carrier(port.iface) if port.driver == "afpacket" else None,
+            "addresses": [str(a) for a in port.addresses],
+            "counters": {c: int(per_port[p, i]) for i, c in enumerate(PORT_COUNTER_NAMES)},
+            "drops": drops[p],
+        })
+    return rows
+
+
+def _carrier(iface: str | None) -> bool | None:
+    """The kernel's carrier flag of `iface` (in the namespace we run in), or None."""
+    try:
+        with open(f"/sys/class/net/{iface}/carrier") as f:
+            return f.read().strip() == "1"
+    except (OSError, TypeError):  # down interfaces refuse the read (EINVAL)
+        return None
+
+
+def format_ports(rows: list[dict[str, Any]]) -> str:
+    """`fwd port show` as text, shaped like `ip -s link` (and VPP's `show interface`):
+    a line of state per port, its addresses, then RX and TX counters under their
+    names, then the drops by reason."""
+    out: list[str] = []
+    for r in rows:
+        flags = ["UP" if r["up"] else "DOWN"]
+        if r["carrier"] is not None:
+            flags.append("LOWER_UP" if r["carrier"] else "NO-CARRIER")
+        c = r["counters"]
+        out.append(f"{r['index']}: {r['name']}: <{','.join(flags)}> mtu {r['mtu']} state "
+                   f"{'UP' if r['up'] else 'DOWN'} driver {r['driver']}")
+        out.append(f"    link/ether {r['mac']}")
+        out += [f"    inet {a}" for a in r["addresses"]]
+        out.append(f"    {'RX:':<5}{'bytes':>14}{'packets':>12}{'dropped':>12}")
+        out.append(f"    {'':<5}{c['rx_bytes']:>14}{c['rx_packets']:>12}"
+                   f"{sum(r['drops'].values()) + c['rx_drops']:>12}")
+        out.append(f"    {'TX:':<5}{'bytes':>14}{'packets':>12}{'dropped':>12}")
+        out.append(f"    {'':<5}{c['tx_bytes']:>14}{c['tx_packets']:>12}{c['tx_drops']:>12}")
+        reasons = dict(r["drops"])
+        if c["rx_drops"]:
+            reasons = {"driver_rx": c["rx_drops"], **reasons}
+        out.append("    drops: " + (" ".join(f"{k}={v}" for k, v in reasons.items())
+                                    or "none"))
+    return "\n".join(out)
 
 
 def format_snapshot(s: Snapshot) -> str:

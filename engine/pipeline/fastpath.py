@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.counters import NCOUNTERS, Drop, Misc, Slow, Snmp, index
+from engine.counters import NCOUNTERS, PORT_DROP_BASE, Drop, Misc, Slow, Snmp, index
 from engine.pipeline import forward, rcv, route
 from engine.pipeline.forward import rewrite
 from engine.pipeline.stage import Batch, Stage
@@ -102,10 +102,17 @@ CODE_TO_COUNTERS = _code_to_counters()
 assert SLOW > max(Drop)
 
 
-def count(code: np.ndarray, row: np.ndarray) -> None:
-    """Add a batch's verdicts to this agent's counters row."""
+def count(code: np.ndarray, row: np.ndarray, in_port: np.ndarray | None = None) -> None:
+    """Add a batch's verdicts to this agent's counters row; with `in_port` (the
+    frames' ingress ports) its drops to the per-port drop section too."""
     if not np.count_nonzero(code):  # the common batch: everything forwarded
         row += CODE_TO_COUNTERS[FORWARD] * np.uint64(len(code))
         return
     hist = np.bincount(code, minlength=NCODES).astype(np.uint64)
     row += hist @ CODE_TO_COUNTERS
+    if in_port is not None:
+        dropped = (code != FORWARD) & (code < SLOW)
+        if dropped.any():  # column PORT_DROP_BASE + port * len(Drop) + reason
+            cols = (PORT_DROP_BASE + in_port[dropped].astype(np.int64) * len(Drop)
+                    + code[dropped])
+            np.add.at(row, cols, np.uint64(1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.counters import NCOUNTERS
+from engine.counters import NCOUNTERS, PORT_DROP_PORTS
 from engine.shm.journal import Journal, journal_fields
 from engine.shm.layout import Field, Layout, attach_segment, create_segment
 from engine.shm.ring import Ring, ring_fields
@@ -28,6 +28,7 @@ from engine.shm.trace_capture import observe_fields
 
 AGENT_IO = 0
 MAX_PORTS = 16
+assert MAX_PORTS <= PORT_DROP_PORTS  # every port has its drop columns in a counters row
 # DPDK's RTE_PKTMBUF_HEADROOM: an mbuf's data starts this far into its buffer. For
 # zero-copy DPDK I/O (engine/io/dpdk) row i is the data of an mbuf whose buffer starts
 # this many bytes before it, so the pool keeps that much room before its first row.

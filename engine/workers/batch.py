@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, types
 from numba.experimental import structref
 
-from engine.counters import MISC_BASE, Drop, Misc
+from engine.counters import MISC_BASE, PORT_DROP_BASE, Drop, Misc
 from engine.pipeline.compiled import forward_batch, load_fence, store_fence
 from engine.pipeline.verdict import FORWARD, SLOW, drop
 from engine.shm.journal import JOURNAL_COUNTED, JOURNAL_COUNTING, JOURNAL_IDLE, JOURNAL_TAKEN
@@ -37,6 +37,7 @@ from engine.shm.memory import CTL_NEIGH_GEN, CTL_NH_GEN, FREE_TS
 from engine.shm.trace_capture import OBS_ACTIVE
 
 RING_FULL = drop(Drop.ring_full)
+NDROP = len(Drop)  # columns per port in the counters row's per-port drop section
 BATCHES = MISC_BASE + Misc.batches
 
 # where `stop` ends a batch (0: nowhere); the call then returns STOPPED
@@ -201,6 +202,12 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
                 if stop == STOP_COUNTING and first:
                     return STOPPED
                 first = False
+    if ndrop:  # the drops again, by ingress port (`count` with in_port does the same)
+        pool_port = ln.port
+        for i in range(n):
+            c = code[i]
+            if c != FORWARD and c < SLOW:
+                row[PORT_DROP_BASE + np.int64(pool_port[idx[i]]) * NDROP + c] += np.uint64(1)
     row[BATCHES] += np.uint64(1)
     store_fence()
     ln.j_state[w] = JOURNAL_COUNTED

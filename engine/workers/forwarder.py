@@ -257,7 +257,7 @@ class Forwarder:
         journal.code[w, :n] = code
         journal.before[w] = self.counters
         journal.state[w] = JOURNAL_COUNTING
-        count(code, self.counters)
+        count(code, self.counters, mem.port[idx])  # drops by ingress port too
         self.counters[MISC_BASE + Misc.batches] += 1
         journal.state[w] = JOURNAL_COUNTED
         for ring, bufs in sends:
