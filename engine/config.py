@@ -53,6 +53,11 @@ DRIVERS = ("pcap", "afpacket", "dpdk")
 REASSEMBLY_MODES = ("full", "forward")
 # [engine] datapath: the numba kernel (engine/pipeline/compiled.py) or the numpy stages
 DATAPATHS = ("compiled", "numpy")
+# [engine] log_level: the least severe engine log line written (Python's logging levels)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# the level of a run's result lines (the pool check at a stop): written at every level,
+# as syslog's "notice" between info and warning
+LOG_NOTICE = 25
 
 MAX_WORKERS = 64
 MAX_BATCH = 4096
@@ -134,6 +139,7 @@ class EngineConfig:
     control_socket: Path | None = None
     netns: str | None = None  # run inside this network namespace (/run/netns/NAME)
     datapath: str = "compiled"  # one of DATAPATHS: how the forwarding workers run the fast path
+    log_level: str = "info"  # one of LOG_LEVELS
 
 
 @dataclass(frozen=True)
@@ -228,7 +234,7 @@ _INCLUDE_KEYS = ("route",)
 MAX_METRIC = 0xFFFF_FFFF  # iproute2's metric is a u32
 _METRICS_KEYS = ("listen",)
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})")
-_ENGINE_KEYS = ("workers", "batch", "control_socket", "netns", "datapath")
+_ENGINE_KEYS = ("workers", "batch", "control_socket", "netns", "datapath", "log_level")
 _DRIVER_KEYS = {"pcap": ("rx", "tx"), "afpacket": ("iface",), "dpdk": ("device",)}
 _PORT_KEYS = ("name", "driver", "mac", "mtu", "addresses") + tuple(
     k for keys in _DRIVER_KEYS.values() for k in keys)
@@ -481,8 +487,9 @@ class _Parser:
             raise _fail("engine.netns", f"{netns!r} is not a network namespace name "
                         "(as `ip netns add` takes: A-Z a-z 0-9 _ . -, no '/')")
         datapath = _choice(t, "engine", "datapath", DATAPATHS, default=d.datapath)
+        log_level = _choice(t, "engine", "log_level", LOG_LEVELS, default=d.log_level)
         return EngineConfig(workers=workers, batch=batch, control_socket=sock_path,
-                            netns=netns, datapath=datapath)
+                            netns=netns, datapath=datapath, log_level=log_level)
 
     # [[port]] ---------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import textwrap
 from pathlib import Path
@@ -240,3 +241,10 @@ def remove_dpdk_runtime_dirs(prefix: str) -> None:
     runtime = os.environ.get("XDG_RUNTIME_DIR", "/tmp") if os.geteuid() else "/var/run"
     for d in Path(runtime, "dpdk").glob(f"{prefix}*"):
         shutil.rmtree(d, ignore_errors=True)
+
+
+def log_lines(stderr: str) -> list[str]:
+    """The engine's log lines without the time and level a kept engine stamps them with
+    (engine/cli/logs.py)."""
+    return [re.sub(r"^\d{4}-\d\d-\d\dT[\d:.]+ [a-z]+ ", "", x)
+            for x in stderr.strip().splitlines()]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_run import ROOT, fwd
 
-from conftest import Lab, flood, no_shm_leak
+from conftest import Lab, flood, log_lines, no_shm_leak
 
 
 def with_output(lab: Lab, port: str, tx: str) -> None:
@@ -48,13 +48,14 @@ def assert_stopped(r: subprocess.CompletedProcess, status: int, why: str,
     document when `as_json`."""
     assert r.returncode == status, r.stderr
     assert "Traceback" not in r.stderr
-    assert re.search(r"^fwd: pool: \d+ of \d+ buffers free", r.stderr, re.M), r.stderr
+    said = log_lines(r.stderr)
+    assert any(re.match(r"fwd: pool: \d+ of \d+ buffers free", x) for x in said), r.stderr
     if not as_json:
         assert "accounting: received " in r.stdout and "port" in r.stdout.splitlines()[0]
-        assert r.stderr.strip().splitlines()[-1] == f"fwd: {why}"
+        assert said[-1] == f"fwd: {why}"
         return None
     doc = json.loads(r.stdout)
-    assert r.stderr.strip().splitlines()[-1] == f"fwd: {why}"
+    assert said[-1] == f"fwd: {why}"
     assert doc["stop"] == {"error": why, "status": status}
     assert doc["pool"]["size"] == doc["pool"]["free"] + doc["pool"]["queued"] + doc["pool"]["lost"]
     assert "received" in doc["accounting"] and set(doc["ports"]) == {"p0", "p1", "p2"}

@@ -19,7 +19,7 @@ import pytest
 
 from engine.io.pcap import read_pcap
 
-from conftest import MAC, Lab, flood, no_shm_leak, set_ip_checksums
+from conftest import MAC, Lab, flood, log_lines, no_shm_leak, set_ip_checksums
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
@@ -209,7 +209,7 @@ def test_a_worker_that_keeps_dying_stops_the_engine(tmp_path):
     assert re.fullmatch(r"fwd: fwd-worker-0 killed by SIGKILL, its restart number "
                         rf"{RESTART_LIMIT + 1} within 60 s: giving up \(\d+ buffers "
                         r"reclaimed, \d+ packets dropped \(worker_killed\)\)",
-                        err.strip().splitlines()[-1]), err
+                        log_lines(err)[-1]), err
     assert no_shm_leak(proc.pid) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from engine import __version__
-from engine.config import Config, ConfigError, format_config_error, load_config
+from engine.cli import logs
+from engine.config import LOG_LEVELS, Config, ConfigError, format_config_error, load_config
 from engine.control.wire import DEFAULT_SOCKET
 
 if TYPE_CHECKING:  # imported when a command needs it: `fwd --help` stays quick
@@ -61,7 +63,17 @@ def check(config: str) -> None:
 @click.option("--socket", "socket_path", metavar="PATH",
               help="Serve the control socket on PATH (overrides [engine] control_socket; "
                    f"default {DEFAULT_SOCKET}, skipped with a warning when unusable).")
-def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None) -> None:
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+              help="The least severe log line written to stderr (overrides [engine] "
+                   "log_level; default info). info: start-up, route/port changes, "
+                   "restarts; warning: only what went wrong.")
+@click.option("--log-time/--no-log-time", default=None,
+              help="Start each log line with the time and level. Default: on for an "
+                   "engine that keeps running (live ports, --keep-running), off for a "
+                   "replay; never under systemd's journal, which stamps lines itself "
+                   "(there lines carry sd-daemon's <N> priority instead).")
+def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None,
+        log_level: str | None, log_time: bool | None) -> None:
     """Run the deployment in CONFIG.
 
     With pcap ports: forward every input frame, write every port's output capture,
@@ -93,30 +105,33 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None)
     explicit = socket_path or cfg.engine.control_socket
     # a long replay's progress bar: on a terminal, not for a reader of the JSON
     bar = ReplayProgress() if sys.stdout.isatty() and not as_json else None
+    daemon = keep_running or any(p.driver != "pcap" for p in cfg.ports)
+    say = logs.setup(log_level or cfg.engine.log_level,
+                     daemon if log_time is None else log_time,
+                     bar.say if bar else lambda line: click.echo(line, err=True))
     try:
         result = run_engine(cfg, control_socket=explicit or DEFAULT_SOCKET,
                             control_required=bool(explicit), keep_running=keep_running,
-                            log=bar.say if bar else lambda msg: click.echo(msg, err=True),
-                            progress=bar.update if bar else None)
+                            log=say, progress=bar.update if bar else None)
     except RunStopped as stop:
         if bar:
             bar.close()
         status = EXIT_CONFIG if isinstance(stop.cause, PcapError) else EXIT_FAULT
         _print_result(stop.result, as_json, {"error": str(stop), "status": status})
-        click.echo(f"fwd: {stop}", err=True)
+        say(f"fwd: {stop}", logging.ERROR)
         sys.exit(status)
     except PcapError as err:
-        click.echo(f"fwd: {err}", err=True)
+        say(f"fwd: {err}", logging.ERROR)
         sys.exit(EXIT_CONFIG)
     except EngineError as err:
-        click.echo(f"fwd: {err}", err=True)
+        say(f"fwd: {err}", logging.ERROR)
         sys.exit(EXIT_FAULT)
     finally:
         if bar:
             bar.close()
     _print_result(result, as_json)
     if not result.stats.balanced:
-        click.echo("fwd: counters do not balance: a frame was lost or counted twice", err=True)
+        say("fwd: counters do not balance: a frame was lost or counted twice", logging.ERROR)
         sys.exit(EXIT_FAULT)
 
 

@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,10 +167,12 @@ class Commands:
     """What each command does, over the control plane's objects. The server calls
     `handle` with each decoded request; tests may call it directly."""
 
-    def __init__(self, routing: Any, mem: Any, info: dict[str, Any] | None = None) -> None:
+    def __init__(self, routing: Any, mem: Any, info: dict[str, Any] | None = None,
+                 log: Callable[..., None] | None = None) -> None:
         self.routing = routing
         self.mem = mem
         self.info = dict(info or {})
+        self.log = log  # log(line): one line per change of the routes or ports
         self._staged: dict[int, _Staged] = {}
         self._writer = threading.get_ident()  # the FIB writer's thread: the one building us
 
@@ -189,6 +192,10 @@ class Commands:
         try:
             cmd, args = check_request(msg)
             reply = getattr(self, "cmd_" + cmd.replace(".", "_"))(**args)
+            if self.log is not None and cmd in CHANGES:
+                line = change_line(cmd, reply)
+                if line:
+                    self.log(f"fwd: {line}")
             return {"ok": True, **reply}
         except (RequestError, RouteError, TraceError, CaptureError) as err:
             return error(str(err))
@@ -360,6 +367,54 @@ class Commands:
 
         capture.disarm(self.mem)
         return {}
+
+
+# the requests that change the router: each logged in one line once applied
+CHANGES = ("route.add", "route.replace", "route.del", "route.flush", "route.load",
+           "port.up", "port.down", "port.set")
+
+
+def route_words(row: dict[str, Any]) -> str:
+    """A route row (Route.as_dict) in `ip route`'s words."""
+    words = [row["prefix"]] if row["type"] == "unicast" else [row["type"], row["prefix"]]
+    for hop in row.get("nexthops") or [{"via": row.get("via"), "port": row.get("port")}]:
+        if len(row.get("nexthops") or ()) > 1:
+            words.append("nexthop")
+        if hop.get("via"):
+            words += ["via", hop["via"]]
+        if hop.get("port"):
+            words += ["dev", hop["port"]]
+    if row.get("metric"):
+        words += ["metric", str(row["metric"])]
+    return " ".join(words)
+
+
+def change_line(cmd: str, reply: dict[str, Any]) -> str | None:
+    """The log line of an applied change (None: nothing changed, nothing to say)."""
+    verb = cmd.replace(".", " ")
+    if cmd in ("route.add", "route.replace"):
+        if reply.get("status") == "unchanged":
+            return None
+        return f"{verb} {route_words(reply['route'])}: {reply.get('status', 'added')}"
+    if cmd in ("route.del", "route.flush"):
+        rows = reply.get("routes") or []
+        if not rows:
+            return None
+        shown = ", ".join(route_words(r) for r in rows[:4])
+        more = f" and {len(rows) - 4} more" if len(rows) > 4 else ""
+        return f"{verb}: {len(rows)} route{'s' if len(rows) != 1 else ''} ({shown}{more})"
+    if cmd == "route.load":
+        if "staged" in reply:  # a part of a load: said once the last part applies it
+            return None
+        return f"{verb}: " + ", ".join(f"{reply.get(k, 0)} {k}"
+                                      for k in ("added", "changed", "unchanged"))
+    if cmd in ("port.up", "port.down"):
+        return f"port {reply['port']} {'up' if reply['up'] else 'down'}" \
+            if reply.get("changed") else None
+    if cmd == "port.set":
+        return (f"port {reply['port']} mtu {reply['old']} -> {reply['mtu']}"
+                if reply.get("changed") else None)
+    return None
 
 
 def ring_levels(mem: Any) -> dict[str, list[int]]:

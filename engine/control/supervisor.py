@@ -24,6 +24,7 @@ RunStopped with the counters of what was done.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import Config, ConfigError, format_config_error, load_config
+from engine.config import LOG_NOTICE, Config, ConfigError, format_config_error, load_config
 from engine.control.commands import Commands
 from engine.control.netns import NetnsError, netns
 from engine.control.recovery import (
@@ -128,7 +129,7 @@ def geometry_for(cfg: Config, workers_receive: bool | None = None) -> Geometry:
 
 def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
         control_required: bool = True, keep_running: bool = False,
-        log: Callable[[str], None] | None = None,
+        log: Callable[..., None] | None = None,
         progress: Callable[[int, int, int], None] | None = None) -> RunResult:
     """Run a deployment until its input is consumed and drained (pcap ports) or until
     SIGINT/SIGTERM; always unlink the segments and remove the control socket.
@@ -138,6 +139,8 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     control_required: when False, a socket that cannot be set up (path busy, no
     permission) is reported through `log` and the run goes on without one; when True
     it is an EngineError before any worker starts.
+    log: `log(message, level=logging.INFO)` for each line the engine says (start-up,
+    route and port changes, restarts, reloads); `fwd run` logs them (cli/logs.py).
     keep_running: once the pcap input is consumed and drained, write the outputs and
     stay up (control socket included) until SIGINT/SIGTERM.
     progress: called about every PROGRESS_S seconds of a pcap replay with the frames
@@ -148,7 +151,7 @@ def run(cfg: Config, *, control_socket: str | os.PathLike[str] | None = None,
     signal, the outputs are written, and RunStopped carries the counters.
     """
     driver = driver_for(cfg)
-    say = log or (lambda msg: None)
+    say = log or (lambda msg, level=logging.INFO: None)
     if control_socket is None:
         control_socket = cfg.engine.control_socket
     try:  # what the driver decides before anything is created (DPDK: the mode)
@@ -193,7 +196,7 @@ class _Run:
     exists, whatever step failed."""
 
     def __init__(self, cfg: Config, geometry: Geometry, driver: Driver, plan: Any,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[..., None]) -> None:
         self.cfg = cfg
         self.geometry = geometry
         self.driver = driver  # engine/io/registry.py
@@ -246,6 +249,11 @@ class _Run:
         except ConfigError as err:
             self.say(f"fwd: reload: {format_config_error(str(path), err)}; nothing changed")
             return
+        if new.engine.log_level != cfg.engine.log_level:  # the one [engine] key a reload sets
+            logging.getLogger("fwd").setLevel(new.engine.log_level.upper())
+            self.say(f"fwd: reload: log level {new.engine.log_level}", LOG_NOTICE)
+            cfg = replace(cfg, engine=replace(cfg.engine, log_level=new.engine.log_level))
+            self.cfg = cfg
         others = [f.name for f in fields(Config) if f.name not in ("path", "routes")
                   and getattr(new, f.name) != getattr(cfg, f.name)]
         if "ports" in others or "neighbors" in others:
@@ -288,7 +296,7 @@ class _Run:
             "segments": [self.geometry.name, self.fib.name],
             "workers": cfg.engine.workers,
             "batch": cfg.engine.batch,
-        })
+        }, log=self.say)
         try:
             self.server = ControlServer(control_socket, self.commands.handle,
                                         on_main=self.commands.on_main)
@@ -296,7 +304,7 @@ class _Run:
         except ControlSetupError as err:
             if control_required:
                 raise EngineError(f"control socket: {err}") from None
-            self.say(f"fwd: running without a control socket: {err}")
+            self.say(f"fwd: running without a control socket: {err}", logging.WARNING)
 
     def open_metrics(self) -> None:
         cfg = self.cfg
@@ -476,13 +484,15 @@ class _Run:
         alive = [proc.name for proc, _ in self.procs if proc.is_alive()]
         audit = None
         if alive:  # it may still move buffers: an audit now would be wrong
-            self.say(f"fwd: pool: not checked, {', '.join(alive)} still running")
+            self.say(f"fwd: pool: not checked, {', '.join(alive)} still running",
+                     logging.WARNING)
         else:
             # every agent gone: the pool must be whole again (engine/control/recovery.py)
             audit = audit_pool(mem, held_by(self.io))
             self.say(f"fwd: pool: {audit.free} of {audit.size} buffers free"
                      + (f", {audit.queued} queued" if audit.queued else "")
-                     + (f", {audit.nlost} lost" if audit.nlost else ""))
+                     + (f", {audit.nlost} lost" if audit.nlost else ""),
+                     logging.ERROR if audit.nlost else LOG_NOTICE)
         return RunResult(snapshot(mem, [p.name for p in self.cfg.ports]), self.stop_requested,
                          audit)
 
@@ -547,7 +557,7 @@ def held_by(io: Any) -> list[np.ndarray]:
 
 def restart_worker(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, int | None]],
                    i: int, spec: WorkerSpec, policy: RestartPolicy, io: Any,
-                   say: Callable[[str], None],
+                   say: Callable[..., None],
                    restarting: dict[int, tuple[float, int, int]]) -> mp.process.BaseProcess:
     """Recover the dead forwarding worker `procs[i]` with every other agent paused
     (engine/control/recovery.py), then start it again on the same rings, pool partition,
@@ -579,12 +589,12 @@ def restart_worker(mem: EngineMemory, procs: list[tuple[mp.process.BaseProcess, 
     proc.start()
     restarting[agent] = (t0, proc.pid or 0, int(mem.state[agent, ST_LOOPS]))
     say(f"fwd: {dead.name} (pid {dead.pid}) {how}: {recovery.describe()}; restarted as "
-        f"pid {proc.pid}")
+        f"pid {proc.pid}", logging.WARNING)
     return proc
 
 
 def announce_restarted(mem: EngineMemory, restarting: dict[int, tuple[float, int, int]],
-                       say: Callable[[str], None]) -> None:
+                       say: Callable[..., None]) -> None:
     """Tell when a restarted worker has made its first pass (its restart latency)."""
     for agent, (t0, pid, loops) in list(restarting.items()):
         if started(mem, agent, pid) and int(mem.state[agent, ST_LOOPS]) != loops:
