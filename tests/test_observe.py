@@ -28,6 +28,7 @@ import pytest
 from rich.console import Console
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import Ether
+from test_capture_filter import pcapng_blocks
 
 from engine.cli.client import ControlError, request
 from engine.cli.trace_format import format_trace
@@ -487,10 +488,16 @@ def test_trace_and_capture_commands_on_an_idle_engine(engine, tmp_path):
     r = fwd("capture", "p7", "-w", str(out), "--socket", str(path))
     assert r.returncode == 1 and "no port 'p7'" in r.stderr
     # - is standard output (for tcpdump -r -, Wireshark -k -i -): a pcap header at once
-    r = subprocess.run([sys.executable, "-m", "engine.cli", "capture", "any", "-w", "-",
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "capture", "p1", "-w", "-",
                         "--duration", "0.3", "--socket", str(path)], cwd=ROOT,
                        capture_output=True, timeout=60)
     assert r.returncode == 0 and b"0 frames written to standard output" in r.stderr
     assert r.stdout == struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    # any: pcapng, its section header and one interface per port at once
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "capture", "any", "-w", "-",
+                        "--duration", "0.3", "--socket", str(path)], cwd=ROOT,
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0 and b"0 frames written to standard output" in r.stderr
+    assert [k for k, _ in pcapng_blocks(r.stdout)] == [0x0A0D0D0A, 1, 1, 1]
     assert not (ROOT / "-").exists()
     assert np.all(request(path, {"cmd": "stats"})["ok"])

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -240,6 +241,31 @@ def test_capture_path_is_a_pcap_tcpdump_reads(live, tmp_path):
     assert r.returncode == 0, r.stderr
     t = subprocess.run(["tcpdump", "-nn", "-e", "-r", str(out)], capture_output=True, text=True)
     assert t.returncode == 0 and len(t.stdout.splitlines()) == 2, t.stdout + t.stderr
+
+
+def test_capture_any_with_a_filter_writes_the_matching_frames_with_their_port(live,
+                                                                              tmp_path):
+    """tcpdump's words: odd IP IDs only (the sender numbers its frames with the ID);
+    `any` writes pcapng, whose interface of each frame is the port it came in on."""
+    sock, h1, _, _ = live
+    out = tmp_path / "odd.pcapng"
+    r = subprocess.run([*FWD, "capture", "any", "-w", str(out), "--count", "4",
+                        "--socket", str(sock), "udp", "and", "ip[5]", "&", "1", "=", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "4 frames written" in r.stderr, r.stderr
+    from test_capture_filter import pcapng_blocks
+
+    blocks = pcapng_blocks(out.read_bytes())
+    # each interface's first option is its if_name (code 2)
+    names = [b[12: 12 + struct.unpack_from("<HH", b, 8)[1]].decode()
+             for k, b in blocks if k == 1]
+    assert names[:2] == ["p0", "p1"]
+    got = [(struct.unpack_from("<I", b)[0], b[20: 20 + struct.unpack_from("<I", b, 12)[0]])
+           for k, b in blocks if k == 6]
+    numbers = [number(f) for _, f in got]
+    assert [n % 2 for n in numbers] == [1, 1, 1, 1]
+    assert numbers == list(range(numbers[0], numbers[0] + 8, 2))  # no odd one missed
+    assert got == [(0, bytes(sent(n, h1))) for n in numbers]  # as received on p0
 
 
 def test_metrics_are_scraped_from_the_host_namespace(live):

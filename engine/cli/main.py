@@ -269,32 +269,48 @@ def trace(count: int, port: str | None, timeout: float | None, as_json: bool,
 
 @main.command()
 @click.argument("port_name", metavar="PORT")
+@click.argument("expression", nargs=-1)
 @click.option("--at", "point", type=click.Choice(["rx", "tx", "drop"]), default="rx",
               show_default=True,
               help="rx: as received (before any rewrite); tx: as the fast path sends them; "
                    "drop: what the fast path drops (reasons are printed at the end).")
 @click.option("-w", "--write", "path", required=True, type=click.Path(dir_okay=False,
                                                                      allow_dash=True),
-              help="The pcap file to write (classic pcap, as tcpdump -w); - for standard "
-                   "output, written as frames come (fwd capture p0 -w - | tcpdump -r -).")
+              help="The file to write; - for standard output, written as frames come "
+                   "(fwd capture p0 -w - | tcpdump -r -). A port: classic pcap, as tcpdump "
+                   "-w; any: pcapng with one interface per port, so a reader sees which "
+                   "port each frame used.")
 @click.option("--count", type=click.IntRange(1), default=None,
               help="Stop after this many frames (default: until Ctrl-C or --duration).")
 @click.option("--duration", type=click.FloatRange(0), default=None,
               help="Stop after this many seconds.")
 @socket_option
-def capture(port_name: str, point: str, path: str, count: int | None, duration: float | None,
-            socket_path: str | None) -> None:
-    """Write the frames seen on PORT (or `any`) at a point of the fast path to a pcap
-    that tcpdump and Wireshark read. Capturing never slows forwarding down: frames a
-    full capture ring cannot take are counted as lost."""
+def capture(port_name: str, expression: tuple[str, ...], point: str, path: str,
+            count: int | None, duration: float | None, socket_path: str | None) -> None:
+    """Write the frames seen on PORT (or `any`) at a point of the fast path to a file
+    that tcpdump and Wireshark read; EXPRESSION, when given, is a tcpdump filter
+    (`fwd capture p0 -w x.pcap udp and dst host 10.0.2.2`), compiled by libpcap, and
+    only matching frames are written (and counted by --count). Capturing never slows
+    forwarding down: frames a full capture ring cannot take are counted as lost."""
     import time
 
+    from engine.cli.bpf import Filter, FilterError
     from engine.counters import Drop
-    from engine.io.pcap import PcapError, PcapWriter, cannot_write
+    from engine.io.pcap import PcapError, PcapngWriter, PcapWriter, cannot_write
 
     msg: dict[str, Any] = {"cmd": "capture.start", "at": point}
     if port_name != "any":
         msg["port"] = port_name
+    match = None
+    if expression:
+        try:
+            match = Filter(" ".join(expression))
+        except FilterError as err:
+            click.echo(f"fwd: capture: {err}", err=True)
+            sys.exit(EXIT_CONFIG)
+    # `any` names each frame's port: pcapng interfaces, in the engine's port order
+    ports = ([r["name"] for r in _call(socket_path, {"cmd": "port.show"})["ports"]]
+             if port_name == "any" else None)
     to_stdout = path == "-"
     try:
         out = sys.stdout.buffer if to_stdout else open(path, "wb")  # noqa: SIM115
@@ -308,12 +324,21 @@ def capture(port_name: str, point: str, path: str, count: int | None, duration: 
     writer = None
     failed: PcapError | None = None
     try:
-        writer = PcapWriter(out)
+        writer = PcapWriter(out) if ports is None else PcapngWriter(out, ports)
         while count is None or writer.frames < count:
             want = 4096 if count is None else min(4096, count - writer.frames)
-            reply = _call(socket_path, {"cmd": "capture.read", "gen": gen, "max": want})
-            frames = reply["frames"][:want]
-            writer.write([f[4] for f in frames], [f[0] for f in frames])
+            # unfiltered, the engine sends no more than asked; filtered, what it has
+            reply = _call(socket_path, {"cmd": "capture.read", "gen": gen,
+                                        "max": want if match is None else 4096})
+            frames = reply["frames"]
+            if match is not None:
+                frames = [f for f in frames if match.matches(f[4])]
+            frames = frames[:want]
+            if ports is None:
+                writer.write([f[4] for f in frames], [f[0] for f in frames])
+            else:
+                writer.write([f[4] for f in frames], [f[0] for f in frames],
+                             [f[2] for f in frames])
             if point == "drop":
                 for f in frames:
                     reasons[Drop(f[3]).name] = reasons.get(Drop(f[3]).name, 0) + 1
