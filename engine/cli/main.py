@@ -98,10 +98,11 @@ def run(config: str, as_json: bool, keep_running: bool, socket_path: str | None,
     from engine.control.supervisor import EngineError, RunStopped
     from engine.control.supervisor import run as run_engine
     from engine.io.pcap import PcapError
-    from engine.workers.loop import name_process
+    from engine.workers.loop import name_process, set_title
 
     cfg = _load_or_exit(config)
     name_process("fwd")  # the control process, beside its fwd-worker-N and fwd-slowpath
+    set_title(f"fwd: control {config}")
     explicit = socket_path or cfg.engine.control_socket
     # a long replay's progress bar: on a terminal, not for a reader of the JSON
     bar = ReplayProgress() if sys.stdout.isatty() and not as_json else None

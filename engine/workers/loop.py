@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from engine.shm.memory import (
@@ -22,6 +23,8 @@ from engine.shm.memory import (
     EngineMemory,
 )
 
+# `ps aux` titles of the processes whose names are not a worker's
+TITLES = {"fwd-slowpath": "fwd: slow path"}
 MAX_IDLE_SLEEP = 0.001
 PAUSE_SLEEP = 0.0002
 PR_SET_PDEATHSIG = 1
@@ -51,7 +54,9 @@ def poll_loop(mem: EngineMemory, agent: int, poll: Callable[[], int],
     parent = int(mem.state[AGENT_IO, ST_PID])
     die_with_parent()  # from now on its death is a SIGTERM; before, getppid() tells
     if parent:
-        name_process(multiprocessing.current_process().name)
+        name = multiprocessing.current_process().name
+        name_process(name)
+        set_title(TITLES.get(name, name.replace("fwd-worker-", "fwd: worker ")))
     idle_sleep = 0.0
     while True:
         pause = int(mem.ctl[CTL_PAUSE])
@@ -94,6 +99,25 @@ def name_process(name: str) -> None:
         _libc().prctl(PR_SET_NAME, name.encode()[: TASK_COMM_LEN - 1], 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the name stays
         pass
+
+
+def set_title(title: str) -> None:
+    """The command line `ps aux`, `ps -f` and htop show (/proc/PID/cmdline), as
+    setproctitle does on Linux: the title is written over the process's own argv
+    strings, between the kernel's arg_start and arg_end (/proc/self/stat fields 48 and
+    49), padded with NULs. Python copied argv at start-up, so nothing reads that memory
+    again; a title longer than the original command line is cut to its length."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        # fields[0] is the state, field 3 of proc(5): arg_start is field 48
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, IndexError, ValueError):  # not Linux, or an old kernel: keep it
+        return
+    room = end - start
+    if room <= 1:
+        return
+    raw = title.encode()[: room - 1]
+    ctypes.memmove(start, raw + bytes(room - len(raw)), room)
 
 
 def die_with_parent() -> None:
