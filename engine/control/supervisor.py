@@ -68,7 +68,8 @@ from engine.shm.memory import (
 from engine.workers.forwarder import WorkerSpec, prepare_compiled, worker_main
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
-JOIN_TIMEOUT_S = 5.0
+JOIN_TIMEOUT_S = 5.0  # an agent stopping that makes no pass for this long is stuck
+STOP_LIMIT_S = 120.0  # and one still busy after this long is stopped anyway
 STARTUP_TIMEOUT_S = 60.0
 MAX_IDLE_S = 0.002  # longest sleep of the I/O loop while input may still come
 PROGRESS_S = 0.2  # how often a replay's progress is reported
@@ -249,17 +250,20 @@ class _Run:
         except ConfigError as err:
             self.say(f"fwd: reload: {format_config_error(str(path), err)}; nothing changed")
             return
-        if new.engine.log_level != cfg.engine.log_level:  # the one [engine] key a reload sets
-            logging.getLogger("fwd").setLevel(new.engine.log_level.upper())
-            self.say(f"fwd: reload: log level {new.engine.log_level}", LOG_NOTICE)
-            cfg = replace(cfg, engine=replace(cfg.engine, log_level=new.engine.log_level))
-            self.cfg = cfg
+        # [engine] log_level is the one [engine] key a reload sets
+        same_engine = replace(new.engine, log_level=cfg.engine.log_level)
         others = [f.name for f in fields(Config) if f.name not in ("path", "routes")
-                  and getattr(new, f.name) != getattr(cfg, f.name)]
+                  and (same_engine if f.name == "engine" else getattr(new, f.name))
+                  != getattr(cfg, f.name)]
         if "ports" in others or "neighbors" in others:
             self.say(f"fwd: reload: {path}: [[port]] or [[neighbor]] changed; restart the "
                      "engine to apply them; nothing changed")
             return
+        if new.engine.log_level != cfg.engine.log_level:
+            logging.getLogger("fwd").setLevel(new.engine.log_level.upper())
+            self.say(f"fwd: reload: log level {new.engine.log_level}", LOG_NOTICE)
+            cfg = replace(cfg, engine=replace(cfg.engine, log_level=new.engine.log_level))
+            self.cfg = cfg
         try:
             done = self.routing.reload_routes(new.routes)
         except RouteError as err:
@@ -462,11 +466,13 @@ class _Run:
         then flush (live) or write (pcap) the ports."""
         self.mem.ctl[CTL_STOP] = 1
         error: PcapError | None = None  # an output that failed on the way: said at the end
-        for proc, _ in self.procs:
+        g = self.mem.geometry
+        for proc, reader in self.procs:
+            agent = g.slowpath_agent if reader == g.nworkers else g.worker_agent(reader)
             if proc is self.slowpath:
-                error = join_draining(proc, self.io)
+                error = join_draining(proc, self.io, self.mem, agent)
             else:
-                proc.join(JOIN_TIMEOUT_S)
+                join_while_busy(proc, self.mem, agent)
         try:
             self.io.drain()
         except PcapError as err:
@@ -603,19 +609,42 @@ def announce_restarted(mem: EngineMemory, restarting: dict[int, tuple[float, int
                 "after its death was seen")
 
 
-def join_draining(proc: mp.process.BaseProcess, io: Any) -> PcapError | None:
+def join_while_busy(proc: mp.process.BaseProcess, mem: EngineMemory, agent: int,
+                    between: Callable[[], None] | None = None) -> None:
+    """Wait for an agent to exit as long as it is still making passes: on a machine
+    whose CPUs are taken by others (a starved or niced engine) draining may take
+    longer than JOIN_TIMEOUT_S, and the pool is only checked once every agent is gone.
+    One that makes no pass for JOIN_TIMEOUT_S (stuck), or that is still going after
+    STOP_LIMIT_S, is left to close() (SIGTERM, then SIGKILL)."""
+    t0 = last = time.monotonic()
+    loops = int(mem.state[agent, ST_LOOPS])
+    while proc.is_alive():
+        now = time.monotonic()
+        if now - last > JOIN_TIMEOUT_S or now - t0 > STOP_LIMIT_S:
+            return
+        if between is not None:
+            between()
+        proc.join(MAX_IDLE_S if between is not None else 0.05)
+        if (n := int(mem.state[agent, ST_LOOPS])) != loops:
+            loops, last = n, time.monotonic()
+
+
+def join_draining(proc: mp.process.BaseProcess, io: Any, mem: EngineMemory,
+                  agent: int) -> PcapError | None:
     """Wait for the slow path to exit while collecting what it sends: on its way out
     it times out the reassembly queues due at the end of the capture (ICMP time
     exceeded) and flushes the rest, and it waits for TX room rather than drop. An
     output that fails meanwhile does not stop the collecting: its error is returned."""
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
     error = None
-    while proc.is_alive() and time.monotonic() < deadline:
+
+    def drain() -> None:
+        nonlocal error
         try:
             io.drain()
         except PcapError as err:
             error = error or err
-        proc.join(MAX_IDLE_S)
+
+    join_while_busy(proc, mem, agent, drain)
     return error
 
 
