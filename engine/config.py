@@ -1,6 +1,6 @@
 """Deployment config: one TOML file, parsed into typed, validated objects.
 
-The contract is in DESIGN.md ("Contract: config").  `load_config` either returns a
+Every section and key is described in docs/config.md.  `load_config` either returns a
 fully validated `Config` or raises `ConfigError` whose message names the key and the
 problem (e.g. ``port[1].mac: '02:00:zz:00:00:01' is not a MAC address``).
 
