@@ -185,9 +185,10 @@ def test_trace_is_printed_one_block_per_packet_one_line_per_stage(router):
     first = blocks[0].splitlines()
     assert first[0].startswith("Packet 1: worker0 port p0, 62 bytes")
     assert [line.split(":")[0].strip() for line in first[1:]] == [
-        "ethernet", "ipv4", "ip_rcv", "ip_route_input", "ip_route_input", "ip_forward",
+        "ethernet", "ipv4", "udp", "ip_rcv", "ip_route_input", "ip_route_input", "ip_forward",
         "neigh_output", "rewrite", "verdict"]
     assert "ipv4: 10.0.1.2 > 10.0.2.2 udp" in blocks[0]
+    assert "  udp: 1001 > 9 length 28\n" in blocks[0]  # udp(): sport 1000 + seq, 20 bytes
     assert f"neigh_output: 10.0.2.2 is at {MAC['h2']} (static neighbour)" in blocks[0]
     assert f"rewrite: {MAC['p1']} > {MAC['h2']} ttl 63" in blocks[0]
     assert blocks[0].endswith("verdict: forward on p1, 62 bytes")
@@ -501,3 +502,19 @@ def test_trace_and_capture_commands_on_an_idle_engine(engine, tmp_path):
     assert [k for k, _ in pcapng_blocks(r.stdout)] == [0x0A0D0D0A, 1, 1, 1]
     assert not (ROOT / "-").exists()
     assert np.all(request(path, {"cmd": "stats"})["ok"])
+
+
+def test_trace_shows_the_transport_header_as_tcpdump_would():
+    """L4 words from the received bytes: TCP ports, flags and sequence, ICMP type and
+    code; none for a fragment that is not the first (it carries no transport header)."""
+    from scapy.layers.inet import ICMP, TCP
+
+    from engine.pipeline.rcv import l4_line
+
+    tcp = bytes(Ether() / IP() / TCP(sport=4000, dport=80, flags="SA", seq=7))
+    assert l4_line(tcp, 34, 6, 0) == ("tcp", "4000 > 80 flags [SA] seq 7")
+    echo = bytes(Ether() / IP() / ICMP(type=8, code=0))
+    assert l4_line(echo, 34, 1, 0) == ("icmp", "type 8 code 0 (echo request)")
+    assert l4_line(bytes(udp("10.0.2.2", 3)), 34, 17, 0x2000) == ("udp", "1003 > 9 length 28")
+    assert l4_line(bytes(udp("10.0.2.2", 3)), 34, 17, 0x0010) is None  # offset 128
+    assert l4_line(tcp[:40], 34, 6, 0) is None  # the received bytes end before the flags

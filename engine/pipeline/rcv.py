@@ -36,7 +36,16 @@ from engine.pipeline.verdict import (
     first_match,
     slow,
 )
-from engine.proto import ETH_HLEN, ETH_P_ARP_LE, ETH_P_IP, ETH_P_IP_LE, IP_DF, IP_MF, MAC48
+from engine.proto import (
+    ETH_HLEN,
+    ETH_P_ARP_LE,
+    ETH_P_IP,
+    ETH_P_IP_LE,
+    IP_DF,
+    IP_MF,
+    IP_OFFSET,
+    MAC48,
+)
 
 
 @dataclass
@@ -143,6 +152,33 @@ def rcv_record(b: Batch, t: Tables) -> dict[str, np.ndarray]:
             "saddr": h.saddr, "daddr": h.daddr}
 
 
+TCP_FLAGS = "FSRPAUEC"  # RFC 793/3168 flag bits, lowest first (tcpdump's letters)
+ICMP_TYPES = {0: "echo reply", 3: "destination unreachable", 5: "redirect", 8: "echo request",
+              11: "time exceeded", 12: "parameter problem", 13: "timestamp",
+              14: "timestamp reply"}
+
+
+def l4_line(hdr: bytes, off: int, protocol: int, frag_off: int) -> TraceLine | None:
+    """The transport header's first words when the received bytes hold them: ports
+    for UDP and TCP (with TCP's flags), type and code for ICMP. Not for a fragment
+    other than the first: it carries no transport header (RFC 791)."""
+    if frag_off & IP_OFFSET:
+        return None
+    if protocol == 17 and len(hdr) >= off + 8:
+        return ("udp", f"{int.from_bytes(hdr[off:off + 2], 'big')} > "
+                       f"{int.from_bytes(hdr[off + 2:off + 4], 'big')} "
+                       f"length {int.from_bytes(hdr[off + 4:off + 6], 'big')}")
+    if protocol == 6 and len(hdr) >= off + 14:
+        flags = "".join(c for i, c in enumerate(TCP_FLAGS) if hdr[off + 13] >> i & 1)
+        return ("tcp", f"{int.from_bytes(hdr[off:off + 2], 'big')} > "
+                       f"{int.from_bytes(hdr[off + 2:off + 4], 'big')} flags [{flags or 'none'}] "
+                       f"seq {int.from_bytes(hdr[off + 4:off + 8], 'big')}")
+    if protocol == 1 and len(hdr) >= off + 2:
+        kind = ICMP_TYPES.get(hdr[off])
+        return ("icmp", f"type {hdr[off]} code {hdr[off + 1]}" + (f" ({kind})" if kind else ""))
+    return None
+
+
 def rcv_lines(r: Mapping[str, Any], text: TraceText) -> list[TraceLine]:
     """The frame's Ethernet and IPv4 headers as received, then what ip_rcv decided."""
     hdr = r["hdr_in"]
@@ -162,6 +198,9 @@ def rcv_lines(r: Mapping[str, Any], text: TraceText) -> list[TraceLine]:
             f"version {hdr[14] >> 4} ihl {ihl} tos 0x{hdr[15]:02x} tot_len {r['tot_len']} "
             f"id 0x{ident:04x} frag_off 0x{frag:04x}{' ' + flags if flags else ''} "
             f"ttl {r['ttl']} checksum 0x{csum:04x}"))
+        l4 = l4_line(hdr, 14 + ihl * 4, r["protocol"], frag)
+        if l4 is not None:
+            lines.append(l4)
     if r["rcv_code"]:
         lines.append((None, text.code(r["rcv_code"])))
         return lines
