@@ -43,14 +43,14 @@ def pair(groups: int) -> tuple[FibWriter, FibWriter]:
 
 
 def assert_same_state(a: FibWriter, b: FibWriter, slash24s: slice = slice(None)) -> None:
-    """The shared tables, the private depths and group lists, the route dicts equal
+    """The shared tables, the private depths and group lists, the route sets equal
     (tbl24 and its depths only over `slash24s`: the whole of them takes ~50 ms)."""
     # noqa: SLF001 below - white-box: the writer's private state
     assert (a._tbl24[slash24s] == b._tbl24[slash24s]).all()  # noqa: SLF001
     assert (a._d24[slash24s] == b._d24[slash24s]).all()  # noqa: SLF001
     assert (a._tbl8 == b._tbl8).all() and (a._d8 == b._d8).all()  # noqa: SLF001
     assert a._free == b._free and list(a._deferred) == list(b._deferred)  # noqa: SLF001
-    assert a.generation == b.generation and a._routes == b._routes  # noqa: SLF001
+    assert a.generation == b.generation and sorted(a.routes()) == sorted(b.routes())
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -91,7 +91,9 @@ def test_compiled_lookup_takes_every_input_numpy_takes():
             assert outcome(jit, addrs, make_out()) == outcome(npy, addrs, make_out())
     # every kernel was compiled (or loaded) on import, for the types it is called with
     assert all(not k._can_compile for k in  # noqa: SLF001
-               (fib_kernels.lookup, fib_kernels.update, fib_kernels.build, fib_kernels.publish))
+               (fib_kernels.lookup, fib_kernels.change, fib_kernels.apply, fib_kernels.build,
+                fib_kernels.publish, fib_kernels.routes_with, fib_kernels.route_items,
+                fib_kernels.route_get))
 
 
 def test_unknown_impl():
