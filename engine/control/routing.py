@@ -418,15 +418,13 @@ class Routing:
             except FibError as err:
                 raise RouteError(f"{err}; nothing was applied") from None
         else:
-            done: list[Route] = []
-            for n, route in plans:
-                try:
-                    self.fib.add(route.prefix, route.prefix_len, route.nh)
-                except FibError as err:
-                    for r in reversed(done):  # deletes need no tbl8 group: cannot fail
-                        self.fib.delete(r.prefix, r.prefix_len)
-                    raise RouteError(f"line {n}: {err}; nothing was applied") from None
-                done.append(route)
+            try:  # one FibWriter.apply: the compiled kernels add the whole load in one call
+                self.fib.apply([(r.prefix, r.prefix_len, r.nh) for _, r in plans])
+            except FibError as err:  # Tbl8Exhausted part way: undo the ones before
+                done = err.applied  # type: ignore[attr-defined]
+                # deletes need no tbl8 group: cannot fail
+                self.fib.apply([(r.prefix, r.prefix_len, 0) for _, r in reversed(plans[:done])])
+                raise RouteError(f"line {plans[done][0]}: {err}; nothing was applied") from None
         for _, route in plans:
             self.static[route.key] = route
         return [r for _, r in plans]

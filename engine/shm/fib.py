@@ -509,13 +509,18 @@ class FibWriter(FibReader):
             # the usual call (plain ints, compiled kernels) straight to the kernel, which
             # checks the ranges itself: one compiled call is most of the update
             free = self._free
-            status = self._change(
-                self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
-                self._counts, self._gen, prefix, prefix_len, nh, True, free[-1] if free else -1,
-            )  # fmt: skip
-            if status:
-                self._changed(status, prefix, prefix_len, nh, True)
-            return
+            try:
+                status = self._change(
+                    self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
+                    self._counts, self._gen, prefix, prefix_len, nh, True,
+                    free[-1] if free else -1,
+                )  # fmt: skip
+            except OverflowError:  # an int past int64: the checks below say which
+                pass
+            else:
+                if status:
+                    self._changed(status, prefix, prefix_len, nh, True)
+                return
         self._check_open()
         prefix, prefix_len = _check_route(prefix, prefix_len)
         nh = operator.index(nh)
@@ -538,13 +543,17 @@ class FibWriter(FibReader):
     def delete(self, prefix: int, prefix_len: int) -> None:
         """Delete a route (KeyError if absent); the next less-specific route takes over."""
         if self._change is not None and type(prefix) is type(prefix_len) is int:
-            status = self._change(
-                self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
-                self._counts, self._gen, prefix, prefix_len, 0, False, -1,
-            )  # fmt: skip
-            if status:
-                self._changed(status, prefix, prefix_len, 0, False)
-            return
+            try:
+                status = self._change(
+                    self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
+                    self._counts, self._gen, prefix, prefix_len, 0, False, -1,
+                )  # fmt: skip
+            except OverflowError:  # an int past int64: the checks below say which
+                pass
+            else:
+                if status:
+                    self._changed(status, prefix, prefix_len, 0, False)
+                return
         self._check_open()
         prefix, prefix_len = _check_route(prefix, prefix_len)
         if self._k is not None:
@@ -611,7 +620,8 @@ class FibWriter(FibReader):
                 self._counts, self._gen, p[done:], plen[done:], nh[done:], spare, freed,
             )  # fmt: skip
             del self._free[len(self._free) - used :]  # spare[:used], taken from the top
-            self._release(freed[:n_freed].tolist())
+            for g in freed[:n_freed].tolist():  # as one delete at a time would: a token each
+                self._release([g])
             done += n
             if status == k.DONE:
                 break
