@@ -1,5 +1,6 @@
-"""The FIB's compiled paths (numba): batch lookup, single-route update, bulk build and
-its publication, over the arrays `engine.shm.fib` maps.
+"""The FIB's compiled paths (numba): batch lookup; route changes (one, or a batch) with
+the writer's route set, which lives here as a hash table in arrays; bulk build and
+its publication; over the arrays `engine.shm.fib` maps.
 
 Same layout, encoding and store order as the numpy paths in `engine.shm.fib` (which
 see); `tests/test_fib_kernels.py` checks both give identical answers and tables.
