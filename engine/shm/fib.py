@@ -395,6 +395,7 @@ class FibWriter(FibReader):
             # its 13 arguments (its one signature is declared): the check would add
             # 0.3-0.7 µs to the call's ~0.8 µs (measured; unboxing the 8 arrays is most)
             self._change = next(iter(self._k.change.overloads.values())).entry_point
+            self._apply = next(iter(self._k.apply.overloads.values())).entry_point
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -611,7 +612,6 @@ class FibWriter(FibReader):
         self._fit_routes(int(np.count_nonzero(adds)))  # the route set never fills mid-batch
         long_adds = np.cumsum(adds & (plen > 24))  # an upper bound on the groups needed
         long_dels = np.cumsum(~adds & (plen > 24))  # on the groups freed
-        apply = next(iter(k.apply.overloads.values())).entry_point
         done = 0
         while done < p.size:
             before = int(long_adds[done - 1]) if done else 0
@@ -619,7 +619,7 @@ class FibWriter(FibReader):
             spare = np.array(self._free[len(self._free) - n_spare :][::-1], dtype=np.int64)
             freed = np.empty(int(long_dels[-1]) - (int(long_dels[done - 1]) if done else 0),
                              dtype=np.int64)  # fmt: skip
-            n, status, used, n_freed = apply(
+            n, status, used, n_freed = self._apply(
                 self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
                 self._counts, self._gen, p[done:], plen[done:], nh[done:], spare, freed,
             )  # fmt: skip
