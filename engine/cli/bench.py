@@ -146,7 +146,7 @@ def rows_fib(d: dict[str, Any]) -> list[Row]:
     u, a = d["updates_with_reader"], d["updates_alone"]
     out.append(row("fib", "updates with a reader running", "k/s", u["median"] / 1e3, u["spread"],
                    "updates alone", a["median"] / 1e3, a["spread"], kind="updates",
-                   note="one add/delete call per change (`fwd route add`)"))
+                   note="one add/delete call per change"))
     if "batched_updates_with_reader" in d:  # FibWriter.apply batches (a routing feed)
         u, a = d["batched_updates_with_reader"], d["batched_updates_alone"]
         out.append(row("fib", f"updates with a reader running, apply() of {d['update_batch']}",
