@@ -1,10 +1,11 @@
 """FIB benchmark (issue 3): a realistic ~1M-prefix table, its build time and memory,
 lookups/s per core at batch 1024 (uniform over the address space, uniform over the
-table, Zipf-skewed), update rate while a reader process looks up, and pytricia (a C
+table, Zipf-skewed), update rates while a reader process looks up (one add/delete call
+per change, and `FibWriter.apply` batches of `--update-batch`), and pytricia (a C
 Patricia trie) on the same lookups as the peer when it is installed.
 
     .venv/bin/python perf/bench_fib.py [--prefixes 1000000] [--repeat 5] [--impl jit,numpy]
-                                       [--json FILE]
+                                       [--update-batch 256] [--json FILE]
 
 Every rate is the median of `--repeat` runs, printed with its spread ((max - min) /
 median): on a shared machine a best-of-N hides how noisy the runs were, a median
@@ -205,9 +206,20 @@ class Churn:
         return out
 
 
-def update_rate(fib: FibWriter, churn: Churn, n_updates: int) -> float:
-    """add/delete calls per second over n_updates churn operations."""
+def update_rate(fib: FibWriter, churn: Churn, n_updates: int, batch: int = 1) -> float:
+    """Route changes per second over n_updates churn operations: one add/delete call
+    each (batch 1, what `fwd route add` does), or `FibWriter.apply` calls of `batch`
+    (prefix, len, nh) triples each, nh 0 deleting (what a routing daemon's feed
+    gives); the triples' conversion to arrays inside apply is timed too."""
     ops = churn.ops(n_updates)
+    if batch > 1:
+        triples = [(a, b, c if op else 0) for op, a, b, c in ops]
+        batches = [triples[i : i + batch] for i in range(0, len(triples), batch)]
+        apply = fib.apply
+        t0 = CLOCK()
+        for updates in batches:
+            apply(updates)
+        return len(ops) / (CLOCK() - t0)
     add, delete = fib.add, fib.delete
     t0 = CLOCK()
     for op, a, b, c in ops:
@@ -219,7 +231,7 @@ def update_rate(fib: FibWriter, churn: Churn, n_updates: int) -> float:
 
 
 def with_reader_rate(fib: FibWriter, churn: Churn, reader_addrs: np.ndarray,
-                     n_updates: int) -> tuple[float, int]:
+                     n_updates: int, batch: int = 1) -> tuple[float, int]:
     """Updates/s (see `update_rate`) while a reader process (same impl, pinned to the
     last CPU) looks up in batches of 1024 and calls quiescent() after each; and the
     lookups it did meanwhile."""
@@ -232,7 +244,7 @@ def with_reader_rate(fib: FibWriter, churn: Churn, reader_addrs: np.ndarray,
         if not started.wait(120):
             raise RuntimeError("the reader process did not attach")
         time.sleep(0.2)  # let it run
-        rate = update_rate(fib, churn, n_updates)
+        rate = update_rate(fib, churn, n_updates, batch)
     finally:
         stop.set()
     lookups = out.get(timeout=60)
@@ -249,6 +261,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5,
                     help="runs of each measurement; the median is reported")
     ap.add_argument("--updates", type=int, default=200_000)
+    ap.add_argument("--update-batch", type=int, default=256,
+                    help="changes per FibWriter.apply call for the batched update rates "
+                    "(the single-update rates are measured too); 0: single only")
     ap.add_argument("--impl", default=",".join(IMPLS),
                     help=f"FIB implementations to measure, comma-separated ({', '.join(IMPLS)});"
                     " the first one's figures are the JSON's top-level ones")
@@ -386,28 +401,39 @@ def main() -> None:
         reader_addrs = traffic(p, plen, 1 << 20, "table")
         affinity = os.sched_getaffinity(0)
         _pin(0)
-        with_reader: dict[str, list[float]] = {i: [] for i in impls}
-        reader_lookups: dict[str, list[int]] = {i: [] for i in impls}
-        for _ in range(args.repeat):
+        # single updates, then (--update-batch) apply() batches; each with a reader
+        # process running and alone, the impls' runs interleaved
+        modes = [("", 1)] + ([("batched_", args.update_batch)] if args.update_batch > 1 else [])
+        for prefix, batch in modes:
+            with_reader: dict[str, list[float]] = {i: [] for i in impls}
+            reader_lookups: dict[str, list[int]] = {i: [] for i in impls}
+            for _ in range(args.repeat):
+                for i in impls:
+                    rate, n = with_reader_rate(fibs[i], churns[i], reader_addrs, args.updates,
+                                               batch)
+                    with_reader[i].append(rate)
+                    reader_lookups[i].append(n)
+            alone: dict[str, list[float]] = {i: [] for i in impls}
+            for _ in range(args.repeat):
+                for i in impls:
+                    alone[i].append(update_rate(fibs[i], churns[i], args.updates, batch))
+            how = "one add/delete call each" if batch == 1 else f"apply() of {batch}"
             for i in impls:
-                rate, n = with_reader_rate(fibs[i], churns[i], reader_addrs, args.updates)
-                with_reader[i].append(rate)
-                reader_lookups[i].append(n)
-        alone: dict[str, list[float]] = {i: [] for i in impls}
-        for _ in range(args.repeat):
-            for i in impls:
-                alone[i].append(update_rate(fibs[i], churns[i], args.updates))
+                b = by[i]
+                b[f"{prefix}updates_per_s_with_reader"], spread = median_spread(with_reader[i])
+                b[f"{prefix}updates_with_reader"] = summary(with_reader[i])
+                b[f"{prefix}reader_lookups"] = reader_lookups[i]
+                print(f"[{i}] updates ({how}) with a reader process running: "
+                      f"{b[f'{prefix}updates_per_s_with_reader']:,.0f}/s ({spread:.0%}; the "
+                      f"reader did {statistics.median(reader_lookups[i]):,.0f} lookups "
+                      "meanwhile, median)")
+                b[f"{prefix}updates_per_s_alone"], spread = median_spread(alone[i])
+                b[f"{prefix}updates_alone"] = summary(alone[i])
+                print(f"[{i}] updates ({how}) alone: "
+                      f"{b[f'{prefix}updates_per_s_alone']:,.0f}/s ({spread:.0%})")
+        res["update_batch"] = args.update_batch
         os.sched_setaffinity(0, affinity)
         for i in impls:
-            by[i]["updates_per_s_with_reader"], spread = median_spread(with_reader[i])
-            by[i]["updates_with_reader"] = summary(with_reader[i])
-            by[i]["reader_lookups"] = reader_lookups[i]
-            print(f"[{i}] updates with a reader process running: "
-                  f"{by[i]['updates_per_s_with_reader']:,.0f}/s ({spread:.0%}; the reader did "
-                  f"{statistics.median(reader_lookups[i]):,.0f} lookups meanwhile, median)")
-            by[i]["updates_per_s_alone"], spread = median_spread(alone[i])
-            by[i]["updates_alone"] = summary(alone[i])
-            print(f"[{i}] updates alone: {by[i]['updates_per_s_alone']:,.0f}/s ({spread:.0%})")
             by[i]["tbl8_after_churn"] = fibs[i].stats()
         res["repeat"] = args.repeat
         res.update(by[impls[0]])  # the top-level figures: the first impl's

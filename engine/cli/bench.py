@@ -145,7 +145,13 @@ def rows_fib(d: dict[str, Any]) -> list[Row]:
                            note="peer skipped: pytricia not installed (pip install -e '.[perf]')"))
     u, a = d["updates_with_reader"], d["updates_alone"]
     out.append(row("fib", "updates with a reader running", "k/s", u["median"] / 1e3, u["spread"],
-                   "updates alone", a["median"] / 1e3, a["spread"], kind="updates"))
+                   "updates alone", a["median"] / 1e3, a["spread"], kind="updates",
+                   note="one add/delete call per change"))
+    if "batched_updates_with_reader" in d:  # FibWriter.apply batches (a routing feed)
+        u, a = d["batched_updates_with_reader"], d["batched_updates_alone"]
+        out.append(row("fib", f"updates with a reader running, apply() of {d['update_batch']}",
+                       "k/s", u["median"] / 1e3, u["spread"], "updates alone",
+                       a["median"] / 1e3, a["spread"], kind="updates-batched"))
     return out
 
 

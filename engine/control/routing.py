@@ -508,20 +508,15 @@ class Routing:
             except FibError as err:
                 raise RouteError(f"{err}; nothing was applied") from None
         else:
-            done: list[tuple[Route, Route | None]] = []
-            for n, route, old in plans:
-                try:
-                    self.fib.add(route.prefix, route.prefix_len, route.nh)
-                except FibError as err:
-                    # undoing needs no tbl8 group (a delete, or the old next hop back in
-                    # the entry it had): cannot fail
-                    for r, was in reversed(done):
-                        if was is None:
-                            self.fib.delete(r.prefix, r.prefix_len)
-                        else:
-                            self.fib.add(was.prefix, was.prefix_len, was.nh)
-                    raise RouteError(f"line {n}: {err}; nothing was applied") from None
-                done.append((route, old))
+            try:  # one FibWriter.apply: the compiled kernels add the whole load in one call
+                self.fib.apply([(r.prefix, r.prefix_len, r.nh) for _, r, _ in plans])
+            except FibError as err:  # Tbl8Exhausted part way: undo the ones before
+                done = err.applied  # type: ignore[attr-defined]
+                # undoing needs no tbl8 group (a delete, or the old next hop back in the
+                # entry it had): cannot fail
+                self.fib.apply([(r.prefix, r.prefix_len, 0 if was is None else was.nh)
+                                for _, r, was in reversed(plans[:done])])
+                raise RouteError(f"line {plans[done][0]}: {err}; nothing was applied") from None
         for _, route, _ in plans:
             self.static[route.key] = route
         added = sum(1 for _, _, old in plans if old is None)

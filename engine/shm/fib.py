@@ -351,9 +351,12 @@ class FibWriter(FibReader):
               fills (shorter prefixes first, so longer ones overwrite them), then
               publish it by rewriting only the entries that differ, under the same rules.
 
-    The route dict `{(prefix, len): nh}` beside the arrays is the source of truth
-    (`routes()`, the covering-route search, `bulk_load`). Each published change bumps
-    the generation. When a group is needed and none is free, the writer waits up to
+    The route set `{prefix/len: nh}` beside the arrays is the source of truth
+    (`routes()`, the covering-route search, `bulk_load`): with the compiled kernels a
+    hash table in arrays they own (`fib_kernels`), so that an add or delete, covering
+    route and generation included, is one compiled call, and `apply` does a whole
+    batch of them in one; with numpy a dict. Each published change bumps the
+    generation. When a group is needed and none is free, the writer waits up to
     `reclaim_timeout` seconds for readers to move on, then raises `Tbl8Exhausted` with
     the table unchanged."""
 
@@ -371,20 +374,28 @@ class FibWriter(FibReader):
         self._d24 = np.zeros(TBL24_SIZE, dtype=np.uint8)
         self._d8 = np.zeros(self._groups * GROUP_SIZE, dtype=np.uint8)
         self._d8_2d = self._d8.reshape(self._groups, GROUP_SIZE)
-        # key: prefix << 6 | prefix_len (an int hashes and compares faster than a tuple:
-        # a delete's covering-route search probes it once per length the table has)
-        self._routes: dict[int, int] = {}
-        # routes per length, and per length d the present lengths < d, longest
-        # first: the covering-route search skips lengths nobody uses
-        self._len_count = [0] * 33
-        self._recount()
         # LIFO: a just-freed group is likely still in cache
         self._free: list[int] = list(range(self._groups - 1, -1, -1))
         self._deferred: deque[tuple[int, list[int]]] = deque()
-        # the compiled update called straight, past the dispatcher's check of its 11
-        # arguments (its one signature is declared): 1.4 of a delete's 4.8 µs went there
-        self._update = (None if self._k is None
-                        else next(iter(self._k.update.overloads.values())).entry_point)
+        if self._k is None:
+            # key: prefix << 6 | prefix_len (an int hashes and compares faster than a
+            # tuple: a delete's covering-route search probes it once per length present)
+            self._routes: dict[int, int] = {}
+            # routes per length, and per length d the present lengths < d, longest
+            # first: the covering-route search skips lengths nobody uses
+            self._len_count = [0] * 33
+            self._recount()
+            self._change = None
+        else:
+            # the route set in arrays the kernels own (fib_kernels' hash table): add and
+            # delete, the covering-route search included, are one compiled call
+            self._rt = np.full((_MIN_ROUTE_ROWS, 2), self._k.EMPTY, dtype=np.int64)
+            self._counts = np.zeros(self._k.TOTAL + 1, dtype=np.int64)
+            # the compiled change called straight, past the dispatcher's type check of
+            # its 13 arguments (its one signature is declared): the check would add
+            # 0.3-0.7 µs to the call's ~0.8 µs (measured; unboxing the 8 arrays is most)
+            self._change = next(iter(self._k.change.overloads.values())).entry_point
+            self._apply = next(iter(self._k.apply.overloads.values())).entry_point
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -433,8 +444,12 @@ class FibWriter(FibReader):
             pass
 
     def __repr__(self) -> str:
-        n = "" if self._closed else f", {len(self._routes)} routes"
+        n = "" if self._closed else f", {len(self)} routes"
         return f"<FibWriter {self.name!r}{n}>"
+
+    def close(self) -> None:
+        self._change = None  # add/delete take the checked path, which says "closed"
+        super().close()
 
     def _ext_entry(self, group: int) -> int:
         """The tbl24 entry that leads to `group`: (group - G) * 256 as a uint32."""
@@ -446,26 +461,34 @@ class FibWriter(FibReader):
     # ------------------------------------------------------------------ route table
 
     def routes(self) -> Iterator[tuple[int, int, int]]:
-        """(prefix, prefix_len, nh) of every route in insertion order."""
+        """(prefix, prefix_len, nh) of every route (in no particular order)."""
         self._check_open()
-        for key, nh in list(self._routes.items()):
-            yield key >> 6, key & 63, nh
+        if self._k is None:
+            for key, nh in list(self._routes.items()):
+                yield key >> 6, key & 63, nh
+            return
+        p, plen, nh = self._k.route_items(self._rt)
+        yield from zip(p.tolist(), plen.tolist(), nh.tolist(), strict=True)
 
     def get(self, prefix: int, prefix_len: int) -> int | None:
         """Next hop of exactly this route, or None."""
         self._check_open()
-        return self._routes.get(prefix << 6 | prefix_len)
+        if self._k is None:
+            return self._routes.get(prefix << 6 | prefix_len)
+        if not (0 <= prefix_len <= 32 and 0 <= prefix <= 0xFFFF_FFFF):
+            return None
+        nh = self._k.route_get(self._rt, prefix << 6 | prefix_len)
+        return None if nh < 0 else nh
 
     def __len__(self) -> int:
         self._check_open()
-        return len(self._routes)
+        return len(self._routes) if self._k is None else int(self._counts[self._k.TOTAL])
 
     def __contains__(self, route: object) -> bool:
         self._check_open()
         if not (isinstance(route, tuple) and len(route) == 2):
             return False
-        prefix, prefix_len = route
-        return prefix << 6 | prefix_len in self._routes
+        return self.get(*route) is not None
 
     def stats(self, reclaim: bool = True) -> dict[str, int]:
         """tbl8 group usage; reclaims what readers have released first (only the
@@ -475,7 +498,7 @@ class FibWriter(FibReader):
             self._reclaim(0.0)
         deferred = sum(len(gs) for _, gs in list(self._deferred))  # one C call: a snapshot
         return {
-            "routes": len(self._routes),
+            "routes": len(self),
             "tbl8_groups": self._groups,
             "tbl8_free": len(self._free),
             "tbl8_deferred": deferred,
@@ -487,14 +510,31 @@ class FibWriter(FibReader):
 
     def add(self, prefix: int, prefix_len: int, nh: int) -> None:
         """Add prefix/prefix_len → nh, replacing the route's next hop if present."""
+        if self._change is not None and type(prefix) is type(prefix_len) is type(nh) is int:
+            # the usual call (plain ints, compiled kernels) straight to the kernel, which
+            # checks the ranges itself: one compiled call is most of the update
+            free = self._free
+            try:
+                status = self._change(
+                    self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
+                    self._counts, self._gen, prefix, prefix_len, nh, True,
+                    free[-1] if free else -1,
+                )  # fmt: skip
+            except OverflowError:  # an int past int64: the checks below say which
+                pass
+            else:
+                if status:
+                    self._changed(status, prefix, prefix_len, nh, True)
+                return
         self._check_open()
         prefix, prefix_len = _check_route(prefix, prefix_len)
         nh = operator.index(nh)
         if not 1 <= nh <= MAX_NH:
             raise ValueError(f"next-hop index {nh} not in 1..{MAX_NH}")
         if self._k is not None:
-            self._update_jit(prefix, prefix_len, nh, prefix_len, True)
-        elif prefix_len <= 24:
+            self._change_checked(prefix, prefix_len, nh, True)
+            return
+        if prefix_len <= 24:
             lo = prefix >> 8
             self._update24(lo, lo + (1 << (24 - prefix_len)), prefix_len, nh, prefix_len, True)
         else:
@@ -507,15 +547,28 @@ class FibWriter(FibReader):
 
     def delete(self, prefix: int, prefix_len: int) -> None:
         """Delete a route (KeyError if absent); the next less-specific route takes over."""
+        if self._change is not None and type(prefix) is type(prefix_len) is int:
+            try:
+                status = self._change(
+                    self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
+                    self._counts, self._gen, prefix, prefix_len, 0, False, -1,
+                )  # fmt: skip
+            except OverflowError:  # an int past int64: the checks below say which
+                pass
+            else:
+                if status:
+                    self._changed(status, prefix, prefix_len, 0, False)
+                return
         self._check_open()
         prefix, prefix_len = _check_route(prefix, prefix_len)
+        if self._k is not None:
+            self._change_checked(prefix, prefix_len, 0, False)
+            return
         key = prefix << 6 | prefix_len
         if key not in self._routes:
             raise KeyError(_fmt(prefix, prefix_len))
         sub_nh, sub_len = self._covering(prefix, prefix_len)
-        if self._k is not None:
-            self._update_jit(prefix, prefix_len, sub_nh, sub_len, False)
-        elif prefix_len <= 24:
+        if prefix_len <= 24:
             lo = prefix >> 8
             hi = lo + (1 << (24 - prefix_len))
             self._update24(lo, hi, prefix_len, sub_nh, sub_len, False)
@@ -525,6 +578,113 @@ class FibWriter(FibReader):
         self._count_length(prefix_len, -1)
         self._gen[0] += 1
 
+    def apply(
+        self, updates: Iterable[tuple[int, int, int]] | tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> int:
+        """Apply route changes in order, as `add` and `delete` one at a time would:
+        (prefix, prefix_len, nh) adds the route or replaces its next hop, nh 0 deletes
+        it. For a feed of changes (a routing daemon's, `route load`): the compiled
+        kernels do the whole batch in one call. `updates` is an iterable of triples or
+        a tuple of three arrays. Returns the number applied (all of them).
+
+        Every change is published on its own (readers may see any prefix of the
+        batch, one generation each). A bad triple (ValueError) is found before
+        anything changes; a delete of a route that is not there (KeyError) or
+        Tbl8Exhausted stops the batch there: the changes before it stay applied and
+        the exception's `applied` attribute says how many they were."""
+        self._check_open()
+        p, plen, nh = _route_arrays(updates, deletes=True)
+        if self._k is None:
+            done = 0
+            try:
+                for a, b, c in zip(p.tolist(), plen.tolist(), nh.tolist(), strict=True):
+                    if c:
+                        self.add(a, b, c)
+                    else:
+                        self.delete(a, b)
+                    done += 1
+            except (KeyError, Tbl8Exhausted) as err:
+                err.applied = done  # type: ignore[attr-defined]
+                raise
+            return done
+        k = self._k
+        adds = nh != 0
+        self._fit_routes(int(np.count_nonzero(adds)))  # the route set never fills mid-batch
+        long_adds = np.cumsum(adds & (plen > 24))  # an upper bound on the groups needed
+        long_dels = np.cumsum(~adds & (plen > 24))  # on the groups freed
+        done = 0
+        while done < p.size:
+            before = int(long_adds[done - 1]) if done else 0
+            n_spare = min(len(self._free), int(long_adds[-1]) - before)
+            spare = np.array(self._free[len(self._free) - n_spare :][::-1], dtype=np.int64)
+            freed = np.empty(int(long_dels[-1]) - (int(long_dels[done - 1]) if done else 0),
+                             dtype=np.int64)  # fmt: skip
+            n, status, used, n_freed = self._apply(
+                self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
+                self._counts, self._gen, p[done:], plen[done:], nh[done:], spare, freed,
+            )  # fmt: skip
+            del self._free[len(self._free) - used :]  # spare[:used], taken from the top
+            for g in freed[:n_freed].tolist():  # as one delete at a time would: a token each
+                self._release([g])
+            done += n
+            if status == k.DONE:
+                break
+            try:
+                if status == k.NEED_GROUP:
+                    self._reserve(1)  # waits for readers, or raises Tbl8Exhausted
+                elif status == k.NO_ROUTE:
+                    raise KeyError(_fmt(int(p[done]), int(plen[done])))
+                elif status == k.ROUTES_FULL:
+                    self._fit_routes(int(np.count_nonzero(adds[done:])))
+                else:
+                    raise AssertionError(f"fib_kernels.apply: status {status}")
+            except (KeyError, Tbl8Exhausted) as err:
+                err.applied = done  # type: ignore[attr-defined]
+                raise
+        return done
+
+    def _changed(self, status: int, prefix: int, prefix_len: int, nh: int, add: bool) -> None:
+        """The rest of an add or delete after the compiled change returned `status`:
+        take or release a group, or deal with what stopped it (nothing changed then)."""
+        k = self._k
+        if status == k.DONE_NEW_GROUP:
+            self._free.pop()  # the kernel took the top group we passed it
+        elif status >= k.FREED:
+            self._release([status - k.FREED])
+        elif status == k.NO_ROUTE:
+            raise KeyError(_fmt(prefix, prefix_len))
+        elif status == k.INVALID:
+            # the plain checks say what is wrong (they raise)
+            _check_route(prefix, prefix_len)
+            if add and not 1 <= nh <= MAX_NH:
+                raise ValueError(f"next-hop index {nh} not in 1..{MAX_NH}")
+            raise AssertionError(f"fib_kernels.change: {_fmt(prefix, prefix_len)} invalid")
+        elif status == k.NEED_GROUP:
+            self._reserve(1)  # waits for readers, or raises Tbl8Exhausted: nothing changed
+            self._change_checked(prefix, prefix_len, nh, add)
+        elif status == k.ROUTES_FULL:
+            self._fit_routes(1)
+            self._change_checked(prefix, prefix_len, nh, add)
+        else:
+            raise AssertionError(f"fib_kernels.change: status {status}")
+
+    def _change_checked(self, prefix: int, prefix_len: int, nh: int, add: bool) -> None:
+        """The compiled change for checked ints (add/delete's other callers)."""
+        free = self._free
+        status = self._change(
+            self._tbl24, self._d24, self._tbl8, self._d8, self._groups, self._rt,
+            self._counts, self._gen, prefix, prefix_len, nh, add, free[-1] if free else -1,
+        )  # fmt: skip
+        if status:
+            self._changed(status, prefix, prefix_len, nh, add)
+
+    def _fit_routes(self, more: int) -> None:
+        """Grow the compiled route set so that `more` new routes fit (at most half full)."""
+        need = 2 * (int(self._counts[self._k.TOTAL]) + more)
+        if need > len(self._rt):
+            self._rt, self._counts = self._k.routes_with(
+                self._rt, *_NO_ROUTES, _rows_for(need // 2))
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("FIB is closed")
@@ -532,7 +692,7 @@ class FibWriter(FibReader):
     def _covering(self, prefix: int, prefix_len: int) -> tuple[int, int]:
         """(nh, len) of the longest route strictly shorter than prefix_len that covers
         prefix; (0, 0) when there is none (0 is "no route", and an empty entry has
-        shadow depth 0)."""
+        shadow depth 0). The numpy path's; the compiled one's is fib_kernels._covering."""
         get = self._routes.get
         for plen in self._shorter[prefix_len]:  # only lengths the table has
             nh = get((prefix & _MASKS[plen]) << 6 | plen)
@@ -548,19 +708,6 @@ class FibWriter(FibReader):
     def _recount(self) -> None:
         present = [n for n in range(33) if self._len_count[n]]
         self._shorter = tuple(tuple(n for n in reversed(present) if n < d) for d in range(33))
-
-    def _update_jit(self, prefix: int, plen: int, nh: int, new_depth: int, add: bool) -> None:
-        """add/delete's table work in one compiled call (`fib_kernels.update`: the
-        same steps as _update24, _add_long and _delete_long below)."""
-        g = -1
-        if add and plen > 24 and not self._tbl24[prefix >> 8] & EXT:
-            g = self._alloc_group()  # may raise Tbl8Exhausted: nothing changed yet
-        freed = self._update(
-            self._tbl24, self._d24, self._tbl8, self._d8, self._groups,
-            prefix, plen, nh, new_depth, add, g,
-        )  # fmt: skip
-        if freed >= 0:
-            self._release([freed])
 
     def _update24(self, lo: int, hi: int, depth: int, nh: int, new_depth: int, add: bool) -> None:
         """Rewrite tbl24[lo:hi] (and the groups under it) for a route of length depth <= 24.
@@ -734,6 +881,9 @@ class FibWriter(FibReader):
         Tbl8Exhausted or ValueError nothing changes."""
         self._check_open()
         p, plen, nh = _route_arrays(routes)
+        if self._k is not None:
+            self._bulk_load_compiled(p, plen, nh)
+            return
         keys = (p.astype(np.int64) << 6 | plen.astype(np.int64)).tolist()
         new = dict(zip(keys, nh.tolist(), strict=True))
         if self._routes or len(new) != len(p):
@@ -751,6 +901,17 @@ class FibWriter(FibReader):
         self._routes = merged
         self._len_count = np.bincount(plen, minlength=33).tolist()
         self._recount()
+        self._gen[0] += 1
+
+    def _bulk_load_compiled(self, p: np.ndarray, plen: np.ndarray, nh: np.ndarray) -> None:
+        k = self._k
+        had = int(self._counts[k.TOTAL])
+        # a new route set (the current one stays until the publication is done)
+        rt, counts = k.routes_with(self._rt, p, plen, nh, _rows_for(had + p.size))
+        if had or int(counts[k.TOTAL]) != p.size:  # old routes, or a prefix given twice
+            p, plen, nh = k.route_items(rt)
+        self._publish(*k.build(p, plen, nh))
+        self._rt, self._counts = rt, counts
         self._gen[0] += 1
 
     def _publish(
@@ -809,8 +970,10 @@ class FibWriter(FibReader):
 
 def _route_arrays(
     routes: Iterable[tuple[int, int, int]] | tuple[np.ndarray, np.ndarray, np.ndarray],
+    deletes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validated (prefix uint32, len uint8, nh uint32) arrays."""
+    """Validated (prefix uint32, len uint8, nh uint32) arrays; with `deletes`, nh 0
+    (a delete, for `apply`) is valid too."""
     if (
         isinstance(routes, tuple)
         and len(routes) == 3
@@ -822,15 +985,26 @@ def _route_arrays(
     else:
         arr = np.array(list(routes), dtype=np.int64).reshape(-1, 3)
         p, plen, nh = arr[:, 0], arr[:, 1], arr[:, 2]
-    bad = (plen < 0) | (plen > 32) | (p < 0) | (p > 0xFFFF_FFFF) | (nh < 1) | (nh > MAX_NH)
+    bad = (plen < 0) | (plen > 32) | (p < 0) | (p > 0xFFFF_FFFF) | (nh < (0 if deletes else 1))
+    bad |= nh > MAX_NH
     bad |= (p & (0xFFFF_FFFF >> np.clip(plen, 0, 32))) != 0  # host bits set
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"route #{i} (prefix {int(p[i]):#x}, len {int(plen[i])}, nh {int(nh[i])}) is invalid:"
-            f" needs len 0..32, no host bits, nh 1..{MAX_NH}"
+            f" needs len 0..32, no host bits, nh {0 if deletes else 1}..{MAX_NH}"
         )
     return p.astype(np.uint32), plen.astype(np.uint8), nh.astype(np.uint32)
+
+
+# the compiled route set's smallest size (rows; it doubles as it fills)
+_MIN_ROUTE_ROWS = 64
+_NO_ROUTES = (np.empty(0, np.uint32), np.empty(0, np.uint8), np.empty(0, np.uint32))
+
+
+def _rows_for(n: int) -> int:
+    """Rows of a compiled route set for n routes: a power of two, at most half full."""
+    return max(_MIN_ROUTE_ROWS, 1 << (2 * n - 1).bit_length())
 
 
 # fill ranges with one fancy assignment while a length's index matrix stays this small

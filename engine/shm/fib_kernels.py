@@ -1,5 +1,6 @@
-"""The FIB's compiled paths (numba): batch lookup, single-route update, bulk build and
-its publication, over the arrays `engine.shm.fib` maps.
+"""The FIB's compiled paths (numba): batch lookup; route changes (one, or a batch) with
+the writer's route set, which lives here as a hash table in arrays; bulk build and
+its publication; over the arrays `engine.shm.fib` maps.
 
 Same layout, encoding and store order as the numpy paths in `engine.shm.fib` (which
 see); `tests/test_fib_kernels.py` checks both give identical answers and tables.
@@ -86,11 +87,8 @@ def _update8(t8, d8, base, lo, hi, depth, nh, new_depth, add):
             d8[i] = new_depth
 
 
-@njit(
-    _i64_t(_u32, _u8, _u32, _u8, _i64_t, _i64_t, _i64_t, _i64_t, _i64_t, types.boolean, _i64_t),
-    **_OPTS,
-)
-def update(t24, d24, t8, d8, groups, prefix, plen, nh, new_depth, add, new_group):
+@njit(**_OPTS)
+def _update(t24, d24, t8, d8, groups, prefix, plen, nh, new_depth, add, new_group):
     """One route's change to the tables (FibWriter._update24 / _add_long /
     _delete_long): add (nh, new_depth = plen) or delete (the covering route's nh and
     depth).  A /25../32 added under a plain tbl24 entry goes into `new_group`, which
@@ -134,6 +132,228 @@ def update(t24, d24, t8, d8, groups, prefix, plen, nh, new_depth, add, new_group
     t24[i] = t8[base]
     d24[i] = d8[base]
     return base // GROUP_SIZE
+
+
+# ---------------------------------------------------------------------- the route set
+#
+# The writer's routes, {prefix/plen: nh}, as an open-addressing hash table the compiled
+# code owns: `routes` is int64[capacity, 2], row = (key, nh), key = prefix << 6 | plen
+# (as FibWriter's), EMPTY marking a free row; linear probing from the key's home row,
+# at most half full (a miss, which the covering-route search is mostly made of, then
+# reads ~2.5 rows, usually one cache line).  `counts` is int64[34]: routes per length
+# 0..32, then their total; the covering-route search skips lengths nobody uses.
+
+EMPTY = -1  # key 0 is 0.0.0.0/0, a real route
+TOTAL = 33  # counts[TOTAL]: number of routes
+_FIB_HASH = np.uint64(0x9E37_79B9_7F4A_7C15)  # 2^64 / golden ratio (Fibonacci hashing)
+
+# what `change` returns (FibWriter.add/delete/apply act on it)
+DONE = 0
+DONE_NEW_GROUP = 1  # done, and new_group is now in use
+FREED = 2  # FREED + g: done, and group g was emptied and unlinked (to be released)
+NO_ROUTE = -1  # delete of a route the table does not have
+NEED_GROUP = -2  # a /25../32 needs a tbl8 group and new_group was -1; nothing changed
+ROUTES_FULL = -3  # the route set must grow first (FibWriter grows it); nothing changed
+INVALID = -4  # prefix, length or next hop out of range; nothing changed
+MAX_NH = (1 << 24) - 1
+
+_routes_t = types.Array(types.int64, 2, "C")
+_u64 = types.Array(types.uint64, 1, "C")
+
+
+@njit(**_OPTS)
+def _home(key, nrows):
+    # the product's high half mixes every bit of the key; nrows is a power of two
+    return np.int64((np.uint64(key) * _FIB_HASH) >> np.uint64(32)) & (nrows - 1)
+
+
+@njit(**_OPTS)
+def _find(routes, key):
+    """Row of `key`, or -1."""
+    last = routes.shape[0] - 1
+    i = _home(key, routes.shape[0])
+    while True:
+        k = routes[i, 0]
+        if k == key:
+            return i
+        if k == EMPTY:
+            return -1
+        i = (i + 1) & last
+
+
+@njit(**_OPTS)
+def _insert(routes, key, nh):
+    """Put key -> nh in a row (the key is not in the table, which has room)."""
+    last = routes.shape[0] - 1
+    i = _home(key, routes.shape[0])
+    while routes[i, 0] != EMPTY:
+        i = (i + 1) & last
+    routes[i, 0] = key
+    routes[i, 1] = nh
+
+
+@njit(**_OPTS)
+def _remove(routes, row):
+    """Empty `row`, moving later rows of the same probe run back into the gap so that
+    every key stays reachable from its home row (no tombstones: deletes do not make
+    later misses longer)."""
+    last = routes.shape[0] - 1
+    gap = row
+    j = row
+    while True:
+        j = (j + 1) & last
+        k = routes[j, 0]
+        if k == EMPTY:
+            break
+        home = _home(k, routes.shape[0])
+        # the key at j may move to the gap unless its home lies cyclically in (gap, j]
+        if (gap < home <= j) if gap <= j else (gap < home or home <= j):
+            continue
+        routes[gap, 0] = k
+        routes[gap, 1] = routes[j, 1]
+        gap = j
+    routes[gap, 0] = EMPTY
+
+
+@njit(**_OPTS)
+def _covering(routes, counts, prefix, plen):
+    """(nh, length) of the longest route shorter than plen that covers prefix, or
+    (0, 0): what a deleted route's entries fall back to."""
+    for length in range(plen - 1, -1, -1):
+        if counts[length]:
+            net = prefix & ((0xFFFF_FFFF << (32 - length)) & 0xFFFF_FFFF)
+            row = _find(routes, net << 6 | length)
+            if row >= 0:
+                return routes[row, 1], length
+    return 0, 0
+
+
+@njit(**_OPTS)
+def _change(t24, d24, t8, d8, groups, routes, counts, prefix, plen, nh, add, new_group):
+    """Add (replace) or delete one route: the route set and the tables, in one call.
+    Returns DONE, DONE_NEW_GROUP, FREED + g, or an error code (nothing changed)."""
+    if not (0 <= plen <= 32 and 0 <= prefix <= 0xFFFF_FFFF):
+        return INVALID
+    if prefix & (0xFFFF_FFFF >> plen) or (add and not 1 <= nh <= MAX_NH):
+        return INVALID
+    key = prefix << 6 | plen
+    row = _find(routes, key)
+    if add:
+        if row < 0 and 2 * (counts[TOTAL] + 1) > routes.shape[0]:
+            return ROUTES_FULL
+        takes_group = plen > 24 and not t24[prefix >> 8] & EXT
+        if takes_group and new_group < 0:
+            return NEED_GROUP
+        _update(t24, d24, t8, d8, groups, prefix, plen, nh, plen, True, new_group)
+        if row >= 0:
+            routes[row, 1] = nh
+        else:
+            _insert(routes, key, nh)
+            counts[plen] += 1
+            counts[TOTAL] += 1
+        return DONE_NEW_GROUP if takes_group else DONE
+    if row < 0:
+        return NO_ROUTE
+    sub_nh, sub_len = _covering(routes, counts, prefix, plen)
+    freed = _update(t24, d24, t8, d8, groups, prefix, plen, sub_nh, sub_len, False, -1)
+    _remove(routes, row)
+    counts[plen] -= 1
+    counts[TOTAL] -= 1
+    return DONE if freed < 0 else FREED + freed
+
+
+@njit(
+    _i64_t(_u32, _u8, _u32, _u8, _i64_t, _routes_t, _i64, _u64,
+           _i64_t, _i64_t, _i64_t, types.boolean, _i64_t),
+    **_OPTS,
+)  # fmt: skip
+def change(t24, d24, t8, d8, groups, routes, counts, gen, prefix, plen, nh, add, new_group):
+    """FibWriter.add / delete: `_change`, then the generation bumped if it was done."""
+    status = _change(t24, d24, t8, d8, groups, routes, counts, prefix, plen, nh, add, new_group)
+    if status >= 0:
+        _store_barrier()  # a reader that sees the new generation sees the new entries
+        gen[0] += 1
+    return status
+
+
+@njit(
+    types.UniTuple(_i64_t, 4)(_u32, _u8, _u32, _u8, _i64_t, _routes_t, _i64, _u64,
+                              _u32, _u8, _u32, _i64, _i64),
+    **_OPTS,
+)  # fmt: skip
+def apply(t24, d24, t8, d8, groups, routes, counts, gen, prefixes, plens, nhs, spare, freed):
+    """FibWriter.apply: the changes in order, nh 0 deleting, as `change` one by one
+    (the generation bumped after each), until the first that fails. A /25../32 that
+    needs a group takes the next of `spare`; groups emptied go to `freed` (none is
+    reused within the call: readers may still be in it). Returns (changes done,
+    status of the one that stopped the run or DONE, spares used, groups freed)."""
+    used = 0
+    nfreed = 0
+    for i in range(prefixes.size):
+        nh = np.int64(nhs[i])
+        status = _change(t24, d24, t8, d8, groups, routes, counts, np.int64(prefixes[i]),
+                         np.int64(plens[i]), nh, nh != 0, spare[used] if used < spare.size else -1)
+        if status < 0:
+            return i, status, used, nfreed
+        if status == DONE_NEW_GROUP:
+            used += 1
+        elif status >= FREED:
+            freed[nfreed] = status - FREED
+            nfreed += 1
+        _store_barrier()
+        gen[0] += 1
+    return prefixes.size, DONE, used, nfreed
+
+
+@njit(types.Tuple((_routes_t, _i64))(_routes_t, _u32, _u8, _u32, _i64_t), **_OPTS)
+def routes_with(routes, prefixes, plens, nhs, nrows):
+    """A new route set of `nrows` rows (a power of two, at least twice the routes):
+    the routes of `routes`, then (prefixes, plens, nhs) added or replacing. For
+    growing the set (no new routes) and for bulk_load; `routes` is left as it is."""
+    out = np.full((nrows, 2), EMPTY, np.int64)
+    counts = np.zeros(TOTAL + 1, np.int64)
+    for r in range(routes.shape[0]):
+        key = routes[r, 0]
+        if key != EMPTY:
+            _insert(out, key, routes[r, 1])
+            counts[key & 63] += 1
+    for i in range(prefixes.size):
+        key = np.int64(prefixes[i]) << 6 | plens[i]
+        row = _find(out, key)
+        if row >= 0:
+            out[row, 1] = nhs[i]
+        else:
+            _insert(out, key, nhs[i])
+            counts[plens[i]] += 1
+    counts[TOTAL] = counts[:TOTAL].sum()
+    return out, counts
+
+
+@njit(types.Tuple((_u32, _u8, _u32))(_routes_t), **_OPTS)
+def route_items(routes):
+    """(prefixes, lengths, next hops) of every route, in row order."""
+    n = 0
+    for r in range(routes.shape[0]):
+        n += routes[r, 0] != EMPTY
+    p = np.empty(n, np.uint32)
+    plen = np.empty(n, np.uint8)
+    nh = np.empty(n, np.uint32)
+    j = 0
+    for r in range(routes.shape[0]):
+        key = routes[r, 0]
+        if key != EMPTY:
+            p[j] = key >> 6
+            plen[j] = key & 63
+            nh[j] = routes[r, 1]
+            j += 1
+    return p, plen, nh
+
+
+@njit(_i64_t(_routes_t, _i64_t), **_OPTS)
+def route_get(routes, key):
+    """Next hop of the route `key` (prefix << 6 | plen), or -1."""
+    row = _find(routes, key)
+    return routes[row, 1] if row >= 0 else -1
 
 
 @njit(types.Tuple((_u32, _u8, _i64, _u32_2d, _u8_2d))(_u32, _u8, _u32), **_OPTS)
