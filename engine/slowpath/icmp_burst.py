@@ -1,0 +1,439 @@
+"""ICMP errors for a run of packets at once: what `Kernel.ip_forward`/`ip_error` and
+`icmp_send` do for a packet the fast path found to need an error (TTL exceeded,
+fragmentation needed, an error route), over the pool rows of a burst.
+
+Per packet, the Python path (kernel.py) costs some 20 µs, nearly all of it in the
+interpreter: a `Packet`, a dozen calls, `struct` and `bytes` objects, a transmit
+item. Here the same work is split by what it depends on:
+
+    per burst     numba over the pool rows (`read_headers`): which rows are plain
+                  IPv4 without options, their addresses, their frame's packet type
+    per address   the routing answers (`RouteCache`, asked for the run's addresses
+                  together): the route type of the destination (RTCF_BROADCAST,
+                  RTCF_LOCAL), the output route back to the source, the source
+                  address `__icmp_send` picks (`icmp_error_source`)
+    per packet    numba (`may_send_errors`): the checks of `__icmp_send` and RFC 1812
+                  §4.3.2.7, as `icmp.may_send_error`; then, in Python and in arrival
+                  order, only what keeps state: `ip_error`'s per-source budget,
+                  `icmp_ratelimit`/`icmp_global_allow` (`IcmpRateLimiter`) and the IP
+                  ID (`IpIdGenerator`), the very methods the Python path calls
+    per run       numba (`build_errors`): every error's Ethernet and IP header and
+                  ICMP message with the quote (`__icmp_send` + `icmp_push_reply`:
+                  as much of the original as fits in 576 bytes), checksums
+                  included, into one block, handed to `Output.transmit_rows`
+
+Nothing but the cost differs from the packets going one at a time through
+`Kernel.take` (`SlowPath.icmp_bursts = False`; tests/test_icmp_burst.py compares
+frames, counters, rate-limiter and IP ID state over random bursts). For that a run
+is only taken when no reassembly or neighbour timer falls due inside it, every
+packet in it is answered by a route with its next hop's MAC (the neighbour table's
+routes go one at a time: ARP may hold them), and a packet with options (to echo) or
+too short to read goes one at a time. The clock moves packet by packet as
+`Kernel.take` moves it, and what the run sends is queued where the run stands
+among the burst's other output.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numba import njit, types
+
+from engine.counters import ICMP_OUT, Icmp, Misc, Slow, SlowDrop, Snmp, Unsent
+from engine.pipeline.verdict import SLOW
+from engine.proto import ETH_HLEN, IPHDR_LEN, IPPROTO_ICMP
+from engine.shm.memory import NH_BROADCAST, NH_LOCAL
+from engine.slowpath.icmp import (
+    ICMP_DEST_UNREACH,
+    ICMP_ERROR_TYPES,
+    ICMP_EXC_TTL,
+    ICMP_FRAG_NEEDED,
+    ICMP_HDR_LEN,
+    ICMP_MAX_LEN,
+    ICMP_PARAMETERPROB,
+    ICMP_TIME_EXCEEDED,
+    ICMP_TTL,
+    INADDR_DUMMY,
+    IPTOS_PREC_INTERNETCONTROL,
+    IPTOS_TOS_MASK,
+    NR_ICMP_TYPES,
+    select_source,
+)
+from engine.slowpath.packet import OutRoute
+
+if TYPE_CHECKING:
+    from engine.slowpath.kernel import Kernel
+
+# the Slow reasons answered here: (ICMP type, code, drop reason, ip_error's route)
+ERRORS = {
+    Slow.ttl_exceeded: (ICMP_TIME_EXCEEDED, ICMP_EXC_TTL, SlowDrop.ttl_exceeded, False),
+    Slow.frag_needed: (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, SlowDrop.frag_needed, False),
+    Slow.no_route: (ICMP_DEST_UNREACH, 0, SlowDrop.no_route, True),  # ICMP_NET_UNREACH
+    Slow.unreachable: (ICMP_DEST_UNREACH, 1, SlowDrop.unreachable, True),  # HOST_UNREACH
+    Slow.prohibit: (ICMP_DEST_UNREACH, 13, SlowDrop.prohibit, True),  # PKT_FILTERED
+}
+# by verdict code: type, code, route error (0/1); type 0 for codes not answered here
+_BY_CODE = np.zeros((256, 3), dtype=np.int64)
+for _reason, (_type, _code, _, _route) in ERRORS.items():
+    _BY_CODE[SLOW + _reason] = (_type, _code, _route)
+ERROR_CODES = frozenset(SLOW + r for r in ERRORS)
+ERROR_TYPES_MASK = sum(1 << t for t in ICMP_ERROR_TYPES)  # icmp_pointers[].error
+FRAME_MAX = ETH_HLEN + ICMP_MAX_LEN  # the longest error frame
+# what an error counts once it leaves (`ip_local_out`, `icmp_out_count`), by type
+SENT = {t: (Misc.created, Snmp.OutRequests, Icmp.OutMsgs, ICMP_OUT[t])
+        for t in (ICMP_TIME_EXCEEDED, ICMP_DEST_UNREACH)}
+
+_u8_2d = types.Array(types.uint8, 2, "C")
+_u8_2d_any = types.Array(types.uint8, 2, "A")
+_i64 = types.Array(types.int64, 1, "C")
+_u32 = types.Array(types.uint32, 1, "C")
+_b1 = types.Array(types.boolean, 1, "C")
+_OPTS = {"cache": True, "nogil": True}
+
+
+@njit(types.Tuple((_b1, _u32, _u32, _b1))(_u8_2d_any, _i64, _i64, _i64, _u8_2d_any), **_OPTS)
+def read_headers(data, bufs, lengths, in_ports, port_macs):  # type: ignore[no-untyped-def]
+    """For each pool row (a frame trimmed to the IP total length): is it an IPv4
+    header without options, whole (`plain`); its source and destination; was its
+    frame addressed to the ingress port's MAC (`eth_type_trans`: PACKET_HOST)."""
+    n = len(bufs)
+    plain = np.zeros(n, dtype=np.bool_)
+    saddr = np.zeros(n, dtype=np.uint32)
+    daddr = np.zeros(n, dtype=np.uint32)
+    host = np.zeros(n, dtype=np.bool_)
+    for k in range(n):
+        if lengths[k] < ETH_HLEN + IPHDR_LEN:
+            continue
+        f = data[bufs[k]]
+        if f[ETH_HLEN] != 0x45:
+            continue
+        plain[k] = True
+        ip = ETH_HLEN
+        saddr[k] = ((np.uint32(f[ip + 12]) << 24) | (np.uint32(f[ip + 13]) << 16)
+                    | (np.uint32(f[ip + 14]) << 8) | np.uint32(f[ip + 15]))
+        daddr[k] = ((np.uint32(f[ip + 16]) << 24) | (np.uint32(f[ip + 17]) << 16)
+                    | (np.uint32(f[ip + 18]) << 8) | np.uint32(f[ip + 19]))
+        mac = port_macs[in_ports[k]]
+        same = True
+        for b in range(6):
+            if f[b] != mac[b]:
+                same = False
+                break
+        host[k] = same
+    return plain, saddr, daddr, host
+
+
+@njit(_b1(_u8_2d_any, _i64, _i64, _b1, _b1, _i64), **_OPTS)
+def may_send_errors(data, bufs, lengths, host, dst_broadcast, icmp_type):  # type: ignore[no-untyped-def]
+    """`icmp.may_send_error` for each row (its IP packet: the frame after the
+    Ethernet header), with min_icmp_len 1 as `Kernel.icmp_send` calls it: the kernel
+    reads only the inner type byte (`__icmp_send`)."""
+    n = len(bufs)
+    ok = np.zeros(n, dtype=np.bool_)
+    for k in range(n):
+        ip_len = lengths[k] - ETH_HLEN
+        if ip_len < IPHDR_LEN or not host[k] or dst_broadcast[k]:
+            continue
+        f = data[bufs[k]]
+        ip = ETH_HLEN
+        daddr_top = f[ip + 16]
+        if (f[ip + 16] == 0xFF and f[ip + 17] == 0xFF and f[ip + 18] == 0xFF
+                and f[ip + 19] == 0xFF) or 224 <= daddr_top <= 239:
+            continue  # multicast or limited broadcast destination
+        if ((np.int64(f[ip + 6]) << 8) | f[ip + 7]) & 0x1FFF:
+            continue  # RFC 1122 3.2.2: only about the first fragment
+        top = f[ip + 12]
+        if ((top == 0 and f[ip + 13] == 0 and f[ip + 14] == 0 and f[ip + 15] == 0)
+                or (top == 0xFF and f[ip + 13] == 0xFF and f[ip + 14] == 0xFF
+                    and f[ip + 15] == 0xFF)
+                or top == 127 or 224 <= top <= 239):
+            continue  # a martian source: not a unique host (RFC 1812 §4.3.2.7)
+        t = icmp_type[k]
+        if (ERROR_TYPES_MASK >> t) & 1 and f[ip + 9] == IPPROTO_ICMP:
+            ihl = (f[ip] & 0xF) * 4
+            tot_len = (np.int64(f[ip + 2]) << 8) | f[ip + 3]
+            end = max(ihl, min(tot_len, ip_len))
+            if end - ihl < 1:
+                continue  # an empty ICMP part
+            inner = f[ip + ihl]
+            if inner > NR_ICMP_TYPES or (ERROR_TYPES_MASK >> inner) & 1:
+                continue  # never an error about an error (RFC 1122 3.2.2)
+        ok[k] = True
+    return ok
+
+
+@njit(inline="always")
+def _sum16(buf, start, length):  # type: ignore[no-untyped-def]
+    """The one's complement sum (RFC 1071) of buf[start:start+length], an odd length
+    padded with a zero byte, folded to 16 bits."""
+    total = np.int64(0)
+    end = start + length - 1
+    p = start
+    while p < end:
+        total += (np.int64(buf[p]) << 8) | buf[p + 1]
+        p += 2
+    if length & 1:
+        total += np.int64(buf[start + length - 1]) << 8
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@njit(types.void(_u8_2d_any, _i64, _i64, _u8_2d, _i64, _u8_2d, _i64, _i64, _i64, _i64, _i64,
+                 _i64, _i64, _i64), **_OPTS)
+def build_errors(data, bufs, lengths, out, out_len, eth, eth_row, icmp_type, icmp_code,  # type: ignore[no-untyped-def]
+                 info, src, dst, ip_id, room):
+    """Frame k of `out` (its length in `out_len`): the ICMP error about pool row
+    bufs[k] (`icmp.build_error` without echoed options, behind the Ethernet header
+    eth[eth_row[k]]: next hop, our MAC, IPv4). TTL 64, no DF, TOS
+    `0xc0 | (orig_tos & 0x1e)`, the quote cut to `room` bytes."""
+    for k in range(len(bufs)):
+        f = data[bufs[k]]
+        o = out[k]
+        quote = min(lengths[k] - ETH_HLEN, room[k])
+        for b in range(12):
+            o[b] = eth[eth_row[k], b]
+        o[12] = 0x08
+        o[13] = 0x00
+        ip = ETH_HLEN
+        total = IPHDR_LEN + ICMP_HDR_LEN + quote
+        o[ip] = 0x45
+        o[ip + 1] = IPTOS_PREC_INTERNETCONTROL | (f[ETH_HLEN + 1] & IPTOS_TOS_MASK)
+        o[ip + 2] = total >> 8
+        o[ip + 3] = total & 0xFF
+        o[ip + 4] = (ip_id[k] >> 8) & 0xFF
+        o[ip + 5] = ip_id[k] & 0xFF
+        o[ip + 6] = 0
+        o[ip + 7] = 0
+        o[ip + 8] = ICMP_TTL
+        o[ip + 9] = IPPROTO_ICMP
+        o[ip + 10] = 0
+        o[ip + 11] = 0
+        for b in range(4):
+            o[ip + 12 + b] = (src[k] >> (24 - 8 * b)) & 0xFF
+            o[ip + 16 + b] = (dst[k] >> (24 - 8 * b)) & 0xFF
+        check = ~_sum16(o, ip, IPHDR_LEN) & 0xFFFF
+        o[ip + 10] = check >> 8
+        o[ip + 11] = check & 0xFF
+        icmp = ip + IPHDR_LEN
+        word = info[k] & 0xFFFFFFFF
+        if icmp_type[k] == ICMP_PARAMETERPROB:
+            word = (info[k] & 0xFF) << 24  # htonl(pp_ptr << 24)
+        o[icmp] = icmp_type[k]
+        o[icmp + 1] = icmp_code[k]
+        o[icmp + 2] = 0
+        o[icmp + 3] = 0
+        for b in range(4):
+            o[icmp + 4 + b] = (word >> (24 - 8 * b)) & 0xFF
+        for b in range(quote):
+            o[icmp + ICMP_HDR_LEN + b] = f[ETH_HLEN + b]
+        check = ~_sum16(o, icmp, ICMP_HDR_LEN + quote) & 0xFFFF
+        o[icmp + 2] = check >> 8
+        o[icmp + 3] = check & 0xFF
+        out_len[k] = ETH_HLEN + total
+
+
+class IcmpErrors:
+    """ICMP errors for runs of a burst's packets, over `kernel`'s state."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.mem = kernel.mem
+        self.t = kernel.t
+        mac = np.zeros((max(1, len(kernel.port_mac)), 8), dtype=np.uint8)
+        for p, m in enumerate(kernel.port_mac):
+            mac[p, :6] = np.frombuffer(m, dtype=np.uint8)
+        self.port_macs = mac
+        # a frame longer than a pool buffer would be refused by `Output.transmit`
+        self.usable = FRAME_MAX <= self.mem.geometry.bufsize
+
+    def candidates(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Which of a burst's pool rows (the ones taken one at a time) an error run may
+        take: an error reason, a plain IPv4 header. Returns that mask with the rows'
+        headers (`read_headers`: plain, saddr, daddr, host) and verdict codes."""
+        mem = self.mem
+        codes = mem.code[rows].astype(np.int64)
+        bufs = rows.astype(np.int64)
+        lengths = mem.length[rows].astype(np.int64)
+        plain, saddr, daddr, host = read_headers(mem.data, bufs, lengths,
+                                                 mem.port[rows].astype(np.int64),
+                                                 self.port_macs)
+        mask = plain & (_BY_CODE[codes, 0] != 0) if self.usable else np.zeros(len(rows), bool)
+        return mask, bufs, lengths, codes, saddr, daddr, host
+
+    def take(self, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
+             codes: np.ndarray, saddr: np.ndarray, daddr: np.ndarray,
+             host: np.ndarray) -> int:
+        """Answer the first packets of a run of candidates (the arrays describe the
+        run, in arrival order) as `Kernel.take` would, one after the other: as many
+        as no timer falls due among and a route with a MAC answers. Returns how many
+        were taken (0: the first is for `Kernel.take`)."""
+        k = self.kernel
+        routes = k.routes
+        if routes.stale():
+            routes.forget()  # as Kernel.take does before each packet
+        mem = self.mem
+        stamps = mem.ts[rows]
+        clocks = np.maximum.accumulate(np.maximum(stamps, k.clock))
+        # no reassembly or neighbour timer due before the last packet taken
+        n = int(np.searchsorted(clocks, k.next_timer(), side="left"))
+        if n == 0:
+            return 0
+        t = self.t
+        # the routing answers: the destination's route type, the route back
+        dst_nh = np.array(routes.lookups(daddr[:n].tolist()), dtype=np.int64)
+        dst_kind = t.nh_type[dst_nh]
+        back: dict[int, OutRoute | Unsent] = {}
+        answered = np.zeros(n, dtype=bool)
+        src_list = saddr[:n].tolist()
+        for j, a in enumerate(src_list):
+            route = back.get(a)
+            if route is None:
+                route = back[a] = routes.output_route(a)
+            if isinstance(route, OutRoute) and route.mac is None:
+                break  # through the neighbour table, which may hold it for ARP
+            answered[j] = True
+        else:
+            j = n
+        n = j
+        if n == 0:
+            return 0
+        kinds = _BY_CODE[codes[:n]]
+        icmp_type = np.ascontiguousarray(kinds[:, 0])
+        dst_kind = dst_kind[:n]
+        may = may_send_errors(mem.data, bufs[:n], lengths[:n], host[:n],
+                              dst_kind == NH_BROADCAST, icmp_type)
+        # fragmentation needed: the MTU of the egress port of the forward route
+        info = np.zeros(n, dtype=np.int64)
+        frag = np.flatnonzero(icmp_type == ICMP_DEST_UNREACH)
+        frag = frag[kinds[frag, 1] == ICMP_FRAG_NEEDED]
+        if len(frag):
+            pairs = list(zip(saddr[frag].tolist(), daddr[frag].tolist(), strict=True))
+            unique = list(dict.fromkeys(pairs))
+            nh_of = dict(zip(unique, routes.nexthops(unique), strict=True))
+            nh = np.array([nh_of[p] for p in pairs], dtype=np.int64)
+            info[frag] = t.port_mtu[t.nh_port[nh]]
+        self._decide_and_send(n, rows, bufs, lengths, kinds, saddr, daddr, clocks, dst_kind,
+                              may, info, back, src_list)
+        k.clock = int(clocks[n - 1])
+        k.neigh.tick(k.clock)  # nothing due: as after each Kernel.take
+        return n
+
+    def _decide_and_send(self, n: int, rows: np.ndarray, bufs: np.ndarray,
+                         lengths: np.ndarray, kinds: np.ndarray, saddr: np.ndarray,
+                         daddr: np.ndarray, clocks: np.ndarray, dst_kind: np.ndarray,
+                         may: np.ndarray, info: np.ndarray,
+                         back: dict[int, OutRoute | Unsent], src_list: list[int]) -> None:
+        """Per packet in arrival order, what keeps state (`ip_error`'s budget, the rate
+        limits, the IP ID), then every error of the run built at once and queued."""
+        k = self.kernel
+        t = self.t
+        limiter = k.limiter
+        next_id = k.ids.next_id
+        allow = limiter.allow
+        allow_route_error = limiter.allow_route_error
+        ratelimit = k.ratelimit
+        unsent: dict[Unsent, int] = {}
+        dropped: dict[SlowDrop, int] = {}
+        # the source address per route back (`icmp_error_source`, not local)
+        route_src: dict[int, int] = {}
+        route_eth: dict[int, int] = {}
+        eth_rows: list[bytes] = []
+        room_of: dict[int, int] = {}
+        built: list[int] = []
+        srcs: list[int] = []
+        ids: list[int] = []
+        eth_row: list[int] = []
+        rooms: list[int] = []
+        ports: list[int] = []
+        kinds_l = kinds.tolist()
+        clock_l = clocks[:n].tolist()
+        local_l = (dst_kind == NH_LOCAL).tolist()
+        may_l = may.tolist()
+        daddr_l = daddr[:n].tolist()
+        for j in range(n):
+            icmp_type, code, route_error = kinds_l[j]
+            reason = ERROR_REASON[(icmp_type, code, route_error)]
+            try:
+                dst = src_list[j]
+                clock = clock_l[j]
+                if route_error and ratelimit and not allow_route_error(dst, clock):
+                    unsent[Unsent.ratelimited] = unsent.get(Unsent.ratelimited, 0) + 1
+                elif not may_l[j]:
+                    unsent[Unsent.suppressed] = unsent.get(Unsent.suppressed, 0) + 1
+                else:
+                    route = back[dst]
+                    if not isinstance(route, OutRoute):
+                        unsent[route] = unsent.get(route, 0) + 1
+                    elif not allow(dst, icmp_type, code, clock):
+                        unsent[Unsent.ratelimited] = unsent.get(Unsent.ratelimited, 0) + 1
+                    else:
+                        if local_l[j]:
+                            src = daddr_l[j]  # for us: from the address it was sent to
+                        else:
+                            src = route_src.get(dst, -1)
+                            if src < 0:
+                                src = route_src[dst] = select_source(
+                                    k.port_addrs[route.port], route.target,
+                                    other_addrs=k.all_addrs) or INADDR_DUMMY
+                        ip_id = next_id(dst, src, IPPROTO_ICMP, clock)
+                        room = room_of.get(route.port)
+                        if room is None:
+                            room = room_of[route.port] = (
+                                min(int(t.port_mtu[route.port]), ICMP_MAX_LEN)
+                                - IPHDR_LEN - ICMP_HDR_LEN)
+                        if room <= IPHDR_LEN:
+                            unsent[Unsent.no_room] = unsent.get(Unsent.no_room, 0) + 1
+                        else:
+                            e = route_eth.get(dst)
+                            if e is None:
+                                e = route_eth[dst] = len(eth_rows)
+                                eth_rows.append(route.mac + k.port_mac[route.port])
+                            built.append(j)
+                            srcs.append(src)
+                            ids.append(ip_id)
+                            eth_row.append(e)
+                            rooms.append(room)
+                            ports.append(route.port)
+                dropped[reason] = dropped.get(reason, 0) + 1
+            except Exception:  # as Kernel.take: count, say, go on
+                k.drop(SlowDrop.internal_error)
+                k.log_error()
+        for r, m in dropped.items():
+            k.count(r, m)
+            k.count(Misc.dropped, m)
+        for r, m in unsent.items():
+            k.count(r, m)
+        if built:  # every packet is counted: a failure here loses only the frames
+            try:
+                self._send(np.array(built, dtype=np.int64), rows, bufs, lengths, kinds, info,
+                           saddr, srcs, ids, eth_rows, eth_row, rooms, ports)
+            except Exception:
+                k.log_error()
+
+    def _send(self, built: np.ndarray, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
+              kinds: np.ndarray, info: np.ndarray, saddr: np.ndarray, srcs: list[int],
+              ids: list[int], eth_rows: list[bytes], eth_row: list[int], rooms: list[int],
+              ports: list[int]) -> None:
+        """Build the run's errors in one call and queue them for the end of the burst,
+        each with its cause's time and number."""
+        k = self.kernel
+        m = len(built)
+        out = np.empty((m, FRAME_MAX), dtype=np.uint8)
+        out_len = np.empty(m, dtype=np.int64)
+        eth = np.frombuffer(bytearray(b"".join(eth_rows)), dtype=np.uint8).reshape(-1, 12)
+        icmp_type = kinds[built, 0]
+        build_errors(self.mem.data, bufs[built], lengths[built], out, out_len,
+                     eth, np.array(eth_row, dtype=np.int64),
+                     np.ascontiguousarray(icmp_type), np.ascontiguousarray(kinds[built, 1]),
+                     info[built], np.array(srcs, dtype=np.int64),
+                     saddr[built].astype(np.int64), np.array(ids, dtype=np.int64),
+                     np.array(rooms, dtype=np.int64))
+        cause = rows[built]
+        k.out.transmit_rows(out, out_len, np.array(ports, dtype=np.int64), self.mem.ts[cause],
+                            self.mem.seq[cause], [SENT[t] for t in icmp_type.tolist()],
+                            k._not_sent)
+
+
+ERROR_REASON = {(t, c, int(r)): d for t, c, d, r in ERRORS.values()}
