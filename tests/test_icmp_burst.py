@@ -244,7 +244,8 @@ def test_errors_are_taken_in_runs_in_the_common_case(tmp_path):
             rig.give_timed(items[:1])  # the neighbour clock's first tick: alone
             calls = []
             send = rig.sp.kernel.icmp_send
-            rig.sp.kernel.icmp_send = lambda *a, **k: calls.append(1) or send(*a, **k)
+            rig.sp.kernel.icmp_send = (lambda *a, calls=calls, send=send, **k:
+                                       calls.append(1) or send(*a, **k))
             rig.give_timed(items[1:])
             results.append((rig.sent, rig.counters(), limiter_state(rig.sp.kernel)))
         finally:
