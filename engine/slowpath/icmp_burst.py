@@ -77,7 +77,11 @@ ERRORS = {
 _BY_CODE = np.zeros((256, 3), dtype=np.int64)
 for _reason, (_type, _code, _, _route) in ERRORS.items():
     _BY_CODE[SLOW + _reason] = (_type, _code, _route)
-ERROR_CODES = frozenset(SLOW + r for r in ERRORS)
+# by (type, code, route error): the number of the drop reason in _DROPS
+_DROPS = [drop for _, _, drop, _ in ERRORS.values()]
+_REASON_OF = np.zeros((NR_ICMP_TYPES + 1, 16, 2), dtype=np.int64)
+for _n, (_type, _code, _, _route) in enumerate(ERRORS.values()):
+    _REASON_OF[_type, _code, int(_route)] = _n
 ERROR_TYPES_MASK = sum(1 << t for t in ICMP_ERROR_TYPES)  # icmp_pointers[].error
 FRAME_MAX = ETH_HLEN + ICMP_MAX_LEN  # the longest error frame
 # what an error counts once it leaves (`ip_local_out`, `icmp_out_count`), by type
@@ -328,25 +332,25 @@ class IcmpErrors:
         """Per packet in arrival order, what keeps state (`ip_error`'s budget, the rate
         limits, the IP ID), then every error of the run built at once and queued."""
         k = self.kernel
-        t = self.t
         limiter = k.limiter
         next_id = k.ids.next_id
         allow = limiter.allow
         allow_route_error = limiter.allow_route_error
+        # `allow` keeps no state, and says yes, for a type it does not limit or when
+        # both its buckets are off: then it need not be asked
+        stateless = not limiter.global_limit and not limiter.timeout
+        limited = {key: not stateless and limiter.is_limited(key[0], key[1])
+                   for key in set(map(tuple, kinds.tolist()))}
         ratelimit = k.ratelimit
-        unsent: dict[Unsent, int] = {}
-        dropped: dict[SlowDrop, int] = {}
-        # the source address per route back (`icmp_error_source`, not local)
-        route_src: dict[int, int] = {}
-        route_eth: dict[int, int] = {}
-        eth_rows: list[bytes] = []
-        room_of: dict[int, int] = {}
+        # per destination (the original source): its route back, the source address
+        # `icmp_error_source` gives a packet not for us, the room for the quote
+        dests = self._destinations(back)
+        n_ratelimited = n_suppressed = n_no_room = 0
+        no_route: dict[Unsent, int] = {}
+        failed: list[int] = []
         built: list[int] = []
         srcs: list[int] = []
         ids: list[int] = []
-        eth_row: list[int] = []
-        rooms: list[int] = []
-        ports: list[int] = []
         kinds_l = kinds.tolist()
         clock_l = clocks[:n].tolist()
         local_l = (dst_kind == NH_LOCAL).tolist()
@@ -354,86 +358,103 @@ class IcmpErrors:
         daddr_l = daddr[:n].tolist()
         for j in range(n):
             icmp_type, code, route_error = kinds_l[j]
-            reason = ERROR_REASON[(icmp_type, code, route_error)]
             try:
                 dst = src_list[j]
                 clock = clock_l[j]
                 if route_error and ratelimit and not allow_route_error(dst, clock):
-                    unsent[Unsent.ratelimited] = unsent.get(Unsent.ratelimited, 0) + 1
-                elif not may_l[j]:
-                    unsent[Unsent.suppressed] = unsent.get(Unsent.suppressed, 0) + 1
-                else:
-                    route = back[dst]
-                    if not isinstance(route, OutRoute):
-                        unsent[route] = unsent.get(route, 0) + 1
-                    elif not allow(dst, icmp_type, code, clock):
-                        unsent[Unsent.ratelimited] = unsent.get(Unsent.ratelimited, 0) + 1
-                    else:
-                        if local_l[j]:
-                            src = daddr_l[j]  # for us: from the address it was sent to
-                        else:
-                            src = route_src.get(dst, -1)
-                            if src < 0:
-                                src = route_src[dst] = select_source(
-                                    k.port_addrs[route.port], route.target,
-                                    other_addrs=k.all_addrs) or INADDR_DUMMY
-                        ip_id = next_id(dst, src, IPPROTO_ICMP, clock)
-                        room = room_of.get(route.port)
-                        if room is None:
-                            room = room_of[route.port] = (
-                                min(int(t.port_mtu[route.port]), ICMP_MAX_LEN)
-                                - IPHDR_LEN - ICMP_HDR_LEN)
-                        if room <= IPHDR_LEN:
-                            unsent[Unsent.no_room] = unsent.get(Unsent.no_room, 0) + 1
-                        else:
-                            e = route_eth.get(dst)
-                            if e is None:
-                                e = route_eth[dst] = len(eth_rows)
-                                eth_rows.append(route.mac + k.port_mac[route.port])
-                            built.append(j)
-                            srcs.append(src)
-                            ids.append(ip_id)
-                            eth_row.append(e)
-                            rooms.append(room)
-                            ports.append(route.port)
-                dropped[reason] = dropped.get(reason, 0) + 1
+                    n_ratelimited += 1
+                    continue
+                if not may_l[j]:
+                    n_suppressed += 1
+                    continue
+                route, src, room = dests[dst]
+                if route is not None:
+                    no_route[route] = no_route.get(route, 0) + 1
+                    continue
+                if limited[(icmp_type, code, route_error)] and not allow(dst, icmp_type,
+                                                                         code, clock):
+                    n_ratelimited += 1
+                    continue
+                if local_l[j]:
+                    src = daddr_l[j]  # a packet for us: from the address it was sent to
+                ip_id = next_id(dst, src, IPPROTO_ICMP, clock)
+                if room <= IPHDR_LEN:
+                    n_no_room += 1
+                    continue
+                built.append(j)
+                srcs.append(src)
+                ids.append(ip_id)
             except Exception:  # as Kernel.take: count, say, go on
+                failed.append(j)
                 k.drop(SlowDrop.internal_error)
                 k.log_error()
-        for r, m in dropped.items():
-            k.count(r, m)
-            k.count(Misc.dropped, m)
-        for r, m in unsent.items():
-            k.count(r, m)
+        self._count(kinds, failed, n_ratelimited, n_suppressed, n_no_room, no_route)
         if built:  # every packet is counted: a failure here loses only the frames
             try:
                 self._send(np.array(built, dtype=np.int64), rows, bufs, lengths, kinds, info,
-                           saddr, srcs, ids, eth_rows, eth_row, rooms, ports)
+                           saddr, srcs, ids, dests, back)
             except Exception:
                 k.log_error()
 
+    def _destinations(self, back: dict[int, OutRoute | Unsent]
+                      ) -> dict[int, tuple[Unsent | None, int, int]]:
+        """For each address errors go back to: why none can go there (None: they can),
+        the source address of an error about a packet not for us (`icmp_error_source`)
+        and the room left for the quote by the route's MTU."""
+        k = self.kernel
+        dests: dict[int, tuple[Unsent | None, int, int]] = {}
+        for addr, route in back.items():
+            if not isinstance(route, OutRoute):
+                dests[addr] = (route, 0, 0)
+                continue
+            src = select_source(k.port_addrs[route.port], route.target,
+                                other_addrs=k.all_addrs) or INADDR_DUMMY
+            room = (min(int(self.t.port_mtu[route.port]), ICMP_MAX_LEN) - IPHDR_LEN
+                    - ICMP_HDR_LEN)
+            dests[addr] = (None, src, room)
+        return dests
+
+    def _count(self, kinds: np.ndarray, failed: list[int], ratelimited: int, suppressed: int,
+               no_room: int, no_route: dict[Unsent, int]) -> None:
+        """The run's counts: every packet dropped with its reason (but those that
+        failed: internal errors), and why errors were not sent."""
+        k = self.kernel
+        reasons = _REASON_OF[kinds[:, 0], kinds[:, 1], kinds[:, 2]]
+        if failed:
+            reasons = np.delete(reasons, failed)
+        for r, m in zip(*np.unique(reasons, return_counts=True), strict=True):
+            k.count(_DROPS[r], int(m))
+            k.count(Misc.dropped, int(m))
+        for reason, m in ((Unsent.ratelimited, ratelimited), (Unsent.suppressed, suppressed),
+                          (Unsent.no_room, no_room), *no_route.items()):
+            if m:
+                k.count(reason, m)
+
     def _send(self, built: np.ndarray, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
               kinds: np.ndarray, info: np.ndarray, saddr: np.ndarray, srcs: list[int],
-              ids: list[int], eth_rows: list[bytes], eth_row: list[int], rooms: list[int],
-              ports: list[int]) -> None:
+              ids: list[int], dests: dict[int, tuple[Unsent | None, int, int]],
+              back: dict[int, OutRoute | Unsent]) -> None:
         """Build the run's errors in one call and queue them for the end of the burst,
         each with its cause's time and number."""
         k = self.kernel
+        to = saddr[built].tolist()
+        where = {addr: e for e, addr in enumerate(dict.fromkeys(to))}
+        routes = [back[addr] for addr in where]
+        eth = np.array([list(r.mac + k.port_mac[r.port]) for r in routes],  # type: ignore[union-attr]
+                       dtype=np.uint8)
+        eth_row = np.array([where[a] for a in to], dtype=np.int64)
+        room = np.array([dests[a][2] for a in where], dtype=np.int64)[eth_row]
+        port = np.array([r.port for r in routes], dtype=np.int64)[eth_row]  # type: ignore[union-attr]
         m = len(built)
         out = np.empty((m, FRAME_MAX), dtype=np.uint8)
         out_len = np.empty(m, dtype=np.int64)
-        eth = np.frombuffer(bytearray(b"".join(eth_rows)), dtype=np.uint8).reshape(-1, 12)
-        icmp_type = kinds[built, 0]
-        build_errors(self.mem.data, bufs[built], lengths[built], out, out_len,
-                     eth, np.array(eth_row, dtype=np.int64),
-                     np.ascontiguousarray(icmp_type), np.ascontiguousarray(kinds[built, 1]),
-                     info[built], np.array(srcs, dtype=np.int64),
-                     saddr[built].astype(np.int64), np.array(ids, dtype=np.int64),
-                     np.array(rooms, dtype=np.int64))
+        icmp_type = np.ascontiguousarray(kinds[built, 0])
+        build_errors(self.mem.data, bufs[built], lengths[built], out, out_len, eth, eth_row,
+                     icmp_type, np.ascontiguousarray(kinds[built, 1]), info[built],
+                     np.array(srcs, dtype=np.int64), saddr[built].astype(np.int64),
+                     np.array(ids, dtype=np.int64), room)
         cause = rows[built]
-        k.out.transmit_rows(out, out_len, np.array(ports, dtype=np.int64), self.mem.ts[cause],
-                            self.mem.seq[cause], [SENT[t] for t in icmp_type.tolist()],
-                            k._not_sent)
+        k.out.transmit_rows(out, out_len, port, self.mem.ts[cause], self.mem.seq[cause],
+                            [SENT[t] for t in icmp_type.tolist()], k._not_sent)
 
 
-ERROR_REASON = {(t, c, int(r)): d for t, c, d, r in ERRORS.values()}
