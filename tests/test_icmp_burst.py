@@ -1,9 +1,10 @@
-"""ICMP errors a run at a time (engine/slowpath/icmp_burst.py): the slow-path worker
-answers the TTL-exceeded, fragmentation-needed and error-route packets of a burst
-over its pool rows (compiled checks and builder, the stateful decisions in arrival
-order). It must change nothing but the cost: the same frames, times, arrival
-numbers and order on every ring, the same counters, the same rate-limiter state
-(per-peer buckets, the global bucket, its random draws) and IP ID state as when
+"""ICMP errors and echo replies a run at a time (engine/slowpath/icmp_burst.py): the
+slow-path worker answers the TTL-exceeded, fragmentation-needed and error-route
+packets and the echo requests of a burst over its pool rows (compiled checks and
+builders, the stateful decisions in arrival order). It must change nothing but the
+cost: the same frames, times, arrival numbers and order on every ring, the same
+counters, the same rate-limiter state (per-peer buckets, the global bucket, its
+random draws) and IP ID state as when
 every packet goes through `Kernel.take` (`icmp_bursts = False`).
 
 The differential test: random bursts of error packets (sources on every port, via a
@@ -125,6 +126,33 @@ def error_packet(rnd: random.Random) -> tuple[Ether, Slow, int]:
     return Ether(src=MAC[host], dst=l2) / packet, rnd.choice(ERROR_REASONS), port
 
 
+def echo_request(rnd: random.Random) -> tuple[Ether, Slow, int]:
+    """An echo request to the router, of a random kind (answered, broadcast, a bad
+    checksum, a fragment, one whose reply must be fragmented, options...)."""
+    src, port, host = rnd.choice(SOURCES)
+    dst = rnd.choice(["10.0.1.1", "10.0.1.1", "10.0.2.1", "10.0.3.1", "10.0.1.255",
+                      "255.255.255.255", "224.0.0.1", "10.0.2.2"])
+    ip = dict(src=src, dst=dst, ttl=rnd.choice([1, 64]), id=rnd.randrange(65536),
+              tos=rnd.choice([0, 0x1F, 0xE3]))
+    shape = rnd.random()
+    if shape < 0.05:
+        ip["flags"] = "MF"
+    elif shape < 0.1:
+        ip["frag"] = 100
+    elif shape < 0.15:
+        ip["options"] = [IPOption(b"\x07\x07\x04" + b"\0" * 4)]
+    icmp = ICMP(id=rnd.randrange(65536), seq=rnd.randrange(65536))
+    if rnd.random() < 0.05:
+        icmp.chksum = 0x1234
+    elif rnd.random() < 0.05:
+        icmp.type = 13  # a timestamp request: not answered
+    packet = IP(**ip) / icmp / Raw(bytes(rnd.choice([0, 1, 56, 1399, 1460])))
+    if rnd.random() < 0.05:
+        packet = IP(bytes(packet)[:-1])  # shorter than its total length says
+    l2 = rnd.choice([MAC[f"p{port}"]] * 8 + [BCAST])
+    return Ether(src=MAC[host], dst=l2) / packet, Slow.local, port
+
+
 def other_work(rnd: random.Random) -> list[tuple[Ether, Slow, int]]:
     """Something else the slow path does between errors."""
     kind = rnd.random()
@@ -156,7 +184,7 @@ def streams(draw):
     mostly_errors = rnd.random() < 0.5
     for _ in range(draw(st.integers(1, 60))):
         if rnd.random() < (0.9 if mostly_errors else 0.6):
-            group = [error_packet(rnd)]
+            group = [error_packet(rnd) if rnd.random() < 0.7 else echo_request(rnd)]
         else:
             group = other_work(rnd)
         gap = rnd.choice(GAPS)
@@ -259,3 +287,37 @@ def test_errors_are_taken_in_runs_in_the_common_case(tmp_path):
     reply = IP(sent[0][0][14:])
     assert reply[ICMP].type == 11 and reply.src == "10.0.1.1" and reply.dst == "10.0.1.2"
     assert results[0][1]["Unsent.ratelimited"] == 94
+
+
+def test_echo_requests_are_taken_in_runs(tmp_path):
+    """A burst of echo requests is answered without `Kernel.icmp_echo`, as alone."""
+    items = [(Ether(src=MAC["h1"], dst=MAC["p0"])
+              / IP(src="10.0.1.2", dst="10.0.1.1", id=k, tos=k & 0xFF)
+              / ICMP(id=7, seq=k) / Raw(bytes(range(k % 200))), Slow.local, 0, 1000)
+             for k in range(100)]
+    results = []
+    for icmp_bursts in (True, False):
+        folder = tmp_path / str(icmp_bursts)
+        folder.mkdir()
+        rig = TimedRig(config(folder, 1000))
+        try:
+            rig.sp.icmp_bursts = icmp_bursts
+            rig.give_timed(items[:1])
+            calls = []
+            echo = rig.sp.kernel.icmp_echo
+            rig.sp.kernel.icmp_echo = (lambda *a, calls=calls, echo=echo, **k:
+                                       calls.append(1) or echo(*a, **k))
+            rig.give_timed(items[1:])
+            results.append((rig.sent, rig.counters(), limiter_state(rig.sp.kernel)))
+        finally:
+            rig.close()
+        if icmp_bursts:
+            assert calls == []
+    assert results[0] == results[1]
+    sent = [f for frames in results[0][0] for f in frames]
+    assert len(sent) == 100
+    reply = Ether(sent[5][0])
+    assert reply[ICMP].type == 0 and reply[ICMP].seq == 5 and reply[IP].tos == 5
+    assert reply[IP].src == "10.0.1.1" and reply.dst == MAC["h1"]
+    assert bytes(reply[ICMP].payload) == bytes(range(5))
+    assert results[0][1]["Icmp.OutEchoReps"] == 100

@@ -46,6 +46,8 @@ from engine.proto import ETH_HLEN, IPHDR_LEN, IPPROTO_ICMP
 from engine.shm.memory import NH_BROADCAST, NH_LOCAL
 from engine.slowpath.icmp import (
     ICMP_DEST_UNREACH,
+    ICMP_ECHO,
+    ICMP_ECHOREPLY,
     ICMP_ERROR_TYPES,
     ICMP_EXC_TTL,
     ICMP_FRAG_NEEDED,
@@ -86,7 +88,8 @@ ERROR_TYPES_MASK = sum(1 << t for t in ICMP_ERROR_TYPES)  # icmp_pointers[].erro
 FRAME_MAX = ETH_HLEN + ICMP_MAX_LEN  # the longest error frame
 # what an error counts once it leaves (`ip_local_out`, `icmp_out_count`), by type
 SENT = {t: (Misc.created, Snmp.OutRequests, Icmp.OutMsgs, ICMP_OUT[t])
-        for t in (ICMP_TIME_EXCEEDED, ICMP_DEST_UNREACH)}
+        for t in (ICMP_TIME_EXCEEDED, ICMP_DEST_UNREACH, ICMP_ECHOREPLY)}
+LOCAL = SLOW + Slow.local
 
 _u8_2d = types.Array(types.uint8, 2, "C")
 _u8_2d_any = types.Array(types.uint8, 2, "A")
@@ -238,6 +241,74 @@ def build_errors(data, bufs, lengths, out, out_len, eth, eth_row, icmp_type, icm
         out_len[k] = ETH_HLEN + total
 
 
+@njit(_b1(_u8_2d_any, _i64, _i64), **_OPTS)
+def echo_requests(data, bufs, lengths):  # type: ignore[no-untyped-def]
+    """Which rows (plain IPv4 headers) hold a whole echo request that `icmp_rcv`
+    answers: ICMP, not a fragment (`ip_local_deliver` would reassemble), an ICMP
+    header of 8 bytes at least, type 8, a checksum that verifies over the ICMP part
+    (`skb_checksum_simple_validate`), and (as the fast path trims frames) no byte
+    beyond the total length."""
+    n = len(bufs)
+    ok = np.zeros(n, dtype=np.bool_)
+    for k in range(n):
+        ip_len = lengths[k] - ETH_HLEN
+        f = data[bufs[k]]
+        ip = ETH_HLEN
+        tot_len = (np.int64(f[ip + 2]) << 8) | f[ip + 3]
+        if (ip_len < IPHDR_LEN + ICMP_HDR_LEN or tot_len != ip_len or f[ip + 9] != IPPROTO_ICMP
+                or ((np.int64(f[ip + 6]) << 8) | f[ip + 7]) & 0x3FFF
+                or f[ip + IPHDR_LEN] != ICMP_ECHO):
+            continue
+        ok[k] = _sum16(f, ip + IPHDR_LEN, ip_len - IPHDR_LEN) == 0xFFFF
+    return ok
+
+
+@njit(types.void(_u8_2d_any, _i64, _i64, _u8_2d, _i64, _u8_2d, _i64, _i64), **_OPTS)
+def build_echo_replies(data, bufs, lengths, out, out_len, eth, eth_row, ip_id):  # type: ignore[no-untyped-def]
+    """Frame k of `out`: the echo reply to the request in pool row bufs[k]
+    (`icmp.build_echo_reply` without echoed options, from the address the request
+    was sent to, behind the Ethernet header eth[eth_row[k]]): TTL 64, the request's
+    TOS, no DF, the request's ICMP message with type 0 and its checksum redone."""
+    for k in range(len(bufs)):
+        f = data[bufs[k]]
+        o = out[k]
+        length = lengths[k]
+        for b in range(12):
+            o[b] = eth[eth_row[k], b]
+        o[12] = 0x08
+        o[13] = 0x00
+        ip = ETH_HLEN
+        total = length - ETH_HLEN
+        o[ip] = 0x45
+        o[ip + 1] = f[ip + 1]
+        o[ip + 2] = total >> 8
+        o[ip + 3] = total & 0xFF
+        o[ip + 4] = (ip_id[k] >> 8) & 0xFF
+        o[ip + 5] = ip_id[k] & 0xFF
+        o[ip + 6] = 0
+        o[ip + 7] = 0
+        o[ip + 8] = ICMP_TTL
+        o[ip + 9] = IPPROTO_ICMP
+        o[ip + 10] = 0
+        o[ip + 11] = 0
+        for b in range(4):
+            o[ip + 12 + b] = f[ip + 16 + b]  # from the address it was sent to
+            o[ip + 16 + b] = f[ip + 12 + b]
+        check = ~_sum16(o, ip, IPHDR_LEN) & 0xFFFF
+        o[ip + 10] = check >> 8
+        o[ip + 11] = check & 0xFF
+        icmp = ip + IPHDR_LEN
+        for b in range(icmp, length):
+            o[b] = f[b]
+        o[icmp] = ICMP_ECHOREPLY
+        o[icmp + 2] = 0
+        o[icmp + 3] = 0
+        check = ~_sum16(o, icmp, length - icmp) & 0xFFFF
+        o[icmp + 2] = check >> 8
+        o[icmp + 3] = check & 0xFF
+        out_len[k] = length
+
+
 class IcmpErrors:
     """ICMP errors for runs of a burst's packets, over `kernel`'s state."""
 
@@ -263,44 +334,163 @@ class IcmpErrors:
         plain, saddr, daddr, host = read_headers(mem.data, bufs, lengths,
                                                  mem.port[rows].astype(np.int64),
                                                  self.port_macs)
-        mask = plain & (_BY_CODE[codes, 0] != 0) if self.usable else np.zeros(len(rows), bool)
-        return mask, bufs, lengths, codes, saddr, daddr, host
+        echo = np.zeros(len(rows), dtype=bool)
+        local = np.flatnonzero(plain & (codes == LOCAL))
+        if len(local):
+            echo[local] = echo_requests(mem.data, bufs[local], lengths[local])
+        mask = plain & (_BY_CODE[codes, 0] != 0) | echo
+        if not self.usable:
+            mask[:] = False
+        return mask, bufs, lengths, codes, saddr, daddr, host, echo
 
     def take(self, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
-             codes: np.ndarray, saddr: np.ndarray, daddr: np.ndarray,
-             host: np.ndarray) -> int:
+             codes: np.ndarray, saddr: np.ndarray, daddr: np.ndarray, host: np.ndarray,
+             echo: np.ndarray) -> int:
         """Answer the first packets of a run of candidates (the arrays describe the
         run, in arrival order) as `Kernel.take` would, one after the other: as many
-        as no timer falls due among and a route with a MAC answers. Returns how many
-        were taken (0: the first is for `Kernel.take`)."""
+        as are of the first one's kind (errors, or echo requests), no timer falls due
+        among, and a route with a MAC answers. Returns how many were taken (0: the
+        first is for `Kernel.take`)."""
         k = self.kernel
         routes = k.routes
         if routes.stale():
             routes.forget()  # as Kernel.take does before each packet
         mem = self.mem
-        stamps = mem.ts[rows]
+        other = np.flatnonzero(echo != echo[0])
+        n = int(other[0]) if len(other) else len(rows)
+        stamps = mem.ts[rows[:n]]
         clocks = np.maximum.accumulate(np.maximum(stamps, k.clock))
         # no reassembly or neighbour timer due before the last packet taken
         n = int(np.searchsorted(clocks, k.next_timer(), side="left"))
         if n == 0:
             return 0
+        if echo[0]:
+            n = self._echoes(n, rows, bufs, lengths, saddr, daddr, clocks)
+        else:
+            n = self._errors(n, rows, bufs, lengths, codes, saddr, daddr, host, clocks)
+        if n:
+            k.clock = int(clocks[n - 1])
+            k.neigh.tick(k.clock)  # nothing due: as after each Kernel.take
+        return n
+
+    def _routes_back(self, addrs: list[int], fits: np.ndarray | None = None
+                     ) -> tuple[int, dict[int, OutRoute | Unsent]]:
+        """The output routes back to `addrs` (the packets' sources), as far as each
+        has its next hop's MAC (the neighbour table's may hold it for ARP) and, where
+        `fits` gives each packet's answer length, leaves it whole: how many packets
+        that is, and the routes."""
+        routes = self.kernel.routes
+        mtu = self.t.port_mtu
+        back: dict[int, OutRoute | Unsent] = {}
+        for j, a in enumerate(addrs):
+            route = back.get(a)
+            if route is None:
+                route = back[a] = routes.output_route(a)
+            if isinstance(route, OutRoute) and (
+                    route.mac is None or (fits is not None and fits[j] > mtu[route.port])):
+                return j, back
+        return len(addrs), back
+
+    def _echoes(self, n: int, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
+                saddr: np.ndarray, daddr: np.ndarray, clocks: np.ndarray) -> int:
+        """Echo requests to a unicast address of ours (`ip_local_deliver`, `icmp_rcv`,
+        `icmp_echo`): the first `n` of the run, as far as they are answered here."""
+        k = self.kernel
+        t = self.t
+        # icmp_rcv ignores echo requests to a broadcast or multicast address
+        kind = t.nh_type[np.array(k.routes.lookups(daddr[:n].tolist()), dtype=np.int64)]
+        odd = np.flatnonzero((kind != NH_LOCAL) | (daddr[:n] >> 28 == 0xE)
+                             | (daddr[:n] == 0xFFFFFFFF))
+        if len(odd):
+            n = int(odd[0])
+        src_list = saddr[:n].tolist()
+        n, back = self._routes_back(src_list, lengths[:n] - ETH_HLEN)
+        if n == 0:
+            return 0
+        limiter = k.limiter
+        limited = (limiter.global_limit or limiter.timeout) and limiter.is_limited(
+            ICMP_ECHOREPLY, 0)
+        next_id = k.ids.next_id
+        no_route: dict[Unsent, int] = {}
+        ratelimited = 0
+        built: list[int] = []
+        ids: list[int] = []
+        daddr_l = daddr[:n].tolist()
+        clock_l = clocks[:n].tolist()
+        failed = 0
+        for j in range(n):
+            try:
+                dst = src_list[j]
+                route = back[dst]
+                if not isinstance(route, OutRoute):
+                    no_route[route] = no_route.get(route, 0) + 1
+                    continue
+                if limited and not limiter.allow(dst, ICMP_ECHOREPLY, 0, clock_l[j]):
+                    ratelimited += 1  # never: echo replies are not in the ratemask
+                    continue
+                built.append(j)
+                ids.append(next_id(dst, daddr_l[j], IPPROTO_ICMP, clock_l[j]))
+            except Exception:  # as Kernel.take: count, say, go on
+                failed += 1
+                k.drop(SlowDrop.internal_error)
+                k.log_error()
+        delivered = n - failed
+        for counter in (Icmp.InMsgs, Icmp.InEchos, Snmp.InDelivers, Misc.delivered):
+            k.count(counter, delivered)
+        for reason, m in (*no_route.items(), (Unsent.ratelimited, ratelimited)):
+            if m:
+                k.count(reason, m)
+        if built:
+            try:
+                self._send_echoes(np.array(built, dtype=np.int64), rows, bufs, lengths,
+                                  saddr, ids, back)
+            except Exception:  # every packet is counted: this loses only the replies
+                k.log_error()
+        return n
+
+    def _send_echoes(self, built: np.ndarray, rows: np.ndarray, bufs: np.ndarray,
+                     lengths: np.ndarray, saddr: np.ndarray, ids: list[int],
+                     back: dict[int, OutRoute | Unsent]) -> None:
+        """Build the run's echo replies in one call and queue them."""
+        k = self.kernel
+        eth, eth_row, port = self._ethernet(saddr[built].tolist(), back)
+        m = len(built)
+        width = int(lengths[built].max())
+        out = np.empty((m, width), dtype=np.uint8)
+        out_len = np.empty(m, dtype=np.int64)
+        build_echo_replies(self.mem.data, bufs[built], lengths[built], out, out_len, eth,
+                           eth_row, np.array(ids, dtype=np.int64))
+        cause = rows[built]
+        k.out.transmit_rows(out, out_len, port, self.mem.ts[cause], self.mem.seq[cause],
+                            [SENT[ICMP_ECHOREPLY]] * m, k._not_sent)
+
+    def _ethernet(self, to: list[int], back: dict[int, OutRoute | Unsent]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The Ethernet headers (next hop, our MAC) of the routes back to `to`, which
+        row of them each packet's answer takes, and its egress port."""
+        port_mac = self.kernel.port_mac
+        where = {addr: e for e, addr in enumerate(dict.fromkeys(to))}
+        routes = [back[addr] for addr in where]
+        eth = np.array([list(r.mac + port_mac[r.port]) for r in routes],  # type: ignore[union-attr]
+                       dtype=np.uint8)
+        eth_row = np.array([where[a] for a in to], dtype=np.int64)
+        port = np.array([r.port for r in routes], dtype=np.int64)[eth_row]  # type: ignore[union-attr]
+        return eth, eth_row, port
+
+    def _errors(self, n: int, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
+                codes: np.ndarray, saddr: np.ndarray, daddr: np.ndarray, host: np.ndarray,
+                clocks: np.ndarray) -> int:
+        """ICMP errors (`ip_forward`'s, `ip_error`'s): the first `n` of the run, as far
+        as they are answered here."""
+        k = self.kernel
+        routes = k.routes
+        mem = self.mem
         t = self.t
         # the routing answers: the destination's route type, the route back
         dst_nh = np.array(routes.lookups(daddr[:n].tolist()), dtype=np.int64)
         dst_kind = t.nh_type[dst_nh]
-        back: dict[int, OutRoute | Unsent] = {}
-        answered = np.zeros(n, dtype=bool)
         src_list = saddr[:n].tolist()
-        for j, a in enumerate(src_list):
-            route = back.get(a)
-            if route is None:
-                route = back[a] = routes.output_route(a)
-            if isinstance(route, OutRoute) and route.mac is None:
-                break  # through the neighbour table, which may hold it for ARP
-            answered[j] = True
-        else:
-            j = n
-        n = j
+        n, back = self._routes_back(src_list)
         if n == 0:
             return 0
         kinds = _BY_CODE[codes[:n]]
@@ -320,8 +510,6 @@ class IcmpErrors:
             info[frag] = t.port_mtu[t.nh_port[nh]]
         self._decide_and_send(n, rows, bufs, lengths, kinds, saddr, daddr, clocks, dst_kind,
                               may, info, back, src_list)
-        k.clock = int(clocks[n - 1])
-        k.neigh.tick(k.clock)  # nothing due: as after each Kernel.take
         return n
 
     def _decide_and_send(self, n: int, rows: np.ndarray, bufs: np.ndarray,
@@ -438,13 +626,8 @@ class IcmpErrors:
         each with its cause's time and number."""
         k = self.kernel
         to = saddr[built].tolist()
-        where = {addr: e for e, addr in enumerate(dict.fromkeys(to))}
-        routes = [back[addr] for addr in where]
-        eth = np.array([list(r.mac + k.port_mac[r.port]) for r in routes],  # type: ignore[union-attr]
-                       dtype=np.uint8)
-        eth_row = np.array([where[a] for a in to], dtype=np.int64)
-        room = np.array([dests[a][2] for a in where], dtype=np.int64)[eth_row]
-        port = np.array([r.port for r in routes], dtype=np.int64)[eth_row]  # type: ignore[union-attr]
+        eth, eth_row, port = self._ethernet(to, back)
+        room = np.array([dests[a][2] for a in dict.fromkeys(to)], dtype=np.int64)[eth_row]
         m = len(built)
         out = np.empty((m, FRAME_MAX), dtype=np.uint8)
         out_len = np.empty(m, dtype=np.int64)

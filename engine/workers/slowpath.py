@@ -265,7 +265,7 @@ class SlowPath:
         every other packet (and a candidate it leaves) to `Kernel.take`. A run ends
         where a whole datagram is due to leave (`WholeDatagrams.send`)."""
         kernel = self.kernel
-        mask, bufs, lens, vcodes, saddr, daddr, host = errors
+        mask, bufs, lens, vcodes, saddr, daddr, host, echo = errors
         n = len(rest)
         ends = np.flatnonzero(~mask).tolist() + [n]  # where each run stops at the latest
         if whole is not None:  # and where a whole datagram leaves or its source counts
@@ -284,7 +284,7 @@ class SlowPath:
                 try:
                     taken = self.errors.take(rest[j:end], bufs[j:end], lens[j:end],
                                              vcodes[j:end], saddr[j:end], daddr[j:end],
-                                             host[j:end])
+                                             host[j:end], echo[j:end])
                 except Exception:  # nothing decided yet: they go one at a time
                     kernel.log_error()
                     taken = 0
