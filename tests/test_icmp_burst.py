@@ -4,8 +4,8 @@ packets and the echo requests of a burst over its pool rows (compiled checks and
 builders, the stateful decisions in arrival order). It must change nothing but the
 cost: the same frames, times, arrival numbers and order on every ring, the same
 counters, the same rate-limiter state (per-peer buckets, the global bucket, its
-random draws) and IP ID state as when
-every packet goes through `Kernel.take` (`icmp_bursts = False`).
+random draws) and IP ID state as when every packet goes through `Kernel.take`
+(`icmp_bursts = False`).
 
 The differential test: random bursts of error packets (sources on every port, via a
 gateway, behind the neighbour table, with no route back, martian or broadcast ones;
