@@ -1,13 +1,16 @@
-"""ICMP errors for a run of packets at once: what `Kernel.ip_forward`/`ip_error` and
-`icmp_send` do for a packet the fast path found to need an error (TTL exceeded,
-fragmentation needed, an error route), over the pool rows of a burst.
+"""ICMP errors and echo replies for a run of packets at once: what `Kernel.ip_forward`/
+`ip_error` and `icmp_send` do for a packet the fast path found to need an error (TTL
+exceeded, fragmentation needed, an error route), and `icmp_rcv`/`icmp_echo` for an
+echo request to us, over the pool rows of a burst.
 
 Per packet, the Python path (kernel.py) costs some 20 µs, nearly all of it in the
 interpreter: a `Packet`, a dozen calls, `struct` and `bytes` objects, a transmit
 item. Here the same work is split by what it depends on:
 
-    per burst     numba over the pool rows (`read_headers`): which rows are plain
-                  IPv4 without options, their addresses, their frame's packet type
+    per burst     numba over the pool rows (`read_headers`, `echo_requests`): which
+                  rows are plain IPv4 without options, their addresses, their
+                  frame's packet type; which hold a whole echo request whose ICMP
+                  checksum verifies
     per address   the routing answers (`RouteCache`, asked for the run's addresses
                   together): the route type of the destination (RTCF_BROADCAST,
                   RTCF_LOCAL), the output route back to the source, the source
@@ -17,20 +20,24 @@ item. Here the same work is split by what it depends on:
                   order, only what keeps state: `ip_error`'s per-source budget,
                   `icmp_ratelimit`/`icmp_global_allow` (`IcmpRateLimiter`) and the IP
                   ID (`IpIdGenerator`), the very methods the Python path calls
-    per run       numba (`build_errors`): every error's Ethernet and IP header and
-                  ICMP message with the quote (`__icmp_send` + `icmp_push_reply`:
-                  as much of the original as fits in 576 bytes), checksums
-                  included, into one block, handed to `Output.transmit_rows`
+    per run       numba (`build_errors`, `build_echo_replies`): every answer's
+                  Ethernet and IP header and ICMP message (an error quotes as much
+                  of the original as fits in 576 bytes: `__icmp_send` +
+                  `icmp_push_reply`; a reply is the request's message, type 0),
+                  checksums included, into one block, handed to
+                  `Output.transmit_rows`
 
 Nothing but the cost differs from the packets going one at a time through
 `Kernel.take` (`SlowPath.icmp_bursts = False`; tests/test_icmp_burst.py compares
 frames, counters, rate-limiter and IP ID state over random bursts). For that a run
 is only taken when no reassembly or neighbour timer falls due inside it, every
 packet in it is answered by a route with its next hop's MAC (the neighbour table's
-routes go one at a time: ARP may hold them), and a packet with options (to echo) or
-too short to read goes one at a time. The clock moves packet by packet as
-`Kernel.take` moves it, and what the run sends is queued where the run stands
-among the burst's other output.
+routes go one at a time: ARP may hold them) and, for a reply, in one frame (a
+reply longer than the route's MTU is fragmented one at a time); a packet with
+options (to echo), too short to read, an echo request to a broadcast or multicast
+address, with a bad checksum, or a fragment goes one at a time. The clock moves
+packet by packet as `Kernel.take` moves it, and what the run sends is queued where
+the run stands among the burst's other output.
 """
 
 from __future__ import annotations
@@ -309,8 +316,9 @@ def build_echo_replies(data, bufs, lengths, out, out_len, eth, eth_row, ip_id): 
         out_len[k] = length
 
 
-class IcmpErrors:
-    """ICMP errors for runs of a burst's packets, over `kernel`'s state."""
+class IcmpRuns:
+    """ICMP errors and echo replies for runs of a burst's packets, over `kernel`'s
+    state."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -324,9 +332,10 @@ class IcmpErrors:
         self.usable = FRAME_MAX <= self.mem.geometry.bufsize
 
     def candidates(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Which of a burst's pool rows (the ones taken one at a time) an error run may
-        take: an error reason, a plain IPv4 header. Returns that mask with the rows'
-        headers (`read_headers`: plain, saddr, daddr, host) and verdict codes."""
+        """Which of a burst's pool rows (the ones not taken whole) a run may take: an
+        error reason and a plain IPv4 header, or a whole echo request to us. Returns
+        that mask with the rows' pool buffers, lengths, verdict codes, addresses,
+        packet type (PACKET_HOST) and which are echo requests."""
         mem = self.mem
         codes = mem.code[rows].astype(np.int64)
         bufs = rows.astype(np.int64)

@@ -8,6 +8,10 @@ arrival order in `mem.seq`. A burst goes, in arrival order, to:
     whole datagrams   WholeDatagrams (slowpath/whole.py): the fragments that make up
                       complete, plainly forwarded datagrams on their own, sent as they
                       came (the kernel's frag_list), in their own buffers
+    ICMP runs         IcmpRuns (slowpath/icmp_burst.py): ICMP errors (TTL exceeded,
+                      fragmentation needed, error routes) about plain IPv4 packets
+                      and echo replies, for runs of such packets at once, between
+                      the others (which go to `Kernel.take`), in arrival order
     routing           RouteCache.prefetch (slowpath/route_cache.py): the routing
                       questions the rest will ask, answered together
     the kernel        Kernel.take (slowpath/kernel.py): every other packet, one at a
@@ -46,7 +50,7 @@ from engine.shm.memory import (
 )
 from engine.shm.pool import Buffers
 from engine.slowpath.counts import Counts
-from engine.slowpath.icmp_burst import IcmpErrors
+from engine.slowpath.icmp_burst import IcmpRuns
 from engine.slowpath.kernel import SLOW_REASONS, Kernel
 from engine.slowpath.output import Output
 from engine.slowpath.packet import Packet, pkt_type
@@ -95,7 +99,7 @@ class SlowPath:
         self.kernel = Kernel(mem, tables, cfg, self.out, self.counts)
         self.whole = WholeDatagrams(self.kernel)
         self.whole_bursts = True  # False: every packet through `Kernel.take` (tests compare)
-        self.errors = IcmpErrors(self.kernel)
+        self.icmp = IcmpRuns(self.kernel)
         self.icmp_bursts = True  # False: every ICMP error through `Kernel.take` (tests compare)
         self.waiting = np.zeros(0, dtype=np.uint32)  # replays: packets waiting for their turn
 
@@ -204,18 +208,21 @@ class SlowPath:
                 kernel.log_error()
         rest = idx if whole is None else idx[whole.rest]
         n = len(rest)
-        # the ICMP errors (TTL exceeded, fragmentation needed, error routes) of plain
-        # IPv4 packets: in runs, between the packets taken one at a time
-        errors = None
+        # ICMP errors about plain IPv4 packets and echo replies: in runs, between the
+        # packets taken one at a time
+        candidates = None
         if self.icmp_bursts and n:
-            errors = self.errors.candidates(rest)
-        runs = errors is not None and bool(errors[0].any())
+            try:
+                candidates = self.icmp.candidates(rest)
+            except Exception:  # then every packet goes one at a time
+                kernel.log_error()
+        runs = candidates is not None and bool(candidates[0].any())
         lengths = mem.length[rest].tolist()
         ports = mem.port[rest].tolist()
         stamps = mem.ts[rest].tolist()
         seqs = mem.seq[rest].tolist()
         codes = mem.code[rest].tolist()
-        alone = np.flatnonzero(~errors[0]).tolist() if runs else range(n)
+        alone = np.flatnonzero(~candidates[0]).tolist() if runs else range(n)
         burst: list[tuple[Packet, Slow] | None] = [None] * n
         rows = rest.tolist()
         for k in alone:
@@ -234,7 +241,7 @@ class SlowPath:
                     self.whole.send(whole, j)
                     kernel.take(pkt, reason)
         else:
-            self.take_runs(rest, burst, errors, whole, lengths, ports, stamps, seqs, codes)
+            self.take_runs(rest, burst, candidates, whole, lengths, ports, stamps, seqs, codes)
         if whole is not None:
             self.whole.send(whole, n)
         # what the burst sent is on the TX rings before its buffers go: until then they
@@ -258,14 +265,14 @@ class SlowPath:
         return pkt, SLOW_REASONS[code - SLOW]
 
     def take_runs(self, rest: np.ndarray, burst: list[tuple[Packet, Slow] | None],
-                  errors: tuple[np.ndarray, ...], whole: WholeBurst | None,
+                  candidates: tuple[np.ndarray, ...], whole: WholeBurst | None,
                   lengths: list[int], ports: list[int], stamps: list[int], seqs: list[int],
                   codes: list[int]) -> None:
-        """The burst in arrival order: runs of error candidates to `IcmpErrors.take`,
+        """The burst in arrival order: runs of ICMP candidates to `IcmpRuns.take`,
         every other packet (and a candidate it leaves) to `Kernel.take`. A run ends
         where a whole datagram is due to leave (`WholeDatagrams.send`)."""
         kernel = self.kernel
-        mask, bufs, lens, vcodes, saddr, daddr, host, echo = errors
+        mask, bufs, lens, vcodes, saddr, daddr, host, echo = candidates
         n = len(rest)
         ends = np.flatnonzero(~mask).tolist() + [n]  # where each run stops at the latest
         if whole is not None:  # and where a whole datagram leaves or its source counts
@@ -282,11 +289,11 @@ class SlowPath:
                     stop += 1
                 end = ends[stop]
                 try:
-                    taken = self.errors.take(rest[j:end], bufs[j:end], lens[j:end],
-                                             vcodes[j:end], saddr[j:end], daddr[j:end],
-                                             host[j:end], echo[j:end])
-                except Exception:  # nothing decided yet: they go one at a time
-                    kernel.log_error()
+                    taken = self.icmp.take(rest[j:end], bufs[j:end], lens[j:end],
+                                           vcodes[j:end], saddr[j:end], daddr[j:end],
+                                           host[j:end], echo[j:end])
+                except Exception:  # failed before deciding anything (what `take`
+                    kernel.log_error()  # decides, it counts): they go one at a time
                     taken = 0
                 if taken:
                     j += taken
