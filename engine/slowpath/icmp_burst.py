@@ -97,6 +97,7 @@ FRAME_MAX = ETH_HLEN + ICMP_MAX_LEN  # the longest error frame
 SENT = {t: (Misc.created, Snmp.OutRequests, Icmp.OutMsgs, ICMP_OUT[t])
         for t in (ICMP_TIME_EXCEEDED, ICMP_DEST_UNREACH, ICMP_ECHOREPLY)}
 LOCAL = SLOW + Slow.local
+_CANDIDATE = (_BY_CODE[:, 0] != 0) | (np.arange(256) == LOCAL)  # by verdict code
 
 _u8_2d = types.Array(types.uint8, 2, "C")
 _u8_2d_any = types.Array(types.uint8, 2, "A")
@@ -335,9 +336,12 @@ class IcmpRuns:
         """Which of a burst's pool rows (the ones not taken whole) a run may take: an
         error reason and a plain IPv4 header, or a whole echo request to us. Returns
         that mask with the rows' pool buffers, lengths, verdict codes, addresses,
-        packet type (PACKET_HOST) and which are echo requests."""
+        packet type (PACKET_HOST) and which are echo requests; the mask alone when
+        none can be."""
         mem = self.mem
         codes = mem.code[rows].astype(np.int64)
+        if not self.usable or not _CANDIDATE[codes].any():  # a burst of other work
+            return (np.zeros(len(rows), dtype=bool),)
         bufs = rows.astype(np.int64)
         lengths = mem.length[rows].astype(np.int64)
         plain, saddr, daddr, host = read_headers(mem.data, bufs, lengths,
@@ -348,8 +352,6 @@ class IcmpRuns:
         if len(local):
             echo[local] = echo_requests(mem.data, bufs[local], lengths[local])
         mask = plain & (_BY_CODE[codes, 0] != 0) | echo
-        if not self.usable:
-            mask[:] = False
         return mask, bufs, lengths, codes, saddr, daddr, host, echo
 
     def take(self, rows: np.ndarray, bufs: np.ndarray, lengths: np.ndarray,
