@@ -3,13 +3,14 @@
 
 Frames go out as new buffers from the worker's own pool partition, in the order they
 were sent, at the end of the burst (`transmit`, `flush_tx`: one allocation for the
-burst; counters move at the same time); whole datagrams (engine/slowpath/whole.py)
-leave in the buffers they came in (`transmit_whole`). Each frame carries the
-triggering packet's time and arrival number, so the pcap agent's (time, arrival)
-order places it where the kernel would have sent it. With pcap ports a full ring or
-an empty pool is waited out (the pcap agent always drains, so waiting is safe and
-replays stay lossless); with live ports it drops (`ring_full`, `pool_empty`).
-"""
+burst; counters move at the same time; `transmit_rows`: many packets' frames built
+in one block, engine/slowpath/icmp_burst.py, copied with one call); whole datagrams
+(engine/slowpath/whole.py) leave in the buffers they came in (`transmit_whole`).
+Each frame carries the triggering packet's time and arrival number, so the pcap
+agent's (time, arrival) order places it where the kernel would have sent it. With
+pcap ports a full ring or an empty pool is waited out (the pcap agent always drains,
+so waiting is safe and replays stay lossless); with live ports it drops
+(`ring_full`, `pool_empty`)."""
 
 from __future__ import annotations
 
