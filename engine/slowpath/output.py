@@ -10,7 +10,8 @@ Each frame carries the triggering packet's time and arrival number, so the pcap
 agent's (time, arrival) order places it where the kernel would have sent it. With
 pcap ports a full ring or an empty pool is waited out (the pcap agent always drains,
 so waiting is safe and replays stay lossless); with live ports it drops
-(`ring_full`, `pool_empty`)."""
+(`ring_full`, `pool_empty`).
+"""
 
 from __future__ import annotations
 
