@@ -33,8 +33,8 @@ pool buffers, in bursts of `--batch`, as a forwarding worker hands packets over
 `--only worker` gives the same picture without its overhead).
 
 Each figure is the median of `--runs` runs of about `--seconds` of CPU time each (the
-thread's CPU time, not the wall clock: this machine is shared). The issue's goal is
-200,000 fragments/s on one core.
+thread's CPU time, not the wall clock: this machine is shared). The issue's goals
+are 200,000 fragments/s and, through the worker, 100,000 ICMP errors/s on one core.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from engine.slowpath.reasm import COMPLETE, Reassembler  # noqa: E402
 
 MTU = 1500
 GOAL = 200_000
+ICMP_GOAL = 100_000  # ICMP errors/s through the worker (TTL 1 -> time exceeded)
 
 
 def ip_header(total: int, ident: int, options: bytes = b"", *, ttl: int = 63,
@@ -577,13 +578,16 @@ def main() -> None:
                                 args.profile)
             results["worker_per_s"][case.name] = rate
             flag = "  < goal" if case.reason == Slow.reassemble and rate < GOAL else ""
+            if case.reason == Slow.ttl_exceeded and rate < ICMP_GOAL:
+                flag = "  < goal"
             floor = ""
             if case.reason == Slow.reassemble and not case.batch:  # the floor: any burst
                 alone = bench_parts_of(case, args.seconds, args.runs)
                 results["worker_parts_alone_per_s"][case.name] = alone
                 floor = f"{alone:>13,.0f} fragments/s"
             print(f"{case.name:<64} {rate:>10,.0f} {case.unit + '/s':<13}{floor}{flag}")
-        print(f"\ngoal: >= {GOAL:,} fragments/s on one core, reassembled or end to end")
+        print(f"\ngoal: >= {GOAL:,} fragments/s on one core, reassembled or end to end; "
+              f">= {ICMP_GOAL:,} ICMP errors/s end to end")
 
     results["spread"] = SPREADS
     if args.json:

@@ -63,6 +63,7 @@ ICMP_MAX_LEN = 576  # RFC 1812 §4.3.2.3: "as much as possible without exceeding
 ICMP_HDR_LEN = 8
 INADDR_DUMMY = 0xC0000008  # 192.0.0.8 (RFC 7600), when no source address can be found
 KERNEL_NOTES_MIN_ICMP_LEN = 8  # see may_send_error
+BUCKET_CACHE = 4096  # IpIdGenerator: (daddr, saddr, protocol) whose ID bucket is kept
 
 
 def _u32(buf: bytes, off: int) -> int:
@@ -459,6 +460,9 @@ class IpIdGenerator:
         self._seed_ids = rng.getrandbits(32)
         self._idents: dict[int, int] = {}
         self._stamps: dict[int, int] = {}
+        # (daddr, saddr, protocol) -> bucket: the keyed hash is a pure function of its
+        # key, and a router answers few peers many times (bounded: cleared when full)
+        self._buckets: dict[tuple[int, int, int], int] = {}
 
     def _bucket_start(self, bucket: int) -> int:
         # `get_random_bytes(ip_idents, ...)` at boot, derived from the seed per bucket.
@@ -468,9 +472,16 @@ class IpIdGenerator:
 
     def next_id(self, daddr: int, saddr: int, protocol: int, now_ns: int, segs: int = 1) -> int:
         """Reserve `segs` IDs for a packet (daddr, saddr, protocol) and return the first."""
-        data = struct.pack("!IIB", daddr & 0xFFFFFFFF, saddr & 0xFFFFFFFF, protocol & 0xFF)
-        h = int.from_bytes(hashlib.blake2b(data, digest_size=4, key=self._key).digest(), "big")
-        bucket = h & self.mask
+        key = (daddr, saddr, protocol)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            data = struct.pack("!IIB", daddr & 0xFFFFFFFF, saddr & 0xFFFFFFFF, protocol & 0xFF)
+            h = int.from_bytes(hashlib.blake2b(data, digest_size=4, key=self._key).digest(),
+                               "big")
+            bucket = h & self.mask
+            if len(self._buckets) >= BUCKET_CACHE:
+                self._buckets.clear()
+            self._buckets[key] = bucket
         now = (now_ns * self.hz // 1_000_000_000) & 0xFFFFFFFF
         ident = self._idents.get(bucket)
         if ident is None:

@@ -3,12 +3,14 @@
 
 Frames go out as new buffers from the worker's own pool partition, in the order they
 were sent, at the end of the burst (`transmit`, `flush_tx`: one allocation for the
-burst; counters move at the same time); whole datagrams (engine/slowpath/whole.py)
-leave in the buffers they came in (`transmit_whole`). Each frame carries the
-triggering packet's time and arrival number, so the pcap agent's (time, arrival)
-order places it where the kernel would have sent it. With pcap ports a full ring or
-an empty pool is waited out (the pcap agent always drains, so waiting is safe and
-replays stay lossless); with live ports it drops (`ring_full`, `pool_empty`).
+burst; counters move at the same time; `transmit_rows`: many packets' frames built
+in one block, engine/slowpath/icmp_burst.py, copied with one call); whole datagrams
+(engine/slowpath/whole.py) leave in the buffers they came in (`transmit_whole`).
+Each frame carries the triggering packet's time and arrival number, so the pcap
+agent's (time, arrival) order places it where the kernel would have sent it. With
+pcap ports a full ring or an empty pool is waited out (the pcap agent always drains,
+so waiting is safe and replays stay lossless); with live ports it drops
+(`ring_full`, `pool_empty`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,19 @@ if TYPE_CHECKING:
     from engine.slowpath.whole import WholeBurst
 
 WAIT_S = 0.00005  # a lossless (pcap) port waits this long for ring or pool room
+
+
+@dataclass
+class Rows:
+    """What `transmit_rows` queued: frame k is frames[k, :lengths[k]]."""
+
+    frames: np.ndarray
+    lengths: np.ndarray
+    ports: np.ndarray
+    ts: np.ndarray
+    seq: np.ndarray
+    sent: list[Sequence[IntEnum]]
+    refused: Callable[[Drop], None]
 
 
 class Output:
@@ -49,7 +65,8 @@ class Output:
         self.drop = counts.drop
         # what transmit queued for the end of the burst: (frames, port, ts, seq,
         # counters when sent, call when refused), or (None, WholeBurst, d0, d1): its
-        # datagrams d0..d1-1, in the buffers they came in
+        # datagrams d0..d1-1, in the buffers they came in, or (Rows,): one frame
+        # each for many packets
         self._txq: list[tuple[Any, ...]] = []
 
     def transmit(self, frames: list[bytes], port: int, ts: int, seq: int,
@@ -60,6 +77,18 @@ class Output:
         if max(map(len, frames)) > self.mem.geometry.bufsize:  # as `send` would refuse it
             raise ValueError("a frame longer than a pool buffer")
         self._txq.append((frames, port, ts, seq, sent, refused))
+
+    def transmit_rows(self, frames: np.ndarray, lengths: np.ndarray, ports: np.ndarray,
+                      ts: np.ndarray, seq: np.ndarray, sent: list[Sequence[IntEnum]],
+                      refused: Callable[[Drop], None]) -> None:
+        """`transmit` of one frame each for many packets, the frames built in the rows
+        of one block (frame k: frames[k, :lengths[k]], to port ports[k], with time
+        ts[k] and number seq[k], counting sent[k] when sent): copied into the pool at
+        the end of the burst with one call, and refused one by one as `transmit`'s
+        are when the pool or a ring has no room."""
+        if int(lengths.max()) > self.mem.geometry.bufsize:  # as `send` would refuse it
+            raise ValueError("a frame longer than a pool buffer")
+        self._txq.append((Rows(frames, lengths, ports, ts, seq, sent, refused),))
 
     def transmit_whole(self, w: WholeBurst, d0: int, d1: int) -> None:
         """Whole datagrams d0..d1-1 of `w`, in the buffers they came in, at the end of
@@ -84,6 +113,10 @@ class Output:
             if item[0] is None:
                 w, d0, d1 = item[1:]
                 ports += w.ports[w.bounds[d0] : w.bounds[d1]].tolist()
+            elif len(item) == 1:
+                rows = item[0]
+                ports += rows.ports.tolist()
+                copies += len(rows.ports)
             else:
                 ports += [item[1]] * len(item[0])
                 copies += len(item[0])
@@ -97,6 +130,9 @@ class Output:
             for item in queue:
                 if item[0] is None:
                     self._send_whole_alone(*item[1:])
+                    continue
+                if len(item) == 1:
+                    self._send_rows_alone(item[0])
                     continue
                 frames, port, ts, seq, sent, refused = item
                 reason = self.send(frames, port, ts, seq)
@@ -121,6 +157,22 @@ class Output:
                 order += w.buffers[w.bounds[d0] : w.bounds[d1]].tolist()
                 self.count(Snmp.ForwDatagrams, d1 - d0)
                 self.count(Misc.forwarded, d1 - d0)
+                continue
+            if len(item) == 1:
+                rows = item[0]
+                m = len(rows.ports)
+                bufs = idx[len(lengths) : len(lengths) + m]
+                width = int(rows.lengths.max())
+                mem.data[bufs, :width] = rows.frames[:, :width]
+                lengths += rows.lengths.tolist()
+                order += bufs.tolist()
+                stamps += rows.ts.tolist()
+                seqs += rows.seq.tolist()
+                copy_ports += rows.ports.tolist()
+                kinds = {id(sent): sent for sent in rows.sent}  # a few tuples, shared
+                for key, k in Counter(map(id, rows.sent)).items():
+                    for counter in kinds[key]:
+                        self.count(counter, k)
                 continue
             frames, port, ts, seq, sent, _ = item
             for frame in frames:
@@ -148,6 +200,18 @@ class Output:
             for p in per_port:  # each ring gets its frames in order (first seen first)
                 self.tx[p].enqueue(sent_idx[egress == p])
         self.count(Misc.tx_frames, n)
+
+    def _send_rows_alone(self, rows: Rows) -> None:
+        """`transmit_rows`' frames when the burst's output has no room: each through
+        `send` in turn, as a `transmit` of its own would go."""
+        for k in range(len(rows.ports)):
+            frame = rows.frames[k, : rows.lengths[k]].tobytes()
+            reason = self.send([frame], int(rows.ports[k]), int(rows.ts[k]), int(rows.seq[k]))
+            if reason is not None:
+                rows.refused(reason)
+                continue
+            for counter in rows.sent[k]:
+                self.count(counter)
 
     def _send_whole_alone(self, w: WholeBurst, d0: int, d1: int) -> None:
         """Whole datagrams d0..d1-1 when the rings have no room for the burst's output:

@@ -8,6 +8,10 @@ arrival order in `mem.seq`. A burst goes, in arrival order, to:
     whole datagrams   WholeDatagrams (slowpath/whole.py): the fragments that make up
                       complete, plainly forwarded datagrams on their own, sent as they
                       came (the kernel's frag_list), in their own buffers
+    ICMP runs         IcmpRuns (slowpath/icmp_burst.py): ICMP errors (TTL exceeded,
+                      fragmentation needed, error routes) about plain IPv4 packets
+                      and echo replies, for runs of such packets at once, between
+                      the others (which go to `Kernel.take`), in arrival order
     routing           RouteCache.prefetch (slowpath/route_cache.py): the routing
                       questions the rest will ask, answered together
     the kernel        Kernel.take (slowpath/kernel.py): every other packet, one at a
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.config import Config
-from engine.counters import Misc, index
+from engine.counters import Misc, Slow, index
 from engine.pipeline.tables import Tables, make_tables
 from engine.pipeline.verdict import SLOW
 from engine.proto import ETH_HLEN
@@ -46,10 +50,11 @@ from engine.shm.memory import (
 )
 from engine.shm.pool import Buffers
 from engine.slowpath.counts import Counts
+from engine.slowpath.icmp_burst import IcmpRuns
 from engine.slowpath.kernel import SLOW_REASONS, Kernel
 from engine.slowpath.output import Output
 from engine.slowpath.packet import Packet, pkt_type
-from engine.slowpath.whole import WholeDatagrams
+from engine.slowpath.whole import WholeBurst, WholeDatagrams
 from engine.workers.loop import pin, poll_loop
 
 SLOW_BURST = 1024  # the most a burst takes from one slow ring (see SlowPath.batch)
@@ -94,6 +99,8 @@ class SlowPath:
         self.kernel = Kernel(mem, tables, cfg, self.out, self.counts)
         self.whole = WholeDatagrams(self.kernel)
         self.whole_bursts = True  # False: every packet through `Kernel.take` (tests compare)
+        self.icmp = IcmpRuns(self.kernel)
+        self.icmp_bursts = True  # False: every ICMP error through `Kernel.take` (tests compare)
         self.waiting = np.zeros(0, dtype=np.uint32)  # replays: packets waiting for their turn
 
     def poll(self) -> int:
@@ -200,31 +207,43 @@ class SlowPath:
             except Exception:  # then every packet goes one at a time
                 kernel.log_error()
         rest = idx if whole is None else idx[whole.rest]
+        n = len(rest)
+        # ICMP errors about plain IPv4 packets and echo replies: in runs, between the
+        # packets taken one at a time
+        candidates = None
+        if self.icmp_bursts and n:
+            try:
+                candidates = self.icmp.candidates(rest)
+            except Exception:  # then every packet goes one at a time
+                kernel.log_error()
+        runs = candidates is not None and bool(candidates[0].any())
         lengths = mem.length[rest].tolist()
         ports = mem.port[rest].tolist()
         stamps = mem.ts[rest].tolist()
         seqs = mem.seq[rest].tolist()
         codes = mem.code[rest].tolist()
-        burst = []
-        for k, i in enumerate(rest.tolist()):
-            frame = mem.data[i, : lengths[k]].tobytes()  # trimmed to tot_len by the fast path
-            port = ports[k]
-            pkt = Packet(frame[ETH_HLEN:], port, pkt_type(frame, kernel.port_mac[port]),
-                         stamps[k], seqs[k])
-            burst.append((pkt, SLOW_REASONS[codes[k] - SLOW]))
+        alone = np.flatnonzero(~candidates[0]).tolist() if runs else range(n)
+        burst: list[tuple[Packet, Slow] | None] = [None] * n
+        rows = rest.tolist()
+        for k in alone:
+            burst[k] = self.packet(rows[k], lengths[k], ports[k], stamps[k], seqs[k], codes[k])
         try:
-            kernel.routes.prefetch(burst)
+            kernel.routes.prefetch([b for b in burst if b is not None] if runs else burst)
         except Exception:  # a header prefetch cannot read: each packet asks alone
             kernel.routes.forget()
             kernel.log_error()
-        if whole is None:
-            for pkt, reason in burst:
-                kernel.take(pkt, reason)
+        if not runs:
+            if whole is None:
+                for pkt, reason in burst:
+                    kernel.take(pkt, reason)
+            else:
+                for j, (pkt, reason) in enumerate(burst):
+                    self.whole.send(whole, j)
+                    kernel.take(pkt, reason)
         else:
-            for j, (pkt, reason) in enumerate(burst):
-                self.whole.send(whole, j)
-                kernel.take(pkt, reason)
-            self.whole.send(whole, len(burst))
+            self.take_runs(rest, burst, candidates, whole, lengths, ports, stamps, seqs, codes)
+        if whole is not None:
+            self.whole.send(whole, n)
         # what the burst sent is on the TX rings before its buffers go: until then they
         # hold the capture time of what it sends (a replay's output order, pcap_port.py)
         self._flush()
@@ -236,6 +255,55 @@ class SlowPath:
         # last: the control process takes "slow path taken == handed over" (with every
         # ring empty) as the sign that nothing more will come out of here
         row[index(Misc.rx_frames)] += len(idx)
+
+    def packet(self, row: int, length: int, port: int, ts: int, seq: int,
+               code: int) -> tuple[Packet, Slow]:
+        """Pool row `row` as the kernel takes it, with the reason it was handed over."""
+        frame = self.mem.data[row, :length].tobytes()  # trimmed to tot_len by the fast path
+        pkt = Packet(frame[ETH_HLEN:], port, pkt_type(frame, self.kernel.port_mac[port]), ts,
+                     seq)
+        return pkt, SLOW_REASONS[code - SLOW]
+
+    def take_runs(self, rest: np.ndarray, burst: list[tuple[Packet, Slow] | None],
+                  candidates: tuple[np.ndarray, ...], whole: WholeBurst | None,
+                  lengths: list[int], ports: list[int], stamps: list[int], seqs: list[int],
+                  codes: list[int]) -> None:
+        """The burst in arrival order: runs of ICMP candidates to `IcmpRuns.take`,
+        every other packet (and a candidate it leaves) to `Kernel.take`. A run ends
+        where a whole datagram is due to leave (`WholeDatagrams.send`)."""
+        kernel = self.kernel
+        mask, bufs, lens, vcodes, saddr, daddr, host, echo = candidates
+        n = len(rest)
+        ends = np.flatnonzero(~mask).tolist() + [n]  # where each run stops at the latest
+        if whole is not None:  # and where a whole datagram leaves or its source counts
+            upto = np.asarray(whole.upto[: n + 1])
+            ends += (np.flatnonzero(upto[1:] != upto[:-1]) + 1).tolist() + list(whole.saw)
+        ends = sorted(set(ends))
+        j = 0
+        stop = 0
+        while j < n:
+            if whole is not None:
+                self.whole.send(whole, j)
+            if mask[j]:
+                while ends[stop] <= j:
+                    stop += 1
+                end = ends[stop]
+                try:
+                    taken = self.icmp.take(rest[j:end], bufs[j:end], lens[j:end],
+                                           vcodes[j:end], saddr[j:end], daddr[j:end],
+                                           host[j:end], echo[j:end])
+                except Exception:  # failed before deciding anything (what `take`
+                    kernel.log_error()  # decides, it counts): they go one at a time
+                    taken = 0
+                if taken:
+                    j += taken
+                    continue
+                if burst[j] is None:
+                    burst[j] = self.packet(int(rest[j]), lengths[j], ports[j], stamps[j],
+                                           seqs[j], codes[j])
+            pkt, reason = burst[j]  # type: ignore[misc]
+            kernel.take(pkt, reason)
+            j += 1
 
     def finish(self) -> None:
         """End of a pcap replay: the clock stops at the last input frame. Queues due by
