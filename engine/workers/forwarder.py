@@ -58,7 +58,7 @@ from engine.workers.batch import (
     worker_pass,
 )
 from engine.workers.doorbell import Doorbells
-from engine.workers.loop import pin, poll_loop
+from engine.workers.loop import orphaned_at_start, pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
 REWRITE_WORDS = 4  # ... so the first four 64-bit words of a frame hold every change
@@ -425,6 +425,8 @@ def journal_rows(mem: EngineMemory) -> int:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
+    if orphaned_at_start():
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)

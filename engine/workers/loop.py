@@ -148,6 +148,18 @@ def die_with_parent() -> None:
         pass
 
 
+def orphaned_at_start() -> bool:
+    """The first thing an agent process does: ask for SIGTERM when the control process
+    dies (die_with_parent), and tell whether it died already. A spawned agent takes
+    seconds to import and compile on a loaded machine; a control process SIGKILLed
+    meanwhile must not leave it to start polling for nobody."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a spawned agent (a test calls us)
+        return False
+    die_with_parent()
+    return os.getppid() != parent.pid
+
+
 def pin(cpu: int | None) -> None:
     """Pin this process to one CPU where the machine has it (RSS-style workers)."""
     if cpu is not None and hasattr(os, "sched_setaffinity"):

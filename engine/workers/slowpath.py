@@ -52,7 +52,7 @@ from engine.slowpath.output import Output
 from engine.slowpath.packet import Packet, pkt_type
 from engine.slowpath.whole import WholeDatagrams
 from engine.workers.doorbell import Doorbells
-from engine.workers.loop import pin, poll_loop
+from engine.workers.loop import orphaned_at_start, pin, poll_loop
 
 SLOW_BURST = 1024  # the most a burst takes from one slow ring (see SlowPath.batch)
 
@@ -287,6 +287,8 @@ class _Waiting:
 
 def slowpath_main(spec: SlowPathSpec) -> None:
     """Entry point of the slow-path process."""
+    if orphaned_at_start():
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
