@@ -58,7 +58,7 @@ from engine.workers.batch import (
     worker_pass,
 )
 from engine.workers.doorbell import Doorbells
-from engine.workers.loop import orphaned_at_start, pin, poll_loop
+from engine.workers.loop import exit_quickly, orphaned_at_start, pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
 REWRITE_WORDS = 4  # ... so the first four 64-bit words of a frame hold every change
@@ -445,3 +445,4 @@ def worker_main(spec: WorkerSpec) -> None:
             ports.close()
         fib.close()
         mem.close()
+    exit_quickly()

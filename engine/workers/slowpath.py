@@ -52,7 +52,7 @@ from engine.slowpath.output import Output
 from engine.slowpath.packet import Packet, pkt_type
 from engine.slowpath.whole import WholeDatagrams
 from engine.workers.doorbell import Doorbells
-from engine.workers.loop import orphaned_at_start, pin, poll_loop
+from engine.workers.loop import exit_quickly, orphaned_at_start, pin, poll_loop
 
 SLOW_BURST = 1024  # the most a burst takes from one slow ring (see SlowPath.batch)
 
@@ -300,3 +300,4 @@ def slowpath_main(spec: SlowPathSpec) -> None:
     finally:
         fib.close()
         mem.close()
+    exit_quickly()
