@@ -369,7 +369,7 @@ class EngineRouter:
         for port in ("p0", "p1"):
             nsexec(self.lab.router, "ethtool", "-K", port, "sg", "on" if on else "off")
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 180) -> None:  # a cold numba cache compiles ~1 min
         if self.sg:
             self.scatter_gather(True)
         if self.sock.exists():
@@ -387,7 +387,8 @@ class EngineRouter:
                                  f"{self.err.read_text().strip()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise BenchError(f"fwd run did not start within {timeout:.0f} s")
+                raise BenchError(f"fwd run did not start within {timeout:.0f} s: "
+                                 f"{self.err.read_text().strip()[-2000:]}")
             if self.sock.exists():
                 try:
                     s = self.request_stats()
@@ -440,8 +441,10 @@ def snapshot_engine(workdir: Path) -> tuple[Path, dict[str, Any]]:
     code for the whole run, even while the working tree changes. Returns its root
     (`python -m engine.cli` there imports the copy first) and what it was copied from."""
     root = workdir / "src"
-    shutil.copytree(ROOT / "engine", root / "engine",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # numba's cache (__pycache__/*.nbi, *.nbc) comes along: its index checks the source
+    # file's mtime and size, which copytree keeps; a cold cache compiles for minutes
+    # on a loaded 2-CPU machine (the engine then does not start in time)
+    shutil.copytree(ROOT / "engine", root / "engine", ignore=shutil.ignore_patterns("*.pyc"))
     git = ("git", "-C", str(ROOT))
     head = run(*git, "rev-parse", "HEAD", check=False).stdout.strip()
     dirty = run(*git, "status", "--porcelain", "--", "engine", check=False).stdout.split("\n")

@@ -160,7 +160,13 @@ def variants() -> list[dict[str, str]]:
         out.append({"walker": "c", "copier": "c", "tx_mode": "sendmmsg"})
         # TX ring frames without the virtio_net_hdr (fwd_tx_fill's other layout)
         out.append({"walker": "c", "copier": "c", "tx_mode": "ring", "tx_vnet": False})
+        # the default RX ring is TPACKET_V2 (one frame a slot, frames longer than a
+        # slot, 3,000 bytes here, queued whole on the socket: TP_STATUS_COPY); V3 too
+        out.append({"walker": "c", "copier": "c", "tx_mode": "ring", "rx_ring": "v3"})
     return out
+
+
+RX_RINGS = ["v3", "v2"] if c_helper() is not None else ["v3"]
 
 
 @pytest.mark.parametrize("impl", variants(), ids=lambda v: "-".join(map(str, v.values())))
@@ -185,7 +191,10 @@ def test_equal_sizes_many_blocks(veth, wire, mem, impl):
     # 64-byte frames: the fast case; several blocks, bursts that split blocks
     sent = [udp_frame(i, 64) for i in range(900)]
     buffers = Buffers(mem, AGENT_IO)
-    with AfPacketPort(veth[0], ring_blocks=16, block_size=1 << 14, **impl) as port:
+    # V2: a 2 KiB slot a frame, so more blocks for the same 900 frames sent at once
+    v2 = impl["walker"] == "c" and impl.get("rx_ring", "v2") == "v2"
+    blocks = 128 if v2 else 16
+    with AfPacketPort(veth[0], ring_blocks=blocks, block_size=1 << 14, **impl) as port:
         wire.send(sent)
         got = receive(port, buffers, mem, len(sent), burst=100)
         assert frames_of(mem, got) == sent
@@ -377,6 +386,23 @@ def test_wait_sleeps_until_a_block_is_ready(veth, wire, mem):
         assert frames_of(mem, [port.rx_burst(buffers, mem, 0, 8)]) == [udp_frame(1, 64)]
 
 
+@pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
+def test_v2_wakes_per_frame(veth, wire, mem):
+    """A V2 ring hands each frame over as it is written (tpacket_rcv wakes poll() per
+    frame), where V3 waits for its block to fill or retire: the latency of a quiet link."""
+    buffers = Buffers(mem, AGENT_IO)
+    with AfPacketPort(veth[0], rx_ring="v2") as port, \
+            AfPacketPort(veth[0], rx_ring="v3", retire_ms=200) as v3:
+        assert not port.wait(20)
+        t0 = time.monotonic()
+        wire.send([udp_frame(1, 64)])
+        assert port.wait(1000)
+        assert time.monotonic() - t0 < 0.1  # well before V3's block retires (200 ms)
+        assert not v3.wait(0)
+        assert frames_of(mem, [port.rx_burst(buffers, mem, 0, 8)]) == [udp_frame(1, 64)]
+        assert port.stats()["kernel_packets"] == 1
+
+
 def test_a_fanout_group_belongs_to_one_interface(veth):
     group = int.from_bytes(secrets.token_bytes(2), "big")
     with AfPacketPort(veth[0], fanout_group=group), \
@@ -500,10 +526,11 @@ PAYLOAD = bytes(range(256)) * 23  # 5,888 bytes: 5 segments of 1,200 and one of 
 
 @pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
 @pytest.mark.parametrize("burst", [256, 2], ids=["whole", "split-across-bursts"])
-def test_tso_super_frame_is_cut_into_its_segments(veth_offloads, mem, burst):
+@pytest.mark.parametrize("rx_ring", RX_RINGS)
+def test_tso_super_frame_is_cut_into_its_segments(veth_offloads, mem, burst, rx_ring):
     port_dev, peer = veth_offloads
     buffers = Buffers(mem, AGENT_IO)
-    with AfPacketPort(port_dev) as port:
+    with AfPacketPort(port_dev, rx_ring=rx_ring) as port:
         assert port.offloads
         send_vnet(peer, tcp_frame(PAYLOAD, flags="FCPA"), gso_type=GSO_TCPV4, gso_size=1200)
         got = frames_of(mem, receive(port, buffers, mem, 5, burst=burst, quiet=0.05))
@@ -516,10 +543,11 @@ def test_tso_super_frame_is_cut_into_its_segments(veth_offloads, mem, burst):
 
 
 @pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
-def test_udp_gso_super_frame_is_cut_into_datagrams(veth_offloads, mem):
+@pytest.mark.parametrize("rx_ring", RX_RINGS)
+def test_udp_gso_super_frame_is_cut_into_datagrams(veth_offloads, mem, rx_ring):
     port_dev, peer = veth_offloads
     buffers = Buffers(mem, AGENT_IO)
-    with AfPacketPort(port_dev) as port:
+    with AfPacketPort(port_dev, rx_ring=rx_ring) as port:
         send_vnet(peer, udp_gso_frame(PAYLOAD), gso_type=GSO_UDP_L4, gso_size=1400)
         got = frames_of(mem, receive(port, buffers, mem, 5, quiet=0.05))
     # __udp_gso_segment: each segment its own datagram (length, checksum), IP ids up
@@ -540,12 +568,13 @@ def udp_zero_sum_frame() -> bytes:
 
 
 @pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
-def test_partial_checksums_are_filled_in(veth_offloads, mem):
+@pytest.mark.parametrize("rx_ring", RX_RINGS)
+def test_partial_checksums_are_filled_in(veth_offloads, mem, rx_ring):
     port_dev, peer = veth_offloads
     buffers = Buffers(mem, AGENT_IO)
     frames = [tcp_frame(b"hello"), udp_frame(3, 100), udp_zero_sum_frame()]
     assert frames[2][40:42] == b"\xff\xff"  # a sum of 0 goes out as 0xffff (RFC 768)
-    with AfPacketPort(port_dev) as port:
+    with AfPacketPort(port_dev, rx_ring=rx_ring) as port:
         for f in frames:
             send_vnet(peer, f)
         got = frames_of(mem, receive(port, buffers, mem, 2, quiet=0.05))
@@ -555,12 +584,13 @@ def test_partial_checksums_are_filled_in(veth_offloads, mem):
 
 
 @pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
-def test_segments_longer_than_a_buffer_are_oversize(veth_offloads):
+@pytest.mark.parametrize("rx_ring", RX_RINGS)
+def test_segments_longer_than_a_buffer_are_oversize(veth_offloads, rx_ring):
     m = EngineMemory.create(Geometry.new(1, 1, nbufs=256, bufsize=1024, ring_size=64))
     try:
         port_dev, peer = veth_offloads
         buffers = Buffers(m, AGENT_IO)
-        with AfPacketPort(port_dev) as port:
+        with AfPacketPort(port_dev, rx_ring=rx_ring) as port:
             send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=1200)
             send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=900)
             got = frames_of(m, receive(port, buffers, m, 7, quiet=0.05))
@@ -572,11 +602,12 @@ def test_segments_longer_than_a_buffer_are_oversize(veth_offloads):
 
 
 @pytest.mark.skipif(c_helper() is None, reason="needs the C helper (cffi and a C compiler)")
-def test_pool_short_in_the_middle_of_a_super_frame(veth_offloads, mem):
+@pytest.mark.parametrize("rx_ring", RX_RINGS)
+def test_pool_short_in_the_middle_of_a_super_frame(veth_offloads, mem, rx_ring):
     port_dev, peer = veth_offloads
     buffers = Buffers(mem, AGENT_IO)
     hoard = buffers.alloc(buffers.count - 3)  # 3 of the 5 segments fit
-    with AfPacketPort(port_dev) as port:
+    with AfPacketPort(port_dev, rx_ring=rx_ring) as port:
         send_vnet(peer, tcp_frame(PAYLOAD), gso_type=GSO_TCPV4, gso_size=1200)
         first = receive(port, buffers, mem, 3, timeout=0.5)
         assert len(port.rx_burst(buffers, mem, 0, 64)) == 0  # pool empty, nothing lost

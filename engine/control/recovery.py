@@ -159,6 +159,8 @@ class paused:
         paused.epoch += 1
         epoch = paused.epoch
         self.mem.ctl[CTL_PAUSE] = epoch
+        if self.mem.doorbells is not None:  # an idle agent blocks: wake it to see this
+            self.mem.doorbells.ring_all()
         deadline = time.monotonic() + self.timeout
         while True:
             waiting = [a for a, running in self.agents.items()

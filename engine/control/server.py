@@ -133,6 +133,9 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._calls: queue.Queue[tuple[_Conn, object]] = queue.Queue()  # for the main thread
+        # called after a request is queued for the main thread: wakes it if it blocks
+        # elsewhere than in serve_main (the supervisor's doorbell, workers/doorbell.py)
+        self.notify: Callable[[], None] | None = None
         self._replies: queue.Queue[tuple[_Conn, dict[str, Any]]] = queue.Queue()  # its answers
         # the main thread wakes the server thread's select when it has answered
         self._wake_r, self._wake_w = socket.socketpair()
@@ -157,6 +160,10 @@ class ControlServer:
             except Exception:  # a bug must not leave the socket unserved: say it, go on
                 traceback.print_exc(file=sys.stderr)
                 time.sleep(0.01)
+
+    def has_calls(self) -> bool:
+        """Whether a request waits for the main thread (`serve_main`)."""
+        return not self._calls.empty()
 
     def serve_main(self, timeout: float = 0.0) -> int:
         """Run the requests queued for the main thread (call it from the main thread),
@@ -326,6 +333,8 @@ class ControlServer:
                 # the main thread runs it; this connection reads nothing until it has
                 conn.on_main = True
                 self._calls.put((conn, msg))
+                if self.notify is not None:  # the main thread may be blocked idle
+                    self.notify()
                 break
             reply = msg.reply if isinstance(msg, _Reply) else self._handle(msg)
             conn.wbuf += encode(reply)

@@ -53,6 +53,7 @@ from engine.control.server import ControlServer, ControlSetupError
 from engine.control.stats import Snapshot, snapshot
 from engine.counters import MISC_BASE, Misc
 from engine.io.pcap import PcapError
+from engine.io.ports import SenderPorts
 from engine.io.registry import Driver, DriverError, driver_for
 from engine.io.registry import check as check_drivers
 from engine.shm.fib import DEFAULT_READERS, FibWriter
@@ -61,11 +62,14 @@ from engine.shm.memory import (
     CTL_STOP,
     ST_LOOPS,
     ST_PID,
+    ST_SLEEPING,
     ST_WARMUP_NS,
     EngineMemory,
     Geometry,
 )
+from engine.workers.doorbell import Doorbells, full_fence
 from engine.workers.forwarder import WorkerSpec, prepare_compiled, worker_main
+from engine.workers.loop import DEEP_AFTER_S
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
 JOIN_TIMEOUT_S = 5.0  # an agent stopping that makes no pass for this long is stuck
@@ -75,6 +79,11 @@ MAX_IDLE_S = 0.002  # longest sleep of the I/O loop while input may still come
 PROGRESS_S = 0.2  # how often a replay's progress is reported
 REPLAY_RING = 8192  # ring slots for pcap replays (geometry_for)
 KEPT_IDLE_S = 0.05  # --keep-running after the input is drained: only requests, signals
+# a live engine's control process, idle (adaptive polling, workers/doorbell.py): after
+# DEEP_AFTER_S without work it blocks on its doorbell (the slow path rings it when it
+# queues frames to send, the control socket's thread when a request waits, a signal
+# handler) for up to CONTROL_SLEEP_S, the bound on noticing a dead agent
+CONTROL_SLEEP_S = 0.1
 
 
 class EngineError(RuntimeError):
@@ -207,6 +216,7 @@ class _Run:
         self.stop_requested = False
         self.reload_requested = False
         self.old_handlers: dict[int, Any] = {}
+        self.bells: Doorbells | None = None  # live AF_PACKET engines (workers/doorbell.py)
         self.mem: EngineMemory | None = None
         self.fib: FibWriter | None = None
         self.routing: Routing | None = None
@@ -234,9 +244,17 @@ class _Run:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
+        self.wake()
 
     def _on_hangup(self, signum: int, frame: Any) -> None:
         self.reload_requested = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Ring our own doorbell: the main loop may be blocked idle (a poll() that a
+        signal interrupts is resumed by Python, PEP 475)."""
+        if self.bells is not None:
+            self.bells.ring(AGENT_IO)
 
     def reload(self) -> None:
         """Re-read the config file: its [[route]]s replace the running config routes
@@ -345,15 +363,21 @@ class _Run:
         cfg, geometry, mem, procs = self.cfg, self.geometry, self.mem, self.procs
         ctx = mp.get_context("spawn")
         compiled = cfg.engine.datapath == "compiled"
+        if isinstance(self.io, SenderPorts):
+            # AF_PACKET: every agent can block when idle (adaptive polling); the
+            # doorbells go to each agent in its spec
+            self.bells = mem.doorbells = Doorbells(geometry.nagents)
+            if self.server is not None:
+                self.server.notify = self.wake
         if compiled:  # compile once here; the workers load it from numba's cache
             ready = prepare_compiled(cfg, mem, self.fib.name)
         for w in range(cfg.engine.workers):
             self.specs[w] = spec = WorkerSpec(geometry, self.fib.name, cfg, w, cfg.engine.batch,
-                                              cpu_for(w))
+                                              cpu_for(w), self.bells)
             procs.append((ctx.Process(target=worker_main, args=(spec,),
                                       name=f"fwd-worker-{w}"), w))
         slow_spec = SlowPathSpec(geometry, self.fib.name, cfg, cfg.engine.batch,
-                                 cpu_for(cfg.engine.workers))
+                                 cpu_for(cfg.engine.workers), doorbells=self.bells)
         self.slowpath = ctx.Process(target=slowpath_main, name="fwd-slowpath",
                                     args=(slow_spec,))
         procs.append((self.slowpath, cfg.engine.workers))
@@ -394,6 +418,7 @@ class _Run:
         socket in the idle sleep; until the input is drained (pcap) or a signal."""
         mem, io, live = self.mem, self.io, self.live
         idle = 0.0
+        idle_since = 0.0
         shown = time.monotonic()
         while True:
             if live:
@@ -411,13 +436,33 @@ class _Run:
                 return
             if moved:
                 idle = 0.0
+                idle_since = 0.0
             elif self.drained:
                 idle = KEPT_IDLE_S  # nothing more can arrive on a pcap port
             else:
                 idle = min(MAX_IDLE_S, idle * 2 or 0.0001)
+            if not moved and self.bells is not None:
+                now = time.monotonic()
+                if not idle_since:
+                    idle_since = now
+                elif now - idle_since >= DEEP_AFTER_S:
+                    self.sleep_deep()
+                    idle = 0.0
             self.serve(idle)
             if self.reload_requested:
                 self.reload()
+
+    def sleep_deep(self) -> None:
+        """Block until the doorbell rings (the consumer's side of workers/doorbell.py:
+        announce, look once more at what could be waiting, block)."""
+        mem, bells = self.mem, self.bells
+        mem.state[AGENT_IO, ST_SLEEPING] = 1
+        full_fence()
+        if not (self.io.pending() or self.stop_requested or self.reload_requested
+                or (self.server is not None and self.server.has_calls())):
+            bells.wait(AGENT_IO, CONTROL_SLEEP_S)
+        mem.state[AGENT_IO, ST_SLEEPING] = 0
+        bells.clear(AGENT_IO)
 
     def serve(self, timeout: float) -> None:
         """Sleep up to `timeout` seconds, running the control requests that must run on
@@ -465,6 +510,8 @@ class _Run:
         """Tell every agent to stop, collect what the slow path sends on its way out,
         then flush (live) or write (pcap) the ports."""
         self.mem.ctl[CTL_STOP] = 1
+        if self.bells is not None:  # idle agents block: wake them to see it
+            self.bells.ring_all()
         error: PcapError | None = None  # an output that failed on the way: said at the end
         g = self.mem.geometry
         for proc, reader in self.procs:
@@ -519,6 +566,9 @@ class _Run:
                 proc.join()
         if self.io is not None:  # a live port's sockets; a replay's files
             self.io.close()
+        if self.bells is not None:
+            self.bells.close()
+            self.mem.doorbells = None
         if self.fib is not None:
             self.fib.close()
             self.fib.unlink()

@@ -2,12 +2,19 @@
 
 One `AfPacketPort` per (worker, port) holds two sockets on the interface:
 
-- an RX socket with a `TPACKET_V3` ring mapped into the process. The kernel fills
-  blocks of frames and flips a block's status to `TP_STATUS_USER`; we walk the block's
-  `tpacket3_hdr` chain, copy the frames into pool buffers in one batch and hand the
-  block back (`TP_STATUS_KERNEL`). No syscall and no Python object per frame. The
-  socket joins a `PACKET_FANOUT_HASH` group (one group id per port, shared by every
-  worker of the port): the kernel hashes each frame's flow (`skb_get_hash`, addresses
+- an RX socket with a `TPACKET_V2` ring mapped into the process: one frame a 2 KiB
+  slot, whose status the kernel flips to `TP_STATUS_USER` as soon as the frame is
+  written (tpacket_rcv, waking a poll()er); we walk the run of ready slots, copy the
+  frames into pool buffers in one batch and hand the slots back (`TP_STATUS_KERNEL`).
+  No syscall and no Python object per frame. (`rx_ring="v3"`: a `TPACKET_V3` ring of
+  blocks of packed frames, walked by their `tpacket3_hdr` chain; the kernel hands a
+  block over only when it is full or its retire timer fires, and that timer runs in
+  jiffies: 1 ms is 4 ms at HZ=250, and each hop of a quiet link waits for it. That is
+  why V2 is the default, as in DPDK's af_packet PMD: a ping through the idle lab
+  engine 1.6-2.3 ms with V3, 0.6-0.8 with V2 on this machine; 64-byte throughput and
+  CPU a packet the same within noise, perf/README.md.) The socket joins a
+  `PACKET_FANOUT_HASH` group (one group id per port, shared by every worker of the
+  port): the kernel hashes each frame's flow (`skb_get_hash`, addresses
   and ports) and picks one socket of the group, so one flow always lands on one
   worker, as a NIC's RSS would. It ignores outgoing frames (`PACKET_IGNORE_OUTGOING`)
   and puts the port in promiscuous mode: the engine, not the kernel, owns the MAC.
@@ -37,7 +44,12 @@ is another matter: it merges without keeping what tells how to cut back, so the
 control process turns it off on each port while the engine runs and says so on
 stderr, as the kernel does on a forwarding interface (`disable_lro`).
 
-Two sockets, not one, because `PACKET_VERSION` is per socket (the RX ring wants V3's
+GSO super-frames (up to 64 KiB) do not fit a V2 slot: with PACKET_COPY_THRESH the
+kernel then also queues the whole frame on the socket and marks the slot
+`TP_STATUS_COPY`; that frame alone is received with recv() (one syscall per 64 KiB)
+and cut into segments from there. V3 blocks hold such frames in place.
+
+Two sockets, not one, because `PACKET_VERSION` is per socket (a V3 RX ring wants its
 variable-size blocks, the TX ring V2's fixed frames) and a protocol-0 socket is the
 simplest way to never read back what we send.
 
@@ -87,6 +99,7 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
+PACKET_COPY_THRESH = 7
 PACKET_LOSS = 14
 PACKET_VNET_HDR = 15
 PACKET_FANOUT = 18
@@ -100,12 +113,16 @@ PACKET_FANOUT_QM = 5
 FANOUT_MODES = {"hash": PACKET_FANOUT_HASH, "lb": PACKET_FANOUT_LB, "cpu": PACKET_FANOUT_CPU,
                 "qm": PACKET_FANOUT_QM}
 SO_BUSY_POLL = 46
+SO_RCVBUFFORCE = 33
+COPY_RCVBUF = 4 << 20  # V2 RX: socket memory for frames queued whole (TP_STATUS_COPY)
+COPY_SCRATCH = 65536 + 4096  # the longest GSO super-frame, its vnet header and Ethernet's
 TPACKET_V2 = 1
 TPACKET_V3 = 2
 PACKET_OUTGOING = 4  # sll_pkttype of a frame we (or the host) sent
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_COPY = 2  # V2 RX: the frame did not fit its slot; it is queued whole on the socket
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_SENDING = 2
@@ -140,6 +157,11 @@ _C_DECLS = """
 int fwd_walk_block(uint8_t *block, int64_t block_off, uint32_t cap, int64_t *off,
                    uint32_t *snap, uint32_t *len, int64_t *ts, uint8_t *pkttype);
 void fwd_release_block(uint8_t *block);
+int fwd_walk_v2(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t head,
+                uint32_t cap, int64_t *off, uint32_t *snap, uint32_t *len, int64_t *ts,
+                uint8_t *pkttype);
+void fwd_release_v2(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t head,
+                    uint32_t n);
 void fwd_copy_rows(const uint8_t *src, const int64_t *off, const uint32_t *len,
                    const int64_t *ts, uint32_t n, uint8_t *pool, uint64_t bufsize,
                    const uint32_t *idx, uint32_t *pool_len, uint16_t *pool_port,
@@ -252,6 +274,51 @@ void fwd_pcap_records(const uint8_t *src, const int64_t *off, const int64_t *len
         wr32le(dst + 12, (uint32_t)len[i]);
         memcpy(dst + 16, src + off[i], (size_t)len[i]);
         dst += 16 + len[i];
+    }
+}
+
+/* TPACKET_V2 RX: the frames ready from slot `head` on (tp_status TP_STATUS_USER), at
+   most `cap`, written out as fwd_walk_block does. A frame the kernel could not fit in
+   its slot and queued whole on the socket (TP_STATUS_COPY: PACKET_COPY_THRESH, a GSO
+   super-frame) ends the run; alone, it is returned as -1 (its header walked). */
+int fwd_walk_v2(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t head,
+                uint32_t cap, int64_t *off, uint32_t *snap, uint32_t *len, int64_t *ts,
+                uint8_t *pkttype)
+{
+    uint32_t n = 0, h = head;
+    if (cap > nframes)
+        cap = nframes;
+    while (n < cap) {
+        uint64_t base = (uint64_t)h * frame_size;
+        const uint8_t *f = ring + base;
+        uint32_t status = __atomic_load_n((uint32_t *)f, __ATOMIC_ACQUIRE);
+        if (!(status & 1))
+            break;
+        if ((status & 2) && n)  /* TP_STATUS_COPY: on its own */
+            break;
+        /* tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec; sockaddr_ll at 32 */
+        off[n] = (int64_t)(base + rd16(f + 12));
+        len[n] = rd32(f + 4);
+        snap[n] = rd32(f + 8);
+        ts[n] = (int64_t)rd32(f + 16) * 1000000000 + rd32(f + 20);
+        pkttype[n] = f[32 + 10];
+        n++;
+        if (status & 2)
+            return -1;
+        h = h + 1 == nframes ? 0 : h + 1;
+    }
+    return (int)n;
+}
+
+/* Hand n V2 RX slots from `head` on back to the kernel (TP_STATUS_KERNEL), each after
+   everything read from it (release order). */
+void fwd_release_v2(uint8_t *ring, uint32_t frame_size, uint32_t nframes, uint32_t head,
+                    uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        __atomic_store_n((uint32_t *)(ring + (uint64_t)head * frame_size), 0,
+                         __ATOMIC_RELEASE);
+        head = head + 1 == nframes ? 0 : head + 1;
     }
 }
 
@@ -654,8 +721,10 @@ class AfPacketPort:
 
     `fanout_group`: the port's PACKET_FANOUT id (same for every worker of the port,
     unique per port within the network namespace); None: no fanout (one worker).
-    RX ring: `ring_blocks` blocks of `block_size` bytes (a page multiple); a block is
-    handed to us when full or after `retire_ms` (latency bound at low rates).
+    RX ring: `ring_blocks` blocks of `block_size` bytes (a page multiple). `rx_ring`
+    "v2" (the default with the C helper): slots of `rx_frame_size` bytes, each handed
+    to us as its frame is written; "v3": a block is handed to us when full or after
+    `retire_ms` (latency bound at low rates, in jiffies).
     `frame_size` is the TX ring's slot size (frames longer than frame_size - 32, - 42
     with `tx_vnet`, are not sent) and `tx_frames` its number of slots: 4096, two
     bursts of 2048 in flight (lab, 64-byte UDP, one worker at batch 2048: 0.65 µs of
@@ -674,12 +743,14 @@ class AfPacketPort:
     device (needs the C walker and copier; see "Offloads" in the module docstring).
     """
 
-    def __init__(self, iface: str, *, fanout_group: int | None = None, ring_blocks: int = 32,
+    def __init__(self, iface: str, *, fanout_group: int | None = None,
+                 ring_blocks: int | None = None,
                  block_size: int = 1 << 18, frame_size: int = 2048, tx_frames: int = 4096,
                  retire_ms: int = 1, promisc: bool = True, walker: str | None = None,
                  copier: str | None = None, tx_mode: str | None = None,
                  receive: bool = True, offloads: bool = True, fanout_mode: str = "hash",
-                 qdisc_bypass: bool = True, busy_poll_us: int = 0, tx_vnet: bool = True):
+                 qdisc_bypass: bool = True, busy_poll_us: int = 0, tx_vnet: bool = True,
+                 rx_ring: str | None = None, rx_frame_size: int = 2048):
         self.iface = iface
         needs_c = walker in (None, "c") or copier in (None, "c") or tx_mode in (
             None, "ring", "sendmmsg")
@@ -698,10 +769,19 @@ class AfPacketPort:
         if block_size % mmap.PAGESIZE or frame_size % TPACKET_ALIGNMENT:
             raise ValueError("block_size must be a page multiple, frame_size a multiple of 16")
         self.block_size = block_size
-        self.ring_blocks = ring_blocks
         self.frame_size = frame_size
         self.tx_frames = tx_frames
         self.offloads = offloads and self.walker == "c" and self.copier == "c"
+        if rx_ring not in (None, "v2", "v3"):
+            raise ValueError(f"rx_ring {rx_ring!r}: expected 'v2' or 'v3'")
+        # V2 is walked by the C helper only
+        self.rx_ring = (rx_ring or "v2") if self.walker == "c" else "v3"
+        if ring_blocks is None:  # V2: 8,192 slots of 2 KiB; V3: 8 MiB of packed frames
+            ring_blocks = 64 if self.rx_ring == "v2" else 32
+        self.ring_blocks = ring_blocks
+        if self.rx_ring == "v2" and (block_size % rx_frame_size or rx_frame_size % 16):
+            raise ValueError("rx_frame_size must divide block_size, and be a multiple of 16")
+        self.rx_frame_size = rx_frame_size
         self.tx_vnet = tx_vnet and self.tx_mode == "ring"
         # per EngineMemory: C pointers to its pool arrays (see _pool_ptrs)
         self.restore: Callable[[], None] | None = None  # undoes disable_lro at close
@@ -751,15 +831,36 @@ class AfPacketPort:
         except OSError as e:
             raise _fail(iface, "opening a packet socket", e) from e
         s = self.rx_sock
-        self._setsockopt(s, PACKET_VERSION, TPACKET_V3, "PACKET_VERSION V3")
+        v2 = self.rx_ring == "v2"
+        self._setsockopt(s, PACKET_VERSION, TPACKET_V2 if v2 else TPACKET_V3,
+                         f"PACKET_VERSION {self.rx_ring.upper()}")
         if self.offloads:  # before the ring: the kernel refuses it after (EBUSY)
             self._setsockopt(s, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR")
-        # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
-        # sizeof_priv, feature_req_word. V3 ignores frame_size for RX except that
-        # frame_nr must equal block_nr * (block_size / frame_size).
-        fs = TPACKET_ALIGNMENT * 128
-        req = struct.pack("<7I", self.block_size, self.ring_blocks, fs,
-                          self.ring_blocks * (self.block_size // fs), retire_ms, 0, 0)
+        if v2:
+            # tpacket_req: block_size, block_nr, frame_size, frame_nr; one frame a slot
+            self._slots = self.ring_blocks * (self.block_size // self.rx_frame_size)
+            req = struct.pack("<4I", self.block_size, self.ring_blocks, self.rx_frame_size,
+                              self._slots)
+            if self.offloads:
+                # a GSO super-frame does not fit a slot: the kernel then queues it
+                # whole on the socket too and marks the slot TP_STATUS_COPY
+                # (tpacket_rcv's copy_thresh), room for a few dozen of them
+                self._setsockopt(s, PACKET_COPY_THRESH, 1, "PACKET_COPY_THRESH")
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, COPY_RCVBUF)
+                except OSError:  # without CAP_NET_ADMIN: what rmem_max allows
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, COPY_RCVBUF)
+                self._scratch = np.zeros(COPY_SCRATCH, np.uint8)
+                self._scratch_ptr = (None if self._lib is None
+                                     else self._lib.ffi.from_buffer("uint8_t[]", self._scratch))
+        else:
+            # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov,
+            # sizeof_priv, feature_req_word. V3 ignores frame_size for RX except that
+            # frame_nr must equal block_nr * (block_size / frame_size).
+            self._slots = self.ring_blocks
+            fs = TPACKET_ALIGNMENT * 128
+            req = struct.pack("<7I", self.block_size, self.ring_blocks, fs,
+                              self.ring_blocks * (self.block_size // fs), retire_ms, 0, 0)
         self._setsockopt(s, PACKET_RX_RING, req, "PACKET_RX_RING")
         size = self.block_size * self.ring_blocks
         try:
@@ -769,7 +870,9 @@ class AfPacketPort:
             raise _fail(iface, "mapping the RX ring", e) from e
         self._r8 = np.frombuffer(self._rx_map, dtype=np.uint8)
         self._r32 = self._r8.view("<u4")
-        self._block_status = self._r32[BLK_STATUS // 4 :: self.block_size // 4]
+        # what says the next block (V3) or frame (V2) is ours: its status word
+        self._block_status = (self._r32[:: self.rx_frame_size // 4] if v2 else
+                              self._r32[BLK_STATUS // 4 :: self.block_size // 4])
         try:
             s.bind((iface, ETH_P_ALL))
         except OSError as e:
@@ -793,7 +896,7 @@ class AfPacketPort:
                              "another interface or socket type using it?)")
         if busy_poll_us:
             s.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, busy_poll_us)
-        self._cur = 0  # block we read next
+        self._cur = 0  # block (V3) or first slot (V2) we read next
         self._walk = _Walk(self.block_size // 64)
         self._n = 0  # frames of the open block (0: no block open)
         self._pos = 0  # frames of it already taken
@@ -801,6 +904,7 @@ class AfPacketPort:
         self._seg = 0  # segments of frame _pos already taken (a GSO frame split)
         self._lib_ring = (None if self._lib is None
                           else self._lib.ffi.from_buffer("uint8_t[]", self._r8))
+        self._src = self._lib_ring  # where the open run's frames are: the ring or _scratch
         # C pointers to arrays that live as long as we do: computing one from numpy
         # (`.ctypes.data`) costs more than the C call it is passed to
         self._wp: dict[str, Any] = {}
@@ -869,10 +973,12 @@ class AfPacketPort:
 
     def wait(self, timeout_ms: int) -> bool:
         """Sleep until a block is ready to read (True) or `timeout_ms` passes (False).
-        An idle worker calls this instead of spinning; a block is handed over at the
-        latest `retire_ms` after its first frame."""
+        An idle worker calls this instead of spinning; a V2 frame is handed over as it
+        is written, a V3 block at the latest `retire_ms` after its first frame."""
         if self._pos < self._n or self._ready():
             return True
+        if timeout_ms <= 0:  # the status word said it all: no poll() to ask again
+            return False
         p = select.poll()
         p.register(self.fileno(), select.POLLIN)
         return bool(p.poll(timeout_ms)) and self._ready()
@@ -882,6 +988,8 @@ class AfPacketPort:
 
     def _open_block(self) -> bool:
         """Walk the next block if the kernel has handed it over; False if not."""
+        if self.rx_ring == "v2":
+            return self._open_v2()
         while True:
             base = self._cur * self.block_size
             w = self._walk
@@ -907,7 +1015,46 @@ class AfPacketPort:
                 return True
             self._release_block()  # a block can retire empty (timeout)
 
+    def _open_v2(self) -> bool:
+        """V2: the run of frames ready from slot `_cur` on, as a block; a frame the
+        kernel queued whole on the socket (TP_STATUS_COPY) is received into `_scratch`
+        and makes a run of its own, finished by the offload path."""
+        lib, w, wp = self._lib.lib, self._walk, self._wp
+        n = lib.fwd_walk_v2(self._lib_ring, self.rx_frame_size, self._slots, self._cur,
+                            w.cap, wp["off"], wp["snap"], wp["len"], wp["ts"], wp["pkttype"])
+        if n == 0:
+            return False
+        if n < 0:
+            n = 1
+            try:
+                got = self.rx_sock.recv_into(self._scratch, len(self._scratch),
+                                             socket.MSG_DONTWAIT)
+            except OSError:
+                got = 0
+            w.off[0] = VNET_HDR_LEN
+            if got > VNET_HDR_LEN:
+                w.len[0] = w.snap[0] = got - VNET_HDR_LEN
+            else:  # not there after all: dropped as a truncated frame
+                w.len[0], w.snap[0] = 1, 0
+            self._src = self._scratch_ptr
+            self._busy = max(1, lib.fwd_plan_offloads(
+                self._src, wp["off"], wp["len"], wp["snap"], 1, wp["work"], wp["segs"],
+                wp["seglen"]))
+        elif self.offloads:
+            self._busy = lib.fwd_plan_offloads(self._lib_ring, wp["off"], wp["len"],
+                                               wp["snap"], n, wp["work"], wp["segs"],
+                                               wp["seglen"])
+        self._n, self._pos = n, 0
+        return True
+
     def _release_block(self) -> None:
+        if self.rx_ring == "v2":
+            self._lib.lib.fwd_release_v2(self._lib_ring, self.rx_frame_size, self._slots,
+                                         self._cur, self._n)
+            self._cur = (self._cur + self._n) % self._slots
+            self._n = self._pos = self._busy = self._seg = 0
+            self._src = self._lib_ring
+            return
         if self._lib is not None:
             self._lib.lib.fwd_release_block(self._lib_ring + self._cur * self.block_size)
         else:
@@ -1000,7 +1147,7 @@ class AfPacketPort:
         if n:
             data, pool_len, pool_port, pool_ts = self._pool_ptrs(mem)
             done = self._lib.lib.fwd_copy_offloaded(
-                self._lib_ring, wp["off"] + start, wp["len"] + start, wp["ts"] + start,
+                self._src, wp["off"] + start, wp["len"] + start, wp["ts"] + start,
                 wp["work"] + start, ffi.from_buffer("uint32_t[]", take), self._seg, n, data,
                 mem.geometry.bufsize, ffi.from_buffer("uint32_t[]", idx), pool_len,
                 pool_port, pool_ts, port)
@@ -1156,15 +1303,19 @@ class AfPacketPort:
                "tx_full": self.tx_full, "tx_oversize": self.tx_oversize}
         if self.rx_sock is not None:
             raw = self.rx_sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+            # tpacket_stats_v3 (V2's tpacket_stats has no freeze count)
+            packets, drops, freezes = struct.unpack("<3I", raw.ljust(12, b"\0"))
             out["kernel_packets"], out["kernel_drops"], out["kernel_freezes"] = (
-                struct.unpack("<3I", raw))
+                packets, drops, freezes)
         return out
 
     def close(self) -> None:
         """Close both sockets and unmap the rings (promiscuity and fanout membership
         go away with the socket). Safe to call twice."""
         # views first, or mmap.close() raises BufferError
-        for attr in ("_r8", "_r32", "_block_status", "_t8", "_t32", "_lib_ring", "_lib_tx"):
+        self._src = None
+        for attr in ("_r8", "_r32", "_block_status", "_t8", "_t32", "_lib_ring", "_lib_tx",
+                     "_scratch_ptr"):
             if hasattr(self, attr):
                 if attr.startswith("_lib") and getattr(self, attr) is not None and self._lib:
                     self._lib.ffi.release(getattr(self, attr))
@@ -1199,6 +1350,14 @@ def tx_frame_size(bufsize: int) -> int:
     page multiple then)."""
     need = bufsize + TX_DATA_OFF + VNET_HDR_LEN
     return 2048 if need <= 2048 else -(-need // 4096) * 4096
+
+
+def rx_frame_size(mtu: int) -> int:
+    """A V2 RX slot for the port's longest frame (a VLAN tag included) after the
+    kernel's tpacket2_hdr, sockaddr_ll and virtio_net_hdr (76 bytes before the frame):
+    2 KiB for MTU 1500; a power of two, so that slots tile the ring's blocks."""
+    need = 96 + mtu + 18
+    return 1 << max(11, (need - 1).bit_length())
 
 
 def fanout_group(engine_name: str, port: int) -> int:
@@ -1265,7 +1424,8 @@ def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool
     group = fanout_group(g.name, index) if receive and fanout != "none" else None
     opened = AfPacketPort(port.iface or "", receive=receive, fanout_group=group,
                           fanout_mode="hash" if fanout == "none" else str(fanout),
-                          frame_size=tx_frame_size(g.bufsize), **knobs)
+                          frame_size=tx_frame_size(g.bufsize),
+                          rx_frame_size=rx_frame_size(port.mtu), **knobs)
     if queue is None and not receive:  # the control process's queue: once per port,
         opened.restore = disable_lro(opened.iface)  # opened before any worker's
     return opened
@@ -1274,7 +1434,7 @@ def open_queue(port: PortConfig, index: int, mem: EngineMemory, *, receive: bool
 # FWD_AFPACKET="name=value,...": the driver's options the benchmark compares
 # (perf/bench_lab.py engine modes with "+name=value"), not a user setting
 _KNOBS = {"fanout": str, "offloads": int, "qdisc_bypass": int, "busy_poll_us": int,
-          "tx_vnet": int, "tx_mode": str,
+          "tx_vnet": int, "tx_mode": str, "rx_ring": str,
           "retire_ms": int, "ring_blocks": int, "block_size": int, "tx_frames": int}
 
 

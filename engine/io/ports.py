@@ -155,6 +155,8 @@ class WorkerPorts(Sender):
         for d in drivers:
             if d.fileno() >= 0:  # polled drivers (DPDK) have none: the wait is a sleep
                 self._poller.register(d.fileno(), select.POLLIN)
+        # every port can wake us (AF_PACKET): an idle worker may block for long
+        self.can_block = all(d.fileno() >= 0 for d in drivers)
         self._passes = 0
         self._oversize = [(0, 0)] * len(drivers)  # the drivers' rx_oversize, rx_offload_bad
 
@@ -172,8 +174,13 @@ class WorkerPorts(Sender):
             self.count_kernel_drops()
         return super().send()
 
+    def watch(self, fd: int) -> None:
+        """`wait` also returns when `fd` is readable (the worker's doorbell)."""
+        self._poller.register(fd, select.POLLIN)
+
     def wait(self, timeout_s: float) -> None:
-        """Sleep until a port has frames or `timeout_s` passes (an idle worker)."""
+        """Sleep until a port has frames, a watched fd is readable or `timeout_s`
+        passes (an idle worker)."""
         if any(d.wait(0) for d in self.drivers):
             return
         self._poller.poll(max(0, int(timeout_s * 1000)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,6 +74,7 @@ ST_IDLE = 3  # 1 when the agent's last pass found nothing to do
 ST_PAUSED = 4  # the CTL_PAUSE epoch this agent has acknowledged (holding no buffer)
 ST_WARMUP_NS = 5  # how long a forwarding worker took to get its compiled datapath ready
 ST_NEXT_TIMER = 6  # slow path, pcap replays: when its next timer falls due (capture clock, ns)
+ST_SLEEPING = 7  # 1: the agent is about to block; ring its doorbell (workers/doorbell.py)
 CTL_REPLAY_CLOCK = 5  # pcap replays: every frame older than this (ns) has left the workers
 CTL_END_CLOCK = 6  # pcap replays: the latest capture time read, where the slow path's clock stops
 CTL_UNFED_SEQ = 7  # pcap replays: 1 + the arrival number of the oldest frame not yet fed (0: none)
@@ -217,6 +219,9 @@ class EngineMemory:
         self.geometry = geometry
         self.shm = shm
         self.owner = owner
+        # the agents' doorbells (engine/workers/doorbell.py), in the processes that have
+        # them: None where nobody blocks (pcap replays, tests)
+        self.doorbells: Any = None
         layout = engine_layout(geometry)
         v = layout.views(shm.buf)
         self._views = v

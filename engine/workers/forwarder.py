@@ -57,7 +57,8 @@ from engine.workers.batch import (
     worker_batch,
     worker_pass,
 )
-from engine.workers.loop import pin, poll_loop
+from engine.workers.doorbell import Doorbells
+from engine.workers.loop import exit_quickly, orphaned_at_start, pin, poll_loop
 
 REWRITE_BYTES = 26  # Ethernet addresses, TTL and header checksum end at byte 26
 REWRITE_WORDS = 4  # ... so the first four 64-bit words of a frame hold every change
@@ -73,6 +74,7 @@ class WorkerSpec:
     worker: int
     batch: int
     cpu: int | None
+    doorbells: Doorbells | None = None  # live engines: every agent's (workers/doorbell.py)
 
 
 class Forwarder:
@@ -375,8 +377,19 @@ class Forwarder:
     def run(self) -> None:
         if self.ports is None:
             poll_loop(self.mem, self.agent, self.poll, self.rx)
-        else:
-            poll_loop(self.mem, self.agent, self.poll, self.tx, wait=self.ports.wait)
+            return
+        mem, bells = self.mem, self.mem.doorbells
+        block = after = None
+        if bells is not None:
+            if self.ports.can_block:  # AF_PACKET: poll() the sockets and our doorbell
+                self.ports.watch(bells.fileno(self.agent))
+                block = self.ports.wait
+            slow, slow_agent = self.slow, mem.geometry.slowpath_agent
+
+            def after() -> bool:  # we feed the slow path: wake it if it sleeps
+                return bells.wake_if_sleeping(mem, slow_agent, lambda: slow.count() > 0)
+        poll_loop(mem, self.agent, self.poll, self.tx, wait=self.ports.wait, block=block,
+                  after_pass=after)
 
 
 def prepare_compiled(cfg: Config, mem: EngineMemory, fib_name: str) -> float:
@@ -412,9 +425,12 @@ def journal_rows(mem: EngineMemory) -> int:
 
 def worker_main(spec: WorkerSpec) -> None:
     """Entry point of a forwarding worker process."""
+    if orphaned_at_start():
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
+    mem.doorbells = spec.doorbells
     fib = FibReader.attach(spec.fib_name, reader_id=spec.worker)  # close() unregisters it
     ports = None
     try:
@@ -429,3 +445,4 @@ def worker_main(spec: WorkerSpec) -> None:
             ports.close()
         fib.close()
         mem.close()
+    exit_quickly()

@@ -38,6 +38,7 @@ from engine.pipeline.verdict import SLOW
 from engine.proto import ETH_HLEN
 from engine.shm.fib import FibReader
 from engine.shm.memory import (
+    AGENT_IO,
     CTL_END_CLOCK,
     CTL_PAUSE,
     CTL_REPLAY_CLOCK,
@@ -55,7 +56,8 @@ from engine.slowpath.kernel import SLOW_REASONS, Kernel
 from engine.slowpath.output import Output
 from engine.slowpath.packet import Packet, pkt_type
 from engine.slowpath.whole import WholeBurst, WholeDatagrams
-from engine.workers.loop import pin, poll_loop
+from engine.workers.doorbell import Doorbells
+from engine.workers.loop import exit_quickly, orphaned_at_start, pin, poll_loop
 
 SLOW_BURST = 1024  # the most a burst takes from one slow ring (see SlowPath.batch)
 
@@ -70,6 +72,7 @@ class SlowPathSpec:
     # pcap replays: the capture time of the last input frame (None: as the pcap agent
     # read it, CTL_END_CLOCK)
     end_clock_ns: int | None = None
+    doorbells: Doorbells | None = None  # live engines: every agent's (workers/doorbell.py)
 
 
 class SlowPath:
@@ -92,7 +95,8 @@ class SlowPath:
         self.reader = g.nworkers
         self.end_clock_ns = end_clock_ns
         self.counts = Counts(mem.counters[self.agent])
-        self.out = Output(mem, [mem.rings[f"slowtx.{p}"] for p in range(g.nports)],
+        self.out_rings = [mem.rings[f"slowtx.{p}"] for p in range(g.nports)]
+        self.out = Output(mem, self.out_rings,
                           self.buffers, self.counts,
                           lossless=all(p.driver == "pcap" for p in cfg.ports),
                           fib=fib, reader=self.reader)
@@ -191,8 +195,25 @@ class SlowPath:
             FREE_TS if due == float("inf") else max(0, int(due)))
 
     def run(self) -> None:
-        poll_loop(self.mem, self.agent, self.poll, [*self.rings, _Waiting(self)],
-                  settle=self.settle)
+        mem, bells, agent = self.mem, self.mem.doorbells, self.agent
+        block = block_for = after = None
+        if bells is not None and not self.out.lossless:
+            # live ports: block on our doorbell (the workers ring it when they hand us
+            # packets) until the next timer at the latest; the control process sends
+            # what we queue on the slow TX rings: ring its doorbell when it sleeps
+            def block(timeout: float) -> None:
+                bells.wait(agent, timeout)
+
+            def block_for() -> float:
+                return (self.kernel.next_timer() - time.time_ns()) / 1e9
+
+            slowtx = self.out_rings
+
+            def after() -> bool:
+                return bells.wake_if_sleeping(mem, AGENT_IO,
+                                              lambda: any(r.count() for r in slowtx))
+        poll_loop(mem, agent, self.poll, [*self.rings, _Waiting(self)], settle=self.settle,
+                  block=block, block_for=block_for, after_pass=after)
         self.finish()
 
     def handle(self, idx: np.ndarray) -> None:
@@ -334,9 +355,12 @@ class _Waiting:
 
 def slowpath_main(spec: SlowPathSpec) -> None:
     """Entry point of the slow-path process."""
+    if orphaned_at_start():
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the control process decides when to stop
     pin(spec.cpu)
     mem = EngineMemory.attach(spec.geometry)
+    mem.doorbells = spec.doorbells
     fib = FibReader.attach(spec.fib_name, reader_id=spec.geometry.nworkers)
     try:
         SlowPath(mem, make_tables(spec.config, mem, fib.lookup), spec.config, spec.batch,
@@ -344,3 +368,4 @@ def slowpath_main(spec: SlowPathSpec) -> None:
     finally:
         fib.close()
         mem.close()
+    exit_quickly()
