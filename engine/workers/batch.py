@@ -284,8 +284,9 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
 @njit(cache=True, nogil=True)
 def worker_pass(ln: Lane, stop: int) -> int:
     """One pass of a worker without live ports: `worker_batch` from each RX ring in
-    turn (up to PASS_BATCHES full batches from each), in one call. First the generation words (`Forwarder.generations`): when one
-    moved since `gens`, MOVED before anything is done. Before each batch the
+    turn (up to PASS_BATCHES full batches from each), in one call. First the
+    generation words (`Forwarder.generations`): when one moved since `gens`, MOVED
+    before anything is done. Before each batch the
     observers' word, as the numpy worker loads it: when a trace or capture is armed,
     OBSERVED, with the ring to go on from and the buffers taken so far in `resume`
     (their taps read the numpy stages' rows). After the last batch, the FIB reader's
