@@ -22,7 +22,9 @@ process alone talks to DPDK, with one queue pair per port, as the pcap driver pl
 the NIC: it receives bursts into the pool, spreads them over the workers' RX rings by
 the Toeplitz hash of engine/io/rss.py (one flow always on one worker, in order), and
 sends what the workers and the slow path queued. Workers never touch DPDK. It runs
-with or without hugepages (`--no-huge -m memory_mb --no-shconf`).
+with or without hugepages (`--no-huge -m memory_mb --no-shconf`). With zero copy that
+whole pass over the workers' rings is one C call (`SingleProcessAgent`,
+`_build.fwd_agent_pass`): Python runs once per pass of many bursts, not per burst.
 
 Zero copy (`[dpdk] zero_copy`, on by default; single-process mode on vdevs): the
 control process's RX queues take their mbufs from a mempool over its own pool
