@@ -168,6 +168,67 @@ def scenario_double_free() -> dict[str, Any]:
     return res
 
 
+def scenario_agent_pass(inp: str, out: str) -> dict[str, Any]:
+    """The single-process agent's C pass with 2 workers: the frames of port 0 spread
+    over rx.0.0 and rx.0.1 by the Toeplitz hash (as engine/io/rss.py), counted and
+    stamped; what a "worker" then puts on tx.1.w leaves port 1, counted; the rows a
+    worker drops come home; the I/O partition whole again at the end."""
+    import time
+
+    from engine.counters import MISC_BASE, Misc
+    from engine.io.dpdk.engine import SingleProcessAgent
+    from engine.io.ports import RX_BYTES, RX_PACKETS, TX_BYTES, TX_PACKETS
+    from engine.io.rss import rss_queues
+    from engine.shm.memory import AGENT_IO, EngineMemory, Geometry
+    from engine.shm.pool import Buffers
+
+    mem = EngineMemory.create(Geometry.new(2, 2, nbufs=NBUFS, ring_size=256))
+    res: dict[str, Any] = {}
+    with dp.Dpdk(EAL) as d:
+        rows = d.pool_mbufs(mem, AGENT_IO)
+        ports = [d.port(f"net_pcap0,rx_pcap={inp}", rx_pool=rows),
+                 d.port(f"net_pcap1,rx_pcap={inp},tx_pcap={out}", rx_pool=rows)]
+        agent = SingleProcessAgent(ports, mem, 16)
+        before = time.time_ns()
+        moved = sum(agent.drain() for _ in range(20))
+        got = {w: mem.rings[f"rx.0.{w}"].dequeue(64) for w in (0, 1)}
+        port1 = {w: mem.rings[f"rx.1.{w}"].dequeue(64) for w in (0, 1)}
+        res["moved"] = moved
+        res["rx"] = {w: [bytes(mem.data[i, : mem.length[i]]) for i in got[w]] for w in got}
+        res["ports"] = sorted(set(mem.port[np.concatenate(list(got.values()))].tolist()))
+        res["stamped"] = bool((mem.ts[np.concatenate(list(got.values()))] >= before).all())
+        both = np.concatenate([got[0], got[1], port1[0], port1[1]])
+        res["want_queue"] = rss_queues(mem.data.reshape(-1),
+                                       got[0].astype(np.int64) * mem.geometry.bufsize,
+                                       mem.length[got[0]].astype(np.int64), 2).tolist()
+        res["want_queue1"] = rss_queues(mem.data.reshape(-1),
+                                        got[1].astype(np.int64) * mem.geometry.bufsize,
+                                        mem.length[got[1]].astype(np.int64), 2).tolist()
+        pc = mem.port_counters[AGENT_IO]
+        res["rx_counted"] = (int(pc[0, RX_PACKETS]) + int(pc[1, RX_PACKETS]),
+                             int(pc[0, RX_BYTES]) + int(pc[1, RX_BYTES]),
+                             int(mem.counters[AGENT_IO][MISC_BASE + Misc.rx_frames]))
+        res["rx_bytes"] = int(mem.length[both].sum())
+        # "workers": port 0's frames out of port 1, port 1's dropped
+        worker = [Buffers(mem, mem.geometry.worker_agent(w)) for w in (0, 1)]
+        mem.rings["tx.1.1"].enqueue(got[1])
+        mem.rings["tx.1.0"].enqueue(got[0])
+        for w in (0, 1):
+            worker[w].free(port1[w])  # through the return rings
+        agent.drain()
+        res["tx_counted"] = (int(pc[1, TX_PACKETS]), int(pc[1, TX_BYTES]),
+                             int(mem.counters[AGENT_IO][MISC_BASE + Misc.tx_frames]))
+        res["sent"] = [bytes(mem.data[i, : mem.length[i]]) for i in np.concatenate(
+            [got[0], got[1]])]
+        agent.close()
+        res["held"] = len(rows.held_rows())
+        res["bad_puts"] = rows.bad_puts
+    res["stack"] = _stack(mem, AGENT_IO)
+    res["io_rows"] = mem.geometry.partitions[AGENT_IO][1]
+    mem.close()
+    return res
+
+
 def frames_of(path: Path) -> list[bytes]:
     return [bytes(p) for p in rdpcap(str(path))]
 
@@ -230,3 +291,25 @@ def test_a_row_freed_twice_is_refused() -> None:
     assert r["sent"] == 2
     assert r["bad_puts"] == 1
     assert sorted(r["stack"]) == list(range(IO_ROWS))  # once on the stack, not twice
+
+
+@needs_dpdk
+def test_agent_pass_spreads_counts_sends_and_gives_rows_back(tmp_path: Path) -> None:
+    frames = [bytes(f) for f in sample_frames(40)]
+    wrpcap(str(tmp_path / "in.pcap"), frames)
+    out = tmp_path / "out.pcap"
+    r = in_child(scenario_agent_pass, str(tmp_path / "in.pcap"), str(out))
+    assert r["moved"] == 80  # 40 frames in on each port
+    rx = r["rx"]
+    assert sorted(rx[0] + rx[1]) == sorted(frames)
+    assert rx[0] and rx[1]  # both workers got some
+    # each worker's frames are those the Toeplitz hash gives it, in arrival order
+    assert r["want_queue"] == [0] * len(rx[0]) and r["want_queue1"] == [1] * len(rx[1])
+    assert rx[0] == [f for f in frames if f in rx[0]]
+    assert r["ports"] == [0] and r["stamped"]
+    assert r["rx_counted"] == (80, r["rx_bytes"], 80)
+    assert r["tx_counted"][0] == 40 == r["tx_counted"][2]
+    assert r["tx_counted"][1] == sum(map(len, frames))
+    assert frames_of(out) == r["sent"]  # tx.1.0, then tx.1.1, each in order
+    assert r["held"] == 0 and r["bad_puts"] == 0
+    assert sorted(r["stack"]) == list(range(r["io_rows"]))  # every row home, once

@@ -47,6 +47,12 @@ def _tables(key: bytes, length: int) -> np.ndarray:
     return np.bitwise_xor.reduce(selected, axis=2)
 
 
+def toeplitz_tables(key: bytes, length: int) -> np.ndarray:
+    """(length, 256) uint32: the per-byte-position tables of the hash of `length`-byte
+    inputs (for hashing elsewhere, e.g. the DPDK agent's C pass)."""
+    return _tables(bytes(key), length)
+
+
 def toeplitz_hash(input_bytes: np.ndarray, key: bytes = DEFAULT_KEY) -> np.ndarray:
     """The Toeplitz hash of each row of an (N, L) uint8 array, as uint32[N]."""
     rows = np.asarray(input_bytes, dtype=np.uint8)

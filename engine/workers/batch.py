@@ -51,6 +51,10 @@ STOPPED = -1
 RET_OVERFLOW = -2  # a return ring had no room for the drops (cannot happen: see pool.py)
 MOVED = -3  # worker_pass: a generation word moved, the caches are to be flushed first
 OBSERVED = -4  # worker_pass: a trace or capture is armed; `resume` says where it stopped
+# full batches worker_pass takes from one RX ring in a row; bounded so that a pass
+# still ends soon (the generation words are checked, and the FIB reader's quiescent
+# state stored, once a pass)
+PASS_BATCHES = 8
 
 
 @structref.register
@@ -287,8 +291,9 @@ def worker_batch(ln: Lane, rx: int, given: np.ndarray, stop: int) -> int:
 @njit(cache=True, nogil=True)
 def worker_pass(ln: Lane, stop: int) -> int:
     """One pass of a worker without live ports: `worker_batch` from each RX ring in
-    turn, in one call. First the generation words (`Forwarder.generations`): when one
-    moved since `gens`, MOVED before anything is done. Before each batch the
+    turn (up to PASS_BATCHES full batches from each), in one call. First the
+    generation words (`Forwarder.generations`): when one moved since `gens`, MOVED
+    before anything is done. Before each batch the
     observers' word, as the numpy worker loads it: when a trace or capture is armed,
     OBSERVED, with the ring to go on from and the buffers taken so far in `resume`
     (their taps read the numpy stages' rows). After the last batch, the FIB reader's
@@ -298,14 +303,20 @@ def worker_pass(ln: Lane, stop: int) -> int:
         return MOVED
     handled = 0
     for rx in range(len(ln.rx_slots)):
-        if ln.obs[OBS_ACTIVE]:
-            ln.resume[0] = rx
-            ln.resume[1] = handled
-            return OBSERVED
-        got = worker_batch(ln, rx, ln.idx[:0], stop)
-        if got < 0:
-            return got
-        handled += got
+        # a full batch says more may wait: take up to PASS_BATCHES batches from the ring
+        # before the next (each batch journaled and counted on its own, as one per
+        # pass would be), so a pass's Python costs are shared by that many batches
+        for _ in range(PASS_BATCHES):
+            if ln.obs[OBS_ACTIVE]:
+                ln.resume[0] = rx
+                ln.resume[1] = handled
+                return OBSERVED
+            got = worker_batch(ln, rx, ln.idx[:0], stop)
+            if got < 0:
+                return got
+            handled += got
+            if got < ln.batch:
+                break
     store_fence()  # no table reference survives this point: tell the writer so
     ln.quiescent[0] = ln.token[0]
     return handled

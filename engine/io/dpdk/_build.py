@@ -46,6 +46,45 @@ struct fwd_port_info {
 };
 """
 
+# Shared too: the single-process I/O agent's view of the engine's rings and counters
+# (fwd_agent_pass), filled in by engine/io/dpdk/engine.py `SingleProcessAgent`.
+AGENT = """
+struct fwd_ring {               /* an engine/shm/ring.py Ring: SPSC, counters only grow */
+    uint64_t *head;             /* the consumer's: released after the slots are read */
+    uint64_t *tail;             /* the producer's: published after the slots are written */
+    uint32_t *slots;
+    uint64_t size;              /* a power of two */
+};
+struct fwd_agent {
+    struct fwd_zc *zc;          /* the I/O partition's mbufs (zero copy) */
+    struct rte_mempool *copy_mp; /* mbufs for rows of other partitions (the slow path's) */
+    uint32_t nports, nworkers;
+    uint32_t burst;             /* [engine] batch */
+    uint32_t max_rx;            /* frames taken per port per round: 4 bursts */
+    uint16_t *port_id;          /* [nports] ethdev of port p (its queue 0) */
+    uint64_t **rx_dropped;      /* [nports] DpdkPort's counters: too long for a row */
+    uint64_t **rx_copied;       /* [nports] ... frames not in one of our mbufs */
+    uint32_t *pool_len;         /* mem.length */
+    uint16_t *pool_port;        /* mem.port */
+    int64_t *pool_ts;           /* mem.ts */
+    struct fwd_ring *rx;        /* [p * nworkers + w]: rx.<p>.<w>, we produce */
+    struct fwd_ring *tx;        /* [p * nworkers + w]: tx.<p>.<w>, we consume */
+    struct fwd_ring *ret;       /* [nret]: ret.<a>.<us>, drops coming home (Buffers.reclaim) */
+    uint32_t nret;
+    uint64_t *port_counters;    /* port_counters[us]: [nports][ncols] */
+    uint32_t ncols, col_rx_packets, col_rx_bytes, col_tx_packets, col_tx_bytes, col_rx_drops;
+    uint64_t *rx_frames;        /* counters[us][MISC_BASE + rx_frames] */
+    uint64_t *tx_frames;        /* ... tx_frames */
+    const uint32_t *rss_table;  /* [12][256] Toeplitz windows (engine/io/rss.py _tables) */
+    const uint32_t *reta;       /* [reta_size] queue of hash & (reta_size - 1) */
+    uint32_t reta_size;
+    uint32_t *rows;             /* [max_rx] scratch: one port's received rows */
+    uint8_t *queue;             /* [max_rx] scratch: their worker */
+    uint32_t *to_free;          /* [to_free_cap] sent rows of other partitions, for Python */
+    uint32_t to_free_cap, nfree;
+};
+"""
+
 # What Python sees. Structs are declared partially (`...;`): cffi takes their real
 # layout from the headers at compile time.
 CDEF = """
@@ -60,7 +99,7 @@ struct rte_eth_stats {
 };
 struct rte_eth_xstat_name { char name[...]; ...; };
 struct rte_eth_xstat { uint64_t id; uint64_t value; ...; };
-"""  + PORT_INFO + """
+""" + PORT_INFO + AGENT + """
 
 static const uint64_t FWD_RSS_IPV4;
 static const uint64_t FWD_RX_OFFLOAD_CHECKSUM;
@@ -126,6 +165,7 @@ int fwd_rx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc, uint32_t *
 int fwd_tx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc,
                     struct rte_mempool *copy_mp, const uint32_t *pool_len,
                     const uint32_t *idx, uint32_t n, uint32_t *to_free, uint32_t *nfree);
+int64_t fwd_agent_pass(struct fwd_agent *a, int receive, uint32_t rounds);
 """
 
 SOURCE = r"""
@@ -773,6 +813,205 @@ static int fwd_tx_burst_zc(uint16_t port, uint16_t queue, struct fwd_zc *zc,
 }
 """
 
+
+# The single-process I/O agent's pass (engine/io/dpdk/engine.py SingleProcessAgent):
+# what SingleProcessAgent.receive and Sender.send did in Python per burst, in C per
+# pass, over the engine's own shared-memory rings and counters.
+SOURCE += AGENT + r"""
+#include <time.h>
+
+static inline uint64_t fwd_ring_count(const struct fwd_ring *r)
+{
+    return __atomic_load_n(r->tail, __ATOMIC_ACQUIRE) - __atomic_load_n(r->head, __ATOMIC_ACQUIRE);
+}
+
+/* Ring.enqueue of n rows that fit (room was checked): the slots, then the tail that
+   publishes them (a release store, as rte_ring's SP enqueue). */
+static inline void fwd_ring_put(struct fwd_ring *r, const uint32_t *rows, uint32_t n)
+{
+    uint64_t tail = *r->tail, mask = r->size - 1;
+    uint32_t i;
+    for (i = 0; i < n; i++)
+        r->slots[(tail + i) & mask] = rows[i];
+    __atomic_store_n(r->tail, tail + n, __ATOMIC_RELEASE);
+}
+
+/* Buffers.reclaim: the rows other agents gave back to us (a worker's drops) onto our
+   free stack, slots first, then the depth that publishes them. Returns how many. */
+static uint32_t fwd_agent_reclaim(struct fwd_agent *a)
+{
+    struct fwd_zc *zc = a->zc;
+    uint32_t k, got = 0;
+    for (k = 0; k < a->nret; k++) {
+        struct fwd_ring *r = &a->ret[k];
+        uint64_t head = *r->head, tail = __atomic_load_n(r->tail, __ATOMIC_ACQUIRE);
+        uint64_t depth = *zc->depth, mask = r->size - 1, i;
+        if (tail == head)
+            continue;
+        for (i = head; i < tail; i++)
+            zc->stack[depth + (i - head)] = r->slots[i & mask];
+        __atomic_store_n(zc->depth, depth + (tail - head), __ATOMIC_RELEASE);
+        __atomic_store_n(r->head, tail, __ATOMIC_RELEASE);
+        got += (uint32_t)(tail - head);
+    }
+    return got;
+}
+
+/* engine/io/rss.py `_queues`: the worker of each frame by the Toeplitz hash of its
+   IPv4 addresses (and TCP/UDP ports when not a fragment), as a NIC's RSS would. */
+static void fwd_agent_rss(const struct fwd_agent *a, const uint8_t *base, uint32_t bufsize,
+                          const uint32_t *rows, uint32_t n, uint8_t *queue)
+{
+    const uint32_t (*t)[256] = (const uint32_t (*)[256])a->rss_table;
+    uint32_t i, j;
+    for (i = 0; i < n; i++) {
+        const uint8_t *f = base + (size_t)rows[i] * bufsize;
+        uint32_t len = a->pool_len[rows[i]], h = 0;
+        if (len >= 14 + 20 && f[12] == 0x08 && f[13] == 0x00 && (f[14] >> 4) == 4
+                && (f[14] & 0x0F) >= 5) {
+            const uint8_t *ip = f + 14;
+            uint32_t l4 = 14 + 4 * (ip[0] & 0x0F);
+            for (j = 0; j < 8; j++)  /* source and destination addresses */
+                h ^= t[j][ip[12 + j]];
+            /* TCP or UDP, not a fragment (MF clear, offset 0), ports present */
+            if ((ip[9] == 6 || ip[9] == 17) && (((ip[6] << 8) | ip[7]) & 0x3FFF) == 0
+                    && len >= l4 + 4)
+                for (j = 0; j < 4; j++)
+                    h ^= t[8 + j][f[l4 + j]];
+        }
+        queue[i] = (uint8_t)a->reta[h & (a->reta_size - 1)];
+    }
+}
+
+/* Frames every worker can take whichever the hash picks, from port p now: room on
+   their RX rings, and on their TX rings for what is queued plus a burst a port (one
+   frame in gives at most one frame out, so no TX ring can overflow), at most max_rx,
+   at most the rows free (SingleProcessAgent._room). */
+static uint32_t fwd_agent_room(const struct fwd_agent *a, uint32_t p)
+{
+    int64_t room = a->max_rx;
+    uint32_t w, q;
+    for (w = 0; w < a->nworkers; w++) {
+        const struct fwd_ring *r = &a->rx[p * a->nworkers + w];
+        int64_t tx_free = INT64_MAX, queued = 0;
+        room = RTE_MIN(room, (int64_t)(r->size - fwd_ring_count(r)));
+        for (q = 0; q < a->nports; q++) {
+            const struct fwd_ring *t = &a->tx[q * a->nworkers + w];
+            tx_free = RTE_MIN(tx_free, (int64_t)(t->size - fwd_ring_count(t)));
+            queued += (int64_t)fwd_ring_count(&a->rx[q * a->nworkers + w]);
+        }
+        room = RTE_MIN(room, tx_free - queued - (int64_t)a->burst * a->nports);
+    }
+    room = RTE_MIN(room, (int64_t)*a->zc->depth);
+    return room > 0 ? (uint32_t)room : 0;
+}
+
+/* Receive from port p into the workers' RX rings; returns frames taken. */
+static uint32_t fwd_agent_rx(struct fwd_agent *a, uint32_t p)
+{
+    uint32_t room = fwd_agent_room(a, p), n, i, w;
+    uint64_t *pc = a->port_counters + (size_t)p * a->ncols;
+    uint64_t dropped = *a->rx_dropped[p], bytes = 0;
+    struct timespec now;
+    int64_t ts;
+
+    if (room == 0)
+        return 0;
+    n = (uint32_t)fwd_rx_burst_zc(a->port_id[p], 0, a->zc, a->pool_len, a->pool_port,
+                                  (uint16_t)p, a->rows, room, a->rx_dropped[p],
+                                  a->rx_copied[p]);
+    pc[a->col_rx_drops] += *a->rx_dropped[p] - dropped;
+    if (n == 0)
+        return 0;
+    clock_gettime(CLOCK_REALTIME, &now);  /* a live port's clock is the wall clock */
+    ts = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+    for (i = 0; i < n; i++) {
+        a->pool_ts[a->rows[i]] = ts;
+        bytes += a->pool_len[a->rows[i]];
+    }
+    pc[a->col_rx_packets] += n;
+    pc[a->col_rx_bytes] += bytes;
+    *a->rx_frames += n;
+    if (a->nworkers == 1) {
+        fwd_ring_put(&a->rx[p], a->rows, n);
+        return n;
+    }
+    fwd_agent_rss(a, a->zc->base, a->zc->bufsize, a->rows, n, a->queue);
+    for (w = 0; w < a->nworkers; w++) {  /* each worker's frames in arrival order */
+        uint32_t mine[FWD_CHUNK], k = 0;
+        for (i = 0; i < n; i++) {
+            if (a->queue[i] != w)
+                continue;
+            mine[k++] = a->rows[i];
+            if (k == FWD_CHUNK) {
+                fwd_ring_put(&a->rx[p * a->nworkers + w], mine, k);
+                k = 0;
+            }
+        }
+        if (k)
+            fwd_ring_put(&a->rx[p * a->nworkers + w], mine, k);
+    }
+    return n;
+}
+
+/* Send what the workers queued for port p; what the device does not take stays in
+   its ring (the ring is the port's queue) and goes first next time. */
+static uint32_t fwd_agent_tx(struct fwd_agent *a, uint32_t p)
+{
+    uint64_t *pc = a->port_counters + (size_t)p * a->ncols;
+    uint32_t w, total = 0;
+    for (w = 0; w < a->nworkers; w++) {
+        struct fwd_ring *r = &a->tx[p * a->nworkers + w];
+        uint64_t head = *r->head, tail = __atomic_load_n(r->tail, __ATOMIC_ACQUIRE);
+        uint64_t mask = r->size - 1;
+        while (head < tail) {
+            uint64_t start = head & mask, bytes = 0;
+            uint32_t seg = (uint32_t)RTE_MIN(tail - head, r->size - start), sent, nf = 0, i;
+            seg = RTE_MIN(seg, a->to_free_cap - a->nfree);  /* room to report copies */
+            if (seg == 0)
+                break;
+            sent = (uint32_t)fwd_tx_burst_zc(a->port_id[p], 0, a->zc, a->copy_mp,
+                                             a->pool_len, &r->slots[start], seg,
+                                             a->to_free + a->nfree, &nf);
+            a->nfree += nf;
+            for (i = 0; i < sent; i++)  /* read before the head lets the worker reuse them */
+                bytes += a->pool_len[r->slots[start + i]];
+            head += sent;
+            __atomic_store_n(r->head, head, __ATOMIC_RELEASE);
+            pc[a->col_tx_packets] += sent;
+            pc[a->col_tx_bytes] += bytes;
+            *a->tx_frames += sent;
+            total += sent;
+            if (sent < seg)
+                return total;  /* the device's queue is full */
+        }
+    }
+    return total;
+}
+
+/* Up to `rounds` rounds of: rows given back reclaimed, every port received (unless
+   `receive` is 0: the engine is stopping), every port's TX rings sent; it stops at
+   the first round that moves nothing. Returns the frames moved (received + sent). */
+static int64_t fwd_agent_pass(struct fwd_agent *a, int receive, uint32_t rounds)
+{
+    int64_t moved = 0;
+    uint32_t k, p;
+    a->nfree = 0;
+    for (k = 0; k < rounds; k++) {
+        int64_t now = 0;
+        fwd_agent_reclaim(a);
+        if (receive)
+            for (p = 0; p < a->nports; p++)
+                now += fwd_agent_rx(a, p);
+        for (p = 0; p < a->nports; p++)
+            now += fwd_agent_tx(a, p);
+        moved += now;
+        if (now == 0 || a->nfree == a->to_free_cap)
+            break;
+    }
+    return moved;
+}
+"""
 
 class DpdkUnavailable(RuntimeError):
     """The system DPDK (headers, pkg-config file, compiler) is missing or unusable."""

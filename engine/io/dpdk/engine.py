@@ -22,7 +22,9 @@ process alone talks to DPDK, with one queue pair per port, as the pcap driver pl
 the NIC: it receives bursts into the pool, spreads them over the workers' RX rings by
 the Toeplitz hash of engine/io/rss.py (one flow always on one worker, in order), and
 sends what the workers and the slow path queued. Workers never touch DPDK. It runs
-with or without hugepages (`--no-huge -m memory_mb --no-shconf`).
+with or without hugepages (`--no-huge -m memory_mb --no-shconf`). With zero copy that
+whole pass over the workers' rings is one C call (`SingleProcessAgent`,
+`_build.fwd_agent_pass`): Python runs once per pass of many bursts, not per burst.
 
 Zero copy (`[dpdk] zero_copy`, on by default; single-process mode on vdevs): the
 control process's RX queues take their mbufs from a mempool over its own pool
@@ -64,10 +66,21 @@ from engine.counters import MISC_BASE, Misc
 from engine.io.dpdk import Dpdk, DpdkError, DpdkPort, PoolMbufs, hugepages_reserved
 from engine.io.dpdk._build import build
 from engine.io.dpdk.devices import is_pci, single_process_reason
-from engine.io.ports import RX_BYTES, RX_DROPS, RX_PACKETS, Sender, SenderPorts, WorkerPorts
-from engine.io.rss import rss_queue, rss_tuple, toeplitz_hash
+from engine.io.ports import (
+    RX_BYTES,
+    RX_DROPS,
+    RX_PACKETS,
+    TX_BYTES,
+    TX_DROPS,
+    TX_PACKETS,
+    Sender,
+    SenderPorts,
+    WorkerPorts,
+)
+from engine.io.rss import DEFAULT_KEY, TUPLE_LEN, rss_queues, toeplitz_tables
 from engine.shm.memory import AGENT_IO, CTL_STOP, EngineMemory, Geometry
 from engine.shm.pool import Buffers
+from engine.shm.ring import Ring
 
 MULTI = "multi-process"
 SINGLE = "single-process"
@@ -77,6 +90,8 @@ MBUF_CACHE = 128
 HUGEPAGE_COMMAND = ("echo 512 > /proc/sys/vm/nr_hugepages; mkdir -p /dev/hugepages; "
                     "mount -t hugetlbfs nodev /dev/hugepages")
 MBUF_BYTES = 128 + 128 + 64  # an mbuf's header, headroom and mempool overhead, roughly
+AGENT_ROUNDS = 16  # rounds of the single-process zero-copy pass per call, while frames move
+RETA_SIZE = 128  # entries of the RSS redirection table (engine/io/rss.py rss_queue)
 DEVICE_STATS = ("ipackets", "opackets", "ibytes", "obytes", "imissed", "ierrors",
                 "oerrors", "rx_nombuf")
 
@@ -319,7 +334,17 @@ class DpdkWorkerPorts(WorkerPorts):
 
 class SingleProcessAgent:
     """Single-process mode: the control process receives on every port's one queue,
-    spreads by flow over the workers' RX rings, and sends every TX ring."""
+    spreads by flow over the workers' RX rings, and sends every TX ring.
+
+    With zero copy the whole pass over the workers' rings is one C call
+    (`fwd_agent_pass`, engine/io/dpdk/_build.py): the rows given back reclaimed, every
+    port received into the RX rings (the room below checked, the Toeplitz hash in C
+    with several workers), every TX ring sent, the counters added, for up to
+    `AGENT_ROUNDS` rounds while frames move. No Python runs per burst; what DPDK
+    could not take stays in its TX ring, which is the port's queue (a worker that
+    finds it full counts `ring_full` drops, as a full qdisc). The slow path's
+    output (`slowtx.<p>`) goes through `Sender` in Python, on the passes it has any.
+    Copying (`dpdk.zero_copy` false) the pass is Python's, burst by burst."""
 
     def __init__(self, ports: Sequence[DpdkPort], mem: EngineMemory, burst: int):
         g = mem.geometry
@@ -327,25 +352,35 @@ class SingleProcessAgent:
         self.burst = burst
         self.nworkers = g.nworkers
         self.queues = [DpdkQueue(p, 0, Buffers(mem, AGENT_IO)) for p in ports]
-        rings = [[mem.rings[f"tx.{p}.{w}"] for w in range(g.nworkers)]
-                 + [mem.rings[f"slowtx.{p}"]] for p in range(len(ports))]
+        nports = len(ports)
+        self.rx_rings = [[mem.rings[f"rx.{p}.{w}"] for w in range(g.nworkers)]
+                         for p in range(nports)]
+        self.tx_rings = [[mem.rings[f"tx.{p}.{w}"] for w in range(g.nworkers)]
+                         for p in range(nports)]
+        self.slow_rings = [mem.rings[f"slowtx.{p}"] for p in range(nports)]
+        self.zero_copy = all(p.zc is not None for p in ports)
+        # the C pass sends the workers' rings; Python only the slow path's
+        rings = ([[r] for r in self.slow_rings] if self.zero_copy
+                 else [tx + [slow]
+                       for tx, slow in zip(self.tx_rings, self.slow_rings, strict=True)])
         self.sender = Sender(mem, AGENT_IO, self.queues, rings, burst)
         self.buffers = self.sender.buffers
         self.counters = mem.counters[AGENT_IO]
         self.port_counters = mem.port_counters[AGENT_IO]
-        self.rx_rings = [[mem.rings[f"rx.{p}.{w}"] for w in range(g.nworkers)]
-                         for p in range(len(ports))]
         self.flat = mem.data.reshape(-1)  # the pool as one byte array, for the RSS gather
-        self._oversize = [0] * len(ports)
+        self._oversize = [0] * nports
+        self._pass = AgentPass(ports, mem, burst, self.rx_rings, self.tx_rings,
+                               self.buffers) if self.zero_copy else None
 
     def _room(self, w: int) -> int:
         """Frames worker w may be given so that none of its TX rings can overflow (as
         the pcap driver: one frame in gives at most one frame out)."""
         queued = sum(rings[w].count() for rings in self.rx_rings)
-        tx = [self.mem.rings[f"tx.{p}.{w}"] for p in range(len(self.queues))]
-        return min(r.free_space() for r in tx) - queued - self.burst * len(self.queues)
+        return (min(rings[w].free_space() for rings in self.tx_rings) - queued
+                - self.burst * len(self.queues))
 
     def receive(self) -> int:
+        """The copying pass's RX (the zero-copy pass does it in C)."""
         mem = self.mem
         if mem.ctl[CTL_STOP]:
             # stopping: the workers drain their RX rings and exit, so a frame taken in
@@ -378,8 +413,7 @@ class SingleProcessAgent:
                 rings[0].enqueue(idx)
                 continue
             offsets = idx.astype(np.int64) * mem.geometry.bufsize
-            queue = rss_queue(toeplitz_hash(rss_tuple(self.flat, offsets, lengths)),
-                              self.nworkers)
+            queue = rss_queues(self.flat, offsets, lengths, self.nworkers)
             for w in range(self.nworkers):
                 mine = idx[queue == w]
                 if len(mine):
@@ -387,10 +421,106 @@ class SingleProcessAgent:
         return got
 
     def drain(self) -> int:
-        return self.receive() + self.sender.send()
+        if self._pass is None:
+            return self.receive() + self.sender.send()
+        moved = self._pass.run(receive=not self.mem.ctl[CTL_STOP])
+        if self.sender.pending():
+            moved += self.sender.send()
+        return moved
 
     def close(self) -> None:
         self.sender.drop_backlog()
+        if self._pass is not None:
+            # what the device never took from the workers' TX rings: dropped, counted
+            for p, rings in enumerate(self.tx_rings):
+                for r in rings:
+                    left = r.dequeue(r.size)
+                    if len(left):
+                        self.port_counters[p, TX_DROPS] += len(left)
+                        self.buffers.free(left)
+
+
+class AgentPass:
+    """The C side of SingleProcessAgent's zero-copy pass: a `struct fwd_agent` over the
+    engine's rings, counters and pool arrays, built once (every pointer in it stays
+    valid as long as this object and the engine's memory live)."""
+
+    def __init__(self, ports: Sequence[DpdkPort], mem: EngineMemory, burst: int,
+                 rx_rings: Sequence[Sequence[Ring]], tx_rings: Sequence[Sequence[Ring]],
+                 buffers: Buffers):
+        zc = ports[0].zc
+        assert zc is not None and all(p.zc is zc for p in ports)
+        ffi, lib = ports[0].ffi, ports[0].lib
+        self.ffi, self.lib = ffi, lib
+        self.buffers = buffers
+        g = mem.geometry
+        nports, nworkers = len(ports), g.nworkers
+        keep: list[object] = []  # what the struct points into: alive as long as we are
+
+        def ptr(ctype: str, arr: np.ndarray) -> object:
+            c = ffi.from_buffer(ctype, arr, require_writable=True)
+            keep.append(c)
+            return c
+
+        def ring_array(rings: Sequence[Ring]) -> object:
+            arr = ffi.new("struct fwd_ring[]", max(1, len(rings)))
+            for i, r in enumerate(rings):
+                arr[i].head = ptr("uint64_t[]", r.head)
+                arr[i].tail = ptr("uint64_t[]", r.tail)
+                arr[i].slots = ptr("uint32_t[]", r.slots)
+                arr[i].size = r.size
+            keep.append(arr)
+            return arr
+
+        a = ffi.new("struct fwd_agent *")
+        a.zc = zc.zc
+        a.copy_mp = ports[0].dpdk.pool
+        a.nports, a.nworkers, a.burst = nports, nworkers, burst
+        a.max_rx = burst * 4  # as the copying pass: at most 4 bursts a port a round
+        # (the owning cdata kept, not the struct field read back: that owns nothing)
+        owned = (ffi.new("uint16_t[]", [p.id for p in ports]),
+                 ffi.new("uint64_t *[]", [p._dropped for p in ports]),
+                 ffi.new("uint64_t *[]", [p._copied for p in ports]))
+        keep += owned
+        a.port_id, a.rx_dropped, a.rx_copied = owned
+        a.pool_len = ptr("uint32_t[]", mem.length)
+        a.pool_port = ptr("uint16_t[]", mem.port)
+        a.pool_ts = ptr("int64_t[]", mem.ts)
+        a.rx = ring_array([r for rings in rx_rings for r in rings])
+        a.tx = ring_array([r for rings in tx_rings for r in rings])
+        a.ret = ring_array(buffers.incoming)
+        a.nret = len(buffers.incoming)
+        counters = mem.port_counters[AGENT_IO]
+        assert counters.dtype == np.uint64 and counters.flags.c_contiguous
+        a.port_counters = ptr("uint64_t[]", counters)
+        a.ncols = counters.shape[1]
+        (a.col_rx_packets, a.col_rx_bytes, a.col_tx_packets, a.col_tx_bytes,
+         a.col_rx_drops) = RX_PACKETS, RX_BYTES, TX_PACKETS, TX_BYTES, RX_DROPS
+        row = mem.counters[AGENT_IO]
+        a.rx_frames = ptr("uint64_t[]", row[MISC_BASE + Misc.rx_frames:][:1])
+        a.tx_frames = ptr("uint64_t[]", row[MISC_BASE + Misc.tx_frames:][:1])
+        self.rss_table = np.ascontiguousarray(toeplitz_tables(DEFAULT_KEY, TUPLE_LEN),
+                                              dtype=np.uint32)
+        self.reta = (np.arange(RETA_SIZE) % nworkers).astype(np.uint32)
+        a.rss_table = ptr("uint32_t[]", self.rss_table)
+        a.reta = ptr("uint32_t[]", self.reta)
+        a.reta_size = RETA_SIZE
+        self.rows = np.zeros(a.max_rx, dtype=np.uint32)
+        self.queue = np.zeros(a.max_rx, dtype=np.uint8)
+        self.to_free = np.zeros(4 * a.max_rx, dtype=np.uint32)
+        a.rows = ptr("uint32_t[]", self.rows)
+        a.queue = ptr("uint8_t[]", self.queue)
+        a.to_free = ptr("uint32_t[]", self.to_free)
+        a.to_free_cap = len(self.to_free)
+        self.agent = a
+        self._keep = keep
+
+    def run(self, receive: bool) -> int:
+        """One pass (up to AGENT_ROUNDS rounds in C); the frames moved."""
+        moved = int(self.lib.fwd_agent_pass(self.agent, int(receive), AGENT_ROUNDS))
+        if self.agent.nfree:  # rows of other partitions sent as copies: back to them
+            self.buffers.free(self.to_free[:self.agent.nfree].copy())
+        return moved
 
 
 class DpdkControl:
