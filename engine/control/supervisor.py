@@ -69,7 +69,7 @@ from engine.shm.memory import (
 )
 from engine.workers.doorbell import Doorbells, full_fence
 from engine.workers.forwarder import WorkerSpec, prepare_compiled, worker_main
-from engine.workers.loop import DEEP_AFTER_S
+from engine.workers.loop import DEEP_AFTER_S, SPIN_S
 from engine.workers.slowpath import SlowPathSpec, slowpath_main
 
 JOIN_TIMEOUT_S = 5.0  # an agent stopping that makes no pass for this long is stuck
@@ -440,6 +440,11 @@ class _Run:
             elif self.drained:
                 idle = KEPT_IDLE_S  # nothing more can arrive on a pcap port
             else:
+                now = time.monotonic()
+                if not idle_since:
+                    idle_since = now
+                if now - idle_since < SPIN_S:  # the workers' next batch is near
+                    continue
                 idle = min(MAX_IDLE_S, idle * 2 or 0.0001)
             if not moved and self.bells is not None:
                 now = time.monotonic()
