@@ -454,7 +454,13 @@ class PcapPorts:
         timer = int(mem.state[self.slow_agent, ST_NEXT_TIMER])  # first: see slowpath.py
         ts = mem.ts
         oldest = int(ts.min())
-        in_flight = NO_KEY if oldest == FREE_TS else (oldest, int(mem.seq[ts == oldest].min()))
+        if oldest == FREE_TS:
+            in_flight = NO_KEY
+        else:
+            # the workers free buffers meanwhile: the oldest one may be gone by the time
+            # its number is looked for; (time, 0) is then a bound below whatever is left
+            seqs = mem.seq[ts == oldest]
+            in_flight = (oldest, int(seqs.min()) if len(seqs) else 0)
         clock = min(in_flight, self._oldest_unfed())
         if clock[0] != FREE_TS:
             mem.ctl[CTL_REPLAY_CLOCK] = max(int(mem.ctl[CTL_REPLAY_CLOCK]), clock[0])
