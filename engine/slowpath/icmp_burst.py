@@ -195,6 +195,31 @@ def _sum16(buf, start, length):  # type: ignore[no-untyped-def]
     return total
 
 
+@njit(inline="always")
+def _icmp_ip_header(o, ip, tos, total, ip_id):  # type: ignore[no-untyped-def]
+    """The IPv4 header of an ICMP message we send (icmp_push_reply's ip_build_and_send):
+    no options, no fragment bits, TTL 64, the checksum and addresses left to the caller."""
+    o[ip] = 0x45
+    o[ip + 1] = tos
+    o[ip + 2] = total >> 8
+    o[ip + 3] = total & 0xFF
+    o[ip + 4] = (ip_id >> 8) & 0xFF
+    o[ip + 5] = ip_id & 0xFF
+    o[ip + 6] = 0
+    o[ip + 7] = 0
+    o[ip + 8] = ICMP_TTL
+    o[ip + 9] = IPPROTO_ICMP
+    o[ip + 10] = 0
+    o[ip + 11] = 0
+
+
+@njit(inline="always")
+def _ip_checksum(o, ip):  # type: ignore[no-untyped-def]
+    check = ~_sum16(o, ip, IPHDR_LEN) & 0xFFFF
+    o[ip + 10] = check >> 8
+    o[ip + 11] = check & 0xFF
+
+
 @njit(types.void(_u8_2d_any, _i64, _i64, _u8_2d, _i64, _u8_2d, _i64, _i64, _i64, _i64, _i64,
                  _i64, _i64, _i64), **_OPTS)
 def build_errors(data, bufs, lengths, out, out_len, eth, eth_row, icmp_type, icmp_code,  # type: ignore[no-untyped-def]
@@ -213,24 +238,12 @@ def build_errors(data, bufs, lengths, out, out_len, eth, eth_row, icmp_type, icm
         o[13] = 0x00
         ip = ETH_HLEN
         total = IPHDR_LEN + ICMP_HDR_LEN + quote
-        o[ip] = 0x45
-        o[ip + 1] = IPTOS_PREC_INTERNETCONTROL | (f[ETH_HLEN + 1] & IPTOS_TOS_MASK)
-        o[ip + 2] = total >> 8
-        o[ip + 3] = total & 0xFF
-        o[ip + 4] = (ip_id[k] >> 8) & 0xFF
-        o[ip + 5] = ip_id[k] & 0xFF
-        o[ip + 6] = 0
-        o[ip + 7] = 0
-        o[ip + 8] = ICMP_TTL
-        o[ip + 9] = IPPROTO_ICMP
-        o[ip + 10] = 0
-        o[ip + 11] = 0
+        _icmp_ip_header(o, ip, IPTOS_PREC_INTERNETCONTROL | (f[ETH_HLEN + 1] & IPTOS_TOS_MASK),
+                        total, ip_id[k])
         for b in range(4):
             o[ip + 12 + b] = (src[k] >> (24 - 8 * b)) & 0xFF
             o[ip + 16 + b] = (dst[k] >> (24 - 8 * b)) & 0xFF
-        check = ~_sum16(o, ip, IPHDR_LEN) & 0xFFFF
-        o[ip + 10] = check >> 8
-        o[ip + 11] = check & 0xFF
+        _ip_checksum(o, ip)
         icmp = ip + IPHDR_LEN
         word = info[k] & 0xFFFFFFFF
         if icmp_type[k] == ICMP_PARAMETERPROB:
@@ -287,24 +300,11 @@ def build_echo_replies(data, bufs, lengths, out, out_len, eth, eth_row, ip_id): 
         o[13] = 0x00
         ip = ETH_HLEN
         total = length - ETH_HLEN
-        o[ip] = 0x45
-        o[ip + 1] = f[ip + 1]
-        o[ip + 2] = total >> 8
-        o[ip + 3] = total & 0xFF
-        o[ip + 4] = (ip_id[k] >> 8) & 0xFF
-        o[ip + 5] = ip_id[k] & 0xFF
-        o[ip + 6] = 0
-        o[ip + 7] = 0
-        o[ip + 8] = ICMP_TTL
-        o[ip + 9] = IPPROTO_ICMP
-        o[ip + 10] = 0
-        o[ip + 11] = 0
+        _icmp_ip_header(o, ip, f[ip + 1], total, ip_id[k])
         for b in range(4):
             o[ip + 12 + b] = f[ip + 16 + b]  # from the address it was sent to
             o[ip + 16 + b] = f[ip + 12 + b]
-        check = ~_sum16(o, ip, IPHDR_LEN) & 0xFFFF
-        o[ip + 10] = check >> 8
-        o[ip + 11] = check & 0xFF
+        _ip_checksum(o, ip)
         icmp = ip + IPHDR_LEN
         for b in range(icmp, length):
             o[b] = f[b]
